@@ -1,0 +1,30 @@
+# Two commands: `make test` and `make demo`. Both create .venv once (idempotent).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export MPLBACKEND := Agg
+
+.PHONY: test demo venv clean-runs
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The whole pipeline at demo size on the embedded SQLite store.
+demo: $(STAMP)
+	mlflow run . -e main --env-manager local --experiment-name deeplense-fm
+
+clean-runs:
+	rm -rf mlruns/* data/ reports/
+	touch mlruns/.gitkeep

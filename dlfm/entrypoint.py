@@ -1,0 +1,72 @@
+"""What every entry-point script shares: params parsed into a frozen config, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Callable
+
+from dlfm.errors import ConfigError, DlfmError
+
+
+class ParamParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see --help for the params")
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, 1/0 (MLflow passes params as strings)."""
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(text)
+
+
+def typed(name: str, kind: type) -> Callable[[str], object]:
+    def convert(text: str):
+        try:
+            if kind is bool:
+                return parse_bool(text)
+            return kind(text)
+        except ValueError:
+            kind_name = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, kind.__name__)
+            raise ConfigError(f"{name} must be {kind_name}, got {text!r}") from None
+
+    return convert
+
+
+def add_config_params(parser: argparse.ArgumentParser, config_class, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--field`` option per dataclass field, typed from its default."""
+    for field in dataclasses.fields(config_class):
+        if field.name in exclude or field.default is dataclasses.MISSING:
+            continue
+        kind = type(field.default)
+        parser.add_argument(f"--{field.name}", type=typed(field.name, kind), default=field.default)
+
+
+def config_from_args(config_class, args: argparse.Namespace, **fixed):
+    """Build the frozen config from parsed args plus fixed fields (e.g. the objective)."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return config_class(**{**values, **fixed})
+
+
+def run_entry_point(main: Callable[[], object]) -> None:
+    """Run ``main``; a user error prints one line, marks a pending MLflow run FAILED and exits 2."""
+    from dlfm.tracking import fail_pending_run
+
+    try:
+        main()
+    except DlfmError as error:
+        message = str(error).splitlines()[0]
+        print(f"dlfm: error: {message}", file=sys.stderr)
+        fail_pending_run(message)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("dlfm: interrupted", file=sys.stderr)
+        sys.exit(130)

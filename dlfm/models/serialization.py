@@ -1,0 +1,53 @@
+"""The encoder artifact format, defined in this one place.
+
+An encoder directory holds:
+- ``weights.pt``: the encoder's ``state_dict``, saved with ``torch.save``; always loaded with
+  ``torch.load(weights_only=True)``, so no pickled code ever runs;
+- ``arch.json``: ``{"name": ..., "in_chans": ..., **kwargs, "embed_dim": ..., "image_size": ...}``,
+  the arguments of ``create_encoder`` plus facts for users of the embeddings.
+Training stages log this directory as the run artifact ``encoder/``; registered model versions
+carry it as their pyfunc artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dlfm.errors import DatasetError
+from dlfm.models.encoders import Encoder, create_encoder
+
+WEIGHTS_FILE = "weights.pt"
+ARCH_FILE = "arch.json"
+ARCH_KEYS_NOT_FOR_CREATE = ("embed_dim", "image_size", "objective")
+
+
+def save_encoder(encoder: Encoder, directory: str | Path, image_size: int | None = None, objective: str | None = None) -> Path:
+    """Write ``weights.pt`` and ``arch.json`` for ``encoder`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu() for name, tensor in encoder.state_dict().items()}
+    torch.save(state, directory / WEIGHTS_FILE)
+    arch = {**encoder.arch_config, "embed_dim": encoder.embed_dim, "image_size": image_size, "objective": objective}
+    (directory / ARCH_FILE).write_text(json.dumps(arch, indent=2, sort_keys=True))
+    return directory
+
+
+def read_arch(directory: str | Path) -> dict:
+    """The architecture config stored beside the weights."""
+    path = Path(directory) / ARCH_FILE
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; an encoder directory needs {ARCH_FILE} and {WEIGHTS_FILE}")
+    return json.loads(path.read_text())
+
+
+def load_encoder(directory: str | Path, map_location: str | torch.device = "cpu") -> Encoder:
+    """Rebuild the encoder from ``arch.json`` and load its weights weights-only."""
+    arch = read_arch(directory)
+    kwargs = {k: v for k, v in arch.items() if k not in ARCH_KEYS_NOT_FOR_CREATE and k != "name"}
+    encoder = create_encoder(arch["name"], **kwargs)
+    state = torch.load(Path(directory) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    encoder.load_state_dict(state)
+    return encoder

@@ -1,0 +1,87 @@
+"""Figures for training stages: ROC curves, confusion matrix, learning curves, reconstructions."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
+
+from dlfm.training.metrics import normalized_confusion  # noqa: E402
+
+
+def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], title: str = "ROC (one-vs-rest)"):
+    """One ROC curve per class plus the macro-average curve."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    grid = np.linspace(0, 1, 201)
+    tprs = []
+    for index, name in enumerate(class_names):
+        positives = labels == index
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = roc_curve(positives, probs[:, index])
+        tprs.append(np.interp(grid, fpr, tpr))
+        axis.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    if tprs:
+        mean_tpr = np.mean(tprs, axis=0)
+        axis.plot(grid, mean_tpr, "k--", label=f"macro (AUC {auc(grid, mean_tpr):.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", lw=0.5)
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    axis.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def confusion_figure(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]):
+    """Confusion matrix normalised per true class."""
+    matrix = normalized_confusion(probs, labels, len(class_names))
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    image = axis.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+    for (row, col), value in np.ndenumerate(matrix):
+        axis.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
+    axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=class_names,
+             yticklabels=class_names, xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
+    figure.colorbar(image, ax=axis)
+    return figure
+
+
+def learning_curves_figure(history: list[dict[str, float]]):
+    """Train/val loss and, where present, val accuracy and macro AUC per epoch."""
+    epochs = np.arange(1, len(history) + 1)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name in ("train/loss", "val/loss", "train/loss_cls", "train/loss_recon"):
+        if name in history[0]:
+            axes[0].plot(epochs, [h[name] for h in history], marker="o", label=name)
+    axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="losses")
+    axes[0].legend(fontsize=8)
+    for name in ("val/accuracy", "val/macro_auc"):
+        if name in history[0]:
+            axes[1].plot(epochs, [h[name] for h in history], marker="o", label=name)
+    if "val/recon_mse" in history[0] and "val/accuracy" not in history[0]:
+        axes[1].plot(epochs, [h["val/recon_mse"] for h in history], marker="o", label="val/recon_mse")
+    axes[1].set(xlabel="epoch", title="validation")
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray):
+    """Rows of original | reconstruction | residual for a few validation images."""
+    rows = len(originals)
+    figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    for row in range(rows):
+        original, recon = originals[row, 0], reconstructions[row, 0]
+        residual = original - recon
+        limit = max(abs(residual).max(), 1e-6)
+        for col, (image, title, kwargs) in enumerate((
+            (original, "original", {"cmap": "magma"}),
+            (recon, "reconstruction", {"cmap": "magma"}),
+            (residual, "residual", {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}),
+        )):
+            axes[row, col].imshow(image, origin="lower", **kwargs)
+            axes[row, col].set_axis_off()
+            if row == 0:
+                axes[row, col].set_title(title)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,1 @@
+"""Stage functions behind the entry points: each validates, runs inside one tracked run, returns a summary."""

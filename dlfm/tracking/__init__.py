@@ -1,0 +1,27 @@
+"""The one module that talks to MLflow: runs, params, metrics, figures, datasets, models.
+
+Everything else returns plain dicts and figures; stages call these functions.
+"""
+
+from dlfm.tracking.runs import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_TRACKING_URI,
+    active_run_id,
+    configure_tracking,
+    fail_pending_run,
+    log_dataset,
+    log_dict,
+    log_encoder,
+    log_figure,
+    log_metrics,
+    log_params,
+    log_text,
+    set_tags,
+    stage_run,
+)
+
+__all__ = [
+    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "active_run_id", "configure_tracking", "fail_pending_run",
+    "log_dataset", "log_dict", "log_encoder", "log_figure", "log_metrics", "log_params", "log_text",
+    "set_tags", "stage_run",
+]

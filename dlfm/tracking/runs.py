@@ -1,0 +1,153 @@
+"""Starting and ending MLflow runs, and logging into the active one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "deeplense-fm"
+ERROR_TAG = "dlfm.error"
+
+
+def configure_tracking() -> str:
+    """Telemetry off; ``MLFLOW_TRACKING_URI`` wins, else the embedded SQLite store under mlruns/."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIMENT, tags: dict | None = None,
+              nested: bool = False, system_metrics: bool = True, run_id: str | None = None) -> Iterator[str]:
+    """Start (or continue, under ``mlflow run``) the run of one stage; yield its id.
+
+    The run ends FINISHED on success, KILLED on Ctrl-C/SIGTERM and FAILED on any exception,
+    with the reason in the ``dlfm.error`` tag; it never stays RUNNING.
+    """
+    mlflow = _mlflow()
+    configure_tracking()
+    launched_by_project = "MLFLOW_RUN_ID" in os.environ and not nested and run_id is None
+    if not launched_by_project and run_id is None and not nested:
+        mlflow.set_experiment(experiment_name)
+    run_tags = {"dlfm.stage": stage, "dlfm.pid": str(os.getpid()), "dlfm.host": socket.gethostname(), **(tags or {})}
+    if nested:
+        parent = mlflow.active_run()
+        experiment_id = parent.info.experiment_id if parent else None
+        run = mlflow.start_run(run_name=run_name, nested=True, tags=run_tags, experiment_id=experiment_id)
+    else:
+        run = mlflow.start_run(run_id=run_id, run_name=None if (launched_by_project or run_id) else run_name,
+                               tags=run_tags, log_system_metrics=system_metrics or None)
+        if launched_by_project:
+            mlflow.set_tag("mlflow.runName", run_name)
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.set_tag(ERROR_TAG, "interrupted (SIGINT/SIGTERM)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:  # noqa: BLE001 - any failure must end the run FAILED, then propagate
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(ERROR_TAG, message[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def fail_pending_run(message: str) -> None:
+    """Mark the run that ``mlflow run`` created (MLFLOW_RUN_ID) FAILED when we fail before starting it."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    with contextlib.suppress(Exception):
+        configure_tracking()
+        client = _mlflow().MlflowClient()
+        client.set_tag(run_id, ERROR_TAG, message[:5000])
+        client.set_terminated(run_id, "FAILED")
+
+
+def active_run_id() -> str | None:
+    """Id of the active run, if any."""
+    run = _mlflow().active_run()
+    return run.info.run_id if run else None
+
+
+def set_tags(tags: dict) -> None:
+    """Set tags on the active run (values become strings)."""
+    _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_params(params: dict) -> None:
+    """Log a config dict as params (MLflow stores them as strings)."""
+    _mlflow().log_params({k: ("" if v is None else v) for k, v in params.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log one step of metrics (one call per epoch keeps tracking off the hot path)."""
+    _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    """Log a matplotlib figure as a PNG artifact (e.g. figures/roc.png) and close it."""
+    import matplotlib.pyplot as plt
+
+    _mlflow().log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    """Log a dict as a JSON/YAML artifact."""
+    _mlflow().log_dict(data, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Log a text artifact (markdown reports, tables)."""
+    _mlflow().log_text(text, artifact_file)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a local file as an artifact."""
+    _mlflow().log_artifact(str(path), artifact_path)
+
+
+def log_dataset(dataset, context: str = "training") -> None:
+    """Record the dataset as a run input, with its digest and source path (or URI)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    import warnings
+
+    source_uri = str(dataset.manifest.get("source_uri") or (dataset.root.resolve() if dataset.root else "memory"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(source_uri)
+    name = dataset.manifest.get("name") or (dataset.root.name if dataset.root else "dataset")
+    _mlflow().log_input(MetaDataset(source=source, name=name, digest=dataset.digest[:36]), context=context)
+
+
+def log_encoder(encoder, image_size: int, objective: str) -> str:
+    """Log the encoder as the artifact directory ``encoder/`` (format: dlfm.models.serialization)."""
+    from dlfm.models.serialization import save_encoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_encoder(encoder, tmp, image_size=image_size, objective=objective)
+        _mlflow().log_artifacts(tmp, "encoder")
+    return "encoder"

@@ -1,0 +1,83 @@
+"""The frozen config of a training stage; logged as params and saved in every checkpoint."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from dlfm.errors import ConfigError
+
+OBJECTIVES = ("autoencoder", "supervised", "multitask")
+LOSS_BALANCES = ("fixed", "uncertainty")
+SCHEDULES = ("cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str  # autoencoder | supervised | multitask
+    dataset: str = "model_ii"  # preset name (simulated and cached if missing) or a dataset/DeepLense dir
+    encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
+    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) or small (3x3/1, 8x the compute)
+    epochs: int = 6  # maximum epochs; early stopping may end sooner
+    batch_size: int = 64  # images per optimiser step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    schedule: str = "cosine"  # learning-rate schedule over all steps: cosine | onecycle
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (same for supervised and multitask)
+    recon_weight: float = 1.0  # multitask: loss = CE + recon_weight * MSE (fixed balance)
+    loss_balance: str = "fixed"  # multitask: fixed | uncertainty (learned log-variance weights, Kendall et al. 2018)
+    augment: bool = True  # random flips and rot90 (lensing images are symmetric under them)
+    patience: int = 4  # early stopping: epochs without improvement of the monitored val metric
+    seed: int = 0  # seeds torch, numpy, shuffling and augmentation
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
+    sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
+    sim_n_val: int = 300
+    sim_n_test: int = 300
+    experiment_name: str = "deeplense-fm"  # MLflow experiment
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """The val metric early stopping watches and its direction."""
+        if self.objective == "autoencoder":
+            return "val/recon_mse", "min"
+        return "val/macro_auc", "max"
+
+    def validate(self) -> None:
+        """Raise ConfigError for any out-of-range or unknown value, before any work starts."""
+        from dlfm.models import list_encoders
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.objective in OBJECTIVES, f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        need(self.encoder in list_encoders(), f"unknown encoder {self.encoder!r}; choose one of {', '.join(list_encoders())}")
+        need(self.stem in ("imagenet", "small"), f"unknown stem {self.stem!r}; choose imagenet or small")
+        for name in ("epochs", "batch_size", "sim_n_train", "sim_n_val", "sim_n_test"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(math.isfinite(self.recon_weight) and self.recon_weight >= 0, f"recon_weight must be >= 0, got {self.recon_weight!r}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip!r}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        need(self.loss_balance in LOSS_BALANCES, f"unknown loss_balance {self.loss_balance!r}; choose one of {', '.join(LOSS_BALANCES)}")
+        need(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+
+    @property
+    def encoder_kwargs(self) -> dict:
+        """Keyword arguments for create_encoder beyond the name."""
+        return {"stem": self.stem} if self.encoder == "resnet18" else {}
+
+    def to_dict(self) -> dict:
+        """Plain dict of every field (logged as params, stored in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of all fields, in declaration order."""
+        return [f.name for f in fields(cls)]

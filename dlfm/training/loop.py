@@ -1,0 +1,312 @@
+"""The training loop, written once: ``train_one_epoch``, ``evaluate`` and ``fit``.
+
+Nothing here talks to MLflow: ``fit`` returns metric dicts and calls ``on_epoch_end`` (which
+the tracking module supplies) once per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dlfm.models.composite import LensModel, build_model
+from dlfm.training.config import TrainConfig
+from dlfm.training.metrics import classification_metrics
+from dlfm.training.objectives import Objective
+from dlfm.training.runtime import Runtime, make_runtime, seed_everything
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class SplitTensors:
+    images: torch.Tensor  # (n, 1, H, W) float32, normalised
+    labels: torch.Tensor  # (n,) int64
+
+
+@dataclass
+class TrainingContext:
+    """Everything one epoch needs, passed around instead of a long argument list."""
+
+    config: TrainConfig
+    model: LensModel
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    runtime: Runtime
+    generator: torch.Generator  # shuffling and augmentation
+    progress: bool = True
+    ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
+
+    @property
+    def forward_model(self) -> nn.Module:
+        return self.ddp_model if self.ddp_model is not None else self.model
+
+
+@dataclass
+class EvalOutput:
+    metrics: dict[str, float]
+    probs: np.ndarray | None  # (n, num_classes) softmax, None without a classification head
+    labels: np.ndarray
+    embeddings: np.ndarray  # (n, embed_dim)
+
+
+@dataclass
+class FitResult:
+    model: LensModel  # with the best epoch's weights
+    history: list[dict[str, float]]  # one metric dict per epoch
+    best_epoch: int
+    final_metrics: dict[str, float]  # val/* at the best epoch (or from the probe) plus test/*
+    val: EvalOutput
+    test: EvalOutput
+    reconstructions: tuple[np.ndarray, np.ndarray] | None  # (originals, reconstructions) of a few val images
+    images_per_second: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rot90 (k = 0..3) and horizontal flip per image: the dihedral symmetries of a lens image."""
+    n = images.shape[0]
+    turns = torch.randint(0, 4, (n,), generator=generator).to(images.device)
+    flips = torch.rand(n, generator=generator).to(images.device) < 0.5
+    out = images.clone()
+    for k in range(1, 4):
+        chosen = turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
+    return torch.where(flips[:, None, None, None], out.flip(-1), out)
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """Index batches for one epoch; shuffled when a generator is given, sharded across ranks like DistributedSampler."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if world_size > 1:
+        padded = math.ceil(n / world_size) * world_size
+        order = torch.cat([order, order[: padded - n]])[rank::world_size]
+    return list(order.split(batch_size))
+
+
+def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dict[str, float]:
+    """One pass over the train split; returns train/loss and its parts, averaged over images."""
+    ctx.model.train()
+    ctx.objective.train()
+    totals: dict[str, float] = {"loss": 0.0}
+    seen = 0
+    batches = batch_indices(len(data.labels), ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
+    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not (ctx.progress and sys.stderr.isatty()))
+    for index in bar:
+        images = data.images[index].to(ctx.runtime.device, non_blocking=True)
+        labels = data.labels[index].to(ctx.runtime.device, non_blocking=True)
+        if ctx.config.augment:
+            images = augment_batch(images, ctx.generator)
+        with ctx.runtime.autocast():
+            output = ctx.forward_model(images)
+            loss, parts = ctx.objective(output, images, labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}; lower lr or recon_weight")
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.runtime.scaler.scale(loss).backward()
+        if ctx.config.grad_clip > 0:
+            ctx.runtime.scaler.unscale_(ctx.optimizer)
+            nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.config.grad_clip)
+        ctx.runtime.scaler.step(ctx.optimizer)
+        ctx.runtime.scaler.update()
+        ctx.scheduler.step()
+        batch = len(index)
+        seen += batch
+        totals["loss"] += loss.item() * batch
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value.item() * batch
+        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
+    metrics = {f"train/{name}": value / seen for name, value in totals.items()}
+    return average_across_ranks(metrics, ctx.runtime)
+
+
+def average_across_ranks(metrics: dict[str, float], runtime: Runtime) -> dict[str, float]:
+    """Mean of each metric over DDP ranks (identity on one process)."""
+    if runtime.world_size == 1:
+        return metrics
+    names = sorted(metrics)
+    values = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(values)
+    return {n: float(v) / runtime.world_size for n, v in zip(names, values.tolist())}
+
+
+@torch.no_grad()
+def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, ...], prefix: str) -> EvalOutput:
+    """Loss, reconstruction MSE and classification metrics of one split, in eval mode."""
+    ctx.model.eval()
+    ctx.objective.eval()
+    loss_sum, recon_sum = 0.0, 0.0
+    probs, embeddings = [], []
+    for index in batch_indices(len(data.labels), max(ctx.config.batch_size, 128), None):
+        images = data.images[index].to(ctx.runtime.device)
+        labels = data.labels[index].to(ctx.runtime.device)
+        with ctx.runtime.autocast():
+            output = ctx.model(images)
+            loss, parts = ctx.objective(output, images, labels)
+        loss_sum += loss.item() * len(index)
+        recon_sum += parts.get("loss_recon", torch.zeros(())).item() * len(index)
+        embeddings.append(output.embedding.float().cpu())
+        if output.logits is not None:
+            probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
+    n = len(data.labels)
+    metrics = {f"{prefix}/loss": loss_sum / n}
+    if ctx.objective.use_recon:
+        metrics[f"{prefix}/recon_mse"] = recon_sum / n
+    labels_np = data.labels.numpy()
+    probs_np = torch.cat(probs).numpy() if probs else None
+    if probs_np is not None:
+        metrics.update(classification_metrics(probs_np, labels_np, class_names, prefix))
+    return EvalOutput(metrics, probs_np, labels_np, torch.cat(embeddings).numpy())
+
+
+def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: tuple[str, ...], seed: int) -> dict[str, EvalOutput]:
+    """Logistic regression on frozen embeddings: classification metrics for the autoencoder."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    probe.fit(train.embeddings, train.labels)
+    probed = {}
+    for prefix, output in others.items():
+        probs = probe.predict_proba(output.embeddings)
+        metrics = dict(output.metrics)
+        metrics.update(classification_metrics(probs, output.labels, class_names, prefix))
+        probed[prefix] = EvalOutput(metrics, probs, output.labels, output.embeddings)
+    return probed
+
+
+def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, runtime: Runtime | None = None, progress: bool = True) -> TrainingContext:
+    """Seeded model, objective, AdamW and schedule for ``config``."""
+    runtime = runtime or make_runtime(config.device)
+    generator = seed_everything(config.seed)
+    model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
+    objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing).to(runtime.device)
+    parameters = list(model.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    ddp_model = None
+    if runtime.world_size > 1:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` improves on ``best`` for a min or max metric."""
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def checkpoint_state(ctx: TrainingContext, epoch: int, best_value: float | None, best_epoch: int, best_weights: dict, history: list) -> dict:
+    """Everything needed to resume after ``epoch``; loadable with torch.load(weights_only=True)."""
+    return {
+        "epoch": epoch,
+        "config": ctx.config.to_dict(),
+        "model": ctx.model.state_dict(),
+        "objective": ctx.objective.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.runtime.scaler.state_dict(),
+        "best_value": best_value,
+        "best_epoch": best_epoch,
+        "best_weights": best_weights,
+        "history": history,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "generator": ctx.generator.get_state(),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]),
+        },
+    }
+
+
+def restore_state(ctx: TrainingContext, state: dict) -> None:
+    """Load a checkpoint made by ``checkpoint_state`` into ``ctx``."""
+    ctx.model.load_state_dict(state["model"])
+    ctx.objective.load_state_dict(state["objective"])
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scheduler.load_state_dict(state["scheduler"])
+    ctx.runtime.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    ctx.generator.set_state(state["rng"]["generator"])
+    np.random.set_state(("MT19937", state["rng"]["numpy"].numpy().astype(np.uint32), state["rng"]["numpy_pos"]))
+
+
+def fit(
+    config: TrainConfig,
+    splits: dict[str, SplitTensors],
+    class_names: tuple[str, ...],
+    on_epoch_end: Callable[[int, dict[str, float], Callable[[], dict]], None] | None = None,
+    resume_state: dict | None = None,
+    runtime: Runtime | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
+
+    ``on_epoch_end(epoch, metrics, make_checkpoint)`` runs after every epoch (metrics logging,
+    checkpoints, Optuna pruning); it may raise to stop training.
+    """
+    import time
+
+    train = splits["train"]
+    runtime = runtime or make_runtime(config.device)
+    steps = len(batch_indices(len(train.labels), config.batch_size, None, runtime.rank, runtime.world_size))
+    ctx = build_context(config, len(class_names), steps, runtime, progress)
+    monitor, mode = config.monitor
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best_weights = None, 0, copy.deepcopy(ctx.model.state_dict())
+    start_epoch = 1
+    if resume_state is not None:
+        restore_state(ctx, resume_state)
+        start_epoch = resume_state["epoch"] + 1
+        best_value, best_epoch = resume_state["best_value"], resume_state["best_epoch"]
+        best_weights, history = resume_state["best_weights"], list(resume_state["history"])
+    train_seconds, train_images = 0.0, 0
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        metrics = train_one_epoch(ctx, train, epoch)
+        train_seconds += time.perf_counter() - started
+        train_images += len(train.labels)
+        metrics.update(evaluate(ctx, splits["val"], class_names, "val").metrics)
+        metrics["lr"] = ctx.scheduler.get_last_lr()[0]
+        history.append(metrics)
+        if is_better(metrics[monitor], best_value, mode):
+            best_value, best_epoch = metrics[monitor], epoch
+            best_weights = copy.deepcopy(ctx.model.state_dict())
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics, lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
+        if epoch - best_epoch >= config.patience:
+            break
+    ctx.model.load_state_dict(best_weights)
+    val = evaluate(ctx, splits["val"], class_names, "val")
+    test = evaluate(ctx, splits["test"], class_names, "test")
+    if config.objective == "autoencoder":
+        train_out = evaluate(ctx, splits["train"], class_names, "train")
+        probed = linear_probe(train_out, {"val": val, "test": test}, class_names, config.seed)
+        val, test = probed["val"], probed["test"]
+    reconstructions = None
+    if ctx.model.decoder is not None:
+        with torch.no_grad():
+            sample = splits["val"].images[:6].to(runtime.device)
+            reconstructions = (sample.cpu().numpy(), ctx.model(sample).reconstruction.float().cpu().numpy())
+    final = {**val.metrics, **test.metrics}
+    speed = train_images / train_seconds if train_seconds else 0.0
+    return FitResult(ctx.model, history, best_epoch, final, val, test, reconstructions, speed)

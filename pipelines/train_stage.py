@@ -1,0 +1,32 @@
+"""Shared body of the autoencoder, supervised and multitask entry points.
+
+Reads: a preset (simulated into data/ if missing), a dataset dir or DeepLense class folders.
+Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
+from dlfm.training import TrainConfig  # noqa: E402
+
+
+def main_for(objective: str, argv: list[str] | None = None) -> None:
+    """Parse params into a TrainConfig for ``objective`` and run the stage."""
+
+    def main() -> None:
+        from dlfm.stages.train import run_training_stage
+
+        parser = ParamParser(prog=f"pipelines/{objective}.py", description=f"Train the {objective} stage.")
+        exclude = ("objective",) if objective == "multitask" else ("objective", "recon_weight", "loss_balance")
+        add_config_params(parser, TrainConfig, exclude=exclude)
+        config = config_from_args(TrainConfig, parser.parse_args(argv), objective=objective)
+        summary = run_training_stage(config)
+        print(f"{objective} run {summary['run_id']}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()) if k.endswith(("accuracy", "macro_auc", "recon_mse"))))
+
+    run_entry_point(main)

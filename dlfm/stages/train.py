@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dlfm import tracking
+from dlfm.tracking import registry
 from dlfm.errors import ConfigError, DatasetError
 from dlfm.training import TrainConfig, fit
 
@@ -60,4 +61,7 @@ def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
                               "train/images_per_second": result.images_per_second}, step=final_step)
         log_training_figures(result, dataset.class_names)
         tracking.log_encoder(result.model.encoder, dataset.image_size, config.objective)
-        return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch}
+        version = registry.register_encoder(result.model.encoder, dataset.image_size, config.objective,
+                                            result.final_metrics, dataset.digest, run_id)
+        tracking.set_tags({"dlfm.registered_version": version})
+        return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch, "version": version}

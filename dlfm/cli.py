@@ -1,0 +1,104 @@
+"""The ``dlfm`` command: ``dlfm registry list|promote|history``, ``dlfm runs repair``, ``dlfm server``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dlfm.entrypoint import ParamParser, run_entry_point
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain aligned text table."""
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def registry_list(args) -> None:
+    from dlfm.tracking import configure_tracking, registry
+
+    configure_tracking()
+    rows = []
+    for v in registry.list_versions():
+        rows.append({
+            "version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-", "objective": v.tags.get("objective", "?"),
+            "encoder": v.tags.get("encoder", "?"), "val/macro_auc": v.tags.get("val/macro_auc", "")[:6],
+            "test/macro_auc": v.tags.get("test/macro_auc", "")[:6], "val/accuracy": v.tags.get("val/accuracy", "")[:6],
+            "source run": v.run_id,
+        })
+    print_table(rows, ["version", "aliases", "objective", "encoder", "val/macro_auc", "test/macro_auc", "val/accuracy", "source run"])
+
+
+def registry_promote(args) -> None:
+    from dlfm.errors import RegistryError
+    from dlfm.tracking import configure_tracking, registry
+
+    configure_tracking()
+    if (args.version is None) == (args.run_id is None):
+        raise RegistryError("give exactly one of VERSION or --run-id RUN to promote")
+    version = args.version if args.version is not None else registry.version_for_run(args.run_id)
+    outcome = registry.promote(version, args.stage, if_better=args.if_better, reason=args.reason)
+    print(outcome.message)
+    if args.if_better and not outcome.promoted and outcome.previous != outcome.version:
+        sys.exit(1)
+
+
+def registry_history(args) -> None:
+    from dlfm.tracking import configure_tracking, registry
+
+    configure_tracking()
+    rows = registry.promotion_history(args.stage)
+    print_table(rows, ["time", "stage", "version", "previous_version", "user", "reason"])
+    for stage in sorted({row["stage"] for row in rows}):
+        recorded = [row for row in rows if row["stage"] == stage][-1]["version"]
+        current = registry.version_for_stage(stage)
+        if current != recorded:
+            print(f"note: {stage} now points at version {current or 'nothing'}, moved outside dlfm "
+                  f"(e.g. in the MLflow UI) after the last recorded promotion to {recorded}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ParamParser(prog="dlfm", description="dlfm: DeepLense foundation-model registry and tools.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ParamParser)
+
+    reg = commands.add_parser("registry", help="the dlfm-encoder model registry")
+    reg_commands = reg.add_subparsers(dest="registry_command", required=True, parser_class=ParamParser)
+    reg_commands.add_parser("list", help="versions, aliases, objective, key metrics, source run").set_defaults(func=registry_list)
+    promote = reg_commands.add_parser("promote", help="point a stage alias at a version")
+    promote.add_argument("version", nargs="?", help="version number to promote")
+    promote.add_argument("--run-id", dest="run_id", help="promote the version this training run registered")
+    promote.add_argument("--stage", required=True, help="candidate, staging, production or another lowercase name")
+    promote.add_argument("--if-better", dest="if_better", metavar="METRIC",
+                         help="promote only if this metric beats the current holder's (loss/mse/mae: lower is better)")
+    promote.add_argument("--reason", default="", help="why (kept in the history)")
+    promote.set_defaults(func=registry_promote)
+    history = reg_commands.add_parser("history", help="who promoted which version to which stage, and when")
+    history.add_argument("--stage", default=None)
+    history.set_defaults(func=registry_history)
+
+    # Other command groups live beside the code they drive; each adds its own subparser.
+    from dlfm import server, repair
+
+    server.add_parser(commands)
+    repair.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry of the ``dlfm`` console script."""
+
+    def run() -> None:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+
+    run_entry_point(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The ``dlfm-encoder`` registered model: versions, stage aliases and the promotion history.
+
+Stages are aliases (MLflow 3 deprecates registry stages). MLflow keeps no history of alias
+moves (mlflow issue #2169), so every promotion is also recorded as a run in the
+``dlfm-promotions`` experiment: stage, version, previous version, time, user and reason.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlfm.errors import RegistryError
+
+MODEL_NAME = "dlfm-encoder"
+STAGES = ("candidate", "staging", "production")
+HISTORY_EXPERIMENT = "dlfm-promotions"
+STAGE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+PYFUNC_ARTIFACT = "encoder_model"
+VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc")
+LOWER_IS_BETTER = ("loss", "mse", "mae")
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def check_stage_name(stage: str) -> str:
+    """Stage names are lowercase aliases; the usual ones are candidate, staging, production."""
+    if not STAGE_PATTERN.match(stage or "") or re.fullmatch(r"v\d+", stage or "") or stage == "latest":
+        raise RegistryError(
+            f"invalid stage {stage!r}: use a lowercase name such as {', '.join(STAGES)} "
+            "(letters, digits, '-' or '_'; not 'latest' or 'v<number>')"
+        )
+    return stage
+
+
+def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
+                     run_id: str) -> str:
+    """Log the encoder as a pyfunc model in the active run, register it, alias it ``candidate``."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from dlfm.models.serialization import save_encoder
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size), "images")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.embed_dim), "embedding")]),
+    )
+    import torch
+
+    torch_version = torch.__version__.split("+")[0]
+    requirements = [f"torch=={torch_version}", f"mlflow=={mlflow.__version__}", "numpy", "dlfm"]
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
+        info = mlflow.pyfunc.log_model(
+            name=PYFUNC_ARTIFACT, loader_module="dlfm.tracking.pyfunc_encoder", data_path=str(encoder_dir),
+            signature=signature, pip_requirements=requirements,
+        )
+    arch = getattr(encoder, "arch_config", {})
+    tags = {
+        "objective": objective, "encoder": arch.get("name", "?"), "dataset_digest": dataset_digest,
+        "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(encoder.embed_dim),
+        **{name: f"{metrics[name]:.6f}" for name in VERSION_TAG_METRICS if name in metrics},
+    }
+    description = (
+        f"{objective} encoder ({arch.get('name', '?')}, embed_dim {encoder.embed_dim}, {image_size}px input) "
+        f"from run {run_id}, dataset {dataset_digest[:12]}; "
+        + ", ".join(f"{k} {float(v):.4f}" for k, v in tags.items() if "/" in k)
+    )
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+    client = _client()
+    client.update_model_version(MODEL_NAME, version.version, description=description)
+    client.set_registered_model_alias(MODEL_NAME, "candidate", version.version)
+    return str(version.version)
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    aliases: list[str]
+    tags: dict[str, str]
+    run_id: str
+    created: float  # epoch seconds
+
+
+def get_version(version: str) -> VersionInfo:
+    """One version with its aliases (read with get_model_version: search results lack aliases on SQL stores)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client().get_model_version(MODEL_NAME, str(version))
+    except MlflowException:
+        raise RegistryError(f"{MODEL_NAME} has no version {version!r}; `dlfm registry list` shows the versions") from None
+    return VersionInfo(str(mv.version), list(mv.aliases), dict(mv.tags), mv.run_id or mv.tags.get("source_run_id", ""),
+                       mv.creation_timestamp / 1000)
+
+
+def list_versions() -> list[VersionInfo]:
+    """All versions of dlfm-encoder, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        found = client.search_model_versions(f"name='{MODEL_NAME}'")
+    except MlflowException:
+        return []
+    return sorted((get_version(mv.version) for mv in found), key=lambda v: -int(v.version))
+
+
+def version_for_stage(stage: str) -> str | None:
+    """The version an alias points at now (also after a move by hand in the MLflow UI)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(MODEL_NAME, stage).version)
+    except MlflowException:
+        return None
+
+
+def known_stages() -> list[str]:
+    """Aliases currently set on dlfm-encoder."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return sorted(_client().get_registered_model(MODEL_NAME).aliases)
+    except MlflowException:
+        return []
+
+
+def version_for_run(run_id: str) -> str:
+    """The version a training run registered."""
+    matches = [v for v in list_versions() if v.run_id == run_id or v.tags.get("source_run_id") == run_id]
+    if not matches:
+        raise RegistryError(f"run {run_id} registered no {MODEL_NAME} version; pass a version number, "
+                            "see `dlfm registry list`")
+    return matches[0].version
+
+
+def version_metric(version: VersionInfo, metric: str) -> float | None:
+    """A metric of the version's source run (falls back to the version tag)."""
+    from mlflow.exceptions import MlflowException
+
+    if version.run_id:
+        try:
+            value = _client().get_run(version.run_id).data.metrics.get(metric)
+            if value is not None:
+                return float(value)
+        except MlflowException:
+            pass
+    tag = version.tags.get(metric)
+    return float(tag) if tag not in (None, "") else None
+
+
+@dataclass
+class PromotionOutcome:
+    promoted: bool
+    stage: str
+    version: str
+    previous: str | None
+    message: str
+
+
+def promote(version: str, stage: str, if_better: str | None = None, reason: str = "") -> PromotionOutcome:
+    """Point ``stage`` at ``version``; with ``if_better``, only when its metric beats the holder's.
+
+    The comparison happens before anything changes, and the alias moves in one call, so a
+    refused or failed promotion leaves every alias as it was.
+    """
+    check_stage_name(stage)
+    candidate = get_version(version)
+    previous = version_for_stage(stage)
+    if if_better:
+        new_value = version_metric(candidate, if_better)
+        if new_value is None:
+            raise RegistryError(f"version {version} has no metric {if_better!r}; pick a metric its run logged, "
+                                "e.g. val/macro_auc")
+        if previous is not None and previous != candidate.version:
+            old_value = version_metric(get_version(previous), if_better)
+            lower = any(word in if_better for word in LOWER_IS_BETTER)
+            better = old_value is None or (new_value < old_value if lower else new_value > old_value)
+            if not better:
+                return PromotionOutcome(False, stage, candidate.version, previous,
+                                        f"not promoted: version {candidate.version} {if_better}={new_value:.4f} does not beat "
+                                        f"{stage} version {previous} ({old_value:.4f}); {stage} stays at version {previous}")
+            reason = reason or f"{if_better} {new_value:.4f} beats {old_value:.4f}"
+        else:
+            reason = reason or f"{if_better} {new_value:.4f}; no previous holder"
+    if previous == candidate.version:
+        return PromotionOutcome(False, stage, candidate.version, previous,
+                                f"version {candidate.version} already holds {stage}; nothing changed")
+    _client().set_registered_model_alias(MODEL_NAME, stage, candidate.version)
+    record_promotion(stage, candidate.version, previous, reason or "manual promotion")
+    return PromotionOutcome(True, stage, candidate.version, previous,
+                            f"promoted version {candidate.version} to {stage} (was {previous or 'unset'})")
+
+
+def record_promotion(stage: str, version: str, previous: str | None, reason: str) -> None:
+    """One FINISHED run in the dlfm-promotions experiment per alias move."""
+    client = _client()
+    experiment = client.get_experiment_by_name(HISTORY_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else _create_experiment(HISTORY_EXPERIMENT)
+    user = getpass.getuser()
+    run = client.create_run(experiment_id, run_name=f"promote-v{version}-{stage}", tags={
+        "dlfm.stage": "promote", "promotion.stage": stage, "promotion.version": version,
+        "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": reason,
+        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user,
+    })
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def _create_experiment(name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def promotion_history(stage: str | None = None) -> list[dict[str, str]]:
+    """Recorded promotions, oldest first, optionally for one stage."""
+    client = _client()
+    experiment = client.get_experiment_by_name(HISTORY_EXPERIMENT)
+    if experiment is None:
+        return []
+    filter_string = f"tags.`promotion.stage` = '{stage}'" if stage else ""
+    runs = client.search_runs([experiment.experiment_id], filter_string=filter_string, order_by=["attributes.start_time ASC"],
+                              max_results=5000)
+    keys = ("time", "stage", "version", "previous_version", "user", "reason")
+    return [{key: run.data.tags.get(f"promotion.{key}", "") for key in keys} for run in runs]
+
+
+def resolve_encoder_uri(stage: str | None = None, uri: str | None = None) -> tuple[str, VersionInfo | None]:
+    """``models:/dlfm-encoder@<stage>`` (or ``uri``) → the URI and, for registry URIs, its version."""
+    if uri:
+        match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", uri)
+        if not match:
+            return uri, None
+        name, number, alias = match.groups()
+        if name != MODEL_NAME:
+            return uri, None
+        stage, number = alias, number
+        if number:
+            return uri, get_version(number)
+    check_stage_name(stage)
+    version = version_for_stage(stage)
+    if version is None:
+        existing = known_stages()
+        raise RegistryError(
+            f"no {MODEL_NAME} version holds stage {stage!r}; existing stages: {', '.join(existing) or 'none'} "
+            f"(promote one with `dlfm registry promote VERSION --stage {stage}`)"
+        )
+    return f"models:/{MODEL_NAME}@{stage}", get_version(version)
+
+
+def load_registered_encoder(model_uri: str):
+    """Download a registered encoder and load it weights-only (never unpickling anything)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from dlfm.models.serialization import ARCH_FILE, load_encoder
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except MlflowException as error:
+        raise RegistryError(f"cannot download {model_uri}: {str(error).splitlines()[0]}") from None
+    candidates = [p.parent for p in local.rglob(ARCH_FILE)]
+    if not candidates:
+        raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
+    return load_encoder(candidates[0])

@@ -12,10 +12,16 @@ DATA_DIR = "data"  # where presets are simulated and cached
 
 
 def resolve_dataset(spec: str, n_train: int = 3000, n_val: int = 600, n_test: int = 600, seed: int = 0, workers: int | None = None):
-    """A preset name (simulated and cached if missing), a dataset dir or a DeepLense folder → LensDataset."""
+    """A preset name (simulated and cached if missing), an s3:// dataset dir, a dataset dir or a DeepLense folder → LensDataset."""
     from dlfm.data import load_dataset
     from dlfm.simulation import PRESETS, SimulationConfig, simulate_dataset
 
+    if spec.startswith("s3://"):
+        from dlfm.data.remote import fetch_s3_dataset
+
+        dataset = load_dataset(fetch_s3_dataset(spec, cache_dir=f"{DATA_DIR}/s3-cache"))
+        dataset.manifest["source_uri"] = spec  # the run input then names the S3 URI, not the cache dir
+        return dataset
     if spec in PRESETS:
         config = SimulationConfig(preset=spec, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
         config.validate()

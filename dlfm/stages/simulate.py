@@ -15,7 +15,7 @@ def run_simulate_stage(config, out_dir: str = "data", workers: int | None = None
     run_name = f"simulate-{config.preset}-{config.n_train}-{config.n_val}-{config.n_test}"
     with tracking.stage_run("simulate", run_name, experiment_name) as run_id:
         config.validate()
-        tracking.log_params({**vars(config), "out_dir": out_dir, "workers": workers or "auto", "force": force})
+        tracking.log_params({**vars(config), "out_dir": out_dir, "workers": workers or 0, "force": force})
         path = simulate_dataset(config, out_dir=out_dir, workers=workers, force=force)
         dataset = load_dataset(path)
         tracking.log_artifact(path / "manifest.json")

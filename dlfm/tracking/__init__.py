@@ -9,6 +9,8 @@ from dlfm.tracking.runs import (
     active_run_id,
     configure_tracking,
     fail_pending_run,
+    log_artifact,
+    log_artifacts,
     log_dataset,
     log_dict,
     log_encoder,
@@ -19,9 +21,10 @@ from dlfm.tracking.runs import (
     set_tags,
     stage_run,
 )
+from dlfm.tracking.trials import download_run_artifacts, terminate_run, trial_run
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "active_run_id", "configure_tracking", "fail_pending_run",
-    "log_dataset", "log_dict", "log_encoder", "log_figure", "log_metrics", "log_params", "log_text",
-    "set_tags", "stage_run",
+    "log_artifact", "log_artifacts", "log_dataset", "log_dict", "log_encoder", "log_figure", "log_metrics", "log_params", "log_text",
+    "set_tags", "stage_run", "download_run_artifacts", "terminate_run", "trial_run",
 ]

@@ -19,9 +19,14 @@ def configure_tracking() -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # Absolute, so nested project steps (run from the project root) share the same store.
+        database = Path(uri[len("sqlite:///"):]).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{database}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -96,9 +101,19 @@ def set_tags(tags: dict) -> None:
     _mlflow().set_tags({k: str(v) for k, v in tags.items()})
 
 
+def param_string(value) -> str:
+    """A param as MLflow stores it; bools lowercase so they match the MLproject's "true"/"false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
 def log_params(params: dict) -> None:
-    """Log a config dict as params (MLflow stores them as strings)."""
-    _mlflow().log_params({k: ("" if v is None else v) for k, v in params.items()})
+    """Log a config dict as params; keys that ``mlflow run`` already logged (as given) are kept."""
+    mlflow = _mlflow()
+    run = mlflow.active_run()
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    mlflow.log_params({k: param_string(v) for k, v in params.items() if k not in logged})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -127,6 +142,11 @@ def log_text(text: str, artifact_file: str) -> None:
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Log a local file as an artifact."""
     _mlflow().log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
+    """Log a local directory's files as artifacts."""
+    _mlflow().log_artifacts(str(directory), artifact_path)
 
 
 def log_dataset(dataset, context: str = "training") -> None:

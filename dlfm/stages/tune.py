@@ -1,0 +1,73 @@
+"""The tune stage: one parent run, one child run per Optuna trial, the best encoder registered."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+from dlfm import tracking
+from dlfm.errors import DlfmError
+from dlfm.tracking import registry
+from dlfm.tune.search import OBJECTIVE_METRIC, TuneConfig
+
+
+def run_tune_stage(config: TuneConfig, progress: bool = True) -> dict:
+    """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
+    from dlfm.plots import tune as plots
+    from dlfm.stages.common import resolve_dataset
+    from dlfm.stages.train import check_trainable
+    from dlfm.training.runtime import make_runtime
+    from dlfm.tune.search import load_best_encoder, load_or_create_study, open_storage, run_workers, trial_records
+
+    config.validate()
+    runtime = make_runtime(config.train.device)  # an absent cuda/mps is a ConfigError before any trial
+    storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL
+    study_name = config.resolved_study_name()
+    train = config.train
+    tags = {"dlfm.objective": "multitask", "dlfm.encoder": train.encoder, "dlfm.study_name": study_name,
+            "dlfm.optuna_storage": config.params()["storage"], "dlfm.pruner": config.pruner}
+    with tracking.stage_run("tune", f"tune-{study_name}", train.experiment_name, tags=tags) as run_id:
+        study = load_or_create_study(config, storage)
+        excluded = ("objective", "recon_weight", "loss_balance") + (("lr",) if config.tune_lr else ())
+        tracking.log_params({**{k: v for k, v in train.to_dict().items() if k not in excluded}, **config.params()})
+        dataset = resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test)
+        check_trainable(train, dataset)
+        tracking.log_dataset(dataset, context="training")
+        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype})
+
+        exit_codes = run_workers(config, run_id, dataset, study)
+        failed_workers = [index for index, code in enumerate(exit_codes) if code != 0]
+        if failed_workers:
+            tracking.set_tags({"dlfm.failed_workers": ",".join(map(str, failed_workers))})
+            print(f"dlfm: warning: worker(s) {failed_workers} exited with codes {[exit_codes[i] for i in failed_workers]}; "
+                  "their unfinished trials are retried by the next tune run", file=sys.stderr)
+
+        records = trial_records(study)
+        states = Counter(r["state"] for r in records)
+        epochs_spent = sum(len(r["intermediate"]) for r in records)
+        tracking.log_metrics({"tune/n_complete": states["COMPLETE"], "tune/n_pruned": states["PRUNED"],
+                              "tune/n_fail": states["FAIL"], "tune/epochs_spent": epochs_spent})
+        tracking.log_figure(plots.optimisation_history_figure(records), "figures/optuna_history.png")
+        tracking.log_figure(plots.param_vs_objective_figure(records), "figures/optuna_recon_weight.png")
+        tracking.log_figure(plots.intermediate_values_figure(records), "figures/optuna_intermediate.png")
+        tracking.log_dict({"study_name": study_name, "storage": config.params()["storage"], "trials": records},
+                          "optuna/trials.json")
+
+        complete = [r for r in records if r["state"] == "COMPLETE"]
+        if not complete:
+            reasons = sorted({r["user_attrs"].get("fail_reason", "") for r in records if r["state"] == "FAIL"} - {""})
+            raise DlfmError(f"no trial of study {study_name!r} completed ({dict(states)}); "
+                            + (f"first failure: {reasons[0]}" if reasons else "rerun with more trials or without pruning"))
+        best = max(complete, key=lambda r: (r["value"], -r["number"]))  # ties go to the earlier trial, as in Optuna
+        best_metrics = best["user_attrs"].get("final_metrics", {OBJECTIVE_METRIC: best["value"]})
+        tracking.log_params({f"best_{name}": value for name, value in best["params"].items()})
+        tracking.log_metrics({"best_value": best["value"], "best_trial": best["number"], **best_metrics})
+        tracking.set_tags({"dlfm.best_trial": best["number"],
+                           "dlfm.best_trial_run_id": best["user_attrs"].get("mlflow_run_id", "")})
+
+        encoder = load_best_encoder(best)
+        version = registry.register_encoder(encoder, dataset.image_size, "multitask", best_metrics, dataset.digest, run_id)
+        tracking.set_tags({"dlfm.registered_version": version})
+        return {"run_id": run_id, "study_name": study_name, "best_trial": best["number"], "best_value": best["value"],
+                "best_params": best["params"], "metrics": best_metrics, "version": version, "states": dict(states),
+                "epochs_spent": epochs_spent, "failed_workers": failed_workers}

@@ -1,0 +1,73 @@
+"""Pipeline steps as nested MLflow Project runs, with reuse of finished identical steps."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+CODE_VERSION_TAG = "dlfm.code_version"
+
+
+def code_version(root: Path) -> str:
+    """sha256 over the project's code (dlfm/, pipelines/, MLproject): a step reruns when any of it changes."""
+    digest = hashlib.sha256()
+    files = sorted([*root.glob("dlfm/**/*.py"), *root.glob("pipelines/*.py"), root / "MLproject"])
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def find_finished_step(experiment_name: str, entry_point: str, params: dict[str, str], version: str):
+    """A FINISHED run of this entry point with the same params (compared as MLflow's strings) and code version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.project.entryPoint` = '{entry_point}' and tags.`{CODE_VERSION_TAG}` = '{version}' "
+                      "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=200,
+    )
+    wanted = {k: str(v) for k, v in params.items()}
+    for run in runs:
+        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+            return run
+    return None
+
+
+def run_step(root: Path, entry_point: str, params: dict, experiment_name: str, version: str):
+    """Run one entry point as a child of the active run (env_manager=local), or reuse a finished twin.
+
+    Returns (run, reused).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dlfm.errors import DlfmError
+
+    params = {k: str(v) for k, v in params.items()}
+    existing = find_finished_step(experiment_name, entry_point, params, version)
+    if existing is not None:
+        return existing, True
+    submitted = mlflow.projects.run(str(root), entry_point=entry_point, parameters=params, env_manager="local",
+                                    experiment_name=experiment_name, synchronous=False)
+    succeeded = submitted.wait()
+    client = MlflowClient()
+    run = client.get_run(submitted.run_id)
+    if not succeeded:
+        reason = run.data.tags.get("dlfm.error", "see the step's run in the MLflow UI")
+        raise DlfmError(f"step {entry_point} failed (run {submitted.run_id}): {reason}")
+    client.set_tag(submitted.run_id, CODE_VERSION_TAG, version)
+    return client.get_run(submitted.run_id), False
+
+
+def download_run_artifacts(run_id: str, path: str, destination: Path) -> Path:
+    """Copy a run's artifact (file or folder) to ``destination``."""
+    import mlflow
+
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination)))

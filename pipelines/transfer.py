@@ -1,0 +1,29 @@
+"""Entry point `mlflow run . -e transfer`: pretrained (by registry stage) vs random frozen encoder.
+
+Reads: models:/dlfm-encoder@<encoder_stage> (or encoder_uri) and a lens-parameter dataset.
+Writes: one child run per arm and seed; on the parent transfer_table.md/.json,
+figures/mae_bars.png and figures/parity.png.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
+
+
+def main() -> None:
+    from dlfm.stages.transfer import run_transfer_stage
+    from dlfm.transfer import TransferConfig
+
+    parser = ParamParser(prog="pipelines/transfer.py", description="Pretrained-vs-random transfer to lens parameters.")
+    add_config_params(parser, TransferConfig)
+    config = config_from_args(TransferConfig, parser.parse_args())
+    summary = run_transfer_stage(config)
+    print(f"transfer run {summary['run_id']} (encoder version {summary['version']}), test MAE:")
+    print(summary["markdown"])
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

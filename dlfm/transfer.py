@@ -89,6 +89,19 @@ def check_lens_parameters_vary(train_targets: np.ndarray, dataset_name: str) -> 
                            "regression preset or a dataset simulated with vary_lens=true")
 
 
+def random_init_seed(seed: int) -> int:
+    """The torch seed of the random arm: a stream apart from training seeds, so it never equals a pretrained init."""
+    return 1_000_003 * (seed + 1)
+
+
+def random_encoder_like(encoder, seed: int):
+    """Same architecture as ``encoder``, fresh seeded random weights (nothing loaded)."""
+    from dlfm.models import create_encoder
+
+    torch.manual_seed(random_init_seed(seed))
+    return create_encoder(encoder.name, **{k: v for k, v in encoder.arch_config.items() if k != "name"})
+
+
 @torch.no_grad()
 def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Embeddings of all images by a frozen encoder in eval mode (BatchNorm uses running stats)."""

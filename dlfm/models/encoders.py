@@ -10,7 +10,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-import torchvision
 
 from dlfm.errors import ConfigError
 
@@ -83,6 +82,8 @@ class ResNet18Encoder(Encoder):
         super().__init__()
         if stem not in ("small", "imagenet"):
             raise ConfigError(f"unknown resnet18 stem {stem!r}; choose 'small' or 'imagenet'")
+        import torchvision  # imported here: it pulls in torch._dynamo, seconds that a bad param shouldn't pay
+
         net = torchvision.models.resnet18(weights=None)
         if stem == "small":
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -129,7 +129,7 @@ def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, prom
     table_path = steps.download_run_artifacts(transfer_run.info.run_id, "transfer_table.md", out)
     lines.append(Path(table_path).read_text().strip())
     for figure in ("mae_bars.png", "parity.png"):
-        steps.download_run_artifacts(transfer_run.info.run_id, f"figures/{figure}", out)
+        steps.download_run_artifacts(transfer_run.info.run_id, f"figures/{figure}", out / "figures")
     lines += ["", "Figures: `figures/mae_bars.png` (MAE relative to predicting the train mean), `figures/parity.png`.", ""]
     report = "\n".join(lines)
     (out / "report.md").write_text(report)

@@ -17,6 +17,8 @@ from dlfm.transfer import (
     mae_per_parameter,
     physical_parameters,
     predict,
+    random_encoder_like,
+    random_init_seed,
     regression_targets,
     train_head,
 )
@@ -49,7 +51,8 @@ def run_arm(arm: str, seed: int, encoder, data: dict, config: TransferConfig, de
     y = data["y_std"]
     with tracking.stage_run("transfer", f"transfer-{arm}-seed{seed}", nested=True,
                             tags={"dlfm.arm": arm, "dlfm.seed": seed}, system_metrics=False):
-        tracking.log_params({**config.to_dict(), "arm": arm, "seed": seed})
+        init = {"random_init_seed": random_init_seed(seed)} if arm == "random" else {}
+        tracking.log_params({**config.to_dict(), "arm": arm, "seed": seed, **init})
         if config.finetune:
             model, history, best_epoch = finetune_encoder_and_head(
                 encoder, data["images"]["train"], y["train"], data["images"]["val"], y["val"], config, seed, device)
@@ -72,9 +75,6 @@ def run_arm(arm: str, seed: int, encoder, data: dict, config: TransferConfig, de
 
 def run_transfer_stage(config: TransferConfig) -> dict:
     """Resolve the encoder by stage, embed once per encoder, run both arms per seed, log the comparison."""
-    import torch
-
-    from dlfm.models import create_encoder
     from dlfm.plots.transfer import mae_bars_figure, parity_figure
     from dlfm.stages.common import resolve_dataset
     from dlfm.training.runtime import resolve_device
@@ -102,19 +102,13 @@ def run_transfer_stage(config: TransferConfig) -> dict:
             features = Standardizer.fit(raw["train"])
             return {split: features.forward(values) for split, values in raw.items()}
 
-        arch = {k: v for k, v in pretrained.arch_config.items() if k not in ("name",)}
-
-        def random_encoder(seed: int):
-            torch.manual_seed(seed)  # fresh seeded random weights of the same architecture
-            return create_encoder(pretrained.name, **arch)
-
         if not config.finetune:
             data["embeddings"] = {"pretrained": embed_all(pretrained)}
-            data["random_embeddings"] = {seed: embed_all(random_encoder(seed)) for seed in config.seed_list}
+            data["random_embeddings"] = {seed: embed_all(random_encoder_like(pretrained, seed)) for seed in config.seed_list}
         results = {"pretrained": [], "random": []}
         for seed in config.seed_list:
             results["pretrained"].append(run_arm("pretrained", seed, pretrained, data, config, device))
-            results["random"].append(run_arm("random", seed, random_encoder(seed), data, config, device))
+            results["random"].append(run_arm("random", seed, random_encoder_like(pretrained, seed), data, config, device))
         mean_predictor = mae_per_parameter(np.repeat(y["train"].mean(0, keepdims=True), len(y["test"]), 0), y["test"], "test")
         table = comparison_table(results, mean_predictor)
         summary_metrics = {}

@@ -11,6 +11,7 @@ import getpass
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str
 
     torch_version = torch.__version__.split("+")[0]
     requirements = [f"torch=={torch_version}", f"mlflow=={mlflow.__version__}", "numpy", "dlfm"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # The signature fully describes the input; an input example would only cost a model load.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
         info = mlflow.pyfunc.log_model(
             name=PYFUNC_ARTIFACT, loader_module="dlfm.tracking.pyfunc_encoder", data_path=str(encoder_dir),

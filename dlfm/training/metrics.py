@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], prefix: str) -> dict[str, float]:
     """Accuracy, one-vs-rest AUC per class and their macro mean."""
+    from sklearn.metrics import roc_auc_score  # lazy: sklearn costs seconds at start-up
     metrics = {f"{prefix}/accuracy": float((probs.argmax(1) == labels).mean())}
     aucs = []
     for index, name in enumerate(class_names):
@@ -25,5 +25,6 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: t
 
 def normalized_confusion(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Confusion matrix with each true-class row summing to 1."""
+    from sklearn.metrics import confusion_matrix
     matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(num_classes))).astype(float)
     return matrix / np.maximum(matrix.sum(1, keepdims=True), 1)

@@ -1,0 +1,247 @@
+"""Dataset directories: verification by sha256, loading, and the ``LensDataset`` view.
+
+A dataset directory holds ``images.npy`` (float32, N×1×H×W, raw simulated flux),
+``labels.npy`` (int64), ``params.csv`` (one row per image, with ``split`` and ``label``
+columns and every physical parameter) and ``manifest.json`` (settings, software versions,
+``files: {name: sha256}`` and one ``digest`` over them). Nothing is trusted before it is
+verified: a changed byte is a DatasetError that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dlfm.errors import DatasetError
+
+__all__ = [
+    "LensDataset",
+    "REGRESSION_TARGETS",
+    "DERIVED_TARGETS",
+    "SPLITS",
+    "load_dataset",
+    "verify_dataset_dir",
+    "sha256_file",
+    "dataset_digest",
+    "normalize_images",
+]
+
+SPLITS = ("train", "val", "test")
+# Lens-parameter regression targets: columns of ``params`` (units in the manifest's param_units).
+REGRESSION_TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")
+# Derived from the targets; the angles phi and psi_ext are periodic with period π.
+DERIVED_TARGETS = ("q", "phi", "gamma_ext", "psi_ext")
+DATA_FILES = ("images.npy", "labels.npy", "params.csv")
+
+
+def sha256_file(path, chunk_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_digest(files: dict[str, str]) -> str:
+    """One sha256 over the sorted per-file sha256s: the dataset's identity."""
+    return hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()
+
+
+def normalize_images(images: np.ndarray) -> np.ndarray:
+    """Min-max each image to [0, 1] (DeepLense convention); a constant image becomes zeros."""
+    images = np.array(images, dtype=np.float32, copy=True)
+    flat = images.reshape(len(images), -1)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    flat -= low
+    np.divide(flat, span, out=flat, where=span > 0)
+    flat[(span == 0).ravel()] = 0.0
+    return images
+
+
+@dataclass
+class LensDataset:
+    """Images, labels and physical parameters with a train/val/test split."""
+
+    images: np.ndarray  # (N, 1, H, W) float32 raw flux; a read-only memmap for dataset dirs
+    labels: np.ndarray  # (N,) int64 index into class_names
+    params: pd.DataFrame  # one row per image: physical parameters, plus split and label columns
+    split: np.ndarray  # (N,) "train" | "val" | "test"
+    class_names: tuple[str, ...]  # ("no_sub", "cdm", "axion") or ("lens",)
+    task: str  # "classification" | "regression"
+    manifest: dict
+    root: Path | None
+    normalize: bool = True  # min-max normalise each image on access
+    _index_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def digest(self) -> str:
+        """The dataset digest (sha256 over its files)."""
+        return self.manifest["digest"]
+
+    @property
+    def image_size(self) -> int:
+        """Pixels per image axis (images are square)."""
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of one split, in dataset order."""
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+        if split not in self._index_cache:
+            self._index_cache[split] = np.flatnonzero(np.asarray(self.split) == split)
+        return self._index_cache[split]
+
+    def images_at(self, indices) -> np.ndarray:
+        """float32 (n,1,H,W) images at ``indices``, normalised per image if ``self.normalize``."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and np.all(np.diff(indices) == 1):
+            batch = self.images[indices[0] : indices[-1] + 1]  # contiguous: one memmap slice
+        else:
+            batch = self.images[indices]
+        if self.normalize:
+            return normalize_images(batch)
+        return np.array(batch, dtype=np.float32, copy=True)
+
+    def get_images(self, split: str) -> np.ndarray:
+        """float32 (n,1,H,W) images of a split, min-max normalised per image if ``self.normalize``."""
+        return self.images_at(self.indices(split))
+
+    def get_labels(self, split: str) -> np.ndarray:
+        """int64 class indices of a split."""
+        return np.asarray(self.labels[self.indices(split)], dtype=np.int64)
+
+    def get_params(self, split: str) -> pd.DataFrame:
+        """Physical parameters of a split (fresh 0-based index)."""
+        return self.params.iloc[self.indices(split)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise DatasetError(
+            f"{path} has no manifest.json, so it is not a dlfm dataset directory; "
+            "simulate it again (with --force) or pass a DeepLense class folder"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"dataset {path} has an unreadable manifest.json ({error}); rerun with --force to rebuild it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "digest" not in manifest:
+        raise DatasetError(f"dataset {path} has a manifest.json without files/digest; rerun with --force to rebuild it")
+    return manifest
+
+
+def verify_dataset_dir(path) -> dict:
+    """Check every file's sha256 against manifest.json; return the manifest or raise DatasetError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"dataset directory {path} does not exist; simulate it first or pass an existing directory")
+    manifest = _read_manifest(path)
+    files = manifest["files"]
+    for name in DATA_FILES:
+        if name not in files:
+            raise DatasetError(f"dataset {path} manifest does not list {name}; rerun with --force to rebuild it")
+    for name, expected in sorted(files.items()):
+        file_path = path / name
+        if not file_path.is_file():
+            raise DatasetError(f"dataset {path} is missing {name}; rerun with --force to rebuild it")
+        if sha256_file(file_path) != expected:
+            raise DatasetError(f"dataset {path} is corrupt ({name} sha256 mismatch); rerun with --force to rebuild it")
+    if dataset_digest(files) != manifest["digest"]:
+        raise DatasetError(f"dataset {path} is corrupt (manifest digest mismatch); rerun with --force to rebuild it")
+    return manifest
+
+
+def _load_npy(path: Path, **kwargs) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False, **kwargs)
+    except (ValueError, OSError, EOFError) as error:
+        raise DatasetError(
+            f"{path} is truncated or not a valid .npy file ({error}); rerun with --force to rebuild it"
+        ) from None
+
+
+def _load_dataset_dir(path: Path, normalize: bool, verify: bool) -> LensDataset:
+    manifest = verify_dataset_dir(path) if verify else _read_manifest(path)
+    images = _load_npy(path / "images.npy", mmap_mode="r")
+    labels = _load_npy(path / "labels.npy")
+    try:
+        params = pd.read_csv(path / "params.csv")
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise DatasetError(f"{path / 'params.csv'} is unreadable ({error}); rerun with --force to rebuild it") from None
+
+    n = len(labels)
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise DatasetError(f"{path / 'images.npy'} has shape {images.shape}, expected (N, 1, H, H); rerun with --force to rebuild it")
+    if images.dtype != np.float32:
+        raise DatasetError(f"{path / 'images.npy'} has dtype {images.dtype}, expected float32; rerun with --force to rebuild it")
+    if labels.ndim != 1 or images.shape[0] != n or len(params) != n:
+        raise DatasetError(
+            f"dataset {path} is inconsistent ({images.shape[0]} images, {n} labels, {len(params)} params rows); "
+            "rerun with --force to rebuild it"
+        )
+    if "split" not in params.columns:
+        raise DatasetError(f"{path / 'params.csv'} has no split column; rerun with --force to rebuild it")
+    split = params["split"].to_numpy(dtype=str)
+    bad_split = sorted(set(np.unique(split)) - set(SPLITS))
+    if bad_split:
+        raise DatasetError(f"{path / 'params.csv'} has unknown split values {bad_split}; rerun with --force to rebuild it")
+
+    class_names = tuple(manifest.get("class_names", ()))
+    if not class_names:
+        raise DatasetError(f"dataset {path} manifest has no class_names; rerun with --force to rebuild it")
+    if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise DatasetError(
+            f"{path / 'labels.npy'} has labels outside 0..{len(class_names) - 1}; rerun with --force to rebuild it"
+        )
+    for start in range(0, n, 4096):  # chunked: never pull a whole memmap into memory
+        if np.isnan(images[start : start + 4096]).any():
+            raise DatasetError(f"{path / 'images.npy'} contains NaN pixels; rerun with --force to rebuild it")
+
+    return LensDataset(
+        images=images,
+        labels=labels.astype(np.int64, copy=False),
+        params=params,
+        split=split,
+        class_names=class_names,
+        task=manifest.get("task", "classification"),
+        manifest=manifest,
+        root=path,
+        normalize=normalize,
+    )
+
+
+def load_dataset(path, normalize: bool = True, verify: bool = True) -> LensDataset:
+    """Load a dlfm dataset directory (verified by sha256) or a DeepLense class folder."""
+    from dlfm.data.deeplense import is_deeplense_folder, load_deeplense_folder
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(
+            f"dataset path {path} does not exist; pass a preset name (model_ii, model_i, regression) or a dataset directory"
+        )
+    if not path.is_dir():
+        raise DatasetError(f"dataset path {path} is a file; pass a dataset directory or a DeepLense class folder")
+    if (path / "manifest.json").exists():
+        return _load_dataset_dir(path, normalize=normalize, verify=verify)
+    if is_deeplense_folder(path):
+        dataset = load_deeplense_folder(path)
+        dataset.normalize = normalize
+        return dataset
+    raise DatasetError(
+        f"{path} is neither a dlfm dataset (no manifest.json) nor a DeepLense folder "
+        "(no class subfolders no/sphere/vort or no_sub/cdm/axion); pass a dataset directory"
+    )

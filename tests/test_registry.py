@@ -1,0 +1,141 @@
+"""The dlfm-encoder registry: register, promote by alias, history, the --if-better gate, loading by stage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, run_script
+from dlfm.errors import RegistryError
+from dlfm.models import create_encoder
+from dlfm.tracking import registry, stage_run
+from dlfm.tracking.registry import MODEL_NAME
+
+
+def register(objective="multitask", val_auc=0.7, seed=0) -> str:
+    """A conv4 encoder registered from a real (tiny) run with val/macro_auc logged."""
+    import torch
+
+    torch.manual_seed(seed)
+    encoder = create_encoder("conv4")
+    with stage_run(objective, f"{objective}-test", "registry-test", system_metrics=False) as run_id:
+        metrics = {"val/macro_auc": val_auc, "val/accuracy": 0.5, "test/macro_auc": val_auc - 0.01, "test/accuracy": 0.5}
+        mlflow.log_metrics(metrics)
+        return registry.register_encoder(encoder, 64, objective, metrics, "f" * 64, run_id)
+
+
+def aliases() -> dict[str, str]:
+    return {alias: str(v) for alias, v in mlflow.MlflowClient().get_registered_model(MODEL_NAME).aliases.items()}
+
+
+def test_new_version_is_a_candidate_with_tags_and_description(tracking_uri):
+    version = register()
+    info = registry.get_version(version)
+    assert info.aliases == ["candidate"]
+    for tag in ("objective", "encoder", "dataset_digest", "source_run_id", "val/macro_auc", "val/accuracy",
+                "test/macro_auc", "test/accuracy"):
+        assert tag in info.tags
+    assert info.tags["encoder"] == "conv4" and info.tags["objective"] == "multitask"
+    description = mlflow.MlflowClient().get_model_version(MODEL_NAME, version).description
+    assert "multitask" in description and "val/macro_auc 0.7000" in description
+
+
+def test_promote_and_load_by_stage_with_pyfunc(tracking_uri):
+    version = register()
+    outcome = registry.promote(version, "production")
+    assert outcome.promoted and aliases()["production"] == version
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@production")
+    embeddings = model.predict(np.random.rand(5, 1, 64, 64).astype(np.float32))
+    assert embeddings.shape == (5, 128)
+    assert model.metadata.signature is not None
+    encoder = registry.load_registered_encoder(f"models:/{MODEL_NAME}@production")
+    assert encoder.embed_dim == 128
+
+
+def test_registered_model_loads_no_pickle(tracking_uri, tmp_path):
+    version = register()
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}", dst_path=str(tmp_path)))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "dlfm.tracking.pyfunc_encoder"
+    assert not list(local.rglob("*.pkl")) and "python_model" not in mlmodel["flavors"]["python_function"]
+    requirements = (local / "requirements.txt").read_text()
+    assert "torch==" in requirements and "mlflow==" in requirements
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    for path in (REPO / "dlfm").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load" and \
+                    getattr(node.func.value, "id", "") == "torch":
+                keywords = {k.arg: k.value for k in node.keywords}
+                assert "weights_only" in keywords and keywords["weights_only"].value is True, f"{path}:{node.lineno}"
+
+
+def test_history_records_every_promotion(tracking_uri):
+    first, second = register(seed=0), register(seed=1)
+    registry.promote(first, "production", reason="first")
+    registry.promote(second, "production", reason="second")
+    history = registry.promotion_history("production")
+    assert [(h["version"], h["previous_version"], h["reason"]) for h in history] == [(first, "", "first"), (second, first, "second")]
+    assert all(h["user"] and h["time"] for h in history)
+
+
+def test_if_better_gate_both_ways(tracking_uri):
+    good, worse, best = register(val_auc=0.8, seed=0), register(val_auc=0.6, seed=1), register(val_auc=0.9, seed=2)
+    registry.promote(good, "production")
+    refused = registry.promote(worse, "production", if_better="val/macro_auc")
+    assert not refused.promoted and "does not beat" in refused.message
+    assert aliases()["production"] == good
+    accepted = registry.promote(best, "production", if_better="val/macro_auc")
+    assert accepted.promoted and aliases()["production"] == best
+    assert len(registry.promotion_history("production")) == 2
+
+
+def test_failed_if_better_leaves_every_alias_as_it_was(tracking_uri):
+    first, second = register(val_auc=0.8, seed=0), register(val_auc=0.6, seed=1)
+    registry.promote(first, "staging")
+    before = aliases()
+    with pytest.raises(RegistryError, match="no metric"):
+        registry.promote(second, "staging", if_better="val/not_a_metric")
+    registry.promote(second, "staging", if_better="val/macro_auc")
+    assert aliases() == before
+
+
+def test_alias_moved_by_hand_in_the_ui_does_not_break_anything(tracking_uri):
+    first, second = register(seed=0), register(seed=1)
+    registry.promote(first, "production")
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "production", second)  # what the UI does
+    assert registry.version_for_stage("production") == second
+    outcome = registry.promote(first, "production")
+    assert outcome.previous == second
+    assert registry.promotion_history()[-1]["previous_version"] == second
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: registry.promote("999", "production"), "no version '999'"),
+    (lambda: registry.version_for_run("0" * 32), "registered no"),
+    (lambda: registry.resolve_encoder_uri("qa"), "existing stages"),
+    (lambda: registry.promote("1", "Prod!"), "invalid stage"),
+])
+def test_registry_errors_are_clear(call, match, tracking_uri):
+    register()
+    with pytest.raises(RegistryError, match=match):
+        call()
+
+
+def test_registry_cli_list_promote_history(tracking_uri, tmp_path):
+    version = register()
+    promote = run_script(["-m", "dlfm.cli", "registry", "promote", version, "--stage", "staging"], cwd=tmp_path)
+    assert promote.returncode == 0 and f"promoted version {version} to staging" in promote.stdout
+    listing = run_script(["-m", "dlfm.cli", "registry", "list"], cwd=tmp_path).stdout
+    assert "candidate,staging" in listing and "multitask" in listing and "conv4" in listing
+    history = run_script(["-m", "dlfm.cli", "registry", "history"], cwd=tmp_path).stdout
+    assert "staging" in history and version in history
+    missing = run_script(["-m", "dlfm.cli", "registry", "promote", "42", "--stage", "production"], cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no version '42'" in missing.stderr

@@ -1,0 +1,103 @@
+"""Entry points end to end on tiny data: FINISHED runs with the shared metric names, figures and encoder/."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from conftest import REPO, run_script
+from dlfm.models.serialization import load_encoder
+from dlfm.stages.train import run_training_stage
+from dlfm.training import TrainConfig
+
+
+def only_run(client, stage):
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`dlfm.stage` = '{stage}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+@pytest.mark.parametrize("objective", ["autoencoder", "supervised", "multitask"])
+def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, tmp_path):
+    config = TrainConfig(objective=objective, dataset=str(tiny_classification_dir), encoder="conv4", epochs=2, batch_size=8)
+    summary = run_training_stage(config, progress=False)
+    client = mlflow.MlflowClient()
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dlfm.stage"] == objective and run.data.tags["dlfm.objective"] == objective
+    assert run.data.tags["dlfm.encoder"] == "conv4"
+    metrics = run.data.metrics
+    for name in ("train/loss", "val/loss", "val/accuracy", "val/macro_auc", "val/auc_no_sub", "val/auc_cdm",
+                 "val/auc_axion", "test/accuracy", "test/macro_auc"):
+        assert name in metrics, name
+    assert ("val/recon_mse" in metrics) == (objective != "supervised")
+    assert ("train/loss_recon" in metrics) == (objective != "supervised")
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+    assert run.data.params["recon_weight"] == "1.0" and run.data.params["epochs"] == "2"
+    figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
+    expected = {"figures/learning_curves.png", "figures/roc.png", "figures/confusion.png"}
+    if objective != "supervised":
+        expected.add("figures/reconstructions.png")
+    assert expected <= figures
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="encoder", dst_path=str(tmp_path))
+    encoder = load_encoder(local)
+    assert encoder(torch.rand(2, 1, 64, 64)).shape == (2, 128)
+    assert json.loads((tmp_path / "encoder" / "arch.json").read_text())["objective"] == objective
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+
+
+def test_simulate_entry_point_through_mlflow_run(tracking_uri, tmp_path):
+    out = tmp_path / "data"
+    result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "simulate", "--env-manager", "local",
+                         "--experiment-name", "sim-test", "-P", "n_train=6", "-P", "n_val=3", "-P", "n_test=3",
+                         "-P", "workers=1", "-P", f"out_dir={out}"], cwd=tmp_path,
+                        env_extra={"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    run = only_run(client, "simulate")
+    assert run.info.status == "FINISHED"
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id)} | {
+        f.path for f in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"manifest.json", "figures/examples.png"} <= artifacts
+    [dataset_input] = run.inputs.dataset_inputs
+    assert str(out) in dataset_input.dataset.source
+    assert dataset_input.dataset.digest
+    assert len(list(out.iterdir())) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--epochs", "three"], "epochs must be an integer"),
+    (["--encoder", "vgg99"], "unknown encoder"),
+    (["--recon_weight", "-1"], "recon_weight must be >= 0"),
+    (["--dataset", "/nonexistent/lenses"], "neither a preset"),
+    (["--device", "cuda"], "no CUDA GPU"),
+])
+def test_bad_training_input_gives_one_line_and_a_failed_run(args, message, tracking_uri, tiny_classification_dir, tmp_path):
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    base = ["--dataset", str(tiny_classification_dir), "--encoder", "conv4", "--epochs", "1"]
+    result = run_script([str(REPO / "pipelines/multitask.py"), *base, *args], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("dlfm: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert all(r.info.status == "FAILED" for r in runs)
+    assert all(message in r.data.tags.get("dlfm.error", "") for r in runs if "three" not in args)
+
+
+def test_image_size_the_encoder_cannot_take(tracking_uri, tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "tiny_images"
+    for cls in ("no", "sphere", "vort"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(4):
+            np.save(folder / cls / f"{i}.npy", np.random.rand(1, 16, 16).astype("float32"))
+    result = run_script([str(REPO / "pipelines/supervised.py"), "--dataset", str(folder), "--epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 2 and "at least 32 px" in result.stderr and "Traceback" not in result.stderr

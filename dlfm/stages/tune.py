@@ -11,7 +11,7 @@ from dlfm.tracking import registry
 from dlfm.tune.search import OBJECTIVE_METRIC, TuneConfig
 
 
-def run_tune_stage(config: TuneConfig, progress: bool = True) -> dict:
+def run_tune_stage(config: TuneConfig) -> dict:
     """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
     from dlfm.plots import tune as plots
     from dlfm.stages.common import resolve_dataset

@@ -1,0 +1,35 @@
+"""Entry point `mlflow run . -e tune`: Optuna searches the multitask recon_weight (and lr with tune_lr).
+
+Reads: `dataset` (preset, dataset dir or DeepLense folders) and the Optuna `storage` (joins the
+study if it exists). Writes: the study's trials to `storage`; a parent run with figures/optuna_*.png
+and optuna/trials.json, one child run per trial (the best-so-far ones with encoder/), and a
+dlfm-encoder version of the best trial's encoder.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
+
+
+def main() -> None:
+    from dlfm.stages.tune import run_tune_stage
+    from dlfm.training import TrainConfig
+    from dlfm.tune import TuneConfig
+
+    parser = ParamParser(prog="pipelines/tune.py", description="Tune the multitask loss weight with Optuna.")
+    add_config_params(parser, TrainConfig, exclude=("objective", "recon_weight", "loss_balance"))
+    add_config_params(parser, TuneConfig)
+    args = parser.parse_args()
+    config = config_from_args(TuneConfig, args, train=config_from_args(TrainConfig, args, objective="multitask"))
+    summary = run_tune_stage(config)
+    params = ", ".join(f"{k}={v:.4g}" for k, v in summary["best_params"].items())
+    print(f"tune run {summary['run_id']}: study {summary['study_name']} {summary['states']}; best trial "
+          f"{summary['best_trial']} ({params}) val/macro_auc={summary['best_value']:.4f}; "
+          f"registered dlfm-encoder version {summary['version']}")
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

@@ -6,13 +6,14 @@ Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
-from dlfm.training import TrainConfig  # noqa: E402
+from dlfm.training import TrainConfig, distributed  # noqa: E402
 
 
 def main_for(objective: str, argv: list[str] | None = None) -> None:
@@ -25,7 +26,15 @@ def main_for(objective: str, argv: list[str] | None = None) -> None:
         exclude = ("objective",) if objective == "multitask" else ("objective", "recon_weight", "loss_balance")
         add_config_params(parser, TrainConfig, exclude=exclude)
         config = config_from_args(TrainConfig, parser.parse_args(argv), objective=objective)
+        if distributed.under_torchrun():
+            config = dataclasses.replace(config, nproc=distributed.world_size())
+        elif config.nproc > 1:
+            config.validate()
+            distributed.check_nproc(config.nproc, config.device)
+            sys.exit(distributed.relaunch_with_torchrun(config.nproc, sys.argv[0], sys.argv[1:] if argv is None else argv))
         summary = run_training_stage(config)
+        if not summary:
+            return
         print(f"{objective} run {summary['run_id']}: " + ", ".join(
             f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()) if k.endswith(("accuracy", "macro_auc", "recon_mse"))))
 

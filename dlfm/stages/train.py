@@ -5,7 +5,7 @@ from __future__ import annotations
 from dlfm import tracking
 from dlfm.tracking import registry
 from dlfm.errors import ConfigError, DatasetError
-from dlfm.training import TrainConfig, fit
+from dlfm.training import TrainConfig, distributed, fit
 
 
 def check_trainable(config: TrainConfig, dataset) -> None:
@@ -35,27 +35,60 @@ def log_training_figures(result, class_names) -> None:
         tracking.log_figure(plots.reconstruction_figure(*result.reconstructions), "figures/reconstructions.png")
 
 
-def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
-    """Validate, load or simulate the dataset, train, log everything; return the final metrics."""
+def prepare_data(config: TrainConfig, runtime):
+    """Resolve (rank 0 first: it may simulate the cache) and check the dataset; tensors per split."""
     from dlfm.stages.common import resolve_dataset, split_tensors
+
+    def resolve():
+        return resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
+
+    dataset = resolve() if runtime.is_main_process else None
+    distributed.barrier()
+    dataset = dataset or resolve()
+    check_trainable(config, dataset)
+    return dataset, {name: split_tensors(dataset, name) for name in ("train", "val", "test")}
+
+
+def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
+    """Ranks > 0 under torchrun: the same validation, data and loop, with no tracking at all."""
     from dlfm.training.runtime import make_runtime
 
+    config.validate()
+    runtime = make_runtime(config.device)
+    distributed.init_process_group(runtime.device)
+    try:
+        dataset, splits = prepare_data(config, runtime)
+        fit(config, splits, dataset.class_names, runtime=runtime, progress=False)
+    finally:
+        distributed.destroy_process_group()
+    return {}
+
+
+def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
+    """Validate, load or simulate the dataset, train, log everything; return the final metrics."""
+    from dlfm.training.runtime import make_runtime
+
+    if not distributed.is_main_rank():
+        return train_on_other_rank(config, progress)
     run_name = f"{config.objective}-{config.encoder}"
     tags = {"dlfm.objective": config.objective, "dlfm.encoder": config.encoder}
     with tracking.stage_run(config.objective, run_name, config.experiment_name, tags=tags) as run_id:
         config.validate()
         runtime = make_runtime(config.device)
+        distributed.init_process_group(runtime.device)
         tracking.log_params(config.to_dict())
-        dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
-        check_trainable(config, dataset)
+        dataset, splits = prepare_data(config, runtime)
         tracking.log_dataset(dataset, context="training")
-        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype})
-        splits = {name: split_tensors(dataset, name) for name in ("train", "val", "test")}
+        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
+                           "dlfm.amp": runtime.amp_dtype, "dlfm.world_size": runtime.world_size})
 
         def on_epoch_end(epoch, metrics, make_checkpoint):
             tracking.log_metrics(metrics, step=epoch)
 
-        result = fit(config, splits, dataset.class_names, on_epoch_end=on_epoch_end, runtime=runtime, progress=progress)
+        try:
+            result = fit(config, splits, dataset.class_names, on_epoch_end=on_epoch_end, runtime=runtime, progress=progress)
+        finally:
+            distributed.destroy_process_group()
         final_step = len(result.history)
         tracking.log_metrics({**result.final_metrics, "best_epoch": result.best_epoch,
                               "train/images_per_second": result.images_per_second}, step=final_step)

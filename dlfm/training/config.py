@@ -32,6 +32,7 @@ class TrainConfig:
     patience: int = 4  # early stopping: epochs without improvement of the monitored val metric
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
+    nproc: int = 1  # processes under torchrun DDP (one per GPU); the global batch is batch_size × nproc
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300
     sim_n_test: int = 300
@@ -55,7 +56,7 @@ class TrainConfig:
         need(self.objective in OBJECTIVES, f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         need(self.encoder in list_encoders(), f"unknown encoder {self.encoder!r}; choose one of {', '.join(list_encoders())}")
         need(self.stem in ("imagenet", "small"), f"unknown stem {self.stem!r}; choose imagenet or small")
-        for name in ("epochs", "batch_size", "sim_n_train", "sim_n_val", "sim_n_test"):
+        for name in ("epochs", "batch_size", "nproc", "sim_n_train", "sim_n_val", "sim_n_test"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")

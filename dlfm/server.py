@@ -26,7 +26,6 @@ unreachable server or wrong credentials are one line instead of minutes of HTTP 
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import os
 import signal
@@ -214,6 +213,8 @@ def check_port_free(host: str, port: int) -> None:
 
 def check_mlflow_options(options: list[str], env=os.environ) -> None:
     """Pass-through options don't override dlfm's own settings or switch the protections off."""
+    if options and not options[0].startswith("-"):
+        raise ConfigError(f"unexpected argument {options[0]!r}; `mlflow server` options go after `--`, e.g. -- --static-prefix /mlflow")
     for option in options:
         name = option.split("=", 1)[0]
         if name in REFUSED_OPTIONS:
@@ -335,6 +336,8 @@ def run_server(args) -> None:
 
 # ----------------------------------------------------------------------------- client side
 
+_VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked in this process
+
 
 def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None:
     """For an http(s) tracking URI: the server answers and accepts our credentials, else one DlfmError line.
@@ -353,6 +356,8 @@ def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None
     headers = {"Authorization": f"Bearer {token}"} if token and not username else {}
     auth = (username, password or "") if username else None
     verify = not str(os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "")).lower() in ("true", "1")
+    if (uri, username) in _VERIFIED:
+        return
     url = f"{uri}/api/2.0/mlflow/experiments/search"
     try:
         response = requests.get(url, params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout, verify=verify)
@@ -372,3 +377,4 @@ def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None
     if response.status_code >= 400:
         first = " ".join(response.text.split())[:200]
         raise DlfmError(f"tracking server {uri} answered {response.status_code} ({first}); is MLFLOW_TRACKING_URI an MLflow server?")
+    _VERIFIED.add((uri, username))

@@ -24,7 +24,7 @@ def test_conda_pip_section_matches_pyproject_pins():
 
 def test_required_pins_are_exact():
     deps = set(pyproject_dependencies())
-    for pin in ("torch==2.14.1", "torchvision==0.29.1", "mlflow==3.17.2", "optuna==5.0.0", "lenstronomy==1.14.2"):
+    for pin in ("torch==2.14.1", "torchvision==0.29.1", "mlflow[auth]==3.17.2", "optuna==5.0.0", "lenstronomy==1.14.2"):
         assert pin in deps
 
 

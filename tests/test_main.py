@@ -28,7 +28,7 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     [parent] = [r for r in runs_before if r.data.tags.get("dlfm.stage") == "main"]
     steps = [r for r in runs_before if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(steps) == 6 and all(r.info.status == "FINISHED" for r in steps)
-    assert mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version == parent.data.tags["dlfm.promoted_version"]
+    assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == parent.data.tags["dlfm.promoted_version"]
 
     second = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]

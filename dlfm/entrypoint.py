@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from typing import Callable
 
@@ -57,9 +58,16 @@ def config_from_args(config_class, args: argparse.Namespace, **fixed):
 
 
 def run_entry_point(main: Callable[[], object]) -> None:
-    """Run ``main``; a user error prints one line, marks a pending MLflow run FAILED and exits 2."""
-    from dlfm.tracking import fail_pending_run
+    """Run ``main``; a user error prints one line, marks a pending MLflow run FAILED and exits 2.
 
+    SIGTERM is turned into KeyboardInterrupt (as Ctrl-C is), so runs end KILLED rather than
+    staying RUNNING; an interruption prints one line (with the resume command when there is
+    one) and exits 128 + the signal number.
+    """
+    from dlfm.tracking import fail_pending_run
+    from dlfm.training.interrupt import sigterm_raises_keyboard_interrupt
+
+    sigterm_raises_keyboard_interrupt()
     try:
         main()
     except DlfmError as error:
@@ -67,6 +75,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
         print(f"dlfm: error: {message}", file=sys.stderr)
         fail_pending_run(message)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("dlfm: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as error:
+        hint = getattr(error, "hint", "")
+        detail = f": {error}" if str(error) else ""
+        print(f"dlfm: interrupted{detail}" + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
+        fail_pending_run("interrupted before the run started", status="KILLED")
+        sys.exit(128 + getattr(error, "signal_number", signal.SIGINT))

@@ -1,7 +1,8 @@
 """Shared body of the autoencoder, supervised and multitask entry points.
 
 Reads: a preset (simulated into data/ if missing), a dataset dir or DeepLense class folders.
-Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json).
+Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json), checkpoints/last.pt
+(each epoch; a local copy in checkpoints/<run_id>/). With --resume <run_id> it continues that run.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
-"""The autoencoder, supervised and multitask stages: one tracked run around ``training.fit``."""
+"""The autoencoder, supervised and multitask stages: one tracked run around ``training.fit``.
+
+Each epoch ends with a checkpoint (``checkpoints/last.pt`` artifact, and a local copy under
+``checkpoints/<run_id>/``); ``resume=<run_id>`` reopens a killed or failed run and continues at
+the epoch after its checkpoint. SIGINT/SIGTERM finish the current step and end the run KILLED
+with a ``dlfm.resume_hint`` tag.
+"""
 
 from __future__ import annotations
 
 from dlfm import tracking
-from dlfm.tracking import registry
+from dlfm.tracking import checkpoints, registry
 from dlfm.errors import ConfigError, DatasetError
 from dlfm.training import TrainConfig, distributed, fit
+from dlfm.training.interrupt import StopRequest, graceful_stop
 
 
 def check_trainable(config: TrainConfig, dataset) -> None:
@@ -54,14 +61,32 @@ def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
     from dlfm.training.runtime import make_runtime
 
     config.validate()
+    # Rank 0 has checked the run (and may have reopened it already): only the checkpoint is needed here.
+    config, resume_state = resume_point(config, check_run=False) if config.resume else (config, None)
     runtime = make_runtime(config.device)
     distributed.init_process_group(runtime.device)
+    stop = StopRequest()
     try:
         dataset, splits = prepare_data(config, runtime)
-        fit(config, splits, dataset.class_names, runtime=runtime, progress=False)
+        with graceful_stop(stop):
+            fit(config, splits, dataset.class_names, resume_state=resume_state, runtime=runtime, progress=False, stop=stop)
     finally:
         distributed.destroy_process_group()
     return {}
+
+
+def resume_point(config: TrainConfig, check_run: bool = True) -> tuple[TrainConfig, dict | None]:
+    """Refuse a run that cannot be resumed; the config merged with its checkpoint's, and the checkpoint.
+
+    Everything is checked before the run is reopened, so a refusal leaves the old run untouched.
+    A run killed before its first epoch ended has no checkpoint: it restarts at epoch 1.
+    """
+    if check_run:
+        checkpoints.check_resumable(config.resume, config.objective)
+    state = checkpoints.load_checkpoint(config.resume)
+    if state is None:
+        return config, None
+    return config.resumed_from(state["config"]), state
 
 
 def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
@@ -70,31 +95,60 @@ def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
 
     if not distributed.is_main_rank():
         return train_on_other_rank(config, progress)
+    resume_state = None
+    if config.resume:
+        config.validate()
+        config, resume_state = resume_point(config)
     run_name = f"{config.objective}-{config.encoder}"
     tags = {"dlfm.objective": config.objective, "dlfm.encoder": config.encoder}
-    with tracking.stage_run(config.objective, run_name, config.experiment_name, tags=tags) as run_id:
-        config.validate()
-        runtime = make_runtime(config.device)
-        distributed.init_process_group(runtime.device)
-        tracking.log_params(config.to_dict())
-        dataset, splits = prepare_data(config, runtime)
-        tracking.log_dataset(dataset, context="training")
-        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
-                           "dlfm.amp": runtime.amp_dtype, "dlfm.world_size": runtime.world_size})
-
-        def on_epoch_end(epoch, metrics, make_checkpoint):
-            tracking.log_metrics(metrics, step=epoch)
-
+    with tracking.stage_run(config.objective, run_name, config.experiment_name, tags=tags,
+                            run_id=config.resume or None) as run_id:
         try:
-            result = fit(config, splits, dataset.class_names, on_epoch_end=on_epoch_end, runtime=runtime, progress=progress)
-        finally:
-            distributed.destroy_process_group()
-        final_step = len(result.history)
-        tracking.log_metrics({**result.final_metrics, "best_epoch": result.best_epoch,
-                              "train/images_per_second": result.images_per_second}, step=final_step)
-        log_training_figures(result, dataset.class_names)
-        tracking.log_encoder(result.model.encoder, dataset.image_size, config.objective)
-        version = registry.register_encoder(result.model.encoder, dataset.image_size, config.objective,
-                                            result.final_metrics, dataset.digest, run_id)
-        tracking.set_tags({"dlfm.registered_version": version})
-        return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch, "version": version}
+            return train_in_run(config, run_id, resume_state, progress)
+        except KeyboardInterrupt as error:
+            hint = checkpoints.resume_hint(config.objective, run_id)
+            tracking.set_tags({checkpoints.RESUME_HINT_TAG: hint})
+            error.hint = hint  # the entry point prints it
+            raise
+
+
+def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, progress: bool) -> dict:
+    """The body of a training run: data, the loop with per-epoch checkpoints, figures, registration."""
+    from dlfm.training.runtime import make_runtime
+
+    config.validate()
+    if config.resume:
+        checkpoints.supersede_launcher_run(run_id)
+        done = resume_state["epoch"] if resume_state else 0
+        tracking.set_tags({"dlfm.resumed_after_epoch": done, "dlfm.epochs": config.epochs})
+    runtime = make_runtime(config.device)
+    distributed.init_process_group(runtime.device)
+    tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
+    if resume_state:
+        checkpoints.backfill_epoch_metrics(run_id, resume_state["history"])
+    dataset, splits = prepare_data(config, runtime)
+    tracking.log_dataset(dataset, context="training")
+    tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
+                       "dlfm.amp": runtime.amp_dtype, "dlfm.world_size": runtime.world_size})
+
+    def on_epoch_end(epoch, metrics, make_checkpoint):
+        # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.
+        checkpoints.log_checkpoint(make_checkpoint(), run_id)
+        tracking.log_metrics(metrics, step=epoch)
+
+    stop = StopRequest()
+    try:
+        with graceful_stop(stop):
+            result = fit(config, splits, dataset.class_names, on_epoch_end=on_epoch_end, resume_state=resume_state,
+                         runtime=runtime, progress=progress, stop=stop)
+    finally:
+        distributed.destroy_process_group()
+    final_step = len(result.history)
+    tracking.log_metrics({**result.final_metrics, "best_epoch": result.best_epoch,
+                          "train/images_per_second": result.images_per_second}, step=final_step)
+    log_training_figures(result, dataset.class_names)
+    tracking.log_encoder(result.model.encoder, dataset.image_size, config.objective)
+    version = registry.register_encoder(result.model.encoder, dataset.image_size, config.objective,
+                                        result.final_metrics, dataset.digest, run_id)
+    tracking.set_tags({"dlfm.registered_version": version})
+    return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch, "version": version}

@@ -7,6 +7,7 @@ moves (mlflow issue #2169), so every promotion is also recorded as a run in the
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import re
 import tempfile
@@ -30,6 +31,28 @@ def _client():
     from mlflow import MlflowClient
 
     return MlflowClient()
+
+
+@contextlib.contextmanager
+def registry_lock():
+    """Serialise alias moves and their history records between processes that share a SQLite store.
+
+    Without it two promotions can interleave (A moves, B moves, B records, A records) and the
+    history's last entry would disagree with the alias. A remote tracking server has no such
+    lock: there the recorded previous version may race.
+    """
+    import fcntl
+
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri[len("sqlite:///"):].split("?")[0]).with_suffix(".registry.lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even if the process dies
+        yield
 
 
 def check_stage_name(stage: str) -> str:
@@ -82,7 +105,10 @@ def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str
     version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
     client = _client()
     client.update_model_version(MODEL_NAME, version.version, description=description)
-    client.set_registered_model_alias(MODEL_NAME, "candidate", version.version)
+    with registry_lock():
+        holder = version_for_stage("candidate")
+        if holder is None or int(holder) < int(version.version):  # a concurrent, newer version keeps it
+            client.set_registered_model_alias(MODEL_NAME, "candidate", version.version)
     return str(version.version)
 
 
@@ -178,8 +204,17 @@ def promote(version: str, stage: str, if_better: str | None = None, reason: str 
     The comparison happens before anything changes, and the alias moves in one call, so a
     refused or failed promotion leaves every alias as it was.
     """
+    from dlfm.tracking.runs import check_store_writable
+
     check_stage_name(stage)
+    check_store_writable()
     candidate = get_version(version)
+    with registry_lock():  # the comparison, the move and its record happen as one step
+        return _promote_locked(candidate, stage, if_better, reason)
+
+
+def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, reason: str) -> PromotionOutcome:
+    version = candidate.version
     previous = version_for_stage(stage)
     if if_better:
         new_value = version_metric(candidate, if_better)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
+
+from dlfm.errors import DlfmError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "deeplense-fm"
 ERROR_TAG = "dlfm.error"
+_REACHABLE: set[str] = set()  # tracking servers already probed by this process
 
 
 def configure_tracking() -> str:
@@ -27,10 +32,54 @@ def configure_tracking() -> str:
         database.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{database}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
+    check_tracking_server(uri)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def check_store_writable(uri: str | None = None) -> None:
+    """DlfmError when the SQLite store (or its folder, where SQLite puts its journal) cannot be written.
+
+    Checked before a run starts: otherwise MLflow logs a long SQLAlchemy traceback before failing.
+    ``os.access`` also sees read-only mounts and immutable files, which stop even root.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri[len("sqlite:///"):].split("?")[0])
+    blocked = [str(p) for p in (database, database.parent) if p.exists() and not os.access(p, os.W_OK)]
+    if blocked:
+        raise DlfmError(f"the tracking store is read-only ({', '.join(blocked)} not writable); make mlruns/ writable "
+                        "or point MLFLOW_TRACKING_URI at a writable store")
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", uri)
+
+
+def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
+    """DlfmError at once when an http(s) tracking server does not answer a TCP connect.
+
+    Without it the MLflow client retries with backoff for minutes before it fails. Skipped
+    behind a proxy, where only the client's own request can tell.
+    """
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https") or uri in _REACHABLE or urllib.request.getproxies():
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise DlfmError(f"cannot reach the MLflow tracking server {mask_uri(uri)} ({reason}); start the server "
+                        "or point MLFLOW_TRACKING_URI at a running one") from None
+    _REACHABLE.add(uri)
 
 
 def _mlflow():
@@ -50,18 +99,29 @@ def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIME
     mlflow = _mlflow()
     configure_tracking()
     launched_by_project = "MLFLOW_RUN_ID" in os.environ and not nested and run_id is None
-    if not launched_by_project and run_id is None and not nested:
-        mlflow.set_experiment(experiment_name)
-    run_tags = {"dlfm.stage": stage, "dlfm.pid": str(os.getpid()), "dlfm.host": socket.gethostname(), **(tags or {})}
-    if nested:
-        parent = mlflow.active_run()
-        experiment_id = parent.info.experiment_id if parent else None
-        run = mlflow.start_run(run_name=run_name, nested=True, tags=run_tags, experiment_id=experiment_id)
-    else:
-        run = mlflow.start_run(run_id=run_id, run_name=None if (launched_by_project or run_id) else run_name,
-                               tags=run_tags, log_system_metrics=system_metrics or None)
-        if launched_by_project:
-            mlflow.set_tag("mlflow.runName", run_name)
+    run_tags = {"dlfm.stage": stage, "dlfm.pid": str(os.getpid()), "dlfm.host": socket.gethostname(),
+                "dlfm.started_at": f"{time.time():.3f}",
+                **{k: str(v) for k, v in (tags or {}).items()}}  # REST stores need string tag values
+    check_store_writable(mlflow.get_tracking_uri())
+    try:
+        if not launched_by_project and run_id is None and not nested:
+            mlflow.set_experiment(experiment_name)
+        if nested:
+            parent = mlflow.active_run()
+            experiment_id = parent.info.experiment_id if parent else None
+            run = mlflow.start_run(run_name=run_name, nested=True, tags=run_tags, experiment_id=experiment_id)
+        else:
+            run = mlflow.start_run(run_id=run_id, run_name=None if (launched_by_project or run_id) else run_name,
+                                   tags=run_tags, log_system_metrics=system_metrics or None)
+            if launched_by_project:
+                mlflow.set_tag("mlflow.runName", run_name)
+    except Exception as error:  # noqa: BLE001 - a store we cannot write (read-only, down, locked) is a user error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if mlflow.active_run() is not None:
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+        raise DlfmError(f"cannot start a run in the tracking store {mask_uri(mlflow.get_tracking_uri())}: "
+                        f"{reason[:300]}") from None
     try:
         yield run.info.run_id
     except KeyboardInterrupt:
@@ -78,16 +138,21 @@ def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIME
         mlflow.end_run("FINISHED")
 
 
-def fail_pending_run(message: str) -> None:
-    """Mark the run that ``mlflow run`` created (MLFLOW_RUN_ID) FAILED when we fail before starting it."""
+def fail_pending_run(message: str, status: str = "FAILED") -> None:
+    """Mark the run that ``mlflow run`` created (MLFLOW_RUN_ID) FAILED when we fail before starting it.
+
+    A run that already ended (the stage ended it, or a resume superseded it) is left as it is.
+    """
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     with contextlib.suppress(Exception):
         configure_tracking()
         client = _mlflow().MlflowClient()
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
         client.set_tag(run_id, ERROR_TAG, message[:5000])
-        client.set_terminated(run_id, "FAILED")
+        client.set_terminated(run_id, status)
 
 
 def active_run_id() -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from dlfm.errors import ConfigError
 
@@ -11,6 +11,7 @@ OBJECTIVES = ("autoencoder", "supervised", "multitask")
 LOSS_BALANCES = ("fixed", "uncertainty")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RESUME_IGNORED = ("resume",)  # fields a resumed run need not share with its checkpoint
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TrainConfig:
     sim_n_val: int = 300
     sim_n_test: int = 300
     experiment_name: str = "deeplense-fm"  # MLflow experiment
+    resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -77,6 +79,31 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain dict of every field (logged as params, stored in checkpoints)."""
         return asdict(self)
+
+    def resumed_from(self, saved: dict) -> "TrainConfig":
+        """This config continuing a checkpoint's ``saved`` config; ConfigError if they differ.
+
+        ``mlflow run -P resume=<id>`` passes every other param at its default, so a field left at
+        its default takes the checkpoint's value. Any other difference is refused, except that
+        ``epochs`` may grow.
+        """
+        merged, differing = {}, []
+        for spec in fields(self):
+            if spec.name in RESUME_IGNORED or spec.name not in saved:
+                continue
+            mine, theirs = getattr(self, spec.name), saved[spec.name]
+            if mine == theirs or (spec.default is not MISSING and mine == spec.default):
+                merged[spec.name] = theirs
+            elif spec.name == "epochs" and isinstance(mine, int) and mine > theirs:
+                merged[spec.name] = mine
+            else:
+                differing.append(f"{spec.name}={mine!r} (checkpoint: {theirs!r})")
+        if differing:
+            raise ConfigError(
+                f"run {self.resume} was trained with another config: {', '.join(differing)}; resume with the "
+                "same params (only epochs may grow) or start a new run without resume"
+            )
+        return replace(self, **merged)
 
     @classmethod
     def field_names(cls) -> list[str]:

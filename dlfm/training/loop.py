@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dlfm.models.composite import LensModel, build_model
 from dlfm.training.config import TrainConfig
+from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
 from dlfm.training.objectives import Objective
 from dlfm.training.runtime import Runtime, make_runtime, seed_everything
@@ -47,6 +48,7 @@ class TrainingContext:
     generator: torch.Generator  # shuffling and augmentation
     progress: bool = True
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
+    stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step
 
     @property
     def forward_model(self) -> nn.Module:
@@ -128,6 +130,9 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value.item() * batch
         bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
+        if ctx.stop.requested(ctx.runtime.world_size, ctx.runtime.device):
+            # The partial epoch is dropped: resuming from the last completed epoch reproduces an uninterrupted run.
+            raise TrainingInterrupted(ctx.stop.signal_name, epoch - 1)
     metrics = {f"train/{name}": value / seen for name, value in totals.items()}
     return average_across_ranks(metrics, ctx.runtime)
 
@@ -238,12 +243,17 @@ def checkpoint_state(ctx: TrainingContext, epoch: int, best_value: float | None,
     }
 
 
+# Scheduler fields sized by the total number of steps: a resume with more epochs keeps the fresh ones.
+SCHEDULE_LENGTH_KEYS = ("T_max", "total_steps", "_schedule_phases")
+
+
 def restore_state(ctx: TrainingContext, state: dict) -> None:
-    """Load a checkpoint made by ``checkpoint_state`` into ``ctx``."""
+    """Load a checkpoint made by ``checkpoint_state`` into ``ctx`` (its schedule stretched if epochs grew)."""
     ctx.model.load_state_dict(state["model"])
     ctx.objective.load_state_dict(state["objective"])
     ctx.optimizer.load_state_dict(state["optimizer"])
-    ctx.scheduler.load_state_dict(state["scheduler"])
+    fresh = ctx.scheduler.state_dict()
+    ctx.scheduler.load_state_dict({**state["scheduler"], **{k: fresh[k] for k in SCHEDULE_LENGTH_KEYS if k in fresh}})
     ctx.runtime.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     ctx.generator.set_state(state["rng"]["generator"])
@@ -258,11 +268,14 @@ def fit(
     resume_state: dict | None = None,
     runtime: Runtime | None = None,
     progress: bool = True,
+    stop: StopRequest | None = None,
 ) -> FitResult:
     """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
 
     ``on_epoch_end(epoch, metrics, make_checkpoint)`` runs after every epoch (metrics logging,
-    checkpoints, Optuna pruning); it may raise to stop training.
+    checkpoints, Optuna pruning); it may raise to stop training. ``resume_state`` (a checkpoint)
+    continues at its next epoch. When ``stop`` is set (by a signal), the loop raises
+    ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
     """
     import time
 
@@ -270,6 +283,7 @@ def fit(
     runtime = runtime or make_runtime(config.device)
     steps = len(batch_indices(len(train.labels), config.batch_size, None, runtime.rank, runtime.world_size))
     ctx = build_context(config, len(class_names), steps, runtime, progress)
+    ctx.stop = stop or StopRequest()
     monitor, mode = config.monitor
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = None, 0, copy.deepcopy(ctx.model.state_dict())
@@ -279,6 +293,8 @@ def fit(
         start_epoch = resume_state["epoch"] + 1
         best_value, best_epoch = resume_state["best_value"], resume_state["best_epoch"]
         best_weights, history = resume_state["best_weights"], list(resume_state["history"])
+        if resume_state["epoch"] - best_epoch >= config.patience:
+            start_epoch = config.epochs + 1  # it had already stopped early; killed before the final evaluation
     train_seconds, train_images = 0.0, 0
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
@@ -293,6 +309,8 @@ def fit(
             best_weights = copy.deepcopy(ctx.model.state_dict())
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics, lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
+        if ctx.stop.requested(runtime.world_size, runtime.device):
+            raise TrainingInterrupted(ctx.stop.signal_name, epoch)
         if epoch - best_epoch >= config.patience:
             break
     ctx.model.load_state_dict(best_weights)

@@ -1,0 +1,80 @@
+"""Graceful stops: SIGINT/SIGTERM set a flag that the loop checks after each optimiser step.
+
+The loop then raises ``TrainingInterrupted``; the last *completed* epoch is already checkpointed
+(the partial epoch is discarded), so a resume continues at the next epoch and reproduces an
+uninterrupted run. No MLflow here: the stage turns the exception into a KILLED run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+import torch
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal after ``last_epoch`` completed epochs (a KeyboardInterrupt, so nothing swallows it)."""
+
+    def __init__(self, signal_name: str, last_epoch: int):
+        self.signal_name = signal_name
+        self.last_epoch = last_epoch
+        self.signal_number = int(getattr(signal, signal_name, signal.SIGINT))
+        super().__init__(f"{signal_name} received; stopped after epoch {last_epoch} (its checkpoint is the last one)")
+
+
+class StopRequest:
+    """The flag a signal handler sets; ``requested`` agrees across DDP ranks so no rank waits on another."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def set(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+
+    def requested(self, world_size: int = 1, device: torch.device | None = None) -> bool:
+        """Whether any rank got a stop signal (one tiny all-reduce per step under DDP)."""
+        local = self.signal_name is not None
+        if world_size == 1:
+            return local
+        flag = torch.tensor([1 if local else 0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and not local:
+            self.signal_name = "SIGTERM"  # another rank was signalled (torchrun forwards SIGTERM)
+        return bool(flag.item())
+
+
+@contextlib.contextmanager
+def graceful_stop(stop: StopRequest) -> Iterator[StopRequest]:
+    """While inside, the first SIGINT/SIGTERM sets ``stop``; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.signal_name is not None:
+            raise KeyboardInterrupt(f"second {name}: stopping now")  # the user insists; the last checkpoint stands
+        stop.set(name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def sigterm_raises_keyboard_interrupt() -> None:
+    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so runs end KILLED instead of staying RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)

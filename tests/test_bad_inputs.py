@@ -1,0 +1,230 @@
+"""Hostile inputs to every entry point and the registry CLI: one clear line, exit != 0, nothing changed.
+
+Each case runs a real process on its own copy of one prepared store (a registered encoder
+holding `production`, a weaker one holding `candidate`) and checks: exactly one
+`dlfm: error: ...` line and no traceback on stderr, a non-zero exit, every run the case
+started ended FAILED (none RUNNING), and the sha256 of every pre-existing file (dataset,
+artifacts) and the registry aliases are as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_script
+
+# (id, argv, expected words in the error line, options)
+CASES = [
+    ("simulate-negative-size", ["pipelines/simulate.py", "--n_train", "-5"], "n_train must be positive", {}),
+    ("simulate-non-numeric-size", ["pipelines/simulate.py", "--n_val", "lots"], "n_val must be an integer", {}),
+    ("simulate-unknown-preset", ["pipelines/simulate.py", "--preset", "model_iii"], "unknown simulation preset", {}),
+    ("autoencoder-zero-epochs", ["pipelines/autoencoder.py", "{good}", "--epochs", "0"], "epochs must be a positive integer", {}),
+    ("supervised-negative-lr", ["pipelines/supervised.py", "{good}", "--lr", "-0.001"], "lr must be a positive number", {}),
+    ("multitask-nan-lr", ["pipelines/multitask.py", "{good}", "--lr", "nan"], "lr must be a positive number", {}),
+    ("multitask-non-numeric-batch", ["pipelines/multitask.py", "{good}", "--batch_size", "four"], "batch_size must be an integer", {}),
+    ("multitask-unknown-encoder", ["pipelines/multitask.py", "{good}", "--encoder", "vgg99"], "unknown encoder 'vgg99'", {}),
+    ("multitask-missing-dataset", ["pipelines/multitask.py", "--dataset", "{tmp}/no/such/dir"], "neither a preset", {}),
+    ("supervised-truncated-images", ["pipelines/supervised.py", "--dataset", "{bad}/truncated"], "truncated or not a valid .npy", {}),
+    ("multitask-digest-mismatch", ["pipelines/multitask.py", "--dataset", "{bad}/digest"], "manifest digest mismatch", {}),
+    ("autoencoder-nan-pixels", ["pipelines/autoencoder.py", "--dataset", "{bad}/nan"], "contains NaN pixels", {}),
+    ("multitask-labels-out-of-range", ["pipelines/multitask.py", "--dataset", "{bad}/labels"], "labels outside 0..2", {}),
+    ("supervised-image-too-small", ["pipelines/supervised.py", "--dataset", "{bad}/small_images", "--encoder", "conv4"], "at least 16 px", {}),
+    ("transfer-unknown-stage", ["pipelines/transfer.py", "--encoder_stage", "qa"], "no dlfm-encoder version holds stage 'qa'", {}),
+    ("transfer-missing-version", ["pipelines/transfer.py", "--encoder_uri", "models:/dlfm-encoder/99"], "no version '99'", {}),
+    ("transfer-negative-epochs", ["pipelines/transfer.py", "--epochs", "-3"], "epochs must be a positive integer", {}),
+    ("tune-unknown-pruner", ["pipelines/tune.py", "{good}", "--pruner", "asha"], "unknown pruner 'asha'", {}),
+    ("tune-unreachable-storage", ["pipelines/tune.py", "{good}", "--storage", "postgresql://ana:s3cret@127.0.0.1:9/optuna"],
+     "cannot open Optuna storage postgresql://ana:***@127.0.0.1:9/optuna", {}),
+    ("main-zero-images", ["pipelines/main.py", "--n_train", "0"], "n_train must be a positive integer", {}),
+    ("registry-missing-version", ["-m", "dlfm.cli", "registry", "promote", "99", "--stage", "production"], "no version '99'", {}),
+    ("registry-if-better-without-metric", ["-m", "dlfm.cli", "registry", "promote", "2", "--stage", "production",
+                                           "--if-better", "val/not_a_metric"], "has no metric 'val/not_a_metric'", {}),
+    ("multitask-unreachable-tracking", ["pipelines/multitask.py", "{good}"], "cannot reach the MLflow tracking server http://127.0.0.1:9",
+     {"uri": "http://127.0.0.1:9"}),
+    ("multitask-read-only-mlruns", ["pipelines/multitask.py", "{good}"], "the tracking store is read-only", {"read_only": True}),
+    ("registry-promote-read-only", ["-m", "dlfm.cli", "registry", "promote", "2", "--stage", "staging"],
+     "the tracking store is read-only", {"read_only": True}),
+]
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def rehash_manifest(folder: Path) -> None:
+    """Make the manifest agree with the (deliberately broken) files, so the loader's own checks are reached."""
+    from dlfm.data.dataset import dataset_digest, sha256_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
+    manifest["digest"] = dataset_digest(manifest["files"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def broken_datasets(good: Path, root: Path) -> Path:
+    """Copies of the good dataset, each broken one way."""
+    for name in ("truncated", "digest", "nan", "labels"):
+        shutil.copytree(good, root / name)
+    images = root / "truncated" / "images.npy"
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+    rehash_manifest(root / "truncated")
+    manifest = json.loads((root / "digest" / "manifest.json").read_text())
+    manifest["digest"] = "0" * 64
+    (root / "digest" / "manifest.json").write_text(json.dumps(manifest))
+    pixels = np.load(root / "nan" / "images.npy")
+    pixels[3, 0, 10, 10] = np.nan
+    np.save(root / "nan" / "images.npy", pixels)
+    rehash_manifest(root / "nan")
+    labels = np.load(root / "labels" / "labels.npy")
+    labels[0] = 7
+    np.save(root / "labels" / "labels.npy", labels)
+    rehash_manifest(root / "labels")
+    for cls in ("no", "sphere", "vort"):  # a DeepLense folder of 12 px images: too small for conv4
+        (root / "small_images" / cls).mkdir(parents=True)
+        for i in range(3):
+            np.save(root / "small_images" / cls / f"{i}.npy", np.random.rand(1, 12, 12).astype("float32"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, empty_store_template, tiny_classification_dir) -> dict:
+    """One store with two registered encoders (v1 production, v2 candidate with a worse val/macro_auc), built once."""
+    import mlflow
+
+    from dlfm.models import create_encoder
+    from dlfm.tracking import registry, stage_run
+
+    root = tmp_path_factory.mktemp("prepared")
+    (root / "mlruns").mkdir()
+    shutil.copy(empty_store_template, root / "mlruns" / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    saved_cwd, saved_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        for seed, auc in ((0, 0.9), (1, 0.5)):
+            with stage_run("multitask", f"multitask-prepared-{seed}", "deeplense-fm", system_metrics=False) as run_id:
+                metrics = {"val/macro_auc": auc, "val/accuracy": 0.5}
+                mlflow.log_metrics(metrics)
+                import torch
+
+                torch.manual_seed(seed)
+                registry.register_encoder(create_encoder("conv4"), 64, "multitask", metrics, "f" * 64, run_id)
+        registry.promote("1", "production")
+    finally:
+        os.chdir(saved_cwd)
+        if saved_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    bad = broken_datasets(tiny_classification_dir, tmp_path_factory.mktemp("bad"))
+    return {"root": root, "good": tiny_classification_dir, "bad": bad}
+
+
+def store_state(db: Path) -> tuple[dict, dict]:
+    """(run id -> status, alias -> version), read with sqlite3 so no MLflow client is left open on the copy."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        runs = dict(connection.execute("select run_uuid, status from runs").fetchall())
+        aliases = dict(connection.execute("select alias, version from registered_model_aliases").fetchall())
+    return runs, aliases
+
+
+def immutable(path: Path, on: bool) -> None:
+    """chattr +i: even root cannot write (tests run as root, so chmod alone blocks nothing)."""
+    targets = [path, *path.rglob("*")]
+    subprocess.run(["chattr", "+i" if on else "-i", *map(str, targets)], check=True, capture_output=True)
+
+
+def chattr_works(folder: Path) -> bool:
+    probe = folder / "chattr-probe"
+    probe.mkdir()
+    try:
+        return subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+        probe.rmdir()
+
+
+def run_case(argv: list[str], options: dict, prepared: dict, case: Path) -> dict:
+    """Run one hostile case on its own copy of the prepared store; the output and the store before/after."""
+    (case / "mlruns").mkdir(parents=True)
+    db = case / "mlruns" / "mlflow.db"
+    shutil.copy(prepared["root"] / "mlruns" / "mlflow.db", db)
+    uri = options.get("uri", f"sqlite:///{db}")
+    good = f"--dataset {prepared['good']} --encoder conv4 --epochs 1 --batch_size 4".split()
+    args = []
+    for word in argv:
+        args += good if word == "{good}" else [word.replace("{bad}", str(prepared["bad"])).replace("{tmp}", str(case))]
+    if args[0].startswith("pipelines/"):
+        args[0] = str(REPO / args[0])
+    if args[0].endswith("simulate.py"):
+        args += ["--out_dir", str(case / "data")]
+    before = store_state(db)
+    if options.get("read_only"):
+        immutable(case / "mlruns", True)
+    try:
+        result = run_script(args, cwd=case, env_extra={"MLFLOW_TRACKING_URI": uri}, timeout=300)
+    finally:
+        if options.get("read_only"):
+            immutable(case / "mlruns", False)
+    return {"result": result, "before": before, "after": store_state(db)}
+
+
+@pytest.fixture(scope="session")
+def outcomes(prepared, tmp_path_factory) -> dict:
+    """Every case, two processes at a time (start-up is ~10 s of CPU each); pre-existing files hashed around them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("cases")
+    runnable = [case for case in CASES if not case[3].get("read_only") or (shutil.which("chattr") and chattr_works(root))]
+    watched = [prepared["good"], prepared["root"]]
+    before = [sha256_tree(folder) for folder in watched]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_case, argv, options, prepared, root / name) for name, argv, _, options in runnable}
+        done = {name: future.result() for name, future in futures.items()}
+    return {"cases": done, "files_unchanged": [sha256_tree(folder) for folder in watched] == before}
+
+
+@pytest.mark.parametrize("name, message", [pytest.param(case[0], case[2], id=case[0]) for case in CASES])
+def test_hostile_input(name, message, outcomes):
+    if name not in outcomes["cases"]:
+        pytest.skip("chattr +i is unavailable; as root nothing else makes mlruns/ read-only")
+    outcome = outcomes["cases"][name]
+    result = outcome["result"]
+    assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dlfm:")]
+    assert len(errors) == 1 and errors[0].startswith("dlfm: error: "), result.stderr[-4000:]
+    assert message in errors[0], errors[0]
+    assert outcomes["files_unchanged"]  # the dataset and the prepared store's artifacts: same sha256
+    (runs_before, aliases_before), (runs_after, aliases_after) = outcome["before"], outcome["after"]
+    assert aliases_after == aliases_before
+    assert all(runs_after[run] == status for run, status in runs_before.items())
+    started = {run: status for run, status in runs_after.items() if run not in runs_before}
+    assert all(status == "FAILED" for status in started.values()), started
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_if_better_gate_that_fails_exits_1_and_moves_nothing(prepared, tmp_path):
+    case = tmp_path / "case"
+    (case / "mlruns").mkdir(parents=True)
+    db = case / "mlruns" / "mlflow.db"
+    shutil.copy(prepared["root"] / "mlruns" / "mlflow.db", db)
+    _, aliases_before = store_state(db)
+    result = run_script(["-m", "dlfm.cli", "registry", "promote", "2", "--stage", "production", "--if-better",
+                         "val/macro_auc"], cwd=case, env_extra={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "not promoted: version 2 val/macro_auc=0.5000 does not beat production version 1 (0.9000); "
+        "production stays at version 1"]
+    assert store_state(db)[1] == aliases_before

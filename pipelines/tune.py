@@ -20,7 +20,7 @@ def main() -> None:
     from dlfm.tune import TuneConfig
 
     parser = ParamParser(prog="pipelines/tune.py", description="Tune the multitask loss weight with Optuna.")
-    add_config_params(parser, TrainConfig, exclude=("objective", "recon_weight", "loss_balance"))
+    add_config_params(parser, TrainConfig, exclude=("objective", "recon_weight", "loss_balance", "resume", "nproc"))
     add_config_params(parser, TuneConfig)
     args = parser.parse_args()
     config = config_from_args(TuneConfig, args, train=config_from_args(TrainConfig, args, objective="multitask"))

@@ -89,6 +89,34 @@ def _mlflow():
 
 
 @contextlib.contextmanager
+def ended_on_exit(finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """End the active run when the block exits: FINISHED on success (and on ``finished_on``),
+    KILLED on Ctrl-C/SIGTERM, FAILED on anything else with the reason in ``dlfm.error``.
+
+    The exception always propagates; the run never stays RUNNING.
+    """
+    mlflow = _mlflow()
+    try:
+        yield
+    except finished_on:
+        mlflow.end_run("FINISHED")
+        raise
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(ERROR_TAG, "interrupted (SIGINT/SIGTERM)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:  # noqa: BLE001 - any failure must end the run FAILED, then propagate
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(ERROR_TAG, message[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
 def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIMENT, tags: dict | None = None,
               nested: bool = False, system_metrics: bool = True, run_id: str | None = None) -> Iterator[str]:
     """Start (or continue, under ``mlflow run``) the run of one stage; yield its id.
@@ -122,20 +150,8 @@ def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIME
                 mlflow.end_run("FAILED")
         raise DlfmError(f"cannot start a run in the tracking store {mask_uri(mlflow.get_tracking_uri())}: "
                         f"{reason[:300]}") from None
-    try:
+    with ended_on_exit():
         yield run.info.run_id
-    except KeyboardInterrupt:
-        mlflow.set_tag(ERROR_TAG, "interrupted (SIGINT/SIGTERM)")
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException as error:  # noqa: BLE001 - any failure must end the run FAILED, then propagate
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        with contextlib.suppress(Exception):
-            mlflow.set_tag(ERROR_TAG, message[:5000])
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
 
 
 def fail_pending_run(message: str, status: str = "FAILED") -> None:

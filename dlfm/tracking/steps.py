@@ -63,11 +63,3 @@ def run_step(root: Path, entry_point: str, params: dict, experiment_name: str, v
         raise DlfmError(f"step {entry_point} failed (run {submitted.run_id}): {reason}")
     client.set_tag(submitted.run_id, CODE_VERSION_TAG, version)
     return client.get_run(submitted.run_id), False
-
-
-def download_run_artifacts(run_id: str, path: str, destination: Path) -> Path:
-    """Copy a run's artifact (file or folder) to ``destination``."""
-    import mlflow
-
-    destination.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination)))

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from dlfm.tracking.runs import ERROR_TAG, configure_tracking
+from dlfm.tracking.runs import configure_tracking, ended_on_exit
 
 
 def _mlflow():
@@ -38,24 +38,8 @@ def trial_run(parent_run_id: str, run_name: str, tags: dict | None = None,
     run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, nested=True,
                            experiment_id=parent.info.experiment_id, tags={k: str(v) for k, v in run_tags.items()},
                            log_system_metrics=False)
-    try:
+    with ended_on_exit(finished_on):
         yield run.info.run_id
-    except finished_on:
-        mlflow.end_run("FINISHED")
-        raise
-    except KeyboardInterrupt:
-        with contextlib.suppress(Exception):
-            mlflow.set_tag(ERROR_TAG, "interrupted (SIGINT/SIGTERM)")
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException as error:  # noqa: BLE001 - the child must end FAILED, then the error propagates
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        with contextlib.suppress(Exception):
-            mlflow.set_tag(ERROR_TAG, message[:5000])
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
 
 
 def terminate_run(run_id: str, status: str, tags: dict | None = None) -> None:
@@ -69,8 +53,9 @@ def terminate_run(run_id: str, status: str, tags: dict | None = None) -> None:
 
 
 def download_run_artifacts(run_id: str, artifact_path: str, dst_path: str | Path) -> Path:
-    """Download one artifact directory of a run (e.g. a trial's ``encoder/``) into ``dst_path``."""
+    """Download one artifact (file or directory) of a run into ``dst_path``; returns its local path."""
     configure_tracking()
+    Path(dst_path).mkdir(parents=True, exist_ok=True)
     local = _mlflow().artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_path))
     return Path(local)
 

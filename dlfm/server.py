@@ -20,7 +20,7 @@ credentials. The basic-auth app reads a generated ``basic_auth.ini`` (auth table
 user name); the admin password stays in the environment and is never written to disk.
 MLflow's host-header and CORS protections stay on: the wrapper refuses to disable them.
 
-``check_tracking_server`` is the client-side counterpart: entry points call it so that an
+``dlfm.tracking.runs.check_tracking_server`` is the client-side counterpart: entry points call it so that an
 unreachable server or wrong credentials are one line instead of minutes of HTTP retries.
 """
 
@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.tracking.runs import check_tracking_server  # noqa: F401 - the client-side check lives with the tracking code
 
 SECRET_ENV = ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD")
 MIN_PASSWORD_LENGTH = 12  # MLflow's basic-auth password policy (mlflow.utils.validation._validate_password)
@@ -332,49 +333,3 @@ def run_server(args) -> None:
                 signal.signal(sig, handler)
     if returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
         raise DlfmError(f"mlflow server exited with status {returncode}; see its log above")
-
-
-# ----------------------------------------------------------------------------- client side
-
-_VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked in this process
-
-
-def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None:
-    """For an http(s) tracking URI: the server answers and accepts our credentials, else one DlfmError line.
-
-    Without this, MLflow retries an unreachable server for minutes and then prints a long
-    traceback; a 401 surfaces deep inside the first logging call.
-    """
-    import requests
-
-    uri = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
-    if not uri.startswith(("http://", "https://")):
-        return
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token and not username else {}
-    auth = (username, password or "") if username else None
-    verify = not str(os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "")).lower() in ("true", "1")
-    if (uri, username) in _VERIFIED:
-        return
-    url = f"{uri}/api/2.0/mlflow/experiments/search"
-    try:
-        response = requests.get(url, params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout, verify=verify)
-    except requests.exceptions.SSLError as error:
-        raise DlfmError(f"tracking server {uri}: TLS failed ({type(error).__name__}); check the certificate or the URL scheme") from None
-    except requests.exceptions.RequestException as error:
-        kind = "timed out" if isinstance(error, requests.exceptions.Timeout) else "refused or unresolvable"
-        raise DlfmError(f"tracking server {uri} is unreachable (connection {kind}); start it (dlfm server) "
-                        "or fix MLFLOW_TRACKING_URI") from None
-    if response.status_code == 401:
-        if not (username or token):
-            raise DlfmError(f"tracking server {uri} requires a login; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-        raise DlfmError(f"tracking server {uri} rejected the credentials of user {username!r} (401); "
-                        "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-    if response.status_code == 403:
-        raise DlfmError(f"tracking server {uri} refused user {username!r} (403); ask the admin for a permission")
-    if response.status_code >= 400:
-        first = " ".join(response.text.split())[:200]
-        raise DlfmError(f"tracking server {uri} answered {response.status_code} ({first}); is MLFLOW_TRACKING_URI an MLflow server?")
-    _VERIFIED.add((uri, username))

@@ -16,7 +16,7 @@ from dlfm.errors import DlfmError
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "deeplense-fm"
 ERROR_TAG = "dlfm.error"
-_REACHABLE: set[str] = set()  # tracking servers already probed by this process
+_VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
 
 
 def configure_tracking() -> str:
@@ -60,26 +60,45 @@ def mask_uri(uri: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", uri)
 
 
-def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
-    """DlfmError at once when an http(s) tracking server does not answer a TCP connect.
+def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None:
+    """For an http(s) tracking URI: the server answers and accepts our credentials, else one DlfmError line.
 
-    Without it the MLflow client retries with backoff for minutes before it fails. Skipped
-    behind a proxy, where only the client's own request can tell.
+    Without this, MLflow retries an unreachable server for minutes and then prints a long
+    traceback; a 401 surfaces deep inside the first logging call. Checked once per process.
     """
-    import urllib.parse
-    import urllib.request
+    import requests
 
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https") or uri in _REACHABLE or urllib.request.getproxies():
+    uri = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
+    if not uri.startswith(("http://", "https://")):
         return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token and not username else {}
+    auth = (username, password or "") if username else None
+    verify = not str(os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "")).lower() in ("true", "1")
+    if (uri, username) in _VERIFIED:
+        return
+    url = f"{uri}/api/2.0/mlflow/experiments/search"
     try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise DlfmError(f"cannot reach the MLflow tracking server {mask_uri(uri)} ({reason}); start the server "
-                        "or point MLFLOW_TRACKING_URI at a running one") from None
-    _REACHABLE.add(uri)
+        response = requests.get(url, params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout, verify=verify)
+    except requests.exceptions.SSLError as error:
+        raise DlfmError(f"tracking server {uri}: TLS failed ({type(error).__name__}); check the certificate or the URL scheme") from None
+    except requests.exceptions.RequestException as error:
+        kind = "timed out" if isinstance(error, requests.exceptions.Timeout) else "refused or unresolvable"
+        raise DlfmError(f"cannot reach the MLflow tracking server {mask_uri(uri)}: it is unreachable (connection {kind}); "
+                        "start it (dlfm server) or fix MLFLOW_TRACKING_URI") from None
+    if response.status_code == 401:
+        if not (username or token):
+            raise DlfmError(f"tracking server {uri} requires a login; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        raise DlfmError(f"tracking server {uri} rejected the credentials of user {username!r} (401); "
+                        "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if response.status_code == 403:
+        raise DlfmError(f"tracking server {uri} refused user {username!r} (403); ask the admin for a permission")
+    if response.status_code >= 400:
+        first = " ".join(response.text.split())[:200]
+        raise DlfmError(f"tracking server {uri} answered {response.status_code} ({first}); is MLFLOW_TRACKING_URI an MLflow server?")
+    _VERIFIED.add((uri, username))
 
 
 def _mlflow():

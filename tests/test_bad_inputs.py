@@ -45,6 +45,8 @@ CASES = [
     ("tune-unreachable-storage", ["pipelines/tune.py", "{good}", "--storage", "postgresql://ana:s3cret@127.0.0.1:9/optuna"],
      "cannot open Optuna storage postgresql://ana:***@127.0.0.1:9/optuna", {}),
     ("main-zero-images", ["pipelines/main.py", "--n_train", "0"], "n_train must be a positive integer", {}),
+    # the case dir holds mlruns/: a report_dir of "." once meant rmtree of the whole project
+    ("main-report-dir-project", ["pipelines/main.py", "--report_dir", "."], "holds no dlfm report marker", {}),
     ("registry-missing-version", ["-m", "dlfm.cli", "registry", "promote", "99", "--stage", "production"], "no version '99'", {}),
     ("registry-if-better-without-metric", ["-m", "dlfm.cli", "registry", "promote", "2", "--stage", "production",
                                            "--if-better", "val/not_a_metric"], "has no metric 'val/not_a_metric'", {}),

@@ -9,6 +9,7 @@ import sys
 from typing import Callable
 
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.redact import scrub
 
 
 class ParamParser(argparse.ArgumentParser):
@@ -71,7 +72,7 @@ def run_entry_point(main: Callable[[], object]) -> None:
     try:
         main()
     except DlfmError as error:
-        message = str(error).splitlines()[0]
+        message = scrub(str(error).splitlines()[0])  # the last line of defence: no secret reaches the terminal
         print(f"dlfm: error: {message}", file=sys.stderr)
         fail_pending_run(message)
         sys.exit(2)

@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.redact import redact_uri, scrub
 from dlfm.tracking.runs import check_tracking_server  # noqa: F401 - the client-side check lives with the tracking code
 
 SECRET_ENV = ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD")
@@ -104,17 +105,6 @@ def add_parser(commands) -> None:
 # ----------------------------------------------------------------------------- checks
 
 
-def redact(uri: str) -> str:
-    """The URI with any password replaced by ***, for messages and logs."""
-    if "://" not in uri or "@" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    userinfo, _, location = rest.rpartition("@")
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}://{userinfo}@{location}"
-
-
 def check_secrets(env=os.environ) -> None:
     """The server's secrets are set, and the admin password meets MLflow's policy."""
     for name in SECRET_ENV:
@@ -151,7 +141,7 @@ def check_database(uri: str, what: str, option: str) -> None:
     """Connect to a SQLAlchemy database URL once; ConfigError naming ``option`` if it does not answer."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in DB_SCHEMES:
-        raise ConfigError(f"{what} {redact(uri)!r} is not a database URL; pass {option} postgresql://USER@HOST/DB "
+        raise ConfigError(f"{what} {redact_uri(uri)!r} is not a database URL; pass {option} postgresql://USER@HOST/DB "
                           "(MLflow's file store is deprecated)")
     if scheme == "sqlite":
         path = uri.split(":///", 1)[-1]
@@ -165,19 +155,19 @@ def check_database(uri: str, what: str, option: str) -> None:
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError) as error:
-        raise ConfigError(f"{what} {redact(uri)!r} cannot be used ({str(error).splitlines()[0]}); fix {option}") from None
+        raise ConfigError(f"{what} {redact_uri(uri)!r} cannot be used ({scrub(str(error).splitlines()[0], uri)}); fix {option}") from None
     except ImportError as error:
-        raise ConfigError(f"{what} {redact(uri)!r} needs the database driver {error.name!r}, which is not installed; "
+        raise ConfigError(f"{what} {redact_uri(uri)!r} needs the database driver {error.name!r}, which is not installed; "
                           f"install it or name an installed driver in {option} (e.g. postgresql+psycopg2://)") from None
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     except SQLAlchemyError as error:
-        reason = " ".join(str(getattr(error, "orig", None) or error).split())[:300]
+        reason = scrub(" ".join(str(getattr(error, "orig", None) or error).split()), uri)[:300]
         fix = (f"create the database (createdb) or fix {option}" if "does not exist" in reason
                else f"fix the user/password in {option}" if "authentication" in reason or "password" in reason
                else f"start the database or fix the host/port in {option}")
-        raise ConfigError(f"{what} {redact(uri)} is unreachable ({reason}); {fix}") from None
+        raise ConfigError(f"{what} {redact_uri(uri)} is unreachable ({reason}); {fix}") from None
     finally:
         engine.dispose()
 
@@ -241,7 +231,9 @@ def write_auth_config(path: Path, database_uri: str, admin_username: str, defaul
     config = configparser.ConfigParser(interpolation=None)
     config["mlflow"] = {
         "default_permission": default_permission,
-        "database_uri": database_uri,
+        # MLflow reads this file with configparser's %-interpolation: a percent-encoded password
+        # (p%40ss) would crash it and be printed in the traceback, so every % is escaped.
+        "database_uri": database_uri.replace("%", "%%"),
         "admin_username": admin_username,
         # admin_password is left out on purpose: MLflow reads MLFLOW_AUTH_ADMIN_PASSWORD from the environment.
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
@@ -258,7 +250,9 @@ def mlflow_command(args) -> list[str]:
     """The ``mlflow server`` command line for the checked args."""
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]
-    command += ["server", "--app-name", "basic-auth", "--backend-store-uri", args.backend_store_uri,
+    # The backend store URI (it may hold a password) goes through MLFLOW_BACKEND_STORE_URI (see
+    # server_env), never onto the command line, where `ps -ef` shows it to every local user.
+    command += ["server", "--app-name", "basic-auth",
                 "--artifacts-destination", args.artifacts_destination, "--serve-artifacts",
                 "--host", args.host, "--port", str(args.port)]
     for option, value in (("--workers", args.workers), ("--allowed-hosts", args.allowed_hosts),
@@ -310,13 +304,14 @@ def run_server(args) -> None:
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if args.s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = args.s3_endpoint_url
+    env["MLFLOW_BACKEND_STORE_URI"] = args.backend_store_uri  # not argv: see mlflow_command
     with tempfile.TemporaryDirectory(prefix="dlfm-server-") as tmp:
         ini = Path(args.auth_config) if args.auth_config else Path(tmp) / "basic_auth.ini"
         write_auth_config(ini, args.auth_db_uri or args.backend_store_uri, args.admin_username, args.default_permission,
                           args.auth_cache_seconds)
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
         command = mlflow_command(args)
-        print(f"dlfm: starting MLflow on http://{args.host}:{args.port} (store {redact(args.backend_store_uri)}, "
+        print(f"dlfm: starting MLflow on http://{args.host}:{args.port} (store {redact_uri(args.backend_store_uri)}, "
               f"artifacts {args.artifacts_destination}, default permission {args.default_permission})", file=sys.stderr, flush=True)
         process = subprocess.Popen(command, env=env)
 

@@ -42,9 +42,15 @@ CASES = [
     ("transfer-missing-version", ["pipelines/transfer.py", "--encoder_uri", "models:/dlfm-encoder/99"], "no version '99'", {}),
     ("transfer-negative-epochs", ["pipelines/transfer.py", "--epochs", "-3"], "epochs must be a positive integer", {}),
     ("tune-unknown-pruner", ["pipelines/tune.py", "{good}", "--pruner", "asha"], "unknown pruner 'asha'", {}),
-    ("tune-unreachable-storage", ["pipelines/tune.py", "{good}", "--storage", "postgresql://ana:s3cret@127.0.0.1:9/optuna"],
-     "cannot open Optuna storage postgresql://ana:***@127.0.0.1:9/optuna", {}),
+    ("tune-storage-with-password", ["pipelines/tune.py", "{good}", "--storage", "postgresql://ana:s3cret@127.0.0.1:9/optuna"],
+     "carries a password, which MLflow would store and print", {}),
+    ("tune-unreachable-storage", ["pipelines/tune.py", "{good}", "--storage", "env:OPTUNA_STORAGE"],
+     "cannot open Optuna storage postgresql://ana:***@127.0.0.1:9/optuna", {"env": {"OPTUNA_STORAGE": "postgresql://ana:s3cret@127.0.0.1:9/optuna"}}),
+    ("tune-storage-env-unset", ["pipelines/tune.py", "{good}", "--storage", "env:DLFM_NO_SUCH_VAR"],
+     "names environment variable 'DLFM_NO_SUCH_VAR', which is not set", {}),
     ("main-zero-images", ["pipelines/main.py", "--n_train", "0"], "n_train must be a positive integer", {}),
+    # the case dir holds mlruns/: a report_dir of "." once meant rmtree of the whole project
+    ("main-report-dir-project", ["pipelines/main.py", "--report_dir", "."], "holds no dlfm report marker", {}),
     ("registry-missing-version", ["-m", "dlfm.cli", "registry", "promote", "99", "--stage", "production"], "no version '99'", {}),
     ("registry-if-better-without-metric", ["-m", "dlfm.cli", "registry", "promote", "2", "--stage", "production",
                                            "--if-better", "val/not_a_metric"], "has no metric 'val/not_a_metric'", {}),
@@ -173,7 +179,7 @@ def run_case(argv: list[str], options: dict, prepared: dict, case: Path) -> dict
     if options.get("read_only"):
         immutable(case / "mlruns", True)
     try:
-        result = run_script(args, cwd=case, env_extra={"MLFLOW_TRACKING_URI": uri}, timeout=300)
+        result = run_script(args, cwd=case, env_extra={"MLFLOW_TRACKING_URI": uri, **options.get("env", {})}, timeout=300)
     finally:
         if options.get("read_only"):
             immutable(case / "mlruns", False)

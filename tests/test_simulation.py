@@ -265,9 +265,14 @@ def test_cache_hit_tamper_and_force(tmp_path):
     with pytest.raises(DatasetError, match=r"images\.npy"):
         load_dataset(path)
 
+    # force never deletes a file dlfm did not write: refused before any simulation, sentinel kept
+    with pytest.raises(DatasetError, match=r"holds files dlfm did not write \(sentinel\)"):
+        simulate_dataset(config, tmp_path, workers=1, force=True, progress=False)
+    assert (path / "sentinel").read_text() == "kept unless rebuilt"
+    (path / "sentinel").unlink()
+
     # force rebuilds into the same name; the rebuilt copy verifies
     assert simulate_dataset(config, tmp_path, workers=1, force=True, progress=False) == path
-    assert not (path / "sentinel").exists()
     load_dataset(path)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 

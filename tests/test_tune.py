@@ -273,11 +273,13 @@ def test_a_killed_workers_trial_is_retried(tracking_uri, tiny_classification_dir
 @pytest.mark.parametrize("args, message", [
     (["--n_trials", "0"], "n_trials must be a positive integer"),
     (["--pruner", "asha"], "unknown pruner 'asha'"),
-    (["--storage", "postgresql://ana:s3cret@127.0.0.1:1/optuna"], "cannot open Optuna storage postgresql://ana:***@127.0.0.1:1/optuna"),
+    (["--storage", "postgresql://ana:s3cret@127.0.0.1:1/optuna"], "carries a password, which MLflow would store and print"),
+    (["--storage", "env:DLFM_TEST_STORAGE"], "cannot open Optuna storage postgresql://ana:***@127.0.0.1:1/optuna"),
 ])
 def test_bad_params_give_one_line_and_no_trial(args, message, tmp_path, tracking_uri):
     result = run_script([str(REPO / "pipelines/tune.py"), "--dataset", "model_ii", "--encoder", "conv4",
-                         "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", *args], cwd=tmp_path)
+                         "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", *args], cwd=tmp_path,
+                        env_extra={"DLFM_TEST_STORAGE": "postgresql://ana:s3cret@127.0.0.1:1/optuna"})
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

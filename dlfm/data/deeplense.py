@@ -14,14 +14,15 @@ arrays ``[image, mass]`` (DeepLenseSim ``sim_axion.py``); the mass becomes ``axi
 from __future__ import annotations
 
 import hashlib
-import io
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dlfm.data.dataset import SPLITS, LensDataset
+from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, load_npy
 from dlfm.errors import ConfigError, DatasetError
 
 __all__ = ["load_deeplense_folder", "is_deeplense_folder", "CLASS_FOLDER_LAYOUTS"]
@@ -57,18 +58,15 @@ def _load_image(file: Path, allow_object: bool) -> tuple[np.ndarray, float, str]
         raise DatasetError(f"cannot read {file} ({error.strerror}); check its permissions") from None
     sha = hashlib.sha256(raw).hexdigest()
     try:
-        array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except ValueError as error:
-        if not (allow_object and "allow_pickle" in str(error)):
-            raise DatasetError(f"{file} is not a valid .npy image ({error}); remove or replace it") from None
-        # DeepLenseSim saved axion files as object arrays [image, mass]. Unpickling can run code,
-        # so this is done only for axion-class files, which are the user's own DeepLense files.
-        try:
-            array = np.load(io.BytesIO(raw), allow_pickle=True)
-        except Exception as inner:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise DatasetError(f"{file} is not a valid .npy image ({inner}); remove or replace it") from None
-    except (OSError, EOFError) as error:
-        raise DatasetError(f"{file} is truncated or not a .npy file ({error}); remove or replace it") from None
+        # DeepLenseSim saved axion files as object arrays [image, mass]; they go through the
+        # restricted unpickler, so a crafted file cannot run code (see dlfm.data.safe_npy).
+        array = load_npy(raw, allow_object=allow_object)
+    except UnsafeNpyError as error:
+        raise DatasetError(f"{file} is refused: {error}; it is not a DeepLense image, remove it") from None
+    except NotNpyError as error:
+        raise DatasetError(f"{file} is not a .npy file ({error}); remove or replace it") from None
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as error:
+        raise DatasetError(f"{file} is truncated or not a valid .npy image ({error}); remove or replace it") from None
 
     mass = math.nan
     if array.dtype == object:

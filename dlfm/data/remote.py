@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from dlfm.errors import DatasetError
+from dlfm.outputs import remove_owned_tree
 
 DEFAULT_CACHE_DIR = "data/s3-cache"  # relative to the working directory, beside simulated presets
 MANIFEST = "manifest.json"
@@ -122,8 +123,9 @@ def fetch_s3_dataset(uri: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
     if _cached_copy_ok(target, digest):
         return target
     if target.exists():
-        # Digest-keyed, so a copy here that fails verification is damaged, not another version.
-        shutil.rmtree(target)
+        # Digest-keyed, so a copy here that fails verification is damaged, not another version;
+        # only the files its manifest names (dlfm's download) are removed, never anything else.
+        remove_owned_tree(target, [*(relative.as_posix() for relative in names.values()), MANIFEST])
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))

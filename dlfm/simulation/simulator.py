@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dlfm.errors import ConfigError, DatasetError
+from dlfm.outputs import remove_owned_tree
 from dlfm.simulation import physics
 from dlfm.simulation.presets import DEFAULT_PRESET, PRESETS, Preset
 
@@ -622,6 +623,8 @@ def simulate_dataset(
             )
         return target
 
+    if target.exists():
+        check_dataset_owned(target)  # before simulating: force never deletes the user's files
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out_dir))
@@ -631,11 +634,12 @@ def simulate_dataset(
         ) from None
     try:
         _write_dataset(config, scratch, workers, progress)
-        if target.exists():  # force: swap the old copy out, then remove it
+        if target.exists():  # force: swap the old copy out, then remove only the files dlfm writes
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=out_dir))
             os.replace(target, old / "dataset")
             os.replace(scratch, target)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_owned_tree(old / "dataset", _dataset_files())
+            old.rmdir()
         else:
             try:
                 os.replace(scratch, target)
@@ -649,6 +653,25 @@ def simulate_dataset(
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return target
+
+
+def _dataset_files() -> tuple[str, ...]:
+    """Every file a dataset directory holds; anything else in one is the user's and stops a rebuild."""
+    from dlfm.data.dataset import DATA_FILES
+    from dlfm.data.remote import MANIFEST
+
+    return (*DATA_FILES, MANIFEST)
+
+
+def check_dataset_owned(path: Path) -> None:
+    """Refuse (one line) to replace a dataset directory that holds files dlfm did not write."""
+    if path.is_symlink() or not path.is_dir():
+        raise DatasetError(f"{path} is not a dataset directory dlfm made, so -P force=true will not replace it; "
+                           "move it away or pass another out_dir")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in _dataset_files() or p.is_dir() or p.is_symlink())
+    if foreign:
+        raise DatasetError(f"{path} holds files dlfm did not write ({', '.join(foreign[:3])}), so -P force=true will not "
+                           "replace it; move them away or pass another out_dir")
 
 
 def _reason(error: DatasetError) -> str:

@@ -7,12 +7,12 @@ reports/latest/.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlfm import tracking
 from dlfm.errors import ConfigError
+from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,7 @@ class MainConfig:
         if not self.lr > 0 or not self.recon_weight >= 0:
             raise ConfigError("lr must be > 0 and recon_weight >= 0")
         registry.check_stage_name(self.promote_stage)
+        check_report_dir(self.report_dir)  # before any work: never wipe a folder dlfm did not write
 
 
 def run_main_stage(config: MainConfig) -> dict:
@@ -114,10 +115,15 @@ def format_value(value) -> str:
 
 
 def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, promoted: str, transfer_run) -> str:
-    """Markdown summary (stages, promotion, transfer table) plus figures in ``config.report_dir``."""
-    out = Path(config.report_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    """Markdown summary (stages, promotion, transfer table) plus figures in ``config.report_dir``.
+
+    Written into a fresh directory that replaces the previous report in one rename.
+    """
+    return write_report_dir(config.report_dir,
+                            lambda out: _write_report_files(out, config, rows, best, outcome, promoted, transfer_run))
+
+
+def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, promoted, transfer_run) -> str:
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
     lines = ["# dlfm main pipeline report", "", "## Training stages (same data, encoder, epochs, seed)", "",

@@ -23,6 +23,8 @@ STAGES = ("candidate", "staging", "production")
 HISTORY_EXPERIMENT = "dlfm-promotions"
 STAGE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 PYFUNC_ARTIFACT = "encoder_model"
+LOADER_MODULE = "dlfm.tracking.pyfunc_encoder"  # what every dlfm-made version's MLmodel names
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib")
 VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc")
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 
@@ -88,7 +90,7 @@ def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
         info = mlflow.pyfunc.log_model(
-            name=PYFUNC_ARTIFACT, loader_module="dlfm.tracking.pyfunc_encoder", data_path=str(encoder_dir),
+            name=PYFUNC_ARTIFACT, loader_module=LOADER_MODULE, data_path=str(encoder_dir),
             signature=signature, pip_requirements=requirements,
         )
     arch = getattr(encoder, "arch_config", {})
@@ -209,6 +211,7 @@ def promote(version: str, stage: str, if_better: str | None = None, reason: str 
     check_stage_name(stage)
     check_store_writable()
     candidate = get_version(version)
+    check_dlfm_made(f"models:/{MODEL_NAME}/{candidate.version}")  # before anything moves
     with registry_lock():  # the comparison, the move and its record happen as one step
         return _promote_locked(candidate, stage, if_better, reason)
 
@@ -301,17 +304,60 @@ def resolve_encoder_uri(stage: str | None = None, uri: str | None = None) -> tup
     return f"models:/{MODEL_NAME}@{stage}", get_version(version)
 
 
-def load_registered_encoder(model_uri: str):
-    """Download a registered encoder and load it weights-only (never unpickling anything)."""
+def _not_dlfm_made(model_dir: Path) -> str | None:
+    """Why a downloaded model directory is not a dlfm encoder (None when it is one).
+
+    A dlfm version's MLmodel has only the python_function flavor, whose loader_module is dlfm's
+    own (weights-only) loader; a ``python_model`` entry or any pickle file means loading it with
+    ``mlflow.pyfunc.load_model`` would unpickle, i.e. run, someone else's code.
+    """
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text()) or {}
+        flavors = mlmodel.get("flavors") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "it has no readable MLmodel file"
+    pyfunc = flavors.get("python_function") or {}
+    if set(flavors) != {"python_function"}:
+        return f"its flavors are {sorted(flavors)}, not dlfm's python_function alone"
+    if "python_model" in pyfunc or "cloudpickle_version" in pyfunc:
+        return "it holds a pickled python_model"
+    if pyfunc.get("loader_module") != LOADER_MODULE:
+        return f"its loader_module is {pyfunc.get('loader_module')!r}, not {LOADER_MODULE!r}"
+    pickles = sorted(p.name for p in model_dir.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        return f"it holds pickle files ({', '.join(pickles[:3])})"
+    return None
+
+
+def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
+    """Refuse (one line) a registry version that dlfm did not make: no code runs from the registry."""
+    if model_dir is None:
+        model_dir = _download(model_uri)
+    why = _not_dlfm_made(model_dir)
+    if why:
+        raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
+                            "register encoders with a dlfm training stage and pick one of those versions")
+
+
+def _download(model_uri: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from dlfm.models.serialization import ARCH_FILE, load_encoder
-
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except MlflowException as error:
         raise RegistryError(f"cannot download {model_uri}: {str(error).splitlines()[0]}") from None
+
+
+def load_registered_encoder(model_uri: str):
+    """Download a registered encoder, check dlfm made it, and load it weights-only (never unpickling)."""
+    from dlfm.models.serialization import ARCH_FILE, load_encoder
+
+    local = _download(model_uri)
+    if (local / "MLmodel").exists() or model_uri.startswith("models:/"):
+        check_dlfm_made(model_uri, local)
     candidates = [p.parent for p in local.rglob(ARCH_FILE)]
     if not candidates:
         raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")

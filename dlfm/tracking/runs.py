@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import tempfile
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dlfm.errors import DlfmError
+from dlfm.redact import redact_uri, scrub
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "deeplense-fm"
@@ -55,11 +55,6 @@ def check_store_writable(uri: str | None = None) -> None:
                         "or point MLFLOW_TRACKING_URI at a writable store")
 
 
-def mask_uri(uri: str) -> str:
-    """The URI with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", uri)
-
-
 def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None:
     """For an http(s) tracking URI: the server answers and accepts our credentials, else one DlfmError line.
 
@@ -86,7 +81,7 @@ def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None
         raise DlfmError(f"tracking server {uri}: TLS failed ({type(error).__name__}); check the certificate or the URL scheme") from None
     except requests.exceptions.RequestException as error:
         kind = "timed out" if isinstance(error, requests.exceptions.Timeout) else "refused or unresolvable"
-        raise DlfmError(f"cannot reach the MLflow tracking server {mask_uri(uri)}: it is unreachable (connection {kind}); "
+        raise DlfmError(f"cannot reach the MLflow tracking server {redact_uri(uri)}: it is unreachable (connection {kind}); "
                         "start it (dlfm server) or fix MLFLOW_TRACKING_URI") from None
     if response.status_code == 401:
         if not (username or token):
@@ -126,7 +121,7 @@ def ended_on_exit(finished_on: tuple[type[BaseException], ...] = ()) -> Iterator
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:  # noqa: BLE001 - any failure must end the run FAILED, then propagate
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = scrub(str(error).splitlines()[0]) if str(error) else type(error).__name__
         with contextlib.suppress(Exception):
             mlflow.set_tag(ERROR_TAG, message[:5000])
         mlflow.end_run("FAILED")
@@ -167,8 +162,8 @@ def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIME
         if mlflow.active_run() is not None:
             with contextlib.suppress(Exception):
                 mlflow.end_run("FAILED")
-        raise DlfmError(f"cannot start a run in the tracking store {mask_uri(mlflow.get_tracking_uri())}: "
-                        f"{reason[:300]}") from None
+        raise DlfmError(f"cannot start a run in the tracking store {redact_uri(mlflow.get_tracking_uri())}: "
+                        f"{scrub(reason, mlflow.get_tracking_uri())[:300]}") from None
     with ended_on_exit():
         yield run.info.run_id
 
@@ -186,7 +181,7 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
         client = _mlflow().MlflowClient()
         if client.get_run(run_id).info.status != "RUNNING":
             return
-        client.set_tag(run_id, ERROR_TAG, message[:5000])
+        client.set_tag(run_id, ERROR_TAG, scrub(message)[:5000])
         client.set_terminated(run_id, status)
 
 

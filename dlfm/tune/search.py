@@ -27,11 +27,14 @@ from optuna.trial import TrialState
 
 from dlfm import tracking
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.redact import redact_uri as mask_password  # the one redaction function, under tune's old name
+from dlfm.redact import scrub, uri_password
 from dlfm.training import TrainConfig, fit
 
 OBJECTIVE_METRIC = "val/macro_auc"  # maximised
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 PRUNERS = ("median", "hyperband", "none")
+STORAGE_ENV_PREFIX = "env:"  # storage=env:NAME reads the URL (password included) from environment variable NAME
 RECON_WEIGHT_RANGE = (1e-3, 10.0)  # log-uniform bounds of the multitask loss weight (dimensionless)
 LR_FACTOR = 10.0  # with tune_lr: lr is log-uniform over [lr / 10, lr * 10] around the given lr
 STATE_TAG = "dlfm.trial_state"
@@ -45,7 +48,9 @@ class TuneConfig:
     train: TrainConfig  # the multitask settings every trial starts from; recon_weight (and lr with tune_lr) are searched
     n_trials: int = 12  # finished trials (COMPLETE, PRUNED or FAIL) the study should hold; a rerun only adds the missing ones
     n_workers: int = 1  # worker processes on this machine, all on the same storage
-    storage: str = DEFAULT_STORAGE  # any Optuna RDB URL (sqlite:///..., postgresql://user:password@host/db)
+    # an Optuna RDB URL without a password (sqlite:///..., postgresql://user@host/db with PGPASSWORD or
+    # ~/.pgpass), or env:NAME to read the full URL from environment variable NAME (e.g. env:OPTUNA_STORAGE)
+    storage: str = DEFAULT_STORAGE
     study_name: str = "auto"  # joined if it exists; "auto" = dlfm-tune-<digest of the trial settings>
     pruner: str = "median"  # median | hyperband | none
     tune_lr: bool = False  # also search lr, log-uniform over [lr/10, 10 lr]
@@ -75,8 +80,24 @@ class TuneConfig:
              f"grace_period ({self.grace_period} s) must be >= heartbeat_interval ({self.heartbeat_interval} s)")
         need(bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,127}", self.study_name)),
              f"study_name must be letters, digits, '.', '-' or '_' (or auto), got {self.study_name!r}")
-        need("://" in self.storage, f"storage must be an Optuna RDB URL such as {DEFAULT_STORAGE} or "
-                                    f"postgresql://user:password@host/db, got {mask_password(self.storage)!r}")
+        # mlflow run stores -P values as params and prints its command line, so no password may travel in one.
+        need(not uri_password(self.storage),
+             f"storage {mask_password(self.storage)!r} carries a password, which MLflow would store and print; export "
+             "OPTUNA_STORAGE=<the URL> and pass -P storage=env:OPTUNA_STORAGE, or drop the password and export PGPASSWORD")
+        url = self.storage_url()
+        need("://" in url, f"storage must be an Optuna RDB URL such as {DEFAULT_STORAGE} or "
+                           f"postgresql://user@host/db, got {mask_password(url)!r}")
+
+    def storage_url(self) -> str:
+        """The Optuna URL: ``storage`` itself, or for ``env:NAME`` the value of that environment variable."""
+        if not self.storage.startswith(STORAGE_ENV_PREFIX):
+            return self.storage
+        name = self.storage[len(STORAGE_ENV_PREFIX):]
+        value = os.environ.get(name, "")
+        if not value:
+            raise ConfigError(f"storage {self.storage} names environment variable {name!r}, which is not set; "
+                              f"export {name}=postgresql://user:password@host/db")
+        return value
 
     def resolved_study_name(self) -> str:
         """``study_name``, or for ``auto`` a name derived from everything that shapes a trial."""
@@ -124,19 +145,6 @@ def make_sampler(config: TuneConfig, worker_index: int, n_existing: int) -> optu
 # ---------------------------------------------------------------- storage
 
 
-def mask_password(url: str) -> str:
-    """``scheme://user:secret@host/db`` → ``scheme://user:***@host/db``."""
-    return re.sub(r"^([\w+.\-]+://[^:/@]*:)[^/]*@", r"\1***@", url)
-
-
-def _scrub(message: str, url: str) -> str:
-    """Remove the storage password from a driver's error message."""
-    match = re.match(r"^[\w+.\-]+://[^:/@]*:([^/]*)@", url)
-    if match and match.group(1):
-        message = message.replace(match.group(1), "***")
-    return message.replace(url, mask_password(url))
-
-
 def postgres_driver(url: str) -> str:
     """``postgresql://`` → ``postgresql+psycopg2://`` when only psycopg2 (our pinned driver) is installed.
 
@@ -169,7 +177,7 @@ class RetryStaleTrial:
 
 def open_storage(config: TuneConfig) -> optuna.storages.RDBStorage:
     """The RDB storage with heartbeats and stale-trial retries; ConfigError (password masked) if unreachable."""
-    url = postgres_driver(config.storage)
+    url = postgres_driver(config.storage_url())
     if url == DEFAULT_STORAGE:
         Path("mlruns").mkdir(exist_ok=True)
     engine_kwargs: dict = {}
@@ -186,8 +194,8 @@ def open_storage(config: TuneConfig) -> optuna.storages.RDBStorage:
     except Exception as error:  # noqa: BLE001 - drivers raise many types; all mean "cannot use this storage"
         cause = error.__cause__ if isinstance(error, ImportError) and error.__cause__ else error  # name the missing module
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        reason = _scrub(_scrub(reason, url), config.storage)
-        raise ConfigError(f"cannot open Optuna storage {mask_password(config.storage)}: {reason}") from None
+        reason = scrub(reason, url, config.storage_url())
+        raise ConfigError(f"cannot open Optuna storage {mask_password(config.storage_url())}: {reason}") from None
 
 
 def load_or_create_study(config: TuneConfig, storage, worker_index: int = 0) -> optuna.Study:

@@ -1,0 +1,142 @@
+"""One redaction function: no password is printed, logged, tagged or put on a command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlfm.redact import redact_uri, scrub, uri_password
+
+CANARY = "ssW0rdX-canary"
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),  # raw @: the tail "ss" once leaked
+    ("postgresql://u:s3cr/t@h:5432/db", "postgresql://u:***@h:5432/db"),  # raw /: leaked whole
+    ("https://ana:s3cr/t@mlflow.lab.org/", "https://ana:***@mlflow.lab.org/"),
+    ("postgresql+psycopg2://u:p%40ss%2Fword@h/db", "postgresql+psycopg2://u:***@h/db"),
+    ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ("postgresql://h/db?user=u&password=hunter2&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
+    ("sqlite:///mlruns/optuna.db", "sqlite:///mlruns/optuna.db"),
+    ("sqlite:////tmp/a:b@c.db", "sqlite:////tmp/a:b@c.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("", ""),
+])
+def test_redact_uri(uri, expected):
+    assert redact_uri(uri) == expected
+
+
+def test_every_old_name_is_the_one_function():
+    from dlfm.tune import mask_password
+
+    assert mask_password is redact_uri
+    assert uri_password("postgresql://u:s3cr/t@h/db") == "s3cr/t"
+
+
+def test_scrub_removes_driver_fragments_and_encodings():
+    uri = f"postgresql://postgres:p@{CANARY}@127.0.0.1:9/db"
+    message = f'could not translate host name "{CANARY}@127.0.0.1" to address; dsn {uri}'
+    assert CANARY not in scrub(message, uri)
+    encoded = "postgresql://u:p%40ss%2Fword" + CANARY + "@h/db"
+    text = f"password p@ss/word{CANARY} rejected for {encoded}"
+    assert CANARY not in scrub(text, encoded) and "word" + CANARY not in scrub(text, encoded)
+
+
+def test_scrub_masks_secret_environment_values(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", CANARY)
+    monkeypatch.setenv("OPTUNA_STORAGE", f"postgresql://u:{CANARY}2@h/db")
+    assert scrub(f"401 for user x with {CANARY} and {CANARY}2") == "401 for user x with *** and ***"
+
+
+def _tune(storage):
+    from dlfm.training import TrainConfig
+    from dlfm.tune import TuneConfig
+
+    return TuneConfig(train=TrainConfig(objective="multitask"), storage=storage)
+
+
+def test_tune_storage_with_password_is_refused_in_one_line():
+    from dlfm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="carries a password.*-P storage=env:OPTUNA_STORAGE") as info:
+        _tune(f"postgresql://ana:{CANARY}@db/optuna").validate()
+    assert CANARY not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_tune_storage_from_environment_never_reaches_params(monkeypatch):
+    monkeypatch.setenv("OPTUNA_STORAGE", f"postgresql://ana:{CANARY}@db/optuna")
+    config = _tune("env:OPTUNA_STORAGE")
+    config.validate()
+    assert config.storage_url().endswith(f"{CANARY}@db/optuna")
+    assert CANARY not in str(config.params())
+
+
+def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path):
+    """Real dlfm server on PostgreSQL (trust auth ignores the password): starts, and no process's argv
+    and no log line holds the password, raw or encoded."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import requests
+
+    from conftest import REPO
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", connect_timeout=3)
+    except psycopg2.OperationalError:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not available")
+    admin.autocommit = True
+    name = f"dlfm_redact_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    secret = "p%40ss%2Fword" + CANARY  # percent-encoded p@ss/word...
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-" + uuid.uuid4().hex[:16], "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for leaked in ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"):
+        env.pop(leaked, None)
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "dlfm.cli", "server", "--backend-store-uri",
+               f"postgresql://postgres:{secret}@127.0.0.1:5432/{name}", "--artifacts-destination", str(tmp_path / "art"),
+               "--port", str(port), "--workers", "1"]
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline, up = time.monotonic() + 120, False
+        while time.monotonic() < deadline and process.poll() is None and not up:
+            try:
+                up = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except requests.RequestException:
+                time.sleep(0.5)
+        assert up, log.read_text()[-3000:]
+        argvs = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    if os.getpgid(int(pid)) == process.pid:
+                        argvs.append(open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))
+                except (OSError, ProcessLookupError):
+                    pass
+        assert len(argvs) >= 2  # dlfm server, mlflow server (and uvicorn)
+        # the first dlfm process got it as an argument from this test; every process dlfm started did not
+        children = [a for a in argvs if "dlfm.cli" not in a]
+        assert children and not any(CANARY in a or "p%40ss" in a for a in children), children
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+    text = log.read_text()
+    assert CANARY not in text and "Traceback" not in text, text[-3000:]

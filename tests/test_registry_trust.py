@@ -1,0 +1,71 @@
+"""Only dlfm-made versions of dlfm-encoder are promoted or loaded: no code runs from the registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import run_script
+from dlfm.errors import RegistryError
+from dlfm.models import create_encoder
+from dlfm.tracking import registry, stage_run
+from dlfm.tracking.registry import MODEL_NAME
+
+MARKER_ENV = "DLFM_TEST_PWNED_MARKER"
+
+
+class Hijack(mlflow.pyfunc.PythonModel):
+    """A hand-registered cloudpickled model: loading it runs load_context, i.e. arbitrary code."""
+
+    def load_context(self, context):
+        Path(os.environ[MARKER_ENV]).write_text("code ran")
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def _register_dlfm_version() -> str:
+    with stage_run("multitask", "multitask-trust", "trust-test", system_metrics=False) as run_id:
+        return registry.register_encoder(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.6}, "f" * 64, run_id)
+
+
+def _register_foreign_version() -> str:
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="hijack", python_model=Hijack(), pip_requirements=["mlflow"])
+    return str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
+
+
+def test_foreign_version_is_neither_promoted_nor_loaded(tracking_uri, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    good = _register_dlfm_version()
+    registry.promote(good, "production")
+    evil = _register_foreign_version()
+
+    with pytest.raises(RegistryError, match=rf"models:/{MODEL_NAME}/{evil} is not a dlfm-made encoder") as info:
+        registry.promote(evil, "production")
+    assert "\n" not in str(info.value)
+    assert registry.version_for_stage("production") == good  # nothing moved
+
+    # an alias moved by hand (MLflow UI) to the foreign version: transfer/evaluate refuse to load it
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "staging", evil)
+    uri, _ = registry.resolve_encoder_uri("staging")
+    with pytest.raises(RegistryError, match="python_model"):
+        registry.load_registered_encoder(uri)
+    with pytest.raises(RegistryError, match="not a dlfm-made encoder"):
+        registry.load_registered_encoder(f"models:/{MODEL_NAME}/{evil}")
+    assert not marker.exists()
+    assert registry.load_registered_encoder(f"models:/{MODEL_NAME}@production").embed_dim == 128
+
+
+def test_cli_promote_of_foreign_version_is_one_line(tracking_uri, tmp_path):
+    _register_dlfm_version()
+    evil = _register_foreign_version()
+    result = run_script(["-m", "dlfm.cli", "registry", "promote", evil, "--stage", "production"], cwd=tmp_path,
+                        env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dlfm:")]
+    assert len(errors) == 1 and "not a dlfm-made encoder" in errors[0], result.stderr[-2000:]

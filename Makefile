@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 
-.PHONY: test demo venv clean-runs
+.PHONY: test demo venv clean-runs ui-check
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The MLflow UI in headless Chromium on a tiny pipeline's runs; screenshots land in reports/ui/.
+ui-check: $(STAMP)
+	DLFM_UI_SCREENSHOTS=reports/ui $(VENV)/bin/python -m pytest -q tests/test_ui.py
 
 # The whole pipeline at demo size on the embedded SQLite store.
 demo: $(STAMP)

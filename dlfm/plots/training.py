@@ -13,36 +13,44 @@ from dlfm.training.metrics import normalized_confusion  # noqa: E402
 
 
 def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], title: str = "ROC (one-vs-rest)"):
-    """One ROC curve per class plus the macro-average curve."""
+    """One ROC curve per class plus the macro-average curve.
+
+    The legend's macro AUC is the mean of the per-class AUCs, the very number logged as
+    ``…/macro_auc``; the dashed curve is the vertical average of the class curves, whose own
+    area can differ slightly, so it is not what the legend quotes.
+    """
     figure, axis = plt.subplots(figsize=(5, 5))
     grid = np.linspace(0, 1, 201)
-    tprs = []
+    tprs, aucs = [], []
     for index, name in enumerate(class_names):
         positives = labels == index
         if positives.all() or not positives.any():
             continue
         fpr, tpr, _ = roc_curve(positives, probs[:, index])
         tprs.append(np.interp(grid, fpr, tpr))
-        axis.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        aucs.append(auc(fpr, tpr))
+        axis.plot(fpr, tpr, label=f"{name} (AUC {aucs[-1]:.3f})")
     if tprs:
-        mean_tpr = np.mean(tprs, axis=0)
-        axis.plot(grid, mean_tpr, "k--", label=f"macro (AUC {auc(grid, mean_tpr):.3f})")
+        axis.plot(grid, np.mean(tprs, axis=0), "k--", label=f"macro (mean AUC {np.mean(aucs):.3f})")
     axis.plot([0, 1], [0, 1], color="grey", lw=0.5)
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
     return figure
 
 
-def confusion_figure(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]):
-    """Confusion matrix normalised per true class."""
+def confusion_figure(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], split: str = "test"):
+    """Confusion matrix normalised per true class, for the named split."""
     matrix = normalized_confusion(probs, labels, len(class_names))
-    figure, axis = plt.subplots(figsize=(4.5, 4))
+    figure, axis = plt.subplots(figsize=(5, 4.2))
     image = axis.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
     for (row, col), value in np.ndenumerate(matrix):
         axis.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
     axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=class_names,
-             yticklabels=class_names, xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
-    figure.colorbar(image, ax=axis)
+             yticklabels=class_names, xlabel="predicted class", ylabel="true class",
+             title=f"{split} confusion (rows sum to 1, n={len(labels)})")
+    figure.colorbar(image, ax=axis, label="fraction of the true class")
+    figure.tight_layout()  # keeps long class names and the axis labels inside the PNG
     return figure
 
 

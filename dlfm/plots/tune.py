@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # noqa: E402
 
 STATE_STYLE = {  # colour and marker per trial state
     "COMPLETE": ("tab:blue", "o"),
@@ -57,8 +57,15 @@ def param_vs_objective_figure(records: list[dict], param: str = "recon_weight", 
         if points:
             xs, ys = zip(*points)
             axis.scatter(xs, ys, color=colour, marker=marker, label=state.lower())
-    axis.set(xscale="log", xlabel=param, ylabel=metric, title=f"{param} vs {metric}")
+    axis.set(xscale="log", xlabel=f"{param} (log scale)", ylabel=metric, title=f"{param} vs {metric}")
+    # Plain decimals (0.01, 0.1, 1) rather than 10^k, plus labelled 2× and 5× ticks in each decade, so a
+    # searched value can be read off the axis without the crowding of every minor tick.
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    axis.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.tick_params(axis="x", which="minor", labelsize=7)
     axis.legend(fontsize=8)
+    figure.tight_layout()
     return figure
 
 

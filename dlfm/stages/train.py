@@ -37,7 +37,7 @@ def log_training_figures(result, class_names) -> None:
     tracking.log_figure(plots.learning_curves_figure(result.history), "figures/learning_curves.png")
     if result.val.probs is not None:
         tracking.log_figure(plots.roc_figure(result.test.probs, result.test.labels, class_names, "test ROC"), "figures/roc.png")
-        tracking.log_figure(plots.confusion_figure(result.test.probs, result.test.labels, class_names), "figures/confusion.png")
+        tracking.log_figure(plots.confusion_figure(result.test.probs, result.test.labels, class_names, split="test"), "figures/confusion.png")
     if result.reconstructions is not None:
         tracking.log_figure(plots.reconstruction_figure(*result.reconstructions), "figures/reconstructions.png")
 

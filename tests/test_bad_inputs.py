@@ -119,7 +119,7 @@ def prepared(tmp_path_factory, empty_store_template, tiny_classification_dir) ->
                 import torch
 
                 torch.manual_seed(seed)
-                registry.register_encoder(create_encoder("conv4"), 64, "multitask", metrics, "f" * 64, run_id)
+                registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", metrics, "f" * 64, run_id)
         registry.promote("1", "production")
     finally:
         os.chdir(saved_cwd)

@@ -241,7 +241,7 @@ def main():
     with stage_run("multitask", "multitask-race", "race", system_metrics=False) as run_id:
         metrics = {"val/macro_auc": 0.5 + int(sys.argv[2]) / 10}
         mlflow.log_metrics(metrics)
-        version = registry.register_encoder(encoder, 64, "multitask", metrics, "f" * 64, run_id)
+        version = registry.register_encoder_version(encoder, 64, "multitask", metrics, "f" * 64, run_id)
     print("promoted" if registry.promote(version, "production", reason=f"race {sys.argv[2]}").promoted else "kept", version)
 
 run_entry_point(main)

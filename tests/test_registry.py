@@ -26,7 +26,7 @@ def register(objective="multitask", val_auc=0.7, seed=0) -> str:
     with stage_run(objective, f"{objective}-test", "registry-test", system_metrics=False) as run_id:
         metrics = {"val/macro_auc": val_auc, "val/accuracy": 0.5, "test/macro_auc": val_auc - 0.01, "test/accuracy": 0.5}
         mlflow.log_metrics(metrics)
-        return registry.register_encoder(encoder, 64, objective, metrics, "f" * 64, run_id)
+        return registry.register_encoder_version(encoder, 64, objective, metrics, "f" * 64, run_id)
 
 
 def aliases() -> dict[str, str]:

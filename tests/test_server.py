@@ -8,7 +8,6 @@ without it, and fail instead when DLFM_REQUIRE_SERVICES=1 (CI).
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -20,21 +19,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import AWS_TEST_CREDENTIALS, REPO, free_port, require_postgres, run_script, spawn_process_group, stop_process_group
 from dlfm import server
 from dlfm.errors import ConfigError, DlfmError
 
 ADMIN = ("admin", "admin-" + uuid.uuid4().hex[:16])
 SECRETS = {"MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS = AWS_TEST_CREDENTIALS
 ARTIFACT_BUCKET = "dlfm-artifacts"
 DATASET_BUCKET = "dlfm-datasets"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+S3_BUCKETS = (ARTIFACT_BUCKET, DATASET_BUCKET)  # created by the moto_s3 fixture (conftest)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -50,30 +44,6 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def dlfm_server(args: list[str], env_extra: dict, cwd: Path) -> subprocess.CompletedProcess:
     clean = {name: "" for name in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION")}
     return run_script(["-m", "dlfm.cli", "server", *args], cwd=cwd, env_extra={**clean, **env_extra}, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def moto_s3():
-    """moto's S3 server on a free localhost port with the two buckets; fake credentials in os.environ."""
-    pytest.importorskip("moto.server")
-    from moto.server import ThreadedMotoServer
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**AWS, "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_ENDPOINT_URL", raising=False)
-        patch.delenv("AWS_PROFILE", raising=False)
-        from dlfm.data.remote import s3_client
-
-        client = s3_client(endpoint)
-        for bucket in (ARTIFACT_BUCKET, DATASET_BUCKET):
-            client.create_bucket(Bucket=bucket)
-        yield SimpleNamespace(endpoint=endpoint, client=client)
-    moto.stop()
 
 
 # ----------------------------------------------------------------------------- bad input, no services
@@ -173,21 +143,6 @@ def test_entry_point_with_unreachable_server_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- real processes
 
 
-def require_postgres():
-    """A psycopg2 connection to the maintenance database, or skip (fail under DLFM_REQUIRE_SERVICES=1)."""
-    import psycopg2
-
-    try:
-        connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as error:
-        message = f"PostgreSQL at 127.0.0.1:5432 is not available ({' '.join(str(error).split())})"
-        if os.environ.get("DLFM_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{message}; DLFM_REQUIRE_SERVICES=1 requires it")
-        pytest.skip(message)
-    connection.autocommit = True
-    return connection
-
-
 @pytest.mark.parametrize("required", ["1", ""])
 def test_missing_postgres_fails_only_when_required(required, monkeypatch):
     import psycopg2
@@ -200,43 +155,6 @@ def test_missing_postgres_fails_only_when_required(required, monkeypatch):
     outcome = pytest.fail.Exception if required else pytest.skip.Exception
     with pytest.raises(outcome, match="PostgreSQL at 127.0.0.1:5432 is not available"):
         require_postgres()
-
-
-@pytest.fixture(scope="module")
-def postgres_uri():
-    """A throwaway database dlfm_test_<random>, dropped afterwards."""
-    admin = require_postgres()
-    name = f"dlfm_test_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            assert cursor.fetchone() is None
-        admin.close()
-
-
-def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM to dlfm server (which forwards it to MLflow and uvicorn), then make sure the group is gone."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    raise AssertionError("dlfm server left processes behind after SIGTERM (killed them)")
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +172,7 @@ def team_server(postgres_uri, moto_s3, tmp_path_factory):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_S3_ENDPOINT_URL"):
         env.pop(name, None)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = spawn_process_group(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -271,7 +189,8 @@ def team_server(postgres_uri, moto_s3, tmp_path_factory):
             time.sleep(0.5)
         yield SimpleNamespace(url=url, process=process, log=log_path)
     finally:
-        stop_process_group(process)
+        if not stop_process_group(process):
+            raise AssertionError("dlfm server left processes behind after SIGTERM (killed them)")
 
 
 def client_env(team_server, moto_s3, user=ADMIN) -> dict:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import optuna
 import pytest
@@ -17,7 +16,7 @@ from conftest import REPO, run_script
 from dlfm.errors import ConfigError
 from dlfm.training import TrainConfig
 from dlfm.tune import TuneConfig, make_pruner, mask_password, search_space
-from dlfm.tune.search import postgres_driver
+from dlfm.tune.storage import postgres_driver
 
 TINY = dict(objective="multitask", encoder="conv4", epochs=2, batch_size=8, patience=10, device="cpu")
 
@@ -149,7 +148,7 @@ def test_aggressive_median_pruning_prunes(tracking_uri, tiny_classification_dir,
 def test_a_raising_trial_is_recorded_fail_and_the_study_goes_on(tracking_uri, tiny_classification_dir, tmp_path, monkeypatch):
     from dlfm.stages.tune import run_tune_stage
     from dlfm.training.loop import NonFiniteLossError
-    from dlfm.tune import search
+    from dlfm.tune import trials as search  # where the trial objective calls fit
 
     calls = []
 
@@ -192,29 +191,6 @@ def run_two_workers(dataset, storage: str, study_name: str):
 
 def test_two_workers_share_one_sqlite_study(tracking_uri, tiny_classification_dir, tmp_path):
     run_two_workers(tiny_classification_dir, f"sqlite:///{tmp_path / 'optuna.db'}", "sqlite-workers")
-
-
-@pytest.fixture
-def postgres_storage():
-    """A throwaway PostgreSQL database at 127.0.0.1:5432, dropped afterwards."""
-    import psycopg2
-
-    name = f"dlfm_tune_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as error:
-        if os.environ.get("DLFM_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required (DLFM_REQUIRE_SERVICES=1): {error}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.mark.services

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from dlfm.constants import DEFAULT_EXPERIMENT  # noqa: F401 - re-exported by dlfm.tracking
 from dlfm.errors import DlfmError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_EXPERIMENT = "deeplense-fm"
 ERROR_TAG = "dlfm.error"
 _VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
 

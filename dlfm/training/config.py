@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
+from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError
 
 OBJECTIVES = ("autoencoder", "supervised", "multitask")
@@ -37,7 +38,7 @@ class TrainConfig:
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300
     sim_n_test: int = 300
-    experiment_name: str = "deeplense-fm"  # MLflow experiment
+    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     @property

@@ -62,7 +62,7 @@ def sha256_tree(root: Path) -> dict[str, str]:
 
 def rehash_manifest(folder: Path) -> None:
     """Make the manifest agree with the (deliberately broken) files, so the loader's own checks are reached."""
-    from dlfm.data.dataset import dataset_digest, sha256_file
+    from dlfm.data.layout import dataset_digest, sha256_file
 
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
@@ -195,6 +195,7 @@ def outcomes(prepared, tmp_path_factory) -> dict:
     return {"cases": done, "files_unchanged": [sha256_tree(folder) for folder in watched] == before}
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.parametrize("name, message", [pytest.param(case[0], case[2], id=case[0]) for case in CASES])
 def test_hostile_input(name, message, outcomes):
     if name not in outcomes["cases"]:

@@ -149,6 +149,7 @@ def resume_in_subprocess(tmp_path, dataset, run_id):
                       cwd=tmp_path)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_sigterm_ends_the_run_killed_with_a_hint_then_it_resumes(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)
@@ -180,6 +181,7 @@ def test_sigterm_ends_the_run_killed_with_a_hint_then_it_resumes(tracking_uri, t
     assert [r.info.status for r in launchers] == ["FINISHED"]  # mlflow run's empty launcher run, ended at once
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_sigkill_mid_epoch_then_repair_then_resume(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)
@@ -248,6 +250,7 @@ run_entry_point(main)
 """
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_two_processes_register_and_promote_at_once(tracking_uri, tmp_path):
     from dlfm.tracking import registry
 

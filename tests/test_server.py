@@ -243,6 +243,7 @@ def add_user(team_server, name: str, experiment_id: str, permission: str) -> tup
     return user
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_artifacts_are_objects_in_the_bucket(multitask_run, moto_s3, as_admin):
     experiment = as_admin.get_experiment_by_name("deeplense-fm")
@@ -258,6 +259,7 @@ def test_artifacts_are_objects_in_the_bucket(multitask_run, moto_s3, as_admin):
     assert inputs and multitask_run.dataset_uri in inputs[0].dataset.source
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_registered_version_and_candidate_alias(multitask_run, as_admin, tmp_path):
     version = as_admin.get_model_version_by_alias("dlfm-encoder", "candidate")
@@ -268,6 +270,7 @@ def test_registered_version_and_candidate_alias(multitask_run, as_admin, tmp_pat
     assert any(Path(downloaded).iterdir())
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_transfer_loads_the_encoder_by_stage(multitask_run, team_server, moto_s3, tiny_regression_dir, as_admin):
     if not (REPO / "pipelines" / "transfer.py").exists():
@@ -283,6 +286,7 @@ def test_transfer_loads_the_encoder_by_stage(multitask_run, team_server, moto_s3
     assert runs and all(run.info.status == "FINISHED" for run in runs)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_unauthenticated_and_wrong_password_are_refused(team_server, monkeypatch):
     search = "/api/2.0/mlflow/experiments/search"
@@ -301,6 +305,7 @@ def test_unauthenticated_and_wrong_password_are_refused(team_server, monkeypatch
         server.check_tracking_server(team_server.url)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_wrong_password_entry_point_is_one_line(multitask_run, team_server, moto_s3):
     env = client_env(team_server, moto_s3, user=(ADMIN[0], "wrong-password-123"))
@@ -309,6 +314,7 @@ def test_wrong_password_entry_point_is_one_line(multitask_run, team_server, moto
     assert "401" in one_error_line(result)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_read_only_user_cannot_create_runs_or_move_aliases(multitask_run, team_server, as_admin):
     experiment_id = as_admin.get_experiment_by_name("deeplense-fm").experiment_id
@@ -327,6 +333,7 @@ def test_read_only_user_cannot_create_runs_or_move_aliases(multitask_run, team_s
     assert "production" not in as_admin.get_registered_model("dlfm-encoder").aliases
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_editor_can_create_runs_and_move_aliases(multitask_run, team_server, as_admin):
     experiment_id = as_admin.get_experiment_by_name("deeplense-fm").experiment_id

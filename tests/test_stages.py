@@ -49,6 +49,7 @@ def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, 
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_simulate_entry_point_through_mlflow_run(tracking_uri, tmp_path):
     out = tmp_path / "data"
     result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "simulate", "--env-manager", "local",

@@ -189,15 +189,18 @@ def run_two_workers(dataset, storage: str, study_name: str):
     return study
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_two_workers_share_one_sqlite_study(tracking_uri, tiny_classification_dir, tmp_path):
     run_two_workers(tiny_classification_dir, f"sqlite:///{tmp_path / 'optuna.db'}", "sqlite-workers")
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_two_workers_share_one_postgresql_study(tracking_uri, tiny_classification_dir, postgres_storage):
     run_two_workers(tiny_classification_dir, postgres_storage, "pg-workers")
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_a_killed_workers_trial_is_retried(tracking_uri, tiny_classification_dir, tmp_path):
     """SIGKILL a tune process mid-trial; the next tune run fails the stale trial and reruns its params."""
     from dlfm.stages.tune import run_tune_stage

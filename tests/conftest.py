@@ -69,7 +69,7 @@ def tracking_uri(tmp_path, monkeypatch, empty_store_template) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_classification_dir(tmp_path_factory) -> Path:
-    """A tiny model_ii dataset (12/6/6 images), simulated once per test session."""
+    """A tiny model_ii dataset (24/12/12 images), simulated once per test session."""
     from dlfm.simulation import SimulationConfig, simulate_dataset
 
     out = tmp_path_factory.mktemp("data")
@@ -78,7 +78,7 @@ def tiny_classification_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_regression_dir(tmp_path_factory) -> Path:
-    """A tiny regression dataset, simulated once per test session."""
+    """A tiny regression dataset (24/12/12 images), simulated once per test session."""
     from dlfm.simulation import SimulationConfig, simulate_dataset
 
     out = tmp_path_factory.mktemp("data")

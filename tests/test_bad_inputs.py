@@ -216,6 +216,7 @@ def test_hostile_input(name, message, outcomes):
     assert "s3cret" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_if_better_gate_that_fails_exits_1_and_moves_nothing(prepared, tmp_path):
     case = tmp_path / "case"
     (case / "mlruns").mkdir(parents=True)

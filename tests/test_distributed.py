@@ -33,6 +33,7 @@ def _average_on_rank(rank: int, port: int, results) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_metrics_are_the_mean_across_ranks():
     results = mp.Manager().dict()
     mp.spawn(_average_on_rank, args=(_free_port(), results), nprocs=2)

@@ -45,6 +45,7 @@ def interrupt_after_epoch(monkeypatch, stop_epoch: int, signum=signal.SIGINT) ->
     monkeypatch.setattr(checkpoints, "log_checkpoint", log_then_signal)
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tracking_uri, tiny_classification_dir, monkeypatch):
     client = mlflow.MlflowClient()
     config = tiny_config(tiny_classification_dir)
@@ -83,6 +84,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tracking_uri, 
     assert history == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_refusals_leave_the_old_run_untouched(tracking_uri, tiny_classification_dir, monkeypatch):
     client = mlflow.MlflowClient()
     config = tiny_config(tiny_classification_dir, epochs=3)

@@ -103,6 +103,7 @@ def test_readme_param_tables_agree_with_mlproject():
     assert entry_point("main").script == "pipelines/main.py"
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.parametrize("entry", sorted(mlproject_entry_points()))
 def test_every_declared_param_reaches_its_script(entry):
     spec = mlproject_entry_points()[entry]
@@ -113,6 +114,22 @@ def test_every_declared_param_reaches_its_script(entry):
     help_text = run_script([script, "--help"], cwd=REPO).stdout
     for name in spec.get("parameters", {}):
         assert f"--{name}" in help_text, f"{script} does not accept --{name}"
+
+
+@pytest.mark.parametrize("entry", sorted(mlproject_entry_points()))
+def test_every_declared_param_is_parsed_from_the_same_row(entry):
+    """In-process twin of the --help test: each script builds its parser from its own project_spec row."""
+    import argparse
+
+    from dlfm.project_spec import add_entry_point_params, entry_point
+
+    spec = mlproject_entry_points()[entry]
+    script = (REPO / entry_point(entry).script).read_text()
+    assert f'add_entry_point_params(parser, "{entry}")' in script or f'main_for("{entry}")' in script
+    parser = argparse.ArgumentParser()
+    add_entry_point_params(parser, entry)
+    args = parser.parse_args([arg for name, p in spec["parameters"].items() for arg in (f"--{name}", p["default"] or "")])
+    assert set(vars(args)) >= set(spec["parameters"])
 
 
 def test_pipelines_stay_thin():

@@ -129,6 +129,7 @@ def test_registry_errors_are_clear(call, match, tracking_uri):
         call()
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_registry_cli_list_promote_history(tracking_uri, tmp_path):
     version = register()
     promote = run_script(["-m", "dlfm.cli", "registry", "promote", version, "--stage", "staging"], cwd=tmp_path)

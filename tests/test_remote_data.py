@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import free_port
 from dlfm.errors import DatasetError
 
 BUCKET = "lensing-datasets"

@@ -22,6 +22,7 @@ import pytest
 from conftest import AWS_TEST_CREDENTIALS, REPO, free_port, require_postgres, run_script, spawn_process_group, stop_process_group
 from dlfm import server
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.tracking.runs import check_tracking_server
 
 ADMIN = ("admin", "admin-" + uuid.uuid4().hex[:16])
 SECRETS = {"MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
@@ -49,6 +50,7 @@ def dlfm_server(args: list[str], env_extra: dict, cwd: Path) -> subprocess.Compl
 # ----------------------------------------------------------------------------- bad input, no services
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_missing_secret_is_one_line_naming_it(tmp_path):
     env = {**SECRETS, "MLFLOW_FLASK_SERVER_SECRET_KEY": ""}
     result = dlfm_server(["--backend-store-uri", f"sqlite:///{tmp_path}/m.db", "--artifacts-destination", str(tmp_path)], env, tmp_path)
@@ -60,6 +62,7 @@ def test_missing_secret_is_one_line_naming_it(tmp_path):
     assert "MLFLOW_AUTH_ADMIN_PASSWORD is not set" in one_error_line(result)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_unreachable_backend_store_is_one_line(tmp_path):
     uri = f"postgresql://mlflow:hunter2-secret@127.0.0.1:{free_port()}/mlflow"
     result = dlfm_server(["--backend-store-uri", uri, "--artifacts-destination", "s3://any/x"], SECRETS, tmp_path)
@@ -69,6 +72,7 @@ def test_unreachable_backend_store_is_one_line(tmp_path):
     assert "hunter2-secret" not in result.stderr  # the password is redacted
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_missing_bucket_is_one_line(tmp_path, moto_s3):
     args = ["--backend-store-uri", f"sqlite:///{tmp_path}/m.db", "--artifacts-destination", "s3://no-such-bucket/mlflow",
             "--s3-endpoint-url", moto_s3.endpoint]
@@ -127,11 +131,12 @@ def test_auth_config_holds_no_password_and_is_private(tmp_path):
 def test_client_check_unreachable_server_is_one_line():
     start = time.monotonic()
     with pytest.raises(DlfmError, match="is unreachable.*MLFLOW_TRACKING_URI") as info:
-        server.check_tracking_server(f"http://127.0.0.1:{free_port()}")
+        check_tracking_server(f"http://127.0.0.1:{free_port()}")
     assert "\n" not in str(info.value) and time.monotonic() - start < 10
-    server.check_tracking_server("sqlite:///mlruns/mlflow.db")  # local stores are not checked
+    check_tracking_server("sqlite:///mlruns/mlflow.db")  # local stores are not checked
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_entry_point_with_unreachable_server_is_one_line(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_TRACKING_USERNAME": "someone",
            "MLFLOW_TRACKING_PASSWORD": "whatever-password"}
@@ -297,12 +302,12 @@ def test_unauthenticated_and_wrong_password_are_refused(team_server, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password-123")
     with pytest.raises(DlfmError, match=r"rejected the credentials of user 'admin' \(401\)") as info:
-        server.check_tracking_server(team_server.url)
+        check_tracking_server(team_server.url)
     assert "\n" not in str(info.value)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     with pytest.raises(DlfmError, match="requires a login"):
-        server.check_tracking_server(team_server.url)
+        check_tracking_server(team_server.url)
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast

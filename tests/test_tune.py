@@ -102,6 +102,7 @@ def test_auto_study_name_follows_the_trial_settings():
 # ---------------------------------------------------------------- one process
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracking_uri, tiny_classification_dir, tmp_path):
     from dlfm.stages.tune import run_tune_stage
     from dlfm.tracking.registry import get_version
@@ -131,6 +132,7 @@ def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracki
     assert runs_of(again["run_id"])[1] == []
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_aggressive_median_pruning_prunes(tracking_uri, tiny_classification_dir, tmp_path):
     from dlfm.stages.tune import run_tune_stage
 

@@ -301,7 +301,7 @@ def resolve_encoder_uri(stage: str | None = None, uri: str | None = None) -> tup
         name, number, alias = match.groups()
         if name != MODEL_NAME:
             return uri, None
-        stage, number = alias, number
+        stage = alias
         if number:
             return uri, get_version(number)
     check_stage_name(stage)

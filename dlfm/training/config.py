@@ -20,7 +20,7 @@ class TrainConfig:
     objective: str  # autoencoder | supervised | multitask
     dataset: str = "model_ii"  # preset name (simulated and cached if missing) or a dataset/DeepLense dir
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
-    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) or small (3x3/1, 8x the compute)
+    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) or small (3x3/1: 8x8 features at 64 px, ≈16× the compute)
     epochs: int = 6  # maximum epochs; early stopping may end sooner
     batch_size: int = 64  # images per optimiser step
     lr: float = 1e-3  # peak AdamW learning rate

@@ -252,8 +252,9 @@ def test_a_killed_workers_trial_is_retried(tracking_uri, tiny_classification_dir
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n_trials", "0"], "n_trials must be a positive integer"),
-    (["--pruner", "asha"], "unknown pruner 'asha'"),
+    # One process start costs seconds: the fast lane keeps the storage case, `make test` runs them all.
+    pytest.param(["--n_trials", "0"], "n_trials must be a positive integer", marks=pytest.mark.slow),
+    pytest.param(["--pruner", "asha"], "unknown pruner 'asha'", marks=pytest.mark.slow),
     (["--storage", "postgresql://ana:s3cret@127.0.0.1:1/optuna"], "cannot open Optuna storage postgresql://ana:***@127.0.0.1:1/optuna"),
 ])
 def test_bad_params_give_one_line_and_no_trial(args, message, tmp_path, tracking_uri):

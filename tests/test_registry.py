@@ -140,3 +140,17 @@ def test_registry_cli_list_promote_history(tracking_uri, tmp_path):
     assert "staging" in history and version in history
     missing = run_script(["-m", "dlfm.cli", "registry", "promote", "42", "--stage", "production"], cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no version '42'" in missing.stderr
+
+
+def test_registry_cli_in_process(tracking_uri, capsys):
+    """The fast lane's twin of the subprocess CLI test: same commands through dlfm.cli.main."""
+    from dlfm.cli import main
+
+    version = register()
+    main(["registry", "promote", version, "--stage", "staging"])
+    assert f"promoted version {version} to staging" in capsys.readouterr().out
+    main(["registry", "list"])
+    assert "candidate,staging" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["registry", "promote", "42", "--stage", "production"])
+    assert exit_info.value.code == 2 and "no version '42'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import dlfm
 from dlfm.data import layout
 from dlfm.errors import ConfigError
 from dlfm.simulation import physics
@@ -27,8 +28,6 @@ def dataset_path(config: SimulationConfig, out_dir="data") -> Path:
 
 def _software_versions() -> dict:
     import lenstronomy
-
-    import dlfm
 
     return {
         "python": platform.python_version(),

@@ -7,22 +7,21 @@ import tempfile
 from collections import Counter
 
 from dlfm import tracking
+from dlfm.data.resolve import resolve_dataset
 from dlfm.errors import DlfmError
+from dlfm.plots import tune as plots
+from dlfm.stages.train import check_trainable
 from dlfm.tracking import registry
+from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
+from dlfm.tune.results import download_best_encoder, trial_records
+from dlfm.tune.storage import open_storage
+from dlfm.tune.study import load_or_create_study
+from dlfm.tune.workers import run_workers
 
 
 def run_tune_stage(config: TuneConfig) -> dict:
     """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
-    from dlfm.plots import tune as plots
-    from dlfm.stages.common import resolve_dataset
-    from dlfm.stages.train import check_trainable
-    from dlfm.training.runtime import make_runtime
-    from dlfm.tune.results import download_best_encoder, trial_records
-    from dlfm.tune.storage import open_storage
-    from dlfm.tune.study import load_or_create_study
-    from dlfm.tune.workers import run_workers
-
     config.validate()
     runtime = make_runtime(config.train.device)  # an absent cuda/mps is a ConfigError before any trial
     storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL

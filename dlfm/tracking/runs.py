@@ -8,6 +8,7 @@ import re
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -253,7 +254,6 @@ def log_dataset(dataset, context: str = "training") -> None:
     """Record the dataset as a run input, with its digest and source path (or URI)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    import warnings
 
     source_uri = str(dataset.manifest.get("source_uri") or (dataset.root.resolve() if dataset.root else "memory"))
     with warnings.catch_warnings():

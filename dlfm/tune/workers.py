@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import optuna
 
 from dlfm.data.layout import SPLITS
+from dlfm.data.resolve import resolve_dataset, split_tensors
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import TuneConfig
 from dlfm.tune.storage import open_storage
 from dlfm.tune.study import load_or_create_study
@@ -69,9 +71,6 @@ class WorkerSpec:
 
 def load_setup(config: TuneConfig, parent_run_id: str, dataset) -> TrialSetup:
     """Tensors and runtime for this worker's trials."""
-    from dlfm.data.resolve import split_tensors
-    from dlfm.training.runtime import make_runtime
-
     splits = {name: split_tensors(dataset, name) for name in SPLITS}
     return TrialSetup(config, parent_run_id, splits, dataset.class_names, dataset.image_size,
                       make_runtime(config.train.device))
@@ -80,8 +79,6 @@ def load_setup(config: TuneConfig, parent_run_id: str, dataset) -> TrialSetup:
 def worker_main(spec: WorkerSpec, lock) -> None:
     """Body of one spawned worker process: open the storage, join the study, run trials."""
     import torch
-
-    from dlfm.data.resolve import resolve_dataset
 
     os.environ.pop("MLFLOW_RUN_ID", None)
     torch.set_num_threads(spec.torch_threads)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dlfm import tracking
 from dlfm.tracking import checkpoints, registry
-from dlfm.errors import ConfigError, DatasetError
+from dlfm.errors import DatasetError
 from dlfm.training import TrainConfig, distributed, fit
 from dlfm.training.interrupt import StopRequest, graceful_stop
 

@@ -1,4 +1,5 @@
-# Two commands: `make test` and `make demo`. Both create .venv once (idempotent).
+# `make test` (everything; what .ci/run calls), `make test-fast` (no real subprocess, server or
+# signal tests: a couple of minutes) and `make demo`. All create .venv once (idempotent).
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -8,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 
-.PHONY: test demo venv clean-runs ui-check
+.PHONY: test test-fast demo venv clean-runs ui-check
 
 venv: $(STAMP)
 
@@ -20,6 +21,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: every module is still covered, in-process; `make test` adds the slow tests.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The MLflow UI in headless Chromium on a tiny pipeline's runs; screenshots land in reports/ui/.
 ui-check: $(STAMP)

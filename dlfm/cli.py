@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dlfm.entrypoint import ParamParser, run_entry_point
+from dlfm.errors import RegistryError
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
@@ -36,7 +37,6 @@ def registry_list(args) -> None:
 
 
 def registry_promote(args) -> None:
-    from dlfm.errors import RegistryError
     from dlfm.tracking import configure_tracking, registry
 
     configure_tracking()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dlfm.entrypoint import ParamParser, typed
+from dlfm.errors import ConfigError
 
 
 def repair(args) -> None:
     """Judge every RUNNING run by its heartbeat, pid and host; end the dead ones FAILED and print what changed."""
-    from dlfm.errors import ConfigError
     from dlfm.tracking import configure_tracking
     from dlfm.tracking.maintenance import find_dead_runs, mark_failed
 

@@ -37,7 +37,6 @@ from pathlib import Path
 
 from dlfm.errors import ConfigError, DlfmError
 from dlfm.redact import redact_uri, scrub
-from dlfm.tracking.runs import check_tracking_server  # noqa: F401 - the client-side check lives with the tracking code
 
 SECRET_ENV = ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD")
 MIN_PASSWORD_LENGTH = 12  # MLflow's basic-auth password policy (mlflow.utils.validation._validate_password)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError, DatasetError
 from dlfm.models.heads import RegressionHead
 
@@ -41,7 +42,7 @@ class TransferConfig:
     sim_n_train: int = 1200  # when `dataset` is a preset not cached yet: its split sizes
     sim_n_val: int = 300
     sim_n_test: int = 300
-    experiment_name: str = "deeplense-fm"  # MLflow experiment
+    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
 
     @property
     def seed_list(self) -> list[int]:

@@ -8,13 +8,11 @@ Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json),
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
-from dlfm.training import TrainConfig, distributed  # noqa: E402
+from dlfm.entrypoint import ParamParser, config_from_args, run_entry_point
+from dlfm.project_spec import add_entry_point_params
+from dlfm.training import TrainConfig, distributed
 
 
 def main_for(objective: str, argv: list[str] | None = None) -> None:
@@ -24,8 +22,7 @@ def main_for(objective: str, argv: list[str] | None = None) -> None:
         from dlfm.stages.train import run_training_stage
 
         parser = ParamParser(prog=f"pipelines/{objective}.py", description=f"Train the {objective} stage.")
-        exclude = ("objective",) if objective == "multitask" else ("objective", "recon_weight", "loss_balance")
-        add_config_params(parser, TrainConfig, exclude=exclude)
+        add_entry_point_params(parser, objective)
         config = config_from_args(TrainConfig, parser.parse_args(argv), objective=objective)
         if distributed.under_torchrun():
             config = dataclasses.replace(config, nproc=distributed.world_size())

@@ -5,12 +5,8 @@ Writes: one child run per arm and seed; on the parent transfer_table.md/.json,
 figures/mae_bars.png and figures/parity.png.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
+from dlfm.entrypoint import ParamParser, config_from_args, run_entry_point
+from dlfm.project_spec import add_entry_point_params
 
 
 def main() -> None:
@@ -18,7 +14,7 @@ def main() -> None:
     from dlfm.transfer import TransferConfig
 
     parser = ParamParser(prog="pipelines/transfer.py", description="Pretrained-vs-random transfer to lens parameters.")
-    add_config_params(parser, TransferConfig)
+    add_entry_point_params(parser, "transfer")
     config = config_from_args(TransferConfig, parser.parse_args())
     summary = run_transfer_stage(config)
     print(f"transfer run {summary['run_id']} (encoder version {summary['version']}), test MAE:")

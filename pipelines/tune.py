@@ -6,12 +6,8 @@ and optuna/trials.json, one child run per trial (the best-so-far ones with encod
 dlfm-encoder version of the best trial's encoder.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
+from dlfm.entrypoint import ParamParser, config_from_args, run_entry_point
+from dlfm.project_spec import add_entry_point_params
 
 
 def main() -> None:
@@ -20,8 +16,7 @@ def main() -> None:
     from dlfm.tune import TuneConfig
 
     parser = ParamParser(prog="pipelines/tune.py", description="Tune the multitask loss weight with Optuna.")
-    add_config_params(parser, TrainConfig, exclude=("objective", "recon_weight", "loss_balance", "resume", "nproc"))
-    add_config_params(parser, TuneConfig)
+    add_entry_point_params(parser, "tune")
     args = parser.parse_args()
     config = config_from_args(TuneConfig, args, train=config_from_args(TrainConfig, args, objective="multitask"))
     summary = run_tune_stage(config)

@@ -68,7 +68,7 @@ def sha256_tree(root: Path) -> dict[str, str]:
 
 def rehash_manifest(folder: Path) -> None:
     """Make the manifest agree with the (deliberately broken) files, so the loader's own checks are reached."""
-    from dlfm.data.dataset import dataset_digest, sha256_file
+    from dlfm.data.layout import dataset_digest, sha256_file
 
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
@@ -125,7 +125,7 @@ def prepared(tmp_path_factory, empty_store_template, tiny_classification_dir) ->
                 import torch
 
                 torch.manual_seed(seed)
-                registry.register_encoder(create_encoder("conv4"), 64, "multitask", metrics, "f" * 64, run_id)
+                registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", metrics, "f" * 64, run_id)
         registry.promote("1", "production")
     finally:
         os.chdir(saved_cwd)
@@ -201,6 +201,7 @@ def outcomes(prepared, tmp_path_factory) -> dict:
     return {"cases": done, "files_unchanged": [sha256_tree(folder) for folder in watched] == before}
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.parametrize("name, message", [pytest.param(case[0], case[2], id=case[0]) for case in CASES])
 def test_hostile_input(name, message, outcomes):
     if name not in outcomes["cases"]:
@@ -221,6 +222,7 @@ def test_hostile_input(name, message, outcomes):
     assert "s3cret" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_if_better_gate_that_fails_exits_1_and_moves_nothing(prepared, tmp_path):
     case = tmp_path / "case"
     (case / "mlruns").mkdir(parents=True)

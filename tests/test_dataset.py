@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from dlfm.data import REGRESSION_TARGETS, DERIVED_TARGETS, load_dataset, normalize_images, verify_dataset_dir
-from dlfm.data.dataset import dataset_digest, sha256_file
+from dlfm.data.layout import dataset_digest, sha256_file
 from dlfm.errors import DatasetError
 from dlfm.plots.examples import plot_examples
 from dlfm.simulation import SimulationConfig, simulate_dataset

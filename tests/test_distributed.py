@@ -33,12 +33,14 @@ def _average_on_rank(rank: int, port: int, results) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_metrics_are_the_mean_across_ranks():
     results = mp.Manager().dict()
     mp.spawn(_average_on_rank, args=(_free_port(), results), nprocs=2)
     assert results[0] == results[1] == {"train/loss": 2.0, "train/loss_cls": 15.0}
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_two_gloo_processes_give_one_finished_run(tracking_uri, tiny_classification_dir, tmp_path):
     args = [str(REPO / "pipelines/multitask.py"), "--dataset", str(tiny_classification_dir), "--encoder", "conv4",
             "--epochs", "2", "--batch_size", "4", "--device", "cpu", "--nproc", "2", "--experiment_name", "ddp"]

@@ -45,6 +45,7 @@ def interrupt_after_epoch(monkeypatch, stop_epoch: int, signum=signal.SIGINT) ->
     monkeypatch.setattr(checkpoints, "log_checkpoint", log_then_signal)
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tracking_uri, tiny_classification_dir, monkeypatch):
     client = mlflow.MlflowClient()
     config = tiny_config(tiny_classification_dir)
@@ -83,6 +84,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tracking_uri, 
     assert history == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_refusals_leave_the_old_run_untouched(tracking_uri, tiny_classification_dir, monkeypatch):
     client = mlflow.MlflowClient()
     config = tiny_config(tiny_classification_dir, epochs=3)
@@ -149,6 +151,7 @@ def resume_in_subprocess(tmp_path, dataset, run_id):
                       cwd=tmp_path)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_sigterm_ends_the_run_killed_with_a_hint_then_it_resumes(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)
@@ -180,6 +183,7 @@ def test_sigterm_ends_the_run_killed_with_a_hint_then_it_resumes(tracking_uri, t
     assert [r.info.status for r in launchers] == ["FINISHED"]  # mlflow run's empty launcher run, ended at once
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_sigkill_mid_epoch_then_repair_then_resume(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)
@@ -241,13 +245,14 @@ def main():
     with stage_run("multitask", "multitask-race", "race", system_metrics=False) as run_id:
         metrics = {"val/macro_auc": 0.5 + int(sys.argv[2]) / 10}
         mlflow.log_metrics(metrics)
-        version = registry.register_encoder(encoder, 64, "multitask", metrics, "f" * 64, run_id)
+        version = registry.register_encoder_version(encoder, 64, "multitask", metrics, "f" * 64, run_id)
     print("promoted" if registry.promote(version, "production", reason=f"race {sys.argv[2]}").promoted else "kept", version)
 
 run_entry_point(main)
 """
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_two_processes_register_and_promote_at_once(tracking_uri, tmp_path):
     from dlfm.tracking import registry
 

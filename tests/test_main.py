@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mlflow
 
+import pytest
+
 from conftest import REPO, run_script
 
 TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_train", "24", "--regression_n_val", "12",
@@ -11,6 +13,7 @@ TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_trai
         "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test"]
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]}
     first = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)

@@ -36,6 +36,74 @@ def test_mlproject_declares_conda_env():
     assert yaml.safe_load((REPO / "MLproject").read_text())["conda_env"] == "conda.yaml"
 
 
+def test_mlproject_is_generated_from_the_dataclasses():
+    """MLproject is what dlfm.project_spec renders; after a config change: python -m dlfm.project_spec > MLproject."""
+    from dlfm.project_spec import render_mlproject
+
+    assert (REPO / "MLproject").read_text() == render_mlproject(), "MLproject is stale: run python -m dlfm.project_spec > MLproject"
+
+
+def test_every_row_declares_its_dataclass_fields_with_their_defaults():
+    from dlfm.project_spec import ENTRY_POINTS, format_default, param_fields
+
+    declared = mlproject_entry_points()
+    assert sorted(declared) == sorted(row.name for row in ENTRY_POINTS)
+    for row in ENTRY_POINTS:
+        expected = {f.name: format_default(f.default) for _cls, f in param_fields(row, declared_only=True)}
+        actual = {name: spec["default"] for name, spec in declared[row.name]["parameters"].items()}
+        assert actual == expected, row.name
+
+
+def readme_tables() -> dict[tuple[str, ...], dict[str, str]]:
+    """{entry points of a README ### section: {param: default text}} from its param tables."""
+    tables, section = {}, None
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("## "):
+            section = None
+        elif line.startswith("### "):
+            section = tuple(re.findall(r"`(\w+)`", line.split(" — ")[0]))
+        elif section and line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            names = re.findall(r"`(\w+)`", cells[0])
+            defaults = [cells[1]] if len(names) == 1 else [d.strip() for d in cells[1].split(",")]
+            assert len(defaults) == len(names), f"README row {line!r}: one default per name"
+            tables.setdefault(section, {}).update(zip(names, defaults))
+    return tables
+
+
+def same_default(readme: str, declared: str) -> bool:
+    """README writes defaults for people: `auto`, 1e-3, 0 (all cores), (empty)."""
+    text = "" if readme == "(empty)" else re.sub(r"\s*\(.*\)$", "", readme).strip("`")
+    try:
+        return float(text) == float(declared)
+    except ValueError:
+        return text == declared
+
+
+def test_readme_param_tables_agree_with_mlproject():
+    from dlfm.project_spec import entry_point
+
+    declared = mlproject_entry_points()
+    tables = readme_tables()
+    assert {"simulate", "multitask", "transfer"} <= {name for section in tables for name in section}
+    for section, rows in tables.items():
+        params = {}
+        for entry in section:
+            params.update({k: v["default"] for k, v in declared[entry]["parameters"].items()})
+            missing = set(declared[entry]["parameters"]) - set(rows)
+            assert not missing, f"README table of {entry} lacks {sorted(missing)}"
+        for name, default in rows.items():
+            assert name in params, f"README documents {name!r} for {section}, which MLproject does not declare"
+            assert same_default(default, params[name]), f"README default of {name} ({default}) != MLproject ({params[name]})"
+    main_line = re.search(r"^Params: (.*?)\(see", (REPO / "README.md").read_text(), re.M | re.S).group(1)
+    names = set()
+    for pattern in re.findall(r"`(\w+\*?)`", main_line):
+        names |= {p for p in declared["main"]["parameters"] if p.startswith(pattern[:-1])} if pattern.endswith("*") else {pattern}
+    assert names == set(declared["main"]["parameters"]), "README's main Params list disagrees with MLproject"
+    assert entry_point("main").script == "pipelines/main.py"
+
+
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.parametrize("entry", sorted(mlproject_entry_points()))
 def test_every_declared_param_reaches_its_script(entry):
     spec = mlproject_entry_points()[entry]
@@ -46,6 +114,22 @@ def test_every_declared_param_reaches_its_script(entry):
     help_text = run_script([script, "--help"], cwd=REPO).stdout
     for name in spec.get("parameters", {}):
         assert f"--{name}" in help_text, f"{script} does not accept --{name}"
+
+
+@pytest.mark.parametrize("entry", sorted(mlproject_entry_points()))
+def test_every_declared_param_is_parsed_from_the_same_row(entry):
+    """In-process twin of the --help test: each script builds its parser from its own project_spec row."""
+    import argparse
+
+    from dlfm.project_spec import add_entry_point_params, entry_point
+
+    spec = mlproject_entry_points()[entry]
+    script = (REPO / entry_point(entry).script).read_text()
+    assert f'add_entry_point_params(parser, "{entry}")' in script or f'main_for("{entry}")' in script
+    parser = argparse.ArgumentParser()
+    add_entry_point_params(parser, entry)
+    args = parser.parse_args([arg for name, p in spec["parameters"].items() for arg in (f"--{name}", p["default"] or "")])
+    assert set(vars(args)) >= set(spec["parameters"])
 
 
 def test_pipelines_stay_thin():

@@ -26,7 +26,7 @@ def register(objective="multitask", val_auc=0.7, seed=0) -> str:
     with stage_run(objective, f"{objective}-test", "registry-test", system_metrics=False) as run_id:
         metrics = {"val/macro_auc": val_auc, "val/accuracy": 0.5, "test/macro_auc": val_auc - 0.01, "test/accuracy": 0.5}
         mlflow.log_metrics(metrics)
-        return registry.register_encoder(encoder, 64, objective, metrics, "f" * 64, run_id)
+        return registry.register_encoder_version(encoder, 64, objective, metrics, "f" * 64, run_id)
 
 
 def aliases() -> dict[str, str]:
@@ -129,6 +129,7 @@ def test_registry_errors_are_clear(call, match, tracking_uri):
         call()
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_registry_cli_list_promote_history(tracking_uri, tmp_path):
     version = register()
     promote = run_script(["-m", "dlfm.cli", "registry", "promote", version, "--stage", "staging"], cwd=tmp_path)
@@ -139,3 +140,17 @@ def test_registry_cli_list_promote_history(tracking_uri, tmp_path):
     assert "staging" in history and version in history
     missing = run_script(["-m", "dlfm.cli", "registry", "promote", "42", "--stage", "production"], cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no version '42'" in missing.stderr
+
+
+def test_registry_cli_in_process(tracking_uri, capsys):
+    """The fast lane's twin of the subprocess CLI test: same commands through dlfm.cli.main."""
+    from dlfm.cli import main
+
+    version = register()
+    main(["registry", "promote", version, "--stage", "staging"])
+    assert f"promoted version {version} to staging" in capsys.readouterr().out
+    main(["registry", "list"])
+    assert "candidate,staging" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["registry", "promote", "42", "--stage", "production"])
+    assert exit_info.value.code == 2 and "no version '42'" in capsys.readouterr().err

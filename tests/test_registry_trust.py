@@ -29,7 +29,7 @@ class Hijack(mlflow.pyfunc.PythonModel):
 
 def _register_dlfm_version() -> str:
     with stage_run("multitask", "multitask-trust", "trust-test", system_metrics=False) as run_id:
-        return registry.register_encoder(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.6}, "f" * 64, run_id)
+        return registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.6}, "f" * 64, run_id)
 
 
 def _register_foreign_version() -> str:

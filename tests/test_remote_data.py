@@ -3,42 +3,22 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
+from conftest import free_port
 from dlfm.errors import DatasetError
 
 BUCKET = "lensing-datasets"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+S3_BUCKETS = (BUCKET,)  # created by the moto_s3 fixture (conftest)
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on a free localhost port, with fake credentials in the environment."""
-    pytest.importorskip("moto.server")
-    from moto.server import ThreadedMotoServer
+def s3_endpoint(moto_s3) -> str:
+    """The endpoint of conftest's moto S3 server (fake credentials in the environment)."""
+    return moto_s3.endpoint
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_ENDPOINT_URL", raising=False)
-        patch.delenv("AWS_PROFILE", raising=False)
-        from dlfm.data.remote import s3_client
 
-        s3_client().create_bucket(Bucket=BUCKET)
-        yield endpoint
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +59,10 @@ def test_damaged_cache_is_downloaded_again(uploaded, tmp_path):
 
 
 def test_resolve_dataset_routes_s3_and_records_the_uri(uploaded, tmp_path, monkeypatch):
-    from dlfm.stages import common
+    from dlfm.data import resolve
 
-    monkeypatch.setattr(common, "DATA_DIR", str(tmp_path))
-    dataset = common.resolve_dataset(uploaded)
+    monkeypatch.setattr(resolve, "DATA_DIR", str(tmp_path))
+    dataset = resolve.resolve_dataset(uploaded)
     assert dataset.task == "classification" and len(dataset) > 0
     assert dataset.manifest["source_uri"] == uploaded
     assert (tmp_path / "s3-cache" / BUCKET / "tiny").is_dir()

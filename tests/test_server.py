@@ -8,7 +8,6 @@ without it, and fail instead when DLFM_REQUIRE_SERVICES=1 (CI).
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -20,21 +19,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import AWS_TEST_CREDENTIALS, REPO, free_port, require_postgres, run_script, spawn_process_group, stop_process_group
 from dlfm import server
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.tracking.runs import check_tracking_server
 
 ADMIN = ("admin", "admin-" + uuid.uuid4().hex[:16])
 SECRETS = {"MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS = AWS_TEST_CREDENTIALS
 ARTIFACT_BUCKET = "dlfm-artifacts"
 DATASET_BUCKET = "dlfm-datasets"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+S3_BUCKETS = (ARTIFACT_BUCKET, DATASET_BUCKET)  # created by the moto_s3 fixture (conftest)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -52,33 +47,10 @@ def dlfm_server(args: list[str], env_extra: dict, cwd: Path) -> subprocess.Compl
     return run_script(["-m", "dlfm.cli", "server", *args], cwd=cwd, env_extra={**clean, **env_extra}, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def moto_s3():
-    """moto's S3 server on a free localhost port with the two buckets; fake credentials in os.environ."""
-    pytest.importorskip("moto.server")
-    from moto.server import ThreadedMotoServer
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**AWS, "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_ENDPOINT_URL", raising=False)
-        patch.delenv("AWS_PROFILE", raising=False)
-        from dlfm.data.remote import s3_client
-
-        client = s3_client(endpoint)
-        for bucket in (ARTIFACT_BUCKET, DATASET_BUCKET):
-            client.create_bucket(Bucket=bucket)
-        yield SimpleNamespace(endpoint=endpoint, client=client)
-    moto.stop()
-
-
 # ----------------------------------------------------------------------------- bad input, no services
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_missing_secret_is_one_line_naming_it(tmp_path):
     env = {**SECRETS, "MLFLOW_FLASK_SERVER_SECRET_KEY": ""}
     result = dlfm_server(["--backend-store-uri", f"sqlite:///{tmp_path}/m.db", "--artifacts-destination", str(tmp_path)], env, tmp_path)
@@ -90,6 +62,7 @@ def test_missing_secret_is_one_line_naming_it(tmp_path):
     assert "MLFLOW_AUTH_ADMIN_PASSWORD is not set" in one_error_line(result)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_unreachable_backend_store_is_one_line(tmp_path):
     uri = f"postgresql://mlflow:hunter2-secret@127.0.0.1:{free_port()}/mlflow"
     result = dlfm_server(["--backend-store-uri", uri, "--artifacts-destination", "s3://any/x"], SECRETS, tmp_path)
@@ -99,6 +72,7 @@ def test_unreachable_backend_store_is_one_line(tmp_path):
     assert "hunter2-secret" not in result.stderr  # the password is redacted
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_missing_bucket_is_one_line(tmp_path, moto_s3):
     args = ["--backend-store-uri", f"sqlite:///{tmp_path}/m.db", "--artifacts-destination", "s3://no-such-bucket/mlflow",
             "--s3-endpoint-url", moto_s3.endpoint]
@@ -157,11 +131,12 @@ def test_auth_config_holds_no_password_and_is_private(tmp_path):
 def test_client_check_unreachable_server_is_one_line():
     start = time.monotonic()
     with pytest.raises(DlfmError, match="is unreachable.*MLFLOW_TRACKING_URI") as info:
-        server.check_tracking_server(f"http://127.0.0.1:{free_port()}")
+        check_tracking_server(f"http://127.0.0.1:{free_port()}")
     assert "\n" not in str(info.value) and time.monotonic() - start < 10
-    server.check_tracking_server("sqlite:///mlruns/mlflow.db")  # local stores are not checked
+    check_tracking_server("sqlite:///mlruns/mlflow.db")  # local stores are not checked
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_entry_point_with_unreachable_server_is_one_line(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_TRACKING_USERNAME": "someone",
            "MLFLOW_TRACKING_PASSWORD": "whatever-password"}
@@ -171,21 +146,6 @@ def test_entry_point_with_unreachable_server_is_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real processes
-
-
-def require_postgres():
-    """A psycopg2 connection to the maintenance database, or skip (fail under DLFM_REQUIRE_SERVICES=1)."""
-    import psycopg2
-
-    try:
-        connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as error:
-        message = f"PostgreSQL at 127.0.0.1:5432 is not available ({' '.join(str(error).split())})"
-        if os.environ.get("DLFM_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{message}; DLFM_REQUIRE_SERVICES=1 requires it")
-        pytest.skip(message)
-    connection.autocommit = True
-    return connection
 
 
 @pytest.mark.parametrize("required", ["1", ""])
@@ -203,43 +163,6 @@ def test_missing_postgres_fails_only_when_required(required, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def postgres_uri():
-    """A throwaway database dlfm_test_<random>, dropped afterwards."""
-    admin = require_postgres()
-    name = f"dlfm_test_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            assert cursor.fetchone() is None
-        admin.close()
-
-
-def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM to dlfm server (which forwards it to MLflow and uvicorn), then make sure the group is gone."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    raise AssertionError("dlfm server left processes behind after SIGTERM (killed them)")
-
-
-@pytest.fixture(scope="module")
 def team_server(postgres_uri, moto_s3, tmp_path_factory):
     """``dlfm server`` on PostgreSQL + moto S3 with basic auth, on a free port; stopped afterwards."""
     import requests
@@ -254,7 +177,7 @@ def team_server(postgres_uri, moto_s3, tmp_path_factory):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_S3_ENDPOINT_URL"):
         env.pop(name, None)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = spawn_process_group(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -271,7 +194,8 @@ def team_server(postgres_uri, moto_s3, tmp_path_factory):
             time.sleep(0.5)
         yield SimpleNamespace(url=url, process=process, log=log_path)
     finally:
-        stop_process_group(process)
+        if not stop_process_group(process):
+            raise AssertionError("dlfm server left processes behind after SIGTERM (killed them)")
 
 
 def client_env(team_server, moto_s3, user=ADMIN) -> dict:
@@ -324,6 +248,7 @@ def add_user(team_server, name: str, experiment_id: str, permission: str) -> tup
     return user
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_artifacts_are_objects_in_the_bucket(multitask_run, moto_s3, as_admin):
     experiment = as_admin.get_experiment_by_name("deeplense-fm")
@@ -339,6 +264,7 @@ def test_artifacts_are_objects_in_the_bucket(multitask_run, moto_s3, as_admin):
     assert inputs and multitask_run.dataset_uri in inputs[0].dataset.source
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_registered_version_and_candidate_alias(multitask_run, as_admin, tmp_path):
     version = as_admin.get_model_version_by_alias("dlfm-encoder", "candidate")
@@ -349,6 +275,7 @@ def test_registered_version_and_candidate_alias(multitask_run, as_admin, tmp_pat
     assert any(Path(downloaded).iterdir())
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_transfer_loads_the_encoder_by_stage(multitask_run, team_server, moto_s3, tiny_regression_dir, as_admin):
     if not (REPO / "pipelines" / "transfer.py").exists():
@@ -364,6 +291,7 @@ def test_transfer_loads_the_encoder_by_stage(multitask_run, team_server, moto_s3
     assert runs and all(run.info.status == "FINISHED" for run in runs)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_unauthenticated_and_wrong_password_are_refused(team_server, monkeypatch):
     search = "/api/2.0/mlflow/experiments/search"
@@ -374,14 +302,15 @@ def test_unauthenticated_and_wrong_password_are_refused(team_server, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password-123")
     with pytest.raises(DlfmError, match=r"rejected the credentials of user 'admin' \(401\)") as info:
-        server.check_tracking_server(team_server.url)
+        check_tracking_server(team_server.url)
     assert "\n" not in str(info.value)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     with pytest.raises(DlfmError, match="requires a login"):
-        server.check_tracking_server(team_server.url)
+        check_tracking_server(team_server.url)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_wrong_password_entry_point_is_one_line(multitask_run, team_server, moto_s3):
     env = client_env(team_server, moto_s3, user=(ADMIN[0], "wrong-password-123"))
@@ -390,6 +319,7 @@ def test_wrong_password_entry_point_is_one_line(multitask_run, team_server, moto
     assert "401" in one_error_line(result)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_read_only_user_cannot_create_runs_or_move_aliases(multitask_run, team_server, as_admin):
     experiment_id = as_admin.get_experiment_by_name("deeplense-fm").experiment_id
@@ -408,6 +338,7 @@ def test_read_only_user_cannot_create_runs_or_move_aliases(multitask_run, team_s
     assert "production" not in as_admin.get_registered_model("dlfm-encoder").aliases
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_editor_can_create_runs_and_move_aliases(multitask_run, team_server, as_admin):
     experiment_id = as_admin.get_experiment_by_name("deeplense-fm").experiment_id

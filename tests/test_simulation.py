@@ -11,7 +11,7 @@ import pytest
 from dlfm.data import load_dataset
 from dlfm.errors import ConfigError, DatasetError
 from dlfm.simulation import PRESETS, LensRenderer, SimulationConfig, dataset_path, simulate_dataset
-from dlfm.simulation import physics, simulator
+from dlfm.simulation import PARAM_COLUMNS, physics, simulator
 
 TINY = dict(n_train=6, n_val=3, n_test=3)
 
@@ -178,7 +178,7 @@ def test_every_preset_renders_finite_images(name):
         image, params = r.render(np.random.default_rng(7), class_name)
         assert image.shape == (preset.image_size, preset.image_size) and image.dtype == np.float32
         assert np.isfinite(image).all() and image.max() > 0
-        assert set(params) <= set(simulator.PARAM_COLUMNS)
+        assert set(params) <= set(PARAM_COLUMNS)
 
 
 # --------------------------------------------------------------------------- config
@@ -281,7 +281,7 @@ def test_crash_leaves_no_half_dataset(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(simulator, "_render_all", explode)
+    monkeypatch.setattr(simulator, "render_all", explode)
     with pytest.raises(RuntimeError, match="boom"):
         simulate_dataset(SimulationConfig(**TINY), tmp_path, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -49,6 +49,7 @@ def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, 
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_simulate_entry_point_through_mlflow_run(tracking_uri, tmp_path):
     out = tmp_path / "data"
     result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "simulate", "--env-manager", "local",
@@ -70,11 +71,12 @@ def test_simulate_entry_point_through_mlflow_run(tracking_uri, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--epochs", "0"], "epochs must be a positive integer"),
-    (["--epochs", "three"], "epochs must be an integer"),
-    (["--encoder", "vgg99"], "unknown encoder"),
-    (["--recon_weight", "-1"], "recon_weight must be >= 0"),
-    (["--dataset", "/nonexistent/lenses"], "neither a preset"),
-    (["--device", "cuda"], "no CUDA GPU"),
+    # One process start costs seconds: the fast lane keeps the first case, `make test` runs them all.
+    pytest.param(["--epochs", "three"], "epochs must be an integer", marks=pytest.mark.slow),
+    pytest.param(["--encoder", "vgg99"], "unknown encoder", marks=pytest.mark.slow),
+    pytest.param(["--recon_weight", "-1"], "recon_weight must be >= 0", marks=pytest.mark.slow),
+    pytest.param(["--dataset", "/nonexistent/lenses"], "neither a preset", marks=pytest.mark.slow),
+    pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.slow),
 ])
 def test_bad_training_input_gives_one_line_and_a_failed_run(args, message, tracking_uri, tiny_classification_dir, tmp_path):
     if "--device" in args and torch.cuda.is_available():
@@ -91,6 +93,7 @@ def test_bad_training_input_gives_one_line_and_a_failed_run(args, message, track
     assert all(message in r.data.tags.get("dlfm.error", "") for r in runs if "three" not in args)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_image_size_the_encoder_cannot_take(tracking_uri, tmp_path):
     import numpy as np
 

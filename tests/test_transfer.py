@@ -38,7 +38,7 @@ def production_encoder(tracking_uri):
     torch.manual_seed(0)
     encoder = create_encoder("conv4")
     with stage_run("multitask", "multitask-test", "transfer-test", system_metrics=False) as run_id:
-        version = registry.register_encoder(encoder, 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
+        version = registry.register_encoder_version(encoder, 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
     registry.promote(version, "production")
     return encoder
 

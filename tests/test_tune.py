@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import optuna
 import pytest
@@ -17,7 +16,7 @@ from conftest import REPO, run_script
 from dlfm.errors import ConfigError
 from dlfm.training import TrainConfig
 from dlfm.tune import TuneConfig, make_pruner, mask_password, search_space
-from dlfm.tune.search import postgres_driver
+from dlfm.tune.storage import postgres_driver
 
 TINY = dict(objective="multitask", encoder="conv4", epochs=2, batch_size=8, patience=10, device="cpu")
 
@@ -103,6 +102,7 @@ def test_auto_study_name_follows_the_trial_settings():
 # ---------------------------------------------------------------- one process
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracking_uri, tiny_classification_dir, tmp_path):
     from dlfm.stages.tune import run_tune_stage
     from dlfm.tracking.registry import get_version
@@ -132,6 +132,7 @@ def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracki
     assert runs_of(again["run_id"])[1] == []
 
 
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
 def test_aggressive_median_pruning_prunes(tracking_uri, tiny_classification_dir, tmp_path):
     from dlfm.stages.tune import run_tune_stage
 
@@ -149,7 +150,7 @@ def test_aggressive_median_pruning_prunes(tracking_uri, tiny_classification_dir,
 def test_a_raising_trial_is_recorded_fail_and_the_study_goes_on(tracking_uri, tiny_classification_dir, tmp_path, monkeypatch):
     from dlfm.stages.tune import run_tune_stage
     from dlfm.training.loop import NonFiniteLossError
-    from dlfm.tune import search
+    from dlfm.tune import trials as search  # where the trial objective calls fit
 
     calls = []
 
@@ -190,38 +191,18 @@ def run_two_workers(dataset, storage: str, study_name: str):
     return study
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_two_workers_share_one_sqlite_study(tracking_uri, tiny_classification_dir, tmp_path):
     run_two_workers(tiny_classification_dir, f"sqlite:///{tmp_path / 'optuna.db'}", "sqlite-workers")
 
 
-@pytest.fixture
-def postgres_storage():
-    """A throwaway PostgreSQL database at 127.0.0.1:5432, dropped afterwards."""
-    import psycopg2
-
-    name = f"dlfm_tune_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as error:
-        if os.environ.get("DLFM_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required (DLFM_REQUIRE_SERVICES=1): {error}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_two_workers_share_one_postgresql_study(tracking_uri, tiny_classification_dir, postgres_storage):
     run_two_workers(tiny_classification_dir, postgres_storage, "pg-workers")
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_a_killed_workers_trial_is_retried(tracking_uri, tiny_classification_dir, tmp_path):
     """SIGKILL a tune process mid-trial; the next tune run fails the stale trial and reruns its params."""
     from dlfm.stages.tune import run_tune_stage
@@ -271,9 +252,11 @@ def test_a_killed_workers_trial_is_retried(tracking_uri, tiny_classification_dir
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n_trials", "0"], "n_trials must be a positive integer"),
-    (["--pruner", "asha"], "unknown pruner 'asha'"),
-    (["--storage", "postgresql://ana:s3cret@127.0.0.1:1/optuna"], "carries a password, which MLflow would store and print"),
+    # One process start costs seconds: the fast lane keeps the storage case, `make test` runs them all.
+    pytest.param(["--n_trials", "0"], "n_trials must be a positive integer", marks=pytest.mark.slow),
+    pytest.param(["--pruner", "asha"], "unknown pruner 'asha'", marks=pytest.mark.slow),
+    pytest.param(["--storage", "postgresql://ana:s3cret@127.0.0.1:1/optuna"], "carries a password, which MLflow would store and print",
+                 marks=pytest.mark.slow),
     (["--storage", "env:DLFM_TEST_STORAGE"], "cannot open Optuna storage postgresql://ana:***@127.0.0.1:1/optuna"),
 ])
 def test_bad_params_give_one_line_and_no_trial(args, message, tmp_path, tracking_uri):

@@ -1,56 +1,25 @@
-"""Dataset directories: verification by sha256, loading, and the ``LensDataset`` view.
+"""The ``LensDataset`` view (images, labels, parameters, splits) and loading a verified dataset directory.
 
-A dataset directory holds ``images.npy`` (float32, N×1×H×W, raw simulated flux),
-``labels.npy`` (int64), ``params.csv`` (one row per image, with ``split`` and ``label``
-columns and every physical parameter) and ``manifest.json`` (settings, software versions,
-``files: {name: sha256}`` and one ``digest`` over them). Nothing is trusted before it is
-verified: a changed byte is a DatasetError that names the file.
+The directory format itself (file names, manifest, verification) is owned by ``dlfm.data.layout``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dlfm.data.layout import IMAGES_FILE, LABELS_FILE, PARAMS_FILE, SPLITS, read_manifest, verify_dataset_dir
 from dlfm.errors import DatasetError
 
-__all__ = [
-    "LensDataset",
-    "REGRESSION_TARGETS",
-    "DERIVED_TARGETS",
-    "SPLITS",
-    "load_dataset",
-    "verify_dataset_dir",
-    "sha256_file",
-    "dataset_digest",
-    "normalize_images",
-]
+__all__ = ["LensDataset", "REGRESSION_TARGETS", "DERIVED_TARGETS", "load_dataset_dir", "normalize_images"]
 
-SPLITS = ("train", "val", "test")
 # Lens-parameter regression targets: columns of ``params`` (units in the manifest's param_units).
 REGRESSION_TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")
 # Derived from the targets; the angles phi and psi_ext are periodic with period π.
 DERIVED_TARGETS = ("q", "phi", "gamma_ext", "psi_ext")
-DATA_FILES = ("images.npy", "labels.npy", "params.csv")
-
-
-def sha256_file(path, chunk_size: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dataset_digest(files: dict[str, str]) -> str:
-    """One sha256 over the sorted per-file sha256s: the dataset's identity."""
-    return hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:
@@ -125,46 +94,6 @@ class LensDataset:
         return self.params.iloc[self.indices(split)].reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------- verification
-
-
-def _read_manifest(path: Path) -> dict:
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise DatasetError(
-            f"{path} has no manifest.json, so it is not a dlfm dataset directory; "
-            "simulate it again (with --force) or pass a DeepLense class folder"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"dataset {path} has an unreadable manifest.json ({error}); rerun with --force to rebuild it") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "digest" not in manifest:
-        raise DatasetError(f"dataset {path} has a manifest.json without files/digest; rerun with --force to rebuild it")
-    return manifest
-
-
-def verify_dataset_dir(path) -> dict:
-    """Check every file's sha256 against manifest.json; return the manifest or raise DatasetError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetError(f"dataset directory {path} does not exist; simulate it first or pass an existing directory")
-    manifest = _read_manifest(path)
-    files = manifest["files"]
-    for name in DATA_FILES:
-        if name not in files:
-            raise DatasetError(f"dataset {path} manifest does not list {name}; rerun with --force to rebuild it")
-    for name, expected in sorted(files.items()):
-        file_path = path / name
-        if not file_path.is_file():
-            raise DatasetError(f"dataset {path} is missing {name}; rerun with --force to rebuild it")
-        if sha256_file(file_path) != expected:
-            raise DatasetError(f"dataset {path} is corrupt ({name} sha256 mismatch); rerun with --force to rebuild it")
-    if dataset_digest(files) != manifest["digest"]:
-        raise DatasetError(f"dataset {path} is corrupt (manifest digest mismatch); rerun with --force to rebuild it")
-    return manifest
-
-
 def _load_npy(path: Path, **kwargs) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, **kwargs)
@@ -174,42 +103,43 @@ def _load_npy(path: Path, **kwargs) -> np.ndarray:
         ) from None
 
 
-def _load_dataset_dir(path: Path, normalize: bool, verify: bool) -> LensDataset:
-    manifest = verify_dataset_dir(path) if verify else _read_manifest(path)
-    images = _load_npy(path / "images.npy", mmap_mode="r")
-    labels = _load_npy(path / "labels.npy")
+def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) -> LensDataset:
+    """A dlfm dataset directory as a LensDataset, verified by sha256 first unless ``verify`` is false."""
+    manifest = verify_dataset_dir(path) if verify else read_manifest(path)
+    images = _load_npy(path / IMAGES_FILE, mmap_mode="r")
+    labels = _load_npy(path / LABELS_FILE)
     try:
-        params = pd.read_csv(path / "params.csv")
+        params = pd.read_csv(path / PARAMS_FILE)
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise DatasetError(f"{path / 'params.csv'} is unreadable ({error}); rerun with --force to rebuild it") from None
+        raise DatasetError(f"{path / PARAMS_FILE} is unreadable ({error}); rerun with --force to rebuild it") from None
 
     n = len(labels)
     if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
-        raise DatasetError(f"{path / 'images.npy'} has shape {images.shape}, expected (N, 1, H, H); rerun with --force to rebuild it")
+        raise DatasetError(f"{path / IMAGES_FILE} has shape {images.shape}, expected (N, 1, H, H); rerun with --force to rebuild it")
     if images.dtype != np.float32:
-        raise DatasetError(f"{path / 'images.npy'} has dtype {images.dtype}, expected float32; rerun with --force to rebuild it")
+        raise DatasetError(f"{path / IMAGES_FILE} has dtype {images.dtype}, expected float32; rerun with --force to rebuild it")
     if labels.ndim != 1 or images.shape[0] != n or len(params) != n:
         raise DatasetError(
             f"dataset {path} is inconsistent ({images.shape[0]} images, {n} labels, {len(params)} params rows); "
             "rerun with --force to rebuild it"
         )
     if "split" not in params.columns:
-        raise DatasetError(f"{path / 'params.csv'} has no split column; rerun with --force to rebuild it")
+        raise DatasetError(f"{path / PARAMS_FILE} has no split column; rerun with --force to rebuild it")
     split = params["split"].to_numpy(dtype=str)
     bad_split = sorted(set(np.unique(split)) - set(SPLITS))
     if bad_split:
-        raise DatasetError(f"{path / 'params.csv'} has unknown split values {bad_split}; rerun with --force to rebuild it")
+        raise DatasetError(f"{path / PARAMS_FILE} has unknown split values {bad_split}; rerun with --force to rebuild it")
 
     class_names = tuple(manifest.get("class_names", ()))
     if not class_names:
         raise DatasetError(f"dataset {path} manifest has no class_names; rerun with --force to rebuild it")
     if n and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise DatasetError(
-            f"{path / 'labels.npy'} has labels outside 0..{len(class_names) - 1}; rerun with --force to rebuild it"
+            f"{path / LABELS_FILE} has labels outside 0..{len(class_names) - 1}; rerun with --force to rebuild it"
         )
     for start in range(0, n, 4096):  # chunked: never pull a whole memmap into memory
         if np.isnan(images[start : start + 4096]).any():
-            raise DatasetError(f"{path / 'images.npy'} contains NaN pixels; rerun with --force to rebuild it")
+            raise DatasetError(f"{path / IMAGES_FILE} contains NaN pixels; rerun with --force to rebuild it")
 
     return LensDataset(
         images=images,
@@ -221,27 +151,4 @@ def _load_dataset_dir(path: Path, normalize: bool, verify: bool) -> LensDataset:
         manifest=manifest,
         root=path,
         normalize=normalize,
-    )
-
-
-def load_dataset(path, normalize: bool = True, verify: bool = True) -> LensDataset:
-    """Load a dlfm dataset directory (verified by sha256) or a DeepLense class folder."""
-    from dlfm.data.deeplense import is_deeplense_folder, load_deeplense_folder
-
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(
-            f"dataset path {path} does not exist; pass a preset name (model_ii, model_i, regression) or a dataset directory"
-        )
-    if not path.is_dir():
-        raise DatasetError(f"dataset path {path} is a file; pass a dataset directory or a DeepLense class folder")
-    if (path / "manifest.json").exists():
-        return _load_dataset_dir(path, normalize=normalize, verify=verify)
-    if is_deeplense_folder(path):
-        dataset = load_deeplense_folder(path)
-        dataset.normalize = normalize
-        return dataset
-    raise DatasetError(
-        f"{path} is neither a dlfm dataset (no manifest.json) nor a DeepLense folder "
-        "(no class subfolders no/sphere/vort or no_sub/cdm/axion); pass a dataset directory"
     )

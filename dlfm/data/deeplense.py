@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlfm.data.dataset import SPLITS, LensDataset
+from dlfm.data.dataset import LensDataset
+from dlfm.data.layout import SPLITS
 from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, load_npy
 from dlfm.errors import ConfigError, DatasetError
 
@@ -138,7 +139,7 @@ def load_deeplense_folder(path, seed: int = 0, val_fraction: float = 0.15, test_
             )
         has_test = (path / "test").is_dir() and _layout(path / "test") == layout
         split_source = "folders train/val/test" if has_test else f"folders train/val; val halved into val/test by seed={seed}"
-        for split_dir in ("train", "val", "test"):
+        for split_dir in SPLITS:
             if split_dir == "test" and not has_test:
                 continue
             for label, files in enumerate(_class_files(path / split_dir, layout)):

@@ -19,11 +19,13 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from dlfm.constants import S3_CACHE_DIR
+from dlfm.data.layout import MANIFEST_FILE, verify_dataset_dir
 from dlfm.errors import DatasetError
 from dlfm.outputs import remove_owned_tree
 
-DEFAULT_CACHE_DIR = "data/s3-cache"  # relative to the working directory, beside simulated presets
-MANIFEST = "manifest.json"
+DEFAULT_CACHE_DIR = S3_CACHE_DIR  # relative to the working directory, beside simulated presets
+MANIFEST = MANIFEST_FILE
 
 
 def s3_endpoint_url(explicit: str | None = None) -> str | None:
@@ -98,8 +100,6 @@ def _read_remote_manifest(client, bucket: str, prefix: str, uri: str, endpoint_u
 
 
 def _cached_copy_ok(path: Path, digest: str) -> bool:
-    from dlfm.data.dataset import verify_dataset_dir
-
     if not (path / MANIFEST).is_file():
         return False
     try:
@@ -110,8 +110,6 @@ def _cached_copy_ok(path: Path, digest: str) -> bool:
 
 def fetch_s3_dataset(uri: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, endpoint_url: str | None = None) -> Path:
     """Download the dataset directory at ``uri`` (once) and return its verified local copy."""
-    from dlfm.data.dataset import verify_dataset_dir
-
     bucket, prefix = split_s3_uri(uri)
     endpoint_url = s3_endpoint_url(endpoint_url)
     client = s3_client(endpoint_url)
@@ -156,8 +154,6 @@ def fetch_s3_dataset(uri: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
 
 def upload_s3_dataset(path: str | os.PathLike, uri: str, endpoint_url: str | None = None) -> str:
     """Upload a verified dataset directory to ``uri`` (manifest last, so a half upload has no manifest)."""
-    from dlfm.data.dataset import verify_dataset_dir
-
     path = Path(path)
     manifest = verify_dataset_dir(path)
     bucket, prefix = split_s3_uri(uri)

@@ -1,4 +1,4 @@
-"""Figures for a tune run, drawn from plain trial records (see ``dlfm.tune.search.trial_records``).
+"""Figures for a tune run, drawn from plain trial records (see ``dlfm.tune.results.trial_records``).
 
 Plain matplotlib rather than ``optuna.visualization.matplotlib`` (experimental, and it draws no
 pruned curves apart from the completed ones).

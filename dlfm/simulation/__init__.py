@@ -1,14 +1,11 @@
-"""Lensing-image simulation with lenstronomy: presets, physics, and cached dataset directories."""
+"""Lensing-image simulation with lenstronomy, one job per module: presets and physics (the numbers),
+config (what to simulate, the params.csv columns), renderer (one image), pool (all images, in
+workers) and simulator (into a cached dataset directory, whose format ``dlfm.data.layout`` owns)."""
 
+from dlfm.simulation.config import PARAM_COLUMNS, PARAM_UNITS, SimulationConfig
 from dlfm.simulation.presets import DEFAULT_PRESET, PRESETS, Preset
-from dlfm.simulation.simulator import (
-    PARAM_COLUMNS,
-    PARAM_UNITS,
-    LensRenderer,
-    SimulationConfig,
-    dataset_path,
-    simulate_dataset,
-)
+from dlfm.simulation.renderer import LensRenderer
+from dlfm.simulation.simulator import dataset_path, simulate_dataset
 
 __all__ = [
     "PRESETS",

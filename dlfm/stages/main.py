@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlfm import tracking
+from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
@@ -41,7 +42,7 @@ class MainConfig:
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/macro_auc)
     device: str = "auto"
     workers: int = 0  # simulation processes (0 = all cores)
-    experiment_name: str = "deeplense-fm"
+    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
     report_dir: str = "reports/latest"
 
     def validate(self) -> None:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dlfm import tracking
+from dlfm.constants import DATA_DIR, DEFAULT_EXPERIMENT
 
 
-def run_simulate_stage(config, out_dir: str = "data", workers: int | None = None, force: bool = False,
-                       experiment_name: str = tracking.DEFAULT_EXPERIMENT) -> dict:
+@dataclass(frozen=True)
+class SimulateOptions:
+    """How the simulate entry point runs, beside what it simulates (``SimulationConfig``)."""
+
+    out_dir: str = DATA_DIR  # the dataset lands in <out_dir>/<preset>-<config digest>/
+    workers: int = 0  # simulation processes (0 = all cores); the bytes are identical for any value
+    force: bool = False  # rebuild even if a verified cache exists
+    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
+
+
+def run_simulate_stage(config, out_dir: str = DATA_DIR, workers: int | None = None, force: bool = False,
+                       experiment_name: str = DEFAULT_EXPERIMENT) -> dict:
     """Simulate (or reuse) the dataset of ``config`` inside one tracked run; return its dir and digest."""
     from dlfm.data import load_dataset
     from dlfm.plots.examples import plot_examples

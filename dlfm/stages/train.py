@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dlfm import tracking
 from dlfm.tracking import checkpoints, registry
-from dlfm.errors import ConfigError, DatasetError
+from dlfm.errors import DatasetError
 from dlfm.training import TrainConfig, distributed, fit
 from dlfm.training.interrupt import StopRequest, graceful_stop
 
@@ -148,7 +148,7 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
                           "train/images_per_second": result.images_per_second}, step=final_step)
     log_training_figures(result, dataset.class_names)
     tracking.log_encoder(result.model.encoder, dataset.image_size, config.objective)
-    version = registry.register_encoder(result.model.encoder, dataset.image_size, config.objective,
+    version = registry.register_encoder_version(result.model.encoder, dataset.image_size, config.objective,
                                         result.final_metrics, dataset.digest, run_id)
     tracking.set_tags({"dlfm.registered_version": version})
     return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch, "version": version}

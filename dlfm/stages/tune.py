@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections import Counter
 
 from dlfm import tracking
+from dlfm.data.resolve import resolve_dataset
 from dlfm.errors import DlfmError
+from dlfm.plots import tune as plots
+from dlfm.stages.train import check_trainable
 from dlfm.tracking import registry
-from dlfm.tune.search import OBJECTIVE_METRIC, TuneConfig
+from dlfm.training.runtime import make_runtime
+from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
+from dlfm.tune.results import download_best_encoder, trial_records
+from dlfm.tune.storage import open_storage
+from dlfm.tune.study import load_or_create_study
+from dlfm.tune.workers import run_workers
 
 
 def run_tune_stage(config: TuneConfig) -> dict:
     """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
-    from dlfm.plots import tune as plots
-    from dlfm.stages.common import resolve_dataset
-    from dlfm.stages.train import check_trainable
-    from dlfm.training.runtime import make_runtime
-    from dlfm.tune.search import load_best_encoder, load_or_create_study, open_storage, run_workers, trial_records
-
     config.validate()
     runtime = make_runtime(config.train.device)  # an absent cuda/mps is a ConfigError before any trial
     storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL
@@ -65,8 +68,8 @@ def run_tune_stage(config: TuneConfig) -> dict:
         tracking.set_tags({"dlfm.best_trial": best["number"],
                            "dlfm.best_trial_run_id": best["user_attrs"].get("mlflow_run_id", "")})
 
-        encoder = load_best_encoder(best)
-        version = registry.register_encoder(encoder, dataset.image_size, "multitask", best_metrics, dataset.digest, run_id)
+        with tempfile.TemporaryDirectory() as tmp:  # the trial's saved encoder/, registered as it is
+            version = registry.register_encoder_dir(download_best_encoder(best, tmp), best_metrics, dataset.digest, run_id)
         tracking.set_tags({"dlfm.registered_version": version})
         return {"run_id": run_id, "study_name": study_name, "best_trial": best["number"], "best_value": best["value"],
                 "best_params": best["params"], "metrics": best_metrics, "version": version, "states": dict(states),

@@ -67,40 +67,54 @@ def check_stage_name(stage: str) -> str:
     return stage
 
 
-def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
-                     run_id: str) -> str:
-    """Log the encoder as a pyfunc model in the active run, register it, alias it ``candidate``."""
+def register_encoder_version(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
+                            run_id: str) -> str:
+    """Save ``encoder`` in the encoder artifact format and register it (see ``register_encoder_dir``)."""
+    from dlfm.models.serialization import save_encoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
+        return register_encoder_dir(encoder_dir, metrics, dataset_digest, run_id)
+
+
+def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dataset_digest: str, run_id: str) -> str:
+    """Log a saved encoder directory as a pyfunc model in the active run, register it, alias it ``candidate``.
+
+    Its ``arch.json`` supplies the image size, objective, architecture and embedding width, so an
+    encoder another run already saved (a tune trial's ``encoder/``) is registered as it is, without
+    loading and saving it again.
+    """
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from dlfm.models.serialization import save_encoder
+    from dlfm.models.serialization import read_arch
 
+    arch = read_arch(encoder_dir)
+    image_size, embed_dim, objective = arch["image_size"], arch["embed_dim"], arch["objective"]
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size), "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.embed_dim), "embedding")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embed_dim), "embedding")]),
     )
     import torch
 
     torch_version = torch.__version__.split("+")[0]
     requirements = [f"torch=={torch_version}", f"mlflow=={mlflow.__version__}", "numpy", "dlfm"]
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         # The signature fully describes the input; an input example would only cost a model load.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
         info = mlflow.pyfunc.log_model(
             name=PYFUNC_ARTIFACT, loader_module=LOADER_MODULE, data_path=str(encoder_dir),
             signature=signature, pip_requirements=requirements,
         )
-    arch = getattr(encoder, "arch_config", {})
     tags = {
         "objective": objective, "encoder": arch.get("name", "?"), "dataset_digest": dataset_digest,
-        "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(encoder.embed_dim),
+        "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(embed_dim),
         **{name: f"{metrics[name]:.6f}" for name in VERSION_TAG_METRICS if name in metrics},
     }
     description = (
-        f"{objective} encoder ({arch.get('name', '?')}, embed_dim {encoder.embed_dim}, {image_size}px input) "
+        f"{objective} encoder ({arch.get('name', '?')}, embed_dim {embed_dim}, {image_size}px input) "
         f"from run {run_id}, dataset {dataset_digest[:12]}; "
         + ", ".join(f"{k} {float(v):.4f}" for k, v in tags.items() if "/" in k)
     )
@@ -290,7 +304,7 @@ def resolve_encoder_uri(stage: str | None = None, uri: str | None = None) -> tup
         name, number, alias = match.groups()
         if name != MODEL_NAME:
             return uri, None
-        stage, number = alias, number
+        stage = alias
         if number:
             return uri, get_version(number)
     check_stage_name(stage)

@@ -7,14 +7,15 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
+from dlfm.constants import DEFAULT_EXPERIMENT  # noqa: F401 - re-exported by dlfm.tracking
 from dlfm.errors import DlfmError
 from dlfm.redact import redact_uri, scrub
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_EXPERIMENT = "deeplense-fm"
 ERROR_TAG = "dlfm.error"
 _VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
 
@@ -248,7 +249,6 @@ def log_dataset(dataset, context: str = "training") -> None:
     """Record the dataset as a run input, with its digest and source path (or URI)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    import warnings
 
     source_uri = str(dataset.manifest.get("source_uri") or (dataset.root.resolve() if dataset.root else "memory"))
     with warnings.catch_warnings():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from dlfm.errors import DlfmError
+
 CODE_VERSION_TAG = "dlfm.code_version"
 
 
@@ -46,8 +48,6 @@ def run_step(root: Path, entry_point: str, params: dict, experiment_name: str, v
     """
     import mlflow
     from mlflow import MlflowClient
-
-    from dlfm.errors import DlfmError
 
     params = {k: str(v) for k, v in params.items()}
     existing = find_finished_step(experiment_name, entry_point, params, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
+from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError
 
 OBJECTIVES = ("autoencoder", "supervised", "multitask")
@@ -19,7 +20,7 @@ class TrainConfig:
     objective: str  # autoencoder | supervised | multitask
     dataset: str = "model_ii"  # preset name (simulated and cached if missing) or a dataset/DeepLense dir
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
-    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) or small (3x3/1, 8x the compute)
+    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) or small (3x3/1: 8x8 features at 64 px, ≈16× the compute)
     epochs: int = 6  # maximum epochs; early stopping may end sooner
     batch_size: int = 64  # images per optimiser step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -37,7 +38,7 @@ class TrainConfig:
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300
     sim_n_test: int = 300
-    experiment_name: str = "deeplense-fm"  # MLflow experiment
+    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     @property

@@ -73,7 +73,6 @@ class FitResult:
     test: EvalOutput
     reconstructions: tuple[np.ndarray, np.ndarray] | None  # (originals, reconstructions) of a few val images
     images_per_second: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

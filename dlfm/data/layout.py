@@ -1,0 +1,176 @@
+"""The dataset-directory format, owned here: split names, file names, the manifest, digests,
+verification, the atomic write and the verified cache.
+
+A dataset directory holds ``images.npy`` (float32, N×1×H×W, raw simulated flux),
+``labels.npy`` (int64), ``params.csv`` (one row per image, with ``split`` and ``label``
+columns and every physical parameter) and ``manifest.json`` (settings, software versions,
+``files: {name: sha256}`` and one ``digest`` over them). Nothing is trusted before it is
+verified: a changed byte is a DatasetError that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dlfm.errors import DatasetError
+from dlfm.outputs import remove_owned_tree
+
+SPLITS = ("train", "val", "test")  # split names, in row order; a row's split index is its position here
+IMAGES_FILE = "images.npy"
+LABELS_FILE = "labels.npy"
+PARAMS_FILE = "params.csv"
+MANIFEST_FILE = "manifest.json"
+DATA_FILES = (IMAGES_FILE, LABELS_FILE, PARAMS_FILE)  # the files the manifest's sha256s cover
+FORMAT_NAME = "dlfm-dataset"  # manifest "format"
+FORMAT_VERSION = 1  # manifest "format_version"
+
+
+def sha256_file(path, chunk_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_digest(files: dict[str, str]) -> str:
+    """One sha256 over the sorted per-file sha256s: the dataset's identity."""
+    return hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()
+
+
+def json_default(value):
+    """json.dumps ``default``: numpy scalars as Python numbers."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` (sorted keys, numpy scalars as numbers)."""
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=json_default) + "\n")
+
+
+def read_manifest(path: Path) -> dict:
+    """The parsed ``manifest.json`` of a dataset directory, checked for files and digest (not verified)."""
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DatasetError(
+            f"{path} has no manifest.json, so it is not a dlfm dataset directory; "
+            "simulate it again (with --force) or pass a DeepLense class folder"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"dataset {path} has an unreadable manifest.json ({error}); rerun with --force to rebuild it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "digest" not in manifest:
+        raise DatasetError(f"dataset {path} has a manifest.json without files/digest; rerun with --force to rebuild it")
+    return manifest
+
+
+def verify_dataset_dir(path) -> dict:
+    """Check every file's sha256 against manifest.json; return the manifest or raise DatasetError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"dataset directory {path} does not exist; simulate it first or pass an existing directory")
+    manifest = read_manifest(path)
+    files = manifest["files"]
+    for name in DATA_FILES:
+        if name not in files:
+            raise DatasetError(f"dataset {path} manifest does not list {name}; rerun with --force to rebuild it")
+    for name, expected in sorted(files.items()):
+        file_path = path / name
+        if not file_path.is_file():
+            raise DatasetError(f"dataset {path} is missing {name}; rerun with --force to rebuild it")
+        if sha256_file(file_path) != expected:
+            raise DatasetError(f"dataset {path} is corrupt ({name} sha256 mismatch); rerun with --force to rebuild it")
+    if dataset_digest(files) != manifest["digest"]:
+        raise DatasetError(f"dataset {path} is corrupt (manifest digest mismatch); rerun with --force to rebuild it")
+    return manifest
+
+
+def verified_cache(target: Path, config_digest: str) -> bool:
+    """True if ``target`` holds a dataset that verifies and was made from ``config_digest``; False if absent.
+
+    A corrupt cache, or one made from other settings, is a DatasetError: it is never used, never silently replaced.
+    """
+    if not target.exists():
+        return False
+    try:
+        manifest = verify_dataset_dir(target)
+    except DatasetError as error:
+        raise DatasetError(f"dataset cache {target} is corrupt ({_reason(error)}); rerun with --force to rebuild it") from None
+    if manifest.get("config_digest") != config_digest:
+        raise DatasetError(
+            f"dataset cache {target} was made from other settings (config digest differs); "
+            "rerun with --force to rebuild it"
+        )
+    return True
+
+
+def check_dataset_owned(path: Path) -> None:
+    """Refuse (one line) to replace a dataset directory that holds files dlfm did not write."""
+    owned = (*DATA_FILES, MANIFEST_FILE)
+    if path.is_symlink() or not path.is_dir():
+        raise DatasetError(f"{path} is not a dataset directory dlfm made, so -P force=true will not replace it; "
+                           "move it away or pass another out_dir")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in owned or p.is_dir() or p.is_symlink())
+    if foreign:
+        raise DatasetError(f"{path} holds files dlfm did not write ({', '.join(foreign[:3])}), so -P force=true will not "
+                           "replace it; move them away or pass another out_dir")
+
+
+def write_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Build a dataset directory with ``fill(scratch)`` in a temporary directory beside ``target``, then
+    rename it into place, so a crash never leaves half a dataset. An existing ``target`` is swapped out
+    (the caller decided to rebuild it) only when it holds nothing but dlfm's own files, and only those
+    are removed; if another process finished the same target first, theirs is kept when it verifies.
+    """
+    out_dir = target.parent
+    if target.exists():
+        check_dataset_owned(target)  # before any work: a rebuild never deletes the user's files
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out_dir))
+    except OSError as error:
+        raise DatasetError(
+            f"cannot write datasets to {out_dir} ({error.strerror or error}); pass a writable --out-dir"
+        ) from None
+    try:
+        fill(scratch)
+        if target.exists():  # force: swap the old copy out, then remove only the files dlfm writes
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=out_dir))
+            os.replace(target, old / "dataset")
+            os.replace(scratch, target)
+            remove_owned_tree(old / "dataset", (*DATA_FILES, MANIFEST_FILE))
+            old.rmdir()
+        else:
+            try:
+                os.replace(scratch, target)
+            except OSError:
+                if not target.exists():
+                    raise
+                # Another process finished the same dataset first: keep theirs if it verifies.
+                shutil.rmtree(scratch, ignore_errors=True)
+                verify_dataset_dir(target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target
+
+
+def _reason(error: DatasetError) -> str:
+    """The part of a verification error that says what is wrong (before the fix)."""
+    return str(error).split("; ")[0]

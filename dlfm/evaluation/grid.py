@@ -94,6 +94,7 @@ class CellResult:
     cell: Cell
     metrics: dict[str, float]  # test/… metrics
     history: list[float]  # mean training loss per epoch
+    predictions: np.ndarray  # test predictions: class probabilities, or lens parameters in physical units
 
 
 def head_init_seed(seed: int) -> int:
@@ -123,8 +124,8 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
         groups = [{"params": list(encoder.parameters()), "lr": config.encoder_lr},
                   {"params": list(head.parameters()), "lr": config.lr}]
     history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device)
-    metrics = task.metrics(predict(model, test_inputs, device), data, targets)
-    return CellResult(cell, metrics, history)
+    predictions = task.decode(predict(model, test_inputs, device), targets)
+    return CellResult(cell, task.metrics(predictions, data), history, predictions)
 
 
 def plan(config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[tuple[Cell, np.ndarray]]:

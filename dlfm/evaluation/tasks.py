@@ -104,12 +104,15 @@ class ClassificationTask:
     def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(outputs, values)
 
-    def metrics(self, outputs: np.ndarray, data: TaskData, targets: Targets) -> dict[str, float]:
+    def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
+        """Logits → class probabilities."""
+        return torch.softmax(torch.as_tensor(outputs), dim=1).numpy()
+
+    def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
         """test/accuracy, test/macro_auc and test/auc_<class>."""
         from dlfm.training.metrics import classification_metrics
 
-        probs = torch.softmax(torch.as_tensor(outputs), dim=1).numpy()
-        return classification_metrics(probs, data.test.targets, data.class_names, "test")
+        return classification_metrics(predictions, data.test.targets, data.class_names, "test")
 
 
 class RegressionTask:
@@ -145,9 +148,13 @@ class RegressionTask:
     def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(outputs, values)
 
-    def metrics(self, outputs: np.ndarray, data: TaskData, targets: Targets) -> dict[str, float]:
+    def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
+        """Standardised outputs → the 7 learned parameters in physical units."""
+        return targets.scaler.inverse(outputs.astype(np.float64))
+
+    def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
         """test/mae_<param> in physical units (circular for angles) and their no-skill-relative mean."""
-        metrics = mae_per_parameter(targets.scaler.inverse(outputs.astype(np.float64)), data.test.targets, "test")
+        metrics = mae_per_parameter(predictions, data.test.targets, "test")
         ratios = [metrics[f"test/mae_{p}"] / max(data.mean_predictor[f"test/mae_{p}"], 1e-12) for p in REPORTED]
         metrics["test/rel_mae"] = float(np.mean(ratios))
         return metrics

@@ -44,14 +44,14 @@ def load_tasks(config: EvaluateConfig, image_size_check) -> dict:
     return tasks
 
 
-def child_run(config: EvaluateConfig, version: str):
+def child_run(config: EvaluateConfig, version: str, stage: str):
     """on_cell for run_grid: each cell in its own nested, filterable run."""
 
     def on_cell(cell, compute):
         tags = {"dlfm.task": cell.task, "dlfm.budget": cell.budget, "dlfm.budget_size": cell.budget_size,
                 "dlfm.arm": cell.arm, "dlfm.seed": cell.seed, "dlfm.encoder_version": version}
-        name = f"evaluate-{cell.task}-{cell.budget}-{cell.arm}-seed{cell.seed}"
-        with tracking.stage_run("evaluate", name, nested=True, tags=tags, system_metrics=False):
+        name = f"{stage}-{cell.task}-{cell.budget}-{cell.arm}-seed{cell.seed}"
+        with tracking.stage_run(stage, name, nested=True, tags=tags, system_metrics=False):
             tracking.log_params({"task": cell.task, "budget": cell.budget, "arm": cell.arm, "seed": cell.seed,
                                  "n_labels": cell.n_labels, "epochs": config.epochs, "min_steps": config.min_steps,
                                  "lr": config.lr, "encoder_lr": config.encoder_lr, "batch_size": config.batch_size})
@@ -59,7 +59,7 @@ def child_run(config: EvaluateConfig, version: str):
             for epoch, loss in enumerate(result.history, start=1):
                 tracking.log_metrics({"train/loss": loss}, step=epoch)
             tracking.log_metrics(result.metrics)
-        print(f"[evaluate] {cell.task} budget={cell.budget} {cell.arm} seed={cell.seed}: "
+        print(f"[{stage}] {cell.task} budget={cell.budget} {cell.arm} seed={cell.seed}: "
               f"{TASKS[cell.task].headline}={result.metrics[TASKS[cell.task].headline]:.4f}", flush=True)
         return result
 
@@ -95,11 +95,15 @@ def log_summary(results, tasks: dict) -> tuple[list[dict], list[dict], str]:
     return rows, verdict_rows, text
 
 
-def run_evaluate_stage(config: EvaluateConfig) -> dict:
-    """Resolve the encoder version, load the tasks, run the grid with one child run per cell, log the summary."""
+def run_evaluate_stage(config: EvaluateConfig, stage: str = "evaluate", extra=None) -> dict:
+    """Resolve the encoder version, load the tasks, run the grid with one child run per cell, log the summary.
+
+    ``stage`` names the runs (transfer is this stage at one budget); ``extra(results, tasks)`` logs
+    more parent artifacts and returns a dict merged into the summary.
+    """
     from dlfm.training.runtime import resolve_device
 
-    with tracking.stage_run("evaluate", f"evaluate-{config.encoder_uri or config.encoder_stage}",
+    with tracking.stage_run(stage, f"{stage}-{config.encoder_uri or config.encoder_stage}",
                             config.experiment_name) as run_id:
         config.validate()
         device = resolve_device(config.device)
@@ -110,6 +114,7 @@ def run_evaluate_stage(config: EvaluateConfig) -> dict:
                            "dlfm.encoder_version": version.version, "dlfm.encoder_run_id": version.run_id,
                            "dlfm.encoder": pretrained.name, "dlfm.encoder_objective": version.tags.get("objective", "")})
         tasks = load_tasks(config, pretrained.check_image_size)
-        results = run_grid(config, tasks, pretrained, device, on_cell=child_run(config, version.version))
+        results = run_grid(config, tasks, pretrained, device, on_cell=child_run(config, version.version, stage))
         rows, verdict_rows, text = log_summary(results, tasks)
-        return {"run_id": run_id, "version": version.version, "rows": rows, "verdicts": verdict_rows, "markdown": text}
+        more = extra(results, tasks) if extra else {}
+        return {"run_id": run_id, "version": version.version, "rows": rows, "verdicts": verdict_rows, "markdown": text, **more}

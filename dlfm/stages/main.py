@@ -25,8 +25,8 @@ class MainConfig:
     n_train: int = 1200  # classification images (model_ii) in the train split; demo size
     n_val: int = 300
     n_test: int = 300
-    regression_n_train: int = 1200  # lens-parameter images for evaluate's regression task
-    regression_n_val: int = 300
+    regression_n_train: int = 600  # lens-parameter images evaluate's regression budgets draw from
+    regression_n_val: int = 60  # evaluate scores on test and never reads val
     regression_n_test: int = 300
     encoder: str = "resnet18"  # encoder for all three objectives (fair ablation)
     epochs: int = 4  # epochs of every training stage (demo: keeps make demo near 8 min on 2 CPU cores)
@@ -36,11 +36,11 @@ class MainConfig:
     seed: int = 0
     tune: bool = False  # run the Optuna tune stage and let its best encoder compete
     n_trials: int = 6  # tune: trials
-    eval_n_train: int = 600  # held-out model_ii images (seed + 1, never trained on) that evaluate's budgets draw from
-    eval_n_test: int = 300  # held-out model_ii images evaluate scores classification on
+    eval_n_train: int = 300  # held-out model_ii images (seed + 1, never trained on) that evaluate's budgets draw from
+    eval_n_test: int = 150  # held-out model_ii images evaluate scores classification on
     eval_budgets: str = "10,50"  # evaluate label budgets (demo: keeps the evaluate step near 2 min on 2 CPU cores)
-    eval_epochs: int = 5  # evaluate epochs of every arm (with eval_min_steps, a short fine-tune schedule)
-    eval_min_steps: int = 20  # evaluate: optimiser steps at least per cell
+    eval_epochs: int = 2  # evaluate epochs of every arm (with eval_min_steps: a toy fine-tune schedule, demo only)
+    eval_min_steps: int = 6  # evaluate: optimiser steps at least per cell
     seeds: str = "0,1"  # evaluate seeds (two give a spread; the reference config uses three)
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/macro_auc)
     device: str = "auto"

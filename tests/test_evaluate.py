@@ -139,3 +139,39 @@ def test_budget_larger_than_the_pool_is_one_error_line(production_version, tmp_p
         f"classification_dataset={str(tiny_classification_dir)!r}; lower it, use 'all', or simulate more (sim_n_train)"]
     [run] = mlflow.MlflowClient().search_runs([mlflow.MlflowClient().get_experiment_by_name("eval-bad").experiment_id])
     assert run.info.status == "FAILED" and "budget 400" in run.data.tags["dlfm.error"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("budgets", "25,abc", "budgets must be positive integers or 'all'"),
+    ("budgets", "0", "budgets must be positive integers or 'all'"),
+    ("budgets", "25,25", "distinct"),
+    ("arms", "pretrained-frozen,imagenet", "unknown arm 'imagenet'"),
+    ("tasks", "segmentation", "unknown task 'segmentation'"),
+    ("seeds", "0,x", "seeds must be comma-separated integers"),
+    ("encoder_lr", 0.0, "encoder_lr must be a positive number"),
+    ("encoder_uri", "runs:/abc/encoder", "models:/dlfm-encoder/<version>"),
+])
+def test_bad_params_name_the_problem(field, value, message):
+    from dlfm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        EvaluateConfig(**{field: value}).validate()
+
+
+def test_budgets_parse_ascending_with_all_last():
+    assert EvaluateConfig(budgets="400,all,25,100").budget_list == [25, 100, 400, "all"]
+
+
+def test_markdown_states_each_verdict_with_its_spread():
+    from dlfm.evaluation import summary
+    from dlfm.evaluation.grid import Cell, CellResult
+
+    results = []
+    for seed, (finetune, scratch) in enumerate([(0.86, 0.80), (0.85, 0.80), (0.87, 0.80)]):
+        for arm, auc in (("pretrained-finetune", finetune), ("scratch", scratch)):
+            results.append(CellResult(Cell("classification", 100, arm, seed, 300, 100), {"test/macro_auc": auc}, [], None))
+    [line] = [v["sentence"] for v in summary.verdicts(results)]
+    assert line == ("classification, 100 labelled images per class (100): pretrained-finetune − scratch = +0.060 ± 0.010 "
+                    "test/macro_auc over 3 seed(s): pretrained-finetune is better than scratch")
+    text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
+    assert "| 100 (100) | 0.860 ± 0.010 | 0.800 ± 0.000 |" in text

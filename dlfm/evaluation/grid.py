@@ -19,7 +19,7 @@ from torch import nn
 from dlfm.evaluation.config import EvaluateConfig
 from dlfm.evaluation.fit import Schedule, fit, predict
 from dlfm.evaluation.tasks import TASKS, TaskData
-from dlfm.transfer import Standardizer, embed, random_encoder_like, random_init_seed
+from dlfm.transfer import Standardizer, embed, random_encoder_like
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,3 @@ def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.
     for cell, index in plan(config, tasks):
         results.append(on_cell(cell, lambda c=cell, i=index: run_cell(c, i, tasks[c.task], encoders, cache, config, device)))
     return results
-
-
-__all__ = ["ARMS", "Arm", "Cell", "CellResult", "EmbeddingCache", "Encoders", "plan", "random_init_seed", "run_cell", "run_grid"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dlfm import tracking
 from dlfm.errors import ConfigError, RegistryError
-from dlfm.evaluation import TASKS, EvaluateConfig, run_grid
+from dlfm.evaluation import ARMS, TASKS, EvaluateConfig, run_grid
 from dlfm.evaluation import summary as summaries
 from dlfm.evaluation.config import ALL
 from dlfm.tracking import registry
+from dlfm.transfer import random_init_seed
 
 
 def resolve_version(config: EvaluateConfig):
@@ -52,7 +53,8 @@ def child_run(config: EvaluateConfig, version: str, stage: str):
                 "dlfm.arm": cell.arm, "dlfm.seed": cell.seed, "dlfm.encoder_version": version}
         name = f"{stage}-{cell.task}-{cell.budget}-{cell.arm}-seed{cell.seed}"
         with tracking.stage_run(stage, name, nested=True, tags=tags, system_metrics=False):
-            tracking.log_params({"task": cell.task, "budget": cell.budget, "arm": cell.arm, "seed": cell.seed,
+            init = {"random_init_seed": random_init_seed(cell.seed)} if ARMS[cell.arm].encoder == "random" else {}
+            tracking.log_params({**init, "task": cell.task, "budget": cell.budget, "arm": cell.arm, "seed": cell.seed,
                                  "n_labels": cell.n_labels, "epochs": config.epochs, "min_steps": config.min_steps,
                                  "lr": config.lr, "encoder_lr": config.encoder_lr, "batch_size": config.batch_size})
             result = compute()

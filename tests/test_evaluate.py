@@ -172,6 +172,6 @@ def test_markdown_states_each_verdict_with_its_spread():
             results.append(CellResult(Cell("classification", 100, arm, seed, 300, 100), {"test/macro_auc": auc}, [], None))
     [line] = [v["sentence"] for v in summary.verdicts(results)]
     assert line == ("classification, 100 labelled images per class (100): pretrained-finetune − scratch = +0.060 ± 0.010 "
-                    "test/macro_auc over 3 seed(s): pretrained-finetune is better than scratch")
+                    "test/macro_auc over 3 seeds → better")
     text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
     assert "| 100 (100) | 0.860 ± 0.010 | 0.800 ± 0.000 |" in text

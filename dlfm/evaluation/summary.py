@@ -70,9 +70,9 @@ def verdicts(results) -> list[dict]:
                     continue
                 v = verdict([r.metrics[task.headline] for r in a], [r.metrics[task.headline] for r in b], task.higher_is_better)
                 spread = f"± {v.sd:.3f}" if v.n_seeds > 1 else "(one seed: no spread)"
+                seeds = f"{v.n_seeds} seed" + ("s" if v.n_seeds != 1 else "")
                 sentence = (f"{task_name}, {size} {task.budget_unit} ({budget}): {treated} − {control} = "
-                            f"{v.difference:+.3f} {spread} {task.headline} over {v.n_seeds} seed(s): {treated} is "
-                            f"{v.word}" + (" than " + control if v.word != "no difference" else " from " + control))
+                            f"{v.difference:+.3f} {spread} {task.headline} over {seeds} → {v.word}")
                 out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": treated, "control": control,
                             "metric": task.headline, "difference": v.difference, "sd": v.sd, "n_seeds": v.n_seeds,
                             "verdict": v.word, "sentence": sentence})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,6 +20,7 @@ STYLE = {"pretrained-frozen": ("tab:blue", "-"), "random-frozen": ("tab:grey", "
 
 
 def _curve(axis, rows: list[dict], metric: str) -> None:
+    sizes = sorted({r["budget_size"] for r in rows})
     for arm in ARM_NAMES:
         points = sorted((r["budget_size"], r[f"{metric}_mean"], r[f"{metric}_sd"]) for r in rows if r["arm"] == arm
                         and f"{metric}_mean" in r)
@@ -30,6 +32,8 @@ def _curve(axis, rows: list[dict], metric: str) -> None:
         axis.plot(x, mean, style, marker="o", ms=3, color=color, label=arm)
         axis.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
     axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # label the budgets, not log decades
+    axis.set_xticks(sizes, [str(size) for size in sizes])
 
 
 def label_efficiency_figure(rows: list[dict]):

@@ -62,6 +62,7 @@ ENTRY_POINTS = (
     EntryPoint("supervised", "pipelines/supervised.py", (TRAIN,), fixed=SINGLE_LOSS, advanced=TRAIN_ADVANCED),
     EntryPoint("multitask", "pipelines/multitask.py", (TRAIN,), fixed=("objective",), advanced=TRAIN_ADVANCED),
     EntryPoint("transfer", "pipelines/transfer.py", ("dlfm.transfer:TransferConfig",)),
+    EntryPoint("evaluate", "pipelines/evaluate.py", ("dlfm.evaluation.config:EvaluateConfig",)),
     EntryPoint("main", "pipelines/main.py", ("dlfm.stages.main:MainConfig",)),
     EntryPoint("tune", "pipelines/tune.py", (TRAIN, "dlfm.tune.config:TuneConfig"),
                fixed=SINGLE_LOSS + ("resume", "nproc", "train"), advanced=TRAIN_ADVANCED,

@@ -1,14 +1,14 @@
-"""Pretrained-vs-random transfer to lens-parameter regression (pure torch/numpy; no MLflow).
+"""Lens-parameter regression pieces and the transfer config (pure torch/numpy; no MLflow).
 
-Both encoders are frozen in eval mode. Each embeds the dataset once (the embedding cache);
-the same head, optimiser, epochs and seed then train on those embeddings. Targets are
-standardised; angles are learned through (e1, e2) and (γ1, γ2) and turned back, so the
-periodic φ and ψ (period π) never need a discontinuous regression target.
+Transfer runs through dlfm.evaluation (one loop for frozen heads and fine-tuning). Here live the
+regression targets, their physical read-out and MAE, the feature/target standardiser, the frozen
+embedding pass and the random-encoder init. Targets are standardised; angles are learned through
+(e1, e2) and (γ1, γ2) and turned back, so the periodic φ and ψ (period π) never need a
+discontinuous regression target.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -18,7 +18,6 @@ from torch import nn
 
 from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError, DatasetError
-from dlfm.models.heads import RegressionHead
 
 TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")  # learned, standardised
 REPORTED = (  # MAE names, physical units: arcsec, arcsec, arcsec, -, -, -, -, -, -, rad, -, rad
@@ -37,7 +36,7 @@ class TransferConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     batch_size: int = 128  # embeddings per step
     seeds: str = "0,1,2"  # comma-separated seeds; each gives one pretrained and one random child run
-    finetune: bool = False  # false: frozen encoders (the ablation); true: train encoder and head end to end
+    finetune: bool = False  # false: frozen encoders (the ablation); true: both trained end to end (pretrained-finetune vs scratch)
     device: str = "auto"  # auto | cpu | cuda | mps
     sim_n_train: int = 1200  # when `dataset` is a preset not cached yet: its split sizes
     sim_n_val: int = 300
@@ -65,12 +64,28 @@ class TransferConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.encoder_uri and not self.encoder_uri.startswith(("models:/", "runs:/")):
-            raise ConfigError(f"encoder_uri must be a models:/ or runs:/ URI, got {self.encoder_uri!r}")
+        if self.encoder_uri and not self.encoder_uri.startswith("models:/"):
+            raise ConfigError(f"encoder_uri must be a models:/dlfm-encoder/<version> URI, got {self.encoder_uri!r}")
         self.seed_list
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def arm_names(self) -> tuple[str, str]:
+        """(pretrained arm, random arm) of dlfm.evaluation that this transfer compares."""
+        return ("pretrained-finetune", "scratch") if self.finetune else ("pretrained-frozen", "random-frozen")
+
+    def evaluate_config(self):
+        """The same run as an EvaluateConfig: the regression task, every label, these two arms."""
+        from dlfm.evaluation import EvaluateConfig
+
+        return EvaluateConfig(
+            encoder_stage=self.encoder_stage, encoder_uri=self.encoder_uri, tasks="regression", regression_dataset=self.dataset,
+            budgets="all", arms=",".join(self.arm_names), seeds=self.seeds, epochs=self.epochs, min_steps=0,
+            batch_size=self.batch_size, lr=self.lr, encoder_lr=self.lr,  # transfer fine-tunes with one learning rate
+            weight_decay=self.weight_decay, device=self.device, sim_n_train=self.sim_n_train, sim_n_val=self.sim_n_val,
+            sim_n_test=self.sim_n_test, sim_seed=0, experiment_name=self.experiment_name)
 
 
 def regression_targets(params, split_name: str = "dataset") -> np.ndarray:
@@ -134,52 +149,6 @@ class Standardizer:
         return values * self.std + self.mean
 
 
-@dataclass
-class HeadResult:
-    head: RegressionHead
-    history: list[dict[str, float]]  # train/loss and val/loss (standardised MSE) per epoch
-    best_epoch: int
-
-
-def train_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, config: TransferConfig,
-               seed: int, device: torch.device) -> HeadResult:
-    """Train a fresh RegressionHead (seeded) on standardised embeddings and targets; keep the best val epoch."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    head = RegressionHead(train_x.shape[1], train_y.shape[1]).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * math.ceil(len(train_x) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
-    tx, ty = torch.as_tensor(train_x, dtype=torch.float32, device=device), torch.as_tensor(train_y, dtype=torch.float32, device=device)
-    vx, vy = torch.as_tensor(val_x, dtype=torch.float32, device=device), torch.as_tensor(val_y, dtype=torch.float32, device=device)
-    history, best, best_epoch, best_state = [], math.inf, 0, None
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        total = 0.0
-        for index in torch.randperm(len(tx), generator=generator).split(config.batch_size):
-            index = index.to(device)
-            loss = nn.functional.mse_loss(head(tx[index]), ty[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-        head.eval()
-        with torch.no_grad():
-            val_loss = nn.functional.mse_loss(head(vx), vy).item()
-        history.append({"train/loss": total / len(tx), "val/loss": val_loss})
-        if val_loss < best:
-            best, best_epoch, best_state = val_loss, epoch, copy.deepcopy(head.state_dict())
-    head.load_state_dict(best_state)
-    return HeadResult(head.eval(), history, best_epoch)
-
-
-@torch.no_grad()
-def predict(head: RegressionHead, x: np.ndarray, device: torch.device) -> np.ndarray:
-    """Standardised predictions of a trained head."""
-    return head(torch.as_tensor(x, dtype=torch.float32, device=device)).cpu().numpy().astype(np.float64)
-
-
 def circular_abs_diff(a: np.ndarray, b: np.ndarray, period: float = math.pi) -> np.ndarray:
     """|a − b| on a circle of the given period: never more than period/2."""
     diff = np.mod(np.asarray(a) - np.asarray(b), period)
@@ -209,41 +178,3 @@ def mae_per_parameter(predicted: np.ndarray, true: np.ndarray, prefix: str) -> d
             error = np.abs(pred[name] - truth[name])
         metrics[f"{prefix}/mae_{name}"] = float(error.mean())
     return metrics
-
-
-def finetune_encoder_and_head(encoder: nn.Module, train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray,
-                              val_y: np.ndarray, config: TransferConfig, seed: int, device: torch.device):
-    """finetune=true: train encoder and head end to end on images (no embedding cache)."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    head = RegressionHead(encoder.embed_dim, train_y.shape[1])
-    model = nn.Sequential(encoder, head).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history, best, best_epoch, best_state = [], math.inf, 0, None
-    ty = torch.as_tensor(train_y, dtype=torch.float32)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        total = 0.0
-        for index in torch.randperm(len(ty), generator=generator).split(config.batch_size):
-            images = torch.from_numpy(train_images[index.numpy()]).to(device)
-            loss = nn.functional.mse_loss(model(images), ty[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
-        val_pred = embed_and_predict(model, val_images, device)
-        val_loss = float(np.mean((val_pred - val_y) ** 2))
-        history.append({"train/loss": total / len(ty), "val/loss": val_loss})
-        if val_loss < best:
-            best, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return model.eval(), history, best_epoch
-
-
-@torch.no_grad()
-def embed_and_predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Predictions of an encoder+head model on images, in eval mode."""
-    model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device)).cpu()
-           for s in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy().astype(np.float64)

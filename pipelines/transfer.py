@@ -1,8 +1,9 @@
 """Entry point `mlflow run . -e transfer`: pretrained (by registry stage) vs random frozen encoder.
 
+evaluate's regression task at budget `all` with two arms (dlfm.stages.transfer).
 Reads: models:/dlfm-encoder@<encoder_stage> (or encoder_uri) and a lens-parameter dataset.
-Writes: one child run per arm and seed; on the parent transfer_table.md/.json,
-figures/mae_bars.png and figures/parity.png.
+Writes: one child run per arm and seed; on the parent everything evaluate writes plus
+transfer_table.md/.json, figures/mae_bars.png and figures/parity.png.
 """
 
 from dlfm.entrypoint import ParamParser, config_from_args, run_entry_point
@@ -18,7 +19,7 @@ def main() -> None:
     config = config_from_args(TransferConfig, parser.parse_args())
     summary = run_transfer_stage(config)
     print(f"transfer run {summary['run_id']} (encoder version {summary['version']}), test MAE:")
-    print(summary["markdown"])
+    print(summary["transfer_markdown"])
 
 
 if __name__ == "__main__":

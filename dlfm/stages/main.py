@@ -1,4 +1,4 @@
-"""The main pipeline: simulate → autoencoder → supervised → multitask → (tune) → promote → transfer.
+"""The main pipeline: simulate → autoencoder → supervised → multitask → (tune) → promote → evaluate.
 
 Each step is a nested MLflow Project run; a step whose entry point, params and code version
 already have a FINISHED run is reused. The summary goes to the terminal, the parent run and
@@ -26,8 +26,8 @@ class MainConfig:
     n_train: int = 1200  # classification images (model_ii) in the train split; demo size
     n_val: int = 300
     n_test: int = 300
-    regression_n_train: int = 1200  # lens-parameter images for transfer
-    regression_n_val: int = 300
+    regression_n_train: int = 600  # lens-parameter images evaluate's regression budgets draw from
+    regression_n_val: int = 60  # evaluate scores on test and never reads val
     regression_n_test: int = 300
     encoder: str = "resnet18"  # encoder for all three objectives (fair ablation)
     epochs: int = 4  # epochs of every training stage (demo: keeps make demo near 8 min on 2 CPU cores)
@@ -37,8 +37,12 @@ class MainConfig:
     seed: int = 0
     tune: bool = False  # run the Optuna tune stage and let its best encoder compete
     n_trials: int = 6  # tune: trials
-    transfer_epochs: int = 60
-    seeds: str = "0,1,2"  # transfer seeds
+    eval_n_train: int = 300  # held-out model_ii images (seed + 1, never trained on) that evaluate's budgets draw from
+    eval_n_test: int = 150  # held-out model_ii images evaluate scores classification on
+    eval_budgets: str = "10,50"  # evaluate label budgets (demo: keeps the evaluate step near 2 min on 2 CPU cores)
+    eval_epochs: int = 2  # evaluate epochs of every arm (with eval_min_steps: a toy fine-tune schedule, demo only)
+    eval_min_steps: int = 6  # evaluate: optimiser steps at least per cell
+    seeds: str = "0,1"  # evaluate seeds (two give a spread; the reference config uses three)
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/macro_auc)
     device: str = "auto"
     workers: int = 0  # simulation processes (0 = all cores)
@@ -47,7 +51,7 @@ class MainConfig:
 
     def validate(self) -> None:
         for name in ("n_train", "n_val", "n_test", "regression_n_train", "regression_n_val", "regression_n_test",
-                     "epochs", "batch_size", "n_trials", "transfer_epochs"):
+                     "epochs", "batch_size", "n_trials", "eval_n_train", "eval_n_test", "eval_epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0 or not self.recon_weight >= 0:
@@ -57,7 +61,7 @@ class MainConfig:
 
 
 def run_main_stage(config: MainConfig) -> dict:
-    """Chain every step as nested runs, promote the best encoder, transfer, and report."""
+    """Chain every step as nested runs, promote the best encoder, evaluate it, and report."""
     version = steps.code_version(REPO_ROOT)
     exp = config.experiment_name
     summary_rows, step_runs = [], {}
@@ -101,30 +105,36 @@ def run_main_stage(config: MainConfig) -> dict:
                                    reason=f"best val/macro_auc of main run {run_id}")
         print(f"[main] {outcome.message}", flush=True)
         promoted = registry.version_for_stage(config.promote_stage)
-        transfer_run = step("transfer", {"encoder_stage": config.promote_stage, "dataset": regression_dir,
-                                         "epochs": config.transfer_epochs, "seeds": config.seeds,
-                                         "device": config.device, "experiment_name": exp})
-        report = write_report(config, summary_rows, best, outcome, promoted, transfer_run)
+        # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
+        held_out = step("simulate", {"preset": "model_ii", "n_train": config.eval_n_train, "n_val": 30,
+                                     "n_test": config.eval_n_test, **common_sim, "seed": config.seed + 1})
+        # The version, not the alias: a step reused by digest must have evaluated this very encoder.
+        evaluate_run = step("evaluate", {"encoder_uri": f"models:/{registry.MODEL_NAME}/{promoted}",
+                                         "classification_dataset": held_out.data.tags["dlfm.dataset_dir"],
+                                         "regression_dataset": regression_dir, "budgets": config.eval_budgets,
+                                         "seeds": config.seeds, "epochs": config.eval_epochs,
+                                         "min_steps": config.eval_min_steps, "device": config.device, "experiment_name": exp})
+        report = write_report(config, summary_rows, best, outcome, promoted, evaluate_run)
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")
         tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"]})
-        return {"run_id": run_id, "rows": summary_rows, "promoted": promoted, "transfer_run": transfer_run.info.run_id}
+        return {"run_id": run_id, "rows": summary_rows, "promoted": promoted, "evaluate_run": evaluate_run.info.run_id}
 
 
 def format_value(value) -> str:
     return "" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
-def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, promoted: str, transfer_run) -> str:
-    """Markdown summary (stages, promotion, transfer table) plus figures in ``config.report_dir``.
+def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, promoted: str, evaluate_run) -> str:
+    """Markdown summary (stages, promotion, evaluation tables and verdicts) plus figures in ``config.report_dir``.
 
     Written into a fresh directory that replaces the previous report in one rename.
     """
     return write_report_dir(config.report_dir,
-                            lambda out: _write_report_files(out, config, rows, best, outcome, promoted, transfer_run))
+                            lambda out: _write_report_files(out, config, rows, best, outcome, promoted, evaluate_run))
 
 
-def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, promoted, transfer_run) -> str:
+def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, promoted, evaluate_run) -> str:
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
     lines = ["# dlfm main pipeline report", "", "## Training stages (same data, encoder, epochs, seed)", "",
@@ -132,12 +142,13 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, prom
     lines += ["| " + " | ".join(format_value(row.get(c)) for c in columns) + " |" for row in rows]
     lines += ["", "## Promotion", "", f"- best by val/macro_auc: {best['stage']} (version {best['version']})",
               f"- {outcome.message}", f"- `{config.promote_stage}` now holds version {promoted}", "",
-              f"## Transfer (encoder `models:/dlfm-encoder@{config.promote_stage}`, frozen; test MAE, mean ± sd over seeds {config.seeds})", ""]
-    table_path = tracking.download_run_artifacts(transfer_run.info.run_id, "transfer_table.md", out)
-    lines.append(Path(table_path).read_text().strip())
-    for figure in ("mae_bars.png", "parity.png"):
-        tracking.download_run_artifacts(transfer_run.info.run_id, f"figures/{figure}", out / "figures")
-    lines += ["", "Figures: `figures/mae_bars.png` (MAE relative to predicting the train mean), `figures/parity.png`.", ""]
+              f"## Evaluation of version {promoted} (budgets {config.eval_budgets}, seeds {config.seeds})", ""]
+    table_path = tracking.download_run_artifacts(evaluate_run.info.run_id, "evaluation.md", out)
+    lines.append(Path(table_path).read_text().strip().replace("# Label-efficiency evaluation", "", 1).replace("\n## ", "\n### "))
+    for figure in ("label_efficiency.png", "label_efficiency_regression.png"):
+        tracking.download_run_artifacts(evaluate_run.info.run_id, f"figures/{figure}", out / "figures")
+    lines += ["", "Figures: `figures/label_efficiency.png` (headline metric against labels, ±1 sd over seeds), "
+              "`figures/label_efficiency_regression.png` (MAE per lens parameter).", ""]
     report = "\n".join(lines)
     (out / "report.md").write_text(report)
     Path(table_path).unlink(missing_ok=True)

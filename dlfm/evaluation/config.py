@@ -1,0 +1,103 @@
+"""The evaluate stage's config: which encoder, which tasks, label budgets, arms, seeds and schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from dlfm.errors import ConfigError
+
+ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
+TASK_NAMES = ("classification", "regression")
+ALL = "all"  # the budget that uses every labelled train image
+
+
+def _parse_list(name: str, text: str, example: str) -> list[str]:
+    items = [item for item in str(text).replace(" ", "").split(",") if item]
+    if not items or len(set(items)) != len(items):
+        raise ConfigError(f"{name} must be distinct comma-separated values such as {example}, got {text!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    encoder_stage: str = "production"  # registry alias to evaluate: models:/dlfm-encoder@<stage>
+    encoder_uri: str = ""  # any models:/dlfm-encoder/<version> (or @alias) URI; overrides encoder_stage
+    tasks: str = "classification,regression"  # comma-separated: classification (model_ii), regression (lens parameters)
+    classification_dataset: str = "model_ii"  # preset (simulated with sim_seed, held out from pretraining) or a dataset dir
+    regression_dataset: str = "regression"  # preset or a dataset dir with varying lens parameters
+    budgets: str = "25,100,400,all"  # labelled train images: per class for classification, in total for regression
+    arms: str = ",".join(ARM_NAMES)  # which of pretrained-frozen, random-frozen, pretrained-finetune, scratch to run
+    seeds: str = "0,1,2"  # each seed draws its own label subset (shared by every arm), head init and random encoder
+    epochs: int = 20  # passes over the labelled subset, identical for every arm
+    min_steps: int = 50  # optimiser steps at least, so tiny budgets still train (same rule for every arm)
+    batch_size: int = 32  # labelled images (or embeddings) per step
+    lr: float = 1e-3  # AdamW learning rate of the head (every arm)
+    encoder_lr: float = 1e-4  # AdamW learning rate of the encoder in the fine-tune arms (pretrained-finetune, scratch)
+    weight_decay: float = 1e-4  # AdamW weight decay (every arm)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    sim_n_train: int = 1200  # preset datasets not cached yet: split sizes (classification: balanced over classes)
+    sim_n_val: int = 300
+    sim_n_test: int = 300
+    sim_seed: int = 1  # preset datasets: simulation seed; not the pretraining seed (0), so the sets are held out
+    experiment_name: str = "deeplense-fm"  # MLflow experiment
+
+    @property
+    def task_list(self) -> list[str]:
+        """The parsed tasks, in TASK_NAMES order."""
+        tasks = _parse_list("tasks", self.tasks, "classification,regression")
+        unknown = [t for t in tasks if t not in TASK_NAMES]
+        if unknown:
+            raise ConfigError(f"unknown task {unknown[0]!r}; tasks are {', '.join(TASK_NAMES)}")
+        return [t for t in TASK_NAMES if t in tasks]
+
+    @property
+    def arm_list(self) -> list[str]:
+        """The parsed arms, in ARM_NAMES order."""
+        arms = _parse_list("arms", self.arms, ",".join(ARM_NAMES))
+        unknown = [a for a in arms if a not in ARM_NAMES]
+        if unknown:
+            raise ConfigError(f"unknown arm {unknown[0]!r}; arms are {', '.join(ARM_NAMES)}")
+        return [a for a in ARM_NAMES if a in arms]
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The parsed seeds."""
+        try:
+            return [int(s) for s in _parse_list("seeds", self.seeds, "0,1,2")]
+        except ValueError:
+            raise ConfigError(f"seeds must be comma-separated integers such as 0,1,2, got {self.seeds!r}") from None
+
+    @property
+    def budget_list(self) -> list[int | str]:
+        """The parsed budgets, ascending, ``"all"`` last."""
+        budgets = _parse_list("budgets", self.budgets, "25,100,400,all")
+        numbers = []
+        for budget in budgets:
+            if budget == ALL:
+                continue
+            if not budget.isdigit() or int(budget) <= 0:
+                raise ConfigError(f"budgets must be positive integers or 'all' (e.g. 25,100,400,all), got {budget!r}")
+            numbers.append(int(budget))
+        return sorted(numbers) + ([ALL] if ALL in budgets else [])
+
+    def validate(self) -> None:
+        """Raise ConfigError for any bad value before any work."""
+        for name in ("epochs", "batch_size", "sim_n_train", "sim_n_val", "sim_n_test"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.min_steps, int) or self.min_steps < 0:
+            raise ConfigError(f"min_steps must be an integer >= 0, got {self.min_steps!r}")
+        for name in ("lr", "encoder_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.encoder_uri and not self.encoder_uri.startswith("models:/"):
+            raise ConfigError(f"encoder_uri must be a models:/dlfm-encoder/<version> URI, got {self.encoder_uri!r}")
+        self.task_list, self.arm_list, self.seed_list, self.budget_list  # noqa: B018 - each parses and checks
+
+    def to_dict(self) -> dict:
+        return asdict(self)

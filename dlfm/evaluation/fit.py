@@ -1,0 +1,67 @@
+"""The one training loop of every arm: a head on cached embeddings, or encoder + head on images.
+
+Frozen arms pass the head alone and embeddings as inputs; fine-tune arms pass
+``nn.Sequential(encoder, head)`` and images. Same optimiser (AdamW), schedule (cosine per step),
+step rule and seeding either way, so the arms differ only in what they train.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how fast; one instance serves every arm of a grid."""
+
+    epochs: int  # passes over the labelled subset
+    min_steps: int  # optimiser steps at least (tiny budgets still train)
+    batch_size: int  # samples per step
+    weight_decay: float  # AdamW weight decay
+
+    def steps(self, n: int) -> int:
+        """Optimiser steps for a subset of ``n`` samples."""
+        return max(self.epochs * math.ceil(n / min(self.batch_size, n)), self.min_steps)
+
+
+def fit(model: nn.Module, param_groups: list[dict], inputs: torch.Tensor, targets: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule, seed: int,
+        device: torch.device) -> list[float]:
+    """Train ``model`` in place for ``schedule.steps(len(inputs))`` steps; return the mean loss of each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=schedule.weight_decay)
+    total_steps = schedule.steps(len(inputs))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    batch = min(schedule.batch_size, len(inputs))
+    model.to(device).train()
+    history, step = [], 0
+    while step < total_steps:
+        losses = []
+        # drop the ragged last batch: a BatchNorm batch of one sample has no variance
+        for index in torch.randperm(len(inputs), generator=generator).split(batch):
+            if step == total_steps or (len(index) < batch and losses):
+                break
+            loss = loss_fn(model(inputs[index].to(device)), targets[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+        history.append(float(np.mean(losses)))
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Outputs of ``model`` in eval mode (BatchNorm on running statistics), batched."""
+    model.to(device).eval()
+    inputs = torch.as_tensor(inputs)
+    return torch.cat([model(inputs[s:s + batch_size].to(device)).float().cpu()
+                      for s in range(0, len(inputs), batch_size)]).numpy()

@@ -1,0 +1,154 @@
+"""The grid: (task, budget, arm, seed) cells, an embedding cache for the frozen arms, one loop for all.
+
+Cost rules (issue 13): a frozen arm never re-embeds per budget or seed: each encoder embeds each
+image once (``EmbeddingCache``); the random encoder of a seed is built once and serves both
+random-frozen and scratch; fine-tune arms run only at the budgets asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlfm.evaluation.config import EvaluateConfig
+from dlfm.evaluation.fit import Schedule, fit, predict
+from dlfm.evaluation.tasks import TASKS, TaskData
+from dlfm.transfer import Standardizer, embed, random_encoder_like
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of using an encoder downstream."""
+
+    name: str
+    encoder: str  # "pretrained" (the registry version) or "random" (same architecture, fresh seeded init)
+    frozen: bool  # true: head on cached embeddings (encoder in eval mode, never updated); false: end to end
+
+
+ARMS = {arm.name: arm for arm in (
+    Arm("pretrained-frozen", "pretrained", frozen=True),
+    Arm("random-frozen", "random", frozen=True),
+    Arm("pretrained-finetune", "pretrained", frozen=False),
+    Arm("scratch", "random", frozen=False),
+)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One child run of the grid."""
+
+    task: str
+    budget: int | str  # as asked: an integer or "all"
+    arm: str
+    seed: int
+    n_labels: int  # labelled train images the cell used (in total)
+    budget_size: int  # the budget as a number: labels per class (classification) or in total; "all" resolved
+
+
+@dataclass
+class EmbeddingCache:
+    """Standardised train/test embeddings per (task, encoder key), computed once; ``enabled=False`` is the naive loop."""
+
+    device: torch.device
+    enabled: bool = True
+    store: dict = field(default_factory=dict)
+    embedded: Counter = field(default_factory=Counter)  # images pushed through each encoder key (for tests, benchmarks)
+
+    def features(self, data: TaskData, key: str, encoder: nn.Module) -> dict[str, np.ndarray]:
+        """{"train", "test"} features of ``data`` by ``encoder``; the scaler is fitted on the unlabelled train pool."""
+        if self.enabled and (data.task, key) in self.store:
+            return self.store[(data.task, key)]
+        raw = {split: embed(encoder, getattr(data, split).images, self.device) for split in ("train", "test")}
+        self.embedded[(data.task, key)] += sum(len(v) for v in raw.values())
+        scaler = Standardizer.fit(raw["train"])
+        features = {split: scaler.forward(values).astype(np.float32) for split, values in raw.items()}
+        if self.enabled:
+            self.store[(data.task, key)] = features
+        return features
+
+
+class Encoders:
+    """The pretrained encoder, and one random encoder per seed built on first use."""
+
+    def __init__(self, pretrained: nn.Module):
+        self.pretrained = pretrained
+        self.random: dict[int, nn.Module] = {}
+
+    def get(self, kind: str, seed: int) -> tuple[str, nn.Module]:
+        """(cache key, encoder) of an arm's encoder kind at a seed."""
+        if kind == "pretrained":
+            return "pretrained", self.pretrained
+        if seed not in self.random:
+            self.random[seed] = random_encoder_like(self.pretrained, seed)
+        return f"random-{seed}", self.random[seed]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    metrics: dict[str, float]  # test/… metrics
+    history: list[float]  # mean training loss per epoch
+    predictions: np.ndarray  # test predictions: class probabilities, or lens parameters in physical units
+
+
+def head_init_seed(seed: int) -> int:
+    """Torch seed of the head's init: the same for every arm of a seed, so arms differ only in the encoder."""
+    return 7919 * (seed + 1)
+
+
+def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, cache: EmbeddingCache,
+             config: EvaluateConfig, device: torch.device) -> CellResult:
+    """Train one arm on one label subset with the shared loop; score it on the test split."""
+    task, arm = TASKS[cell.task], ARMS[cell.arm]
+    schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
+    key, encoder = encoders.get(arm.encoder, cell.seed)
+    targets = task.targets(data, index)
+    if not arm.frozen:
+        encoder = copy.deepcopy(encoder)  # the cached original stays untouched for the other arms
+    torch.manual_seed(head_init_seed(cell.seed))
+    head = task.head(encoder.embed_dim, data)
+    if arm.frozen:
+        features = cache.features(data, key, encoder)
+        model, test_inputs = head, features["test"]
+        inputs = torch.from_numpy(features["train"][index])
+        groups = [{"params": list(head.parameters()), "lr": config.lr}]
+    else:
+        model, test_inputs = nn.Sequential(encoder, head), data.test.images
+        inputs = torch.from_numpy(np.ascontiguousarray(data.train.images[index]))
+        groups = [{"params": list(encoder.parameters()), "lr": config.encoder_lr},
+                  {"params": list(head.parameters()), "lr": config.lr}]
+    history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device)
+    predictions = task.decode(predict(model, test_inputs, device), targets)
+    return CellResult(cell, task.metrics(predictions, data), history, predictions)
+
+
+def plan(config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[tuple[Cell, np.ndarray]]:
+    """Every cell with its label subset: drawn once per (task, budget, seed) and shared by every arm."""
+    cells = []
+    for seed in config.seed_list:
+        for name, data in tasks.items():
+            for budget in config.budget_list:
+                index = TASKS[name].subset(data, budget, seed)
+                size = len(index) // len(data.class_names)  # regression has the one class "lens"
+                for arm in config.arm_list:
+                    cells.append((Cell(name, budget, arm, seed, len(index), size), index))
+    return cells
+
+
+def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.Module, device: torch.device,
+             on_cell: Callable[[Cell, Callable[[], CellResult]], CellResult] | None = None,
+             cache: EmbeddingCache | None = None) -> list[CellResult]:
+    """Run every cell; ``on_cell(cell, compute)`` wraps each (the stage opens a child run there)."""
+    encoders = Encoders(pretrained)
+    cache = cache if cache is not None else EmbeddingCache(device)
+    on_cell = on_cell or (lambda cell, compute: compute())
+    results = []
+    for cell, index in plan(config, tasks):
+        results.append(on_cell(cell, lambda c=cell, i=index: run_cell(c, i, tasks[c.task], encoders, cache, config, device)))
+    return results

@@ -1,0 +1,163 @@
+"""The downstream tasks: their typed data, label-budget subsets, heads, losses and test metrics.
+
+A registry (``TASKS``) rather than if/elif: the grid asks a task for everything task-specific.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlfm.errors import ConfigError
+from dlfm.evaluation.config import ALL
+from dlfm.models.heads import ClassificationHead, RegressionHead
+from dlfm.transfer import (
+    REPORTED,
+    Standardizer,
+    check_lens_parameters_vary,
+    mae_per_parameter,
+    regression_targets,
+)
+
+SUBSET_STREAM = 0x5EED  # the label subsets' own seed stream, apart from head init and random encoders
+
+
+@dataclass(frozen=True)
+class Split:
+    """Normalised images and their targets (class indices, or the 7 learned lens parameters in physical units)."""
+
+    images: np.ndarray  # (n, 1, H, W) float32, min-max normalised per image
+    targets: np.ndarray  # classification: (n,) int64; regression: (n, 7) float64, dlfm.transfer.TARGETS order
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Everything one task trains and tests on; replaces the string-keyed ``data`` dict of old."""
+
+    task: str  # a TASKS key
+    dataset: str  # what the user passed (preset or path), for messages
+    digest: str  # the dataset digest
+    train: Split  # the labelled pool that budgets draw from
+    test: Split  # held-out split every cell is scored on
+    class_names: tuple[str, ...]  # classification classes; ("lens",) for regression
+    mean_predictor: dict[str, float]  # regression: test MAE of predicting the train mean (the no-skill baseline)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Training targets of one labelled subset, and how to turn outputs back into physical values."""
+
+    values: torch.Tensor  # what the loss compares against (class indices, or standardised parameters)
+    scaler: Standardizer | None  # regression: fitted on the subset only (its labels are all the arm may see)
+
+
+def draw_subset(budget: int | str, seed: int, labels: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    """Sorted train indices of a label budget: ``budget`` per class (stratified) when ``labels`` is given, else in total.
+
+    Depends only on (budget, seed, pool), so every arm gets the same subset; subsets are nested
+    (the 25-label subset lies inside the 100-label one) because each takes a prefix of one permutation.
+    """
+    rng = np.random.default_rng([seed, SUBSET_STREAM])
+    if labels is None:
+        order = rng.permutation(n)
+        return np.sort(order if budget == ALL else order[:budget])
+    chosen = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        order = members[rng.permutation(len(members))]
+        chosen.append(order if budget == ALL else order[:budget])
+    return np.sort(np.concatenate(chosen))
+
+
+class ClassificationTask:
+    """Substructure classification on a held-out model_ii set: a linear head, cross-entropy, AUCs."""
+
+    name = "classification"
+    dataset_field = "classification_dataset"  # the EvaluateConfig field naming its dataset
+    headline = "test/macro_auc"  # the metric of figures and verdicts
+    higher_is_better = True
+    budget_unit = "labelled images per class"
+
+    def load(self, dataset, spec: str) -> TaskData:
+        """Typed train/test data of a classification dataset."""
+        if len(dataset.class_names) < 2:
+            raise ConfigError(f"classification_dataset {spec!r} has one class; pass a model_ii/model_i set")
+        splits = {s: Split(dataset.get_images(s), dataset.get_labels(s)) for s in ("train", "test")}
+        return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], tuple(dataset.class_names), {})
+
+    def subset(self, data: TaskData, budget: int | str, seed: int) -> np.ndarray:
+        return draw_subset(budget, seed, labels=data.train.targets)
+
+    def available(self, data: TaskData) -> int:
+        """The largest numeric budget this pool allows (the smallest class)."""
+        return int(np.bincount(data.train.targets).min())
+
+    def head(self, embed_dim: int, data: TaskData) -> nn.Module:
+        return ClassificationHead(embed_dim, len(data.class_names))
+
+    def targets(self, data: TaskData, index: np.ndarray) -> Targets:
+        return Targets(torch.as_tensor(data.train.targets[index], dtype=torch.long), None)
+
+    def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, values)
+
+    def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
+        """Logits → class probabilities."""
+        return torch.softmax(torch.as_tensor(outputs), dim=1).numpy()
+
+    def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
+        """test/accuracy, test/macro_auc and test/auc_<class>."""
+        from dlfm.training.metrics import classification_metrics
+
+        return classification_metrics(predictions, data.test.targets, data.class_names, "test")
+
+
+class RegressionTask:
+    """Lens-parameter regression: the seed's MLP head on standardised targets, MAE in physical units."""
+
+    name = "regression"
+    dataset_field = "regression_dataset"
+    headline = "test/rel_mae"  # mean over parameters of MAE / MAE of predicting the train mean (1 = no skill)
+    higher_is_better = False
+    budget_unit = "labelled images"
+
+    def load(self, dataset, spec: str) -> TaskData:
+        """Typed train/test data of a dataset whose lens parameters vary."""
+        y = {s: regression_targets(dataset.get_params(s), spec) for s in ("train", "test")}
+        check_lens_parameters_vary(y["train"], spec)
+        baseline = mae_per_parameter(np.repeat(y["train"].mean(0, keepdims=True), len(y["test"]), 0), y["test"], "test")
+        splits = {s: Split(dataset.get_images(s), y[s]) for s in ("train", "test")}
+        return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], ("lens",), baseline)
+
+    def subset(self, data: TaskData, budget: int | str, seed: int) -> np.ndarray:
+        return draw_subset(budget, seed, n=len(data.train.targets))
+
+    def available(self, data: TaskData) -> int:
+        return len(data.train.targets)
+
+    def head(self, embed_dim: int, data: TaskData) -> nn.Module:
+        return RegressionHead(embed_dim, data.train.targets.shape[1])
+
+    def targets(self, data: TaskData, index: np.ndarray) -> Targets:
+        scaler = Standardizer.fit(data.train.targets[index])
+        return Targets(torch.as_tensor(scaler.forward(data.train.targets[index]), dtype=torch.float32), scaler)
+
+    def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(outputs, values)
+
+    def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
+        """Standardised outputs → the 7 learned parameters in physical units."""
+        return targets.scaler.inverse(outputs.astype(np.float64))
+
+    def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
+        """test/mae_<param> in physical units (circular for angles) and their no-skill-relative mean."""
+        metrics = mae_per_parameter(predictions, data.test.targets, "test")
+        ratios = [metrics[f"test/mae_{p}"] / max(data.mean_predictor[f"test/mae_{p}"], 1e-12) for p in REPORTED]
+        metrics["test/rel_mae"] = float(np.mean(ratios))
+        return metrics
+
+
+TASKS = {task.name: task for task in (ClassificationTask(), RegressionTask())}

@@ -1,0 +1,71 @@
+"""Label-efficiency figures: metric against labels (log x), one line per arm, ±1 sd bands."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dlfm.evaluation.config import ARM_NAMES  # noqa: E402
+from dlfm.evaluation.tasks import TASKS  # noqa: E402
+from dlfm.transfer import REPORTED, UNITS  # noqa: E402
+
+STYLE = {"pretrained-frozen": ("tab:blue", "-"), "random-frozen": ("tab:grey", "-"),
+         "pretrained-finetune": ("tab:orange", "--"), "scratch": ("k", "--")}
+
+
+def _curve(axis, rows: list[dict], metric: str) -> None:
+    sizes = sorted({r["budget_size"] for r in rows})
+    for arm in ARM_NAMES:
+        points = sorted((r["budget_size"], r[f"{metric}_mean"], r[f"{metric}_sd"]) for r in rows if r["arm"] == arm
+                        and f"{metric}_mean" in r)
+        if not points:
+            continue
+        x, mean, sd = (np.array(v, dtype=float) for v in zip(*points))
+        sd = np.nan_to_num(sd)  # one seed: no band
+        color, style = STYLE[arm]
+        axis.plot(x, mean, style, marker="o", ms=3, color=color, label=arm)
+        axis.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # label the budgets, not log decades
+    axis.set_xticks(sizes, [str(size) for size in sizes])
+
+
+def label_efficiency_figure(rows: list[dict]):
+    """One panel per task: its headline metric against labelled images."""
+    tasks = [name for name in TASKS if any(r["task"] == name for r in rows)]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for axis, name in zip(axes.flat, tasks):
+        task = TASKS[name]
+        _curve(axis, [r for r in rows if r["task"] == name], task.headline)
+        better = "higher" if task.higher_is_better else "lower"
+        axis.set(xlabel=f"{task.budget_unit} (log)", ylabel=task.headline, title=f"{name} ({better} is better)")
+        axis.grid(alpha=0.3, which="both")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def regression_parameters_figure(rows: list[dict]):
+    """Test MAE (physical units) of every lens parameter against labelled images, in a small grid."""
+    rows = [r for r in rows if r["task"] == "regression"]
+    cols = 4
+    figure, axes = plt.subplots(math.ceil(len(REPORTED) / cols), cols, figsize=(3.3 * cols, 2.7 * math.ceil(len(REPORTED) / cols)),
+                                squeeze=False)
+    for axis, name in zip(axes.flat, REPORTED):
+        _curve(axis, rows, f"test/mae_{name}")
+        unit = f" ({UNITS[name]})" if name in UNITS else ""
+        axis.set_title(f"MAE {name}{unit}", fontsize=9)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3, which="both")
+    for axis in list(axes.flat)[len(REPORTED):]:
+        axis.set_axis_off()
+    axes.flat[0].legend(fontsize=6)
+    figure.supxlabel("labelled images (log)")
+    figure.tight_layout()
+    return figure

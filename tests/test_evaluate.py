@@ -1,0 +1,177 @@
+"""The evaluate stage: label budgets, arms, the shared loop, verdicts, and the tracked entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_script
+from dlfm.data import load_dataset
+from dlfm.evaluation import TASKS, EmbeddingCache, EvaluateConfig, draw_subset, run_grid, verdict
+from dlfm.evaluation.grid import Encoders, plan
+from dlfm.models import create_encoder
+from dlfm.tracking import registry, stage_run
+
+
+def checksum(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_tasks(tiny_classification_dir, tiny_regression_dir):
+    return {"classification": TASKS["classification"].load(load_dataset(tiny_classification_dir), "tiny-cls"),
+            "regression": TASKS["regression"].load(load_dataset(tiny_regression_dir), "tiny-reg")}
+
+
+def test_verdict_on_synthetic_numbers():
+    # paired differences 0.06, 0.05, 0.07: mean 0.06 > sd 0.01
+    assert verdict([0.86, 0.85, 0.87], [0.80, 0.80, 0.80], higher_is_better=True).word == "better"
+    assert verdict([0.74, 0.75, 0.73], [0.80, 0.80, 0.80], higher_is_better=True).word == "worse"
+    noisy = verdict([0.90, 0.70, 0.85], [0.80, 0.80, 0.80], higher_is_better=True)  # diffs 0.1, -0.1, 0.05
+    assert noisy.word == "no difference" and noisy.difference == pytest.approx(0.05 / 3) and noisy.sd > abs(noisy.difference)
+    # lower is better (MAE): a smaller error is "better"
+    assert verdict([0.5, 0.52, 0.49], [0.7, 0.7, 0.71], higher_is_better=False).word == "better"
+    one_seed = verdict([0.9], [0.5], higher_is_better=True)
+    assert one_seed.word == "no difference" and math.isnan(one_seed.sd)
+
+
+def test_budgets_draw_one_stratified_nested_subset_shared_by_every_arm(tiny_tasks):
+    config = EvaluateConfig(budgets="2,5,all", seeds="0,1")
+    subsets = {}
+    for cell, index in plan(config, tiny_tasks):
+        subsets.setdefault((cell.task, cell.budget, cell.seed), []).append((cell.arm, tuple(index)))
+    for (task, budget, seed), by_arm in subsets.items():
+        assert sorted(arm for arm, _ in by_arm) == sorted(config.arm_list)
+        assert len({index for _, index in by_arm}) == 1, "every arm must train on the same labels"
+    labels = tiny_tasks["classification"].train.targets
+    five = draw_subset(5, 0, labels=labels)
+    assert np.bincount(labels[five]).tolist() == [5, 5, 5]
+    assert set(draw_subset(2, 0, labels=labels)) <= set(five)  # nested
+    assert not np.array_equal(five, draw_subset(5, 1, labels=labels))  # a new draw per seed
+    assert len(draw_subset(5, 0, n=24)) == 5 and len(draw_subset("all", 0, n=24)) == 24
+
+
+def test_frozen_arms_never_update_encoders_and_embed_each_image_once(tiny_tasks):
+    torch.manual_seed(0)
+    pretrained = create_encoder("conv4")
+    before = checksum(pretrained)
+    config = EvaluateConfig(budgets="2,all", seeds="0,1", arms="pretrained-frozen,random-frozen", epochs=3, min_steps=3)
+    cache = EmbeddingCache(torch.device("cpu"))
+    results = run_grid(config, tiny_tasks, pretrained, torch.device("cpu"), cache=cache)
+    assert checksum(pretrained) == before
+    assert len(results) == 2 * 2 * 2 * 2
+    for task, data in tiny_tasks.items():
+        pool = len(data.train.targets) + len(data.test.targets)
+        for key in ("pretrained", "random-0", "random-1"):  # once per encoder, not per budget or seed
+            assert cache.embedded[(task, key)] == pool
+    assert all(np.isfinite(list(r.metrics.values())).all() for r in results)
+
+
+def test_scratch_and_random_start_from_another_init_and_finetune_moves_only_a_copy(tiny_tasks):
+    torch.manual_seed(0)
+    pretrained = create_encoder("conv4")
+    before = checksum(pretrained)
+    encoders = Encoders(pretrained)
+    _, random0 = encoders.get("random", 0)
+    assert encoders.get("random", 0)[1] is random0, "the random encoder is built once per seed"
+    assert checksum(random0) != before and checksum(encoders.get("random", 1)[1]) not in (before, checksum(random0))
+    config = EvaluateConfig(tasks="regression", budgets="all", seeds="0", arms="pretrained-finetune,scratch", epochs=1,
+                            min_steps=1)
+    results = run_grid(config, {"regression": tiny_tasks["regression"]}, pretrained, torch.device("cpu"))
+    assert checksum(pretrained) == before  # fine-tuning trained a copy
+    assert results[0].metrics != results[1].metrics
+
+
+@pytest.fixture
+def production_version(tracking_uri):
+    torch.manual_seed(0)
+    with stage_run("multitask", "multitask-test", "evaluate-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
+    registry.promote(version, "production")
+    return version
+
+
+def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path, tiny_classification_dir, tiny_regression_dir):
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]}
+    params = {"classification_dataset": tiny_classification_dir, "regression_dataset": tiny_regression_dir,
+              "budgets": "2,all", "seeds": "0,1", "epochs": "1", "min_steps": "2", "batch_size": "8"}
+    args = ["-m", "mlflow", "run", str(REPO), "-e", "evaluate", "--env-manager", "local", "--experiment-name", "eval-test"]
+    for name, value in params.items():
+        args += ["-P", f"{name}={value}"]
+    done = run_script(args, cwd=tmp_path, env_extra=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("eval-test")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dlfm.encoder_version"] == production_version
+    assert parent.data.tags["dlfm.encoder_uri"] == f"models:/dlfm-encoder/{production_version}"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 * 2 * 4 * 2 and all(c.info.status == "FINISHED" for c in children)
+    filtered = client.search_runs([experiment.experiment_id], "tags.`dlfm.task` = 'classification' and "
+                                  "tags.`dlfm.arm` = 'scratch' and tags.`dlfm.budget` = '2'")
+    assert sorted(r.data.tags["dlfm.seed"] for r in filtered) == ["0", "1"]
+    assert all("test/macro_auc" in r.data.metrics for r in filtered)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"evaluation.md", "evaluation_summary.csv", "evaluation_cells.csv", "figures/label_efficiency.png",
+            "figures/label_efficiency_regression.png"} <= artifacts
+    verdicts = {k: v for k, v in parent.data.tags.items() if k.startswith("dlfm.verdict.")}
+    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "no difference", "worse"}
+
+
+def test_budget_larger_than_the_pool_is_one_error_line(production_version, tmp_path, tiny_classification_dir):
+    done = run_script([str(REPO / "pipelines/evaluate.py"), "--tasks", "classification", "--classification_dataset",
+                       str(tiny_classification_dir), "--budgets", "400", "--experiment_name", "eval-bad"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if "Traceback" in line or line.startswith("dlfm:")] == [
+        f"dlfm: error: budget 400 exceeds the 8 labelled images per class in the train split of "
+        f"classification_dataset={str(tiny_classification_dir)!r}; lower it, use 'all', or simulate more (sim_n_train)"]
+    [run] = mlflow.MlflowClient().search_runs([mlflow.MlflowClient().get_experiment_by_name("eval-bad").experiment_id])
+    assert run.info.status == "FAILED" and "budget 400" in run.data.tags["dlfm.error"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("budgets", "25,abc", "budgets must be positive integers or 'all'"),
+    ("budgets", "0", "budgets must be positive integers or 'all'"),
+    ("budgets", "25,25", "distinct"),
+    ("arms", "pretrained-frozen,imagenet", "unknown arm 'imagenet'"),
+    ("tasks", "segmentation", "unknown task 'segmentation'"),
+    ("seeds", "0,x", "seeds must be comma-separated integers"),
+    ("encoder_lr", 0.0, "encoder_lr must be a positive number"),
+    ("encoder_uri", "runs:/abc/encoder", "models:/dlfm-encoder/<version>"),
+])
+def test_bad_params_name_the_problem(field, value, message):
+    from dlfm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        EvaluateConfig(**{field: value}).validate()
+
+
+def test_budgets_parse_ascending_with_all_last():
+    assert EvaluateConfig(budgets="400,all,25,100").budget_list == [25, 100, 400, "all"]
+
+
+def test_markdown_states_each_verdict_with_its_spread():
+    from dlfm.evaluation import summary
+    from dlfm.evaluation.grid import Cell, CellResult
+
+    results = []
+    for seed, (finetune, scratch) in enumerate([(0.86, 0.80), (0.85, 0.80), (0.87, 0.80)]):
+        for arm, auc in (("pretrained-finetune", finetune), ("scratch", scratch)):
+            results.append(CellResult(Cell("classification", 100, arm, seed, 300, 100), {"test/macro_auc": auc}, [], None))
+    [line] = [v["sentence"] for v in summary.verdicts(results)]
+    assert line == ("classification, 100 labelled images per class (100): pretrained-finetune − scratch = +0.060 ± 0.010 "
+                    "test/macro_auc over 3 seeds → better")
+    text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
+    assert "| 100 (100) | 0.860 ± 0.010 | 0.800 ± 0.000 |" in text

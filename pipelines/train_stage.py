@@ -1,4 +1,4 @@
-"""Shared body of the autoencoder, supervised and multitask entry points.
+"""Shared body of the training entry points (one per row of dlfm.objectives.OBJECTIVES).
 
 Reads: a preset (simulated into data/ if missing), a dataset dir or DeepLense class folders.
 Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json), checkpoints/last.pt
@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dlfm.entrypoint import ParamParser, add_config_params, config_from_args, run_entry_point  # noqa: E402
 from dlfm.training import TrainConfig, distributed  # noqa: E402
+from dlfm.training.config import objective_excluded_params  # noqa: E402
 
 
 def main_for(objective: str, argv: list[str] | None = None) -> None:
@@ -24,7 +25,7 @@ def main_for(objective: str, argv: list[str] | None = None) -> None:
         from dlfm.stages.train import run_training_stage
 
         parser = ParamParser(prog=f"pipelines/{objective}.py", description=f"Train the {objective} stage.")
-        exclude = ("objective",) if objective == "multitask" else ("objective", "recon_weight", "loss_balance")
+        exclude = ("objective", *objective_excluded_params(objective))
         add_config_params(parser, TrainConfig, exclude=exclude)
         config = config_from_args(TrainConfig, parser.parse_args(argv), objective=objective)
         if distributed.under_torchrun():

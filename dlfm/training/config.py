@@ -10,7 +10,11 @@ from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-RESUME_IGNORED = ("resume",)  # fields a resumed run need not share with its checkpoint
+RESUME_IGNORED = ("resume",)
+# Params that only some objectives take, keyed by the table property that turns them on.
+WEIGHT_PARAMS = ("recon_weight", "loss_balance")
+MASK_PARAMS = ("mask_ratio", "patch_size")
+PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test")  # fields a resumed run need not share with its checkpoint
 
 
 @dataclass(frozen=True)
@@ -120,3 +124,10 @@ class TrainConfig:
     def field_names(cls) -> list[str]:
         """Names of all fields, in declaration order."""
         return [f.name for f in fields(cls)]
+
+
+def objective_excluded_params(objective: str) -> tuple[str, ...]:
+    """TrainConfig fields an objective's entry point does not take (read from the objectives table)."""
+    spec = get_objective(objective)
+    return ((() if spec.weighted else WEIGHT_PARAMS) + (() if spec.masks_input else MASK_PARAMS)
+            + (() if spec.probed else PRETRAIN_PARAMS))

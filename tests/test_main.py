@@ -5,9 +5,10 @@ from __future__ import annotations
 import mlflow
 
 from conftest import REPO, run_script
+from dlfm.objectives import OBJECTIVES
 
 TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_train", "24", "--regression_n_val", "12",
-        "--regression_n_test", "12", "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--transfer_epochs", "5",
+        "--regression_n_test", "12", "--pretrain_n_train", "12", "--pretrain_n_val", "6", "--pretrain_n_test", "6", "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--transfer_epochs", "5",
         "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test"]
 
 
@@ -15,7 +16,7 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]}
     first = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
-    for entry in ("simulate", "autoencoder", "supervised", "multitask", "transfer"):
+    for entry in ("simulate", *OBJECTIVES, "transfer"):
         assert f"[main] {entry}: ran" in first.stdout
     assert "# dlfm main pipeline report" in first.stdout
     report = (tmp_path / "reports" / "latest" / "report.md").read_text()
@@ -27,13 +28,13 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     runs_before = client.search_runs([experiment.experiment_id], max_results=1000)
     [parent] = [r for r in runs_before if r.data.tags.get("dlfm.stage") == "main"]
     steps = [r for r in runs_before if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(steps) == 6 and all(r.info.status == "FINISHED" for r in steps)
+    assert len(steps) == 3 + len(OBJECTIVES) + 1 and all(r.info.status == "FINISHED" for r in steps)
     assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == parent.data.tags["dlfm.promoted_version"]
 
     second = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
-    for entry in ("simulate", "autoencoder", "supervised", "multitask", "transfer"):
+    for entry in ("simulate", *OBJECTIVES, "transfer"):
         assert f"[main] {entry}: reused" in second.stdout
     runs_after = client.search_runs([experiment.experiment_id], max_results=1000)
     assert len(runs_after) == len(runs_before) + 1  # only the new main parent
-    assert len(client.search_model_versions("name='dlfm-encoder'")) == 3
+    assert len(client.search_model_versions("name='dlfm-encoder'")) == len(OBJECTIVES)

@@ -33,7 +33,7 @@ class MainConfig:
     regression_n_train: int = 1200  # lens-parameter images for transfer
     regression_n_val: int = 300
     regression_n_test: int = 300
-    pretrain_n_train: int = 2400  # pretraining corpus (preset pretrain) train split; demo size (reference: 20000)
+    pretrain_n_train: int = 1200  # pretraining corpus (preset pretrain) train split; demo size (reference: 20000)
     pretrain_n_val: int = 300
     pretrain_n_test: int = 300
     pretrain_seed: int = 1000  # corpus seed: the evaluation sets use `seed`, so no image is shared

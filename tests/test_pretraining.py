@@ -64,12 +64,21 @@ def test_masked_loss_ignores_visible_patches():
     loss, _ = objective(output, images, labels, mask)
     visible_changed = output._replace(reconstruction=output.reconstruction + 5.0 * (1 - mask))
     assert torch.equal(objective(visible_changed, images, labels, mask)[0], loss)
-    hidden_changed = output._replace(reconstruction=output.reconstruction + 0.1 * mask)
+    hidden_changed = output._replace(reconstruction=output.reconstruction + 5.0 * mask)
     assert objective(hidden_changed, images, labels, mask)[0] > loss
+
+
+def test_reconstruction_starts_at_the_mean_image_without_input_shortcut():
+    model = build_model("autoencoder", "conv4", 3).eval()
+    mean_image = torch.rand(1, 1, 64, 64)
+    model.decoder.set_baseline(mean_image)
+    with torch.no_grad():  # the residual's last layer starts at zero: exactly the mean-image predictor
+        assert torch.equal(model(torch.rand(2, 1, 64, 64)).reconstruction, mean_image.expand(2, 1, 64, 64))
 
 
 def test_masked_input_hides_the_pixels_from_the_encoder():
     model = build_model("mae", "conv4", 3).eval()
+    torch.nn.init.normal_(model.decoder.net[-1].weight)  # a trained-like residual, not the zero start
     images = torch.rand(2, 1, 64, 64)
     mask = PatchMasker(8, 0.6)(images, torch.Generator().manual_seed(1))
     noisy = images + 10.0 * mask * torch.rand_like(images)  # differs from `images` on hidden pixels only

@@ -40,6 +40,11 @@ class Decoder(nn.Module):
     of them and summed; transposed convolutions then upsample to the image and a bilinear resize
     fixes the exact H×W (150 px is no multiple of 8). Only encoder maps enter: there is no skip from
     the input or from the stride-2/4 stages, so the image has to pass the stride-8 bottleneck.
+
+    The output is ``baseline`` (the mean train image, set by the loop; a constant, so no shortcut)
+    plus a learned residual whose last layer starts at zero: training starts exactly at the
+    mean-image predictor and every step spent goes into per-image structure (the arcs), which a
+    demo-size run (tens of steps) cannot afford to spend on learning the mean ring first.
     """
 
     def __init__(self, levels: tuple[tuple[int, int], ...], out_chans: int = 1, width: int = 128):
@@ -60,9 +65,15 @@ class Decoder(nn.Module):
             out = max(channels // 2, 16)
             layers += [nn.ConvTranspose2d(channels, out, 4, stride=2, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             channels = out
-        # Images are min-max normalised to [0, 1], so a sigmoid output matches their range.
-        layers += [nn.Conv2d(channels, out_chans, 3, padding=1), nn.Sigmoid()]
-        self.net = nn.Sequential(*layers)
+        residual = nn.Conv2d(channels, out_chans, 3, padding=1)
+        nn.init.zeros_(residual.weight)
+        nn.init.zeros_(residual.bias)
+        self.net = nn.Sequential(*layers, residual)
+        self.register_buffer("baseline", torch.zeros(1, out_chans, 1, 1))  # replaced by set_baseline
+
+    def set_baseline(self, mean_image: torch.Tensor) -> None:
+        """Use ``mean_image`` (1, C, H, W) as the prediction the residual starts from."""
+        self.baseline = mean_image.detach().clone().to(self.baseline.device)
 
     def forward(self, levels: list[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
         maps = [levels[index] for index in self.level_indices]
@@ -74,7 +85,10 @@ class Decoder(nn.Module):
         out = self.net(fused)
         if out.shape[-2:] != output_size:
             out = nn.functional.interpolate(out, size=output_size, mode="bilinear", align_corners=False)
-        return out
+        baseline = self.baseline
+        if baseline.shape[-2:] != output_size and baseline.shape[-1] != 1:
+            baseline = nn.functional.interpolate(baseline, size=output_size, mode="bilinear", align_corners=False)
+        return out + baseline
 
 
 class PatchMasker(nn.Module):

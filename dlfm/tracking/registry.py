@@ -23,7 +23,8 @@ STAGES = ("candidate", "staging", "production")
 HISTORY_EXPERIMENT = "dlfm-promotions"
 STAGE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 PYFUNC_ARTIFACT = "encoder_model"
-VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc")
+VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc",
+                       "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image")  # ratios: < 1 draws each image
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 
 

@@ -321,6 +321,8 @@ def fit(
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()
     ctx.mean_image = train.images.mean(dim=0, keepdim=True).to(runtime.device)
+    if ctx.model.decoder is not None:
+        ctx.model.decoder.set_baseline(ctx.mean_image)  # before a resume restores the saved one
     monitor, mode = config.monitor
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = None, 0, copy.deepcopy(ctx.model.state_dict())

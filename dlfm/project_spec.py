@@ -19,6 +19,9 @@ import importlib
 import json
 from dataclasses import dataclass
 
+from dlfm.objectives import OBJECTIVES
+from dlfm.training.config import objective_excluded_params
+
 HEADER = """\
 name: dlfm
 
@@ -40,7 +43,7 @@ TRAIN = "dlfm.training.config:TrainConfig"
 # Training fields that the scripts accept (`-P grad_clip=0.5` reaches them: MLflow passes undeclared
 # params as --name value) but that MLproject leaves undeclared, to keep the UI's param list short.
 TRAIN_ADVANCED = ("grad_clip", "label_smoothing")
-SINGLE_LOSS = ("objective", "recon_weight", "loss_balance")  # fixed by the autoencoder and supervised objectives
+SINGLE_LOSS = ("objective", "recon_weight", "loss_balance")  # tune fixes these itself
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,9 @@ class EntryPoint:
 ENTRY_POINTS = (
     EntryPoint("simulate", "pipelines/simulate.py",
                ("dlfm.simulation.config:SimulationConfig", "dlfm.stages.simulate:SimulateOptions")),
-    EntryPoint("autoencoder", "pipelines/autoencoder.py", (TRAIN,), fixed=SINGLE_LOSS, advanced=TRAIN_ADVANCED),
-    EntryPoint("supervised", "pipelines/supervised.py", (TRAIN,), fixed=SINGLE_LOSS, advanced=TRAIN_ADVANCED),
-    EntryPoint("multitask", "pipelines/multitask.py", (TRAIN,), fixed=("objective",), advanced=TRAIN_ADVANCED),
+    # One training entry point per row of dlfm.objectives.OBJECTIVES, taking the params that objective uses.
+    *(EntryPoint(name, f"pipelines/{name}.py", (TRAIN,), fixed=("objective", *objective_excluded_params(name)),
+                 advanced=TRAIN_ADVANCED) for name in OBJECTIVES),
     EntryPoint("transfer", "pipelines/transfer.py", ("dlfm.transfer:TransferConfig",)),
     EntryPoint("evaluate", "pipelines/evaluate.py", ("dlfm.evaluation.config:EvaluateConfig",)),
     EntryPoint("main", "pipelines/main.py", ("dlfm.stages.main:MainConfig",)),

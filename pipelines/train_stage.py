@@ -1,4 +1,4 @@
-"""Shared body of the autoencoder, supervised and multitask entry points.
+"""Shared body of the training entry points (one per row of dlfm.objectives.OBJECTIVES).
 
 Reads: a preset (simulated into data/ if missing), a dataset dir or DeepLense class folders.
 Writes (MLflow run artifacts): figures/*.png, encoder/ (weights.pt + arch.json), checkpoints/last.pt

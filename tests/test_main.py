@@ -7,9 +7,11 @@ import mlflow
 import pytest
 
 from conftest import REPO, run_script
+from dlfm.objectives import OBJECTIVES
 
 TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_train", "24", "--regression_n_val", "12",
-        "--regression_n_test", "12", "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--eval_n_train", "12",
+        "--regression_n_test", "12", "--pretrain_n_train", "12", "--pretrain_n_val", "6", "--pretrain_n_test", "6",
+        "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--eval_n_train", "12",
         "--eval_n_test", "6", "--eval_budgets", "2,all", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test"]
 
 
@@ -18,7 +20,7 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]}
     first = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
-    for entry in ("simulate", "autoencoder", "supervised", "multitask", "evaluate"):
+    for entry in ("simulate", *OBJECTIVES, "evaluate"):
         assert f"[main] {entry}: ran" in first.stdout
     assert "# dlfm main pipeline report" in first.stdout
     report = (tmp_path / "reports" / "latest" / "report.md").read_text()
@@ -30,7 +32,8 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     runs_before = client.search_runs([experiment.experiment_id], max_results=1000)
     [parent] = [r for r in runs_before if r.data.tags.get("dlfm.stage") == "main"]
     steps = [r for r in runs_before if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(steps) == 7 and all(r.info.status == "FINISHED" for r in steps)
+    # four simulations (model_ii, regression, the pretraining corpus, the held-out model_ii set), every objective, evaluate
+    assert len(steps) == 4 + len(OBJECTIVES) + 1 and all(r.info.status == "FINISHED" for r in steps)
     promoted = parent.data.tags["dlfm.promoted_version"]
     assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == promoted
     [evaluate] = [r for r in steps if r.data.tags.get("dlfm.stage") == "evaluate"]
@@ -38,8 +41,8 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
 
     second = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
-    for entry in ("simulate", "autoencoder", "supervised", "multitask", "evaluate"):
+    for entry in ("simulate", *OBJECTIVES, "evaluate"):
         assert f"[main] {entry}: reused" in second.stdout
     runs_after = client.search_runs([experiment.experiment_id], max_results=1000)
     assert len(runs_after) == len(runs_before) + 1  # only the new main parent
-    assert len(client.search_model_versions("name='dlfm-encoder'")) == 3
+    assert len(client.search_model_versions("name='dlfm-encoder'")) == len(OBJECTIVES)

@@ -8,10 +8,11 @@ import torch
 from dlfm.errors import ConfigError
 from dlfm.models import build_model, create_encoder, list_encoders
 from dlfm.models.serialization import load_encoder, save_encoder
+from dlfm.objectives import OBJECTIVES
 
 
 @pytest.mark.parametrize("name", list_encoders())
-@pytest.mark.parametrize("objective", ["autoencoder", "supervised", "multitask"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_forward_backward_every_encoder(name, objective):
     model = build_model(objective, name, num_classes=3)
     images = torch.rand(2, 1, 64, 64)

@@ -10,6 +10,7 @@ import torch
 
 from conftest import REPO, run_script
 from dlfm.models.serialization import load_encoder
+from dlfm.objectives import OBJECTIVES
 from dlfm.stages.train import run_training_stage
 from dlfm.training import TrainConfig
 
@@ -20,7 +21,7 @@ def only_run(client, stage):
     return runs[0]
 
 
-@pytest.mark.parametrize("objective", ["autoencoder", "supervised", "multitask"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, tmp_path):
     config = TrainConfig(objective=objective, dataset=str(tiny_classification_dir), encoder="conv4", epochs=2, batch_size=8)
     summary = run_training_stage(config, progress=False)
@@ -33,13 +34,14 @@ def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, 
     for name in ("train/loss", "val/loss", "val/accuracy", "val/macro_auc", "val/auc_no_sub", "val/auc_cdm",
                  "val/auc_axion", "test/accuracy", "test/macro_auc"):
         assert name in metrics, name
-    assert ("val/recon_mse" in metrics) == (objective != "supervised")
-    assert ("train/loss_recon" in metrics) == (objective != "supervised")
+    spec = OBJECTIVES[objective]
+    assert ("val/recon_mse" in metrics) == (spec.recon_metric == "recon_mse")
+    assert ("train/loss_recon" in metrics) == ("recon" in spec.parts)
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
-    assert run.data.params["recon_weight"] == "1.0" and run.data.params["epochs"] == "2"
+    assert run.data.params["recon_weight"] == "1.0" and run.data.params["epochs"] == "2"  # the config is logged whole
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     expected = {"figures/learning_curves.png", "figures/roc.png", "figures/confusion.png"}
-    if objective != "supervised":
+    if spec.decodes:
         expected.add("figures/reconstructions.png")
     assert expected <= figures
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="encoder", dst_path=str(tmp_path))

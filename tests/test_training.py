@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from dlfm.errors import ConfigError
 from dlfm.models import build_model
+from dlfm.objectives import OBJECTIVES, PARTS
 from dlfm.training import TrainConfig, fit
 from dlfm.training.loop import SplitTensors, augment_batch
 from dlfm.training.objectives import Objective
@@ -47,17 +48,19 @@ def test_augmentation_is_a_dihedral_symmetry():
         assert any(torch.equal(augmented, c) for c in candidates)
 
 
-@pytest.mark.parametrize("objective", ["autoencoder", "supervised", "multitask"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_fit_returns_the_shared_metric_names(objective):
+    spec = OBJECTIVES[objective]
     config = TrainConfig(objective=objective, encoder="conv4", epochs=2, batch_size=8)
     result = fit(config, random_splits(), CLASSES, progress=False)
     for prefix in ("val", "test"):
         for name in ("loss", "accuracy", "macro_auc", "auc_no_sub", "auc_cdm", "auc_axion"):
             assert f"{prefix}/{name}" in result.final_metrics
-        assert (f"{prefix}/recon_mse" in result.final_metrics) == (objective != "supervised")
+        for metric in ("recon_mse", "masked_mse"):
+            assert (f"{prefix}/{metric}" in result.final_metrics) == (spec.recon_metric == metric)
+            assert (f"{prefix}/{metric}_mean_image" in result.final_metrics) == (spec.recon_metric == metric)
     assert "train/loss" in result.history[0]
-    assert ("train/loss_recon" in result.history[0]) == (objective != "supervised")
-    assert ("train/loss_cls" in result.history[0]) == (objective != "autoencoder")
+    assert {name for name in result.history[0] if name.startswith("train/loss_")} == {f"train/{PARTS[p]}" for p in spec.parts}
 
 
 def test_same_seed_gives_the_same_result():

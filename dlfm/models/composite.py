@@ -9,6 +9,7 @@ from torch import nn
 
 from dlfm.models.encoders import Encoder, create_encoder
 from dlfm.models.heads import ClassificationHead, Decoder
+from dlfm.objectives import get_objective
 
 
 class ModelOutput(NamedTuple):
@@ -18,32 +19,29 @@ class ModelOutput(NamedTuple):
 
 
 class LensModel(nn.Module):
-    """Shared encoder with a classification head and/or a reconstruction decoder."""
+    """Shared encoder with a classification head and/or a decoder reading its stride-8 maps."""
 
     def __init__(self, encoder: Encoder, num_classes: int | None, reconstruct: bool):
         super().__init__()
         self.encoder = encoder
         self.head = ClassificationHead(encoder.embed_dim, num_classes) if num_classes else None
-        self.decoder = Decoder(encoder.feature_channels, encoder.reduction) if reconstruct else None
+        self.decoder = Decoder(encoder.levels) if reconstruct else None
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
-        features = self.encoder.forward_features(images)
-        embedding = features.mean(dim=(2, 3))
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
+        """``mask`` (B, 1, H, W; 1 = hidden) zeroes the hidden pixels before the encoder sees them."""
+        inputs = images if mask is None else images * (1.0 - mask)
+        if self.decoder is None:
+            levels = [self.encoder.forward_features(inputs)]
+        else:
+            levels = self.encoder.forward_levels(inputs)
+        embedding = levels[-1].mean(dim=(2, 3))
         logits = self.head(embedding) if self.head is not None else None
-        reconstruction = self.decoder(features, images.shape[-2:]) if self.decoder is not None else None
+        reconstruction = self.decoder(levels, images.shape[-2:]) if self.decoder is not None else None
         return ModelOutput(logits, reconstruction, embedding)
 
 
-OBJECTIVE_PARTS = {
-    # objective: (classification head, reconstruction decoder)
-    "autoencoder": (False, True),
-    "supervised": (True, False),
-    "multitask": (True, True),
-}
-
-
 def build_model(objective: str, encoder_name: str, num_classes: int, encoder_kwargs: dict | None = None) -> LensModel:
-    """Model for one objective; the encoder comes from the registry with random weights."""
-    use_head, use_decoder = OBJECTIVE_PARTS[objective]
+    """Model for one objective (its parts from the objectives table); the encoder has random weights."""
+    spec = get_objective(objective)
     encoder = create_encoder(encoder_name, in_chans=1, **(encoder_kwargs or {}))
-    return LensModel(encoder, num_classes if use_head else None, use_decoder)
+    return LensModel(encoder, num_classes if spec.classifies else None, spec.decodes)

@@ -1,7 +1,8 @@
 """Encoder registry: ``create_encoder("resnet18", in_chans=1)`` in the timm style.
 
-Every encoder maps (B, C, H, W) images to a feature map (B, feature_channels, h, w) for a
-decoder, and pools it to an embedding (B, embed_dim) for heads.
+Every encoder maps (B, C, H, W) images to a feature map (B, feature_channels, h, w), pools it
+to an embedding (B, embed_dim) for heads, and exposes its intermediate maps (``forward_levels``)
+so that a decoder can draw from a map fine enough to keep the arcs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ class Encoder(nn.Module):
     feature_channels: int  # channels of the feature map (= embed_dim after global pooling)
     reduction: int  # input size / feature-map size
     min_image_size: int  # smallest input side (pixels) that keeps a >= 1 pixel feature map
+    levels: tuple[tuple[int, int], ...]  # (channels, reduction) of each forward_levels map, fine to coarse
+
+    def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps from fine to coarse; the last one is ``forward_features``."""
+        return [self.forward_features(images)]
 
     @property
     def embed_dim(self) -> int:
@@ -70,36 +76,54 @@ def create_encoder(name: str, in_chans: int = 1, **kwargs) -> Encoder:
     return encoder
 
 
+RESNET_STEMS = {
+    # name: (first conv kernel, its stride, max-pool after it) -> output stride of layer4
+    "imagenet": (7, 2, True),  # stride 32: a 2x2 layer4 map at 64 px; cheapest
+    "stride2": (3, 2, False),  # stride 16: 4x4 at 64 px, about 4x the imagenet compute
+    "small": (3, 1, False),  # stride 8: 8x8 at 64 px, about 16x the imagenet compute
+}
+
+
 class ResNet18Encoder(Encoder):
     """torchvision ResNet18, random init, 1-channel stem, cut before avgpool.
 
-    ``stem="imagenet"`` (default) keeps the 7×7 stride-2 conv and max-pool: a 64-px image gives
-    a 2×2 feature map. ``stem="small"`` (3×3 stride-1 conv, no max-pool) keeps an 8×8 map for
-    64-px images at about 16× the compute; worth it on a GPU, too slow for a 2-core CPU.
+    The stem (``RESNET_STEMS``) sets the output stride: ``imagenet`` keeps the 7×7 stride-2 conv
+    and max-pool (a 64-px image gives a 2×2 layer4 map), ``small`` (3×3 stride-1, no max-pool)
+    keeps 8×8 at 16× the compute. ``forward_levels`` returns layer2, layer3 and layer4, so a
+    decoder can work at stride 8 with any stem.
     """
 
     def __init__(self, in_chans: int = 1, stem: str = "imagenet"):
         super().__init__()
-        if stem not in ("small", "imagenet"):
-            raise ConfigError(f"unknown resnet18 stem {stem!r}; choose 'small' or 'imagenet'")
+        if stem not in RESNET_STEMS:
+            raise ConfigError(f"unknown resnet18 stem {stem!r}; choose one of {', '.join(RESNET_STEMS)}")
         import torchvision  # imported here: it pulls in torch._dynamo, seconds that a bad param shouldn't pay
 
+        kernel, stride, pool = RESNET_STEMS[stem]
         net = torchvision.models.resnet18(weights=None)
-        if stem == "small":
-            net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=kernel, stride=stride, padding=kernel // 2, bias=False)
+        if not pool:
             net.maxpool = nn.Identity()
-            self.reduction = 8
-        else:
-            net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            self.reduction = 32
+        self.reduction = 8 * stride * (2 if pool else 1)
         self.body = nn.Sequential(
             net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
         )
         self.feature_channels = 512
-        self.min_image_size = 32 if stem == "imagenet" else 8
+        self.min_image_size = max(self.reduction, 8)
+        # layer2, layer3, layer4 (indices 5-7 of body): strides reduction/4, /2 and reduction.
+        self._level_indices = (5, 6, 7)
+        self.levels = ((128, self.reduction // 4), (256, self.reduction // 2), (512, self.reduction))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
+
+    def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        out, maps = images, []
+        for index, layer in enumerate(self.body):
+            out = layer(out)
+            if index in self._level_indices:
+                maps.append(out)
+        return maps
 
 
 class Conv4Encoder(Encoder):
@@ -115,14 +139,20 @@ class Conv4Encoder(Encoder):
         self.feature_channels = channels[-1]
         self.reduction = 16
         self.min_image_size = 16
+        self.levels = ((channels[-2], 8), (channels[-1], 16))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
 
+    def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        # Each block is conv + BN + ReLU: the third block's ReLU (index 8) ends the stride-8 map.
+        stride8 = self.body[:9](images)
+        return [stride8, self.body[9:](stride8)]
+
 
 @register_encoder("resnet18")
 def resnet18(in_chans: int = 1, stem: str = "imagenet") -> Encoder:
-    """ResNet18 with a 1-channel stem; ``stem`` is 'small' (64-px images) or 'imagenet'."""
+    """ResNet18 with a 1-channel stem; ``stem`` is one of RESNET_STEMS (imagenet, stride2, small)."""
     return ResNet18Encoder(in_chans=in_chans, stem=stem)
 
 

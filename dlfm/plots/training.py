@@ -58,7 +58,7 @@ def learning_curves_figure(history: list[dict[str, float]]):
     """Train/val loss and, where present, val accuracy and macro AUC per epoch."""
     epochs = np.arange(1, len(history) + 1)
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name in ("train/loss", "val/loss", "train/loss_cls", "train/loss_recon"):
+    for name in ("train/loss", "val/loss", "train/loss_cls", "train/loss_recon", "train/loss_masked"):
         if name in history[0]:
             axes[0].plot(epochs, [h[name] for h in history], marker="o", label=name)
     axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="losses")
@@ -66,30 +66,41 @@ def learning_curves_figure(history: list[dict[str, float]]):
     for name in ("val/accuracy", "val/macro_auc"):
         if name in history[0]:
             axes[1].plot(epochs, [h[name] for h in history], marker="o", label=name)
-    if "val/recon_mse" in history[0] and "val/accuracy" not in history[0]:
-        axes[1].plot(epochs, [h["val/recon_mse"] for h in history], marker="o", label="val/recon_mse")
+    for name in ("val/recon_mse", "val/masked_mse"):
+        if name in history[0] and "val/accuracy" not in history[0]:
+            axes[1].plot(epochs, [h[name] for h in history], marker="o", label=name)
+            axes[1].plot(epochs, [h[f"{name}_mean_image"] for h in history], ls="--", label=f"{name} of the mean image")
     axes[1].set(xlabel="epoch", title="validation")
     axes[1].legend(fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray):
-    """Rows of original | reconstruction | residual for a few validation images."""
+def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray | None = None):
+    """Rows of original | (masked input) | reconstruction | residual for a few validation images.
+
+    Original and reconstruction share one colour scale per row, so a decoder that paints the
+    mean ring instead of each image's arcs shows up at a glance.
+    """
     rows = len(originals)
-    figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    columns = 3 if masks is None else 4
+    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2 * rows), squeeze=False)
     for row in range(rows):
         original, recon = originals[row, 0], reconstructions[row, 0]
         residual = original - recon
+        scale = {"cmap": "magma", "vmin": min(original.min(), recon.min()), "vmax": max(original.max(), recon.max())}
+        panels = [(original, "original", scale)]
+        if masks is not None:
+            hidden = masks[row, 0] > 0
+            panels.append((np.ma.masked_where(hidden, original), "visible input", scale))
+            residual = np.where(hidden, residual, 0.0)  # the loss sees hidden pixels only
         limit = max(abs(residual).max(), 1e-6)
-        for col, (image, title, kwargs) in enumerate((
-            (original, "original", {"cmap": "magma"}),
-            (recon, "reconstruction", {"cmap": "magma"}),
-            (residual, "residual", {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}),
-        )):
+        panels += [(recon, "reconstruction", scale),
+                   (residual, "residual" if masks is None else "residual (hidden)", {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})]
+        for col, (image, title, kwargs) in enumerate(panels):
             axes[row, col].imshow(image, origin="lower", **kwargs)
             axes[row, col].set_axis_off()
             if row == 0:
-                axes[row, col].set_title(title)
+                axes[row, col].set_title(title, fontsize=9)
     figure.tight_layout()
     return figure

@@ -203,7 +203,8 @@ class Preset:
     lens: MacroLens = MacroLens()
     lens_priors: LensPriors = LensPriors()  # regression always; classification with vary_lens
     source: Source = Source()
-    source_priors: SourcePriors | None = None  # set: draw the source from priors (regression)
+    source_priors: SourcePriors | None = None  # set: draw the source from priors (regression, pretrain)
+    lens_from_priors: bool = False  # always draw the macro lens from lens_priors (as vary_lens does for one dataset)
     cdm: CDMSubhalos = CDMSubhalos()
     vortex: AxionVortex = AxionVortex()
 
@@ -241,6 +242,19 @@ PRESETS: dict[str, Preset] = {
         instrument=EUCLID_VIS_64,
         description="Lens-parameter regression: model_ii instrument, lens and source drawn from priors, no substructure",
         source_priors=SourcePriors(),
+    ),
+    # Self-supervised pretraining corpus (issue 12): every class, with the macro lens and the source
+    # from the regression priors, so pretraining sees the θE, ellipticity and shear that transfer asks
+    # for. Labels and parameters are still stored, for probes and plots; the self-supervised
+    # objectives never read them. Simulate it with other seeds than the evaluation sets.
+    "pretrain": Preset(
+        name="pretrain",
+        task="classification",
+        class_names=CLASSIFICATION_CLASSES,
+        instrument=EUCLID_VIS_64,
+        description="Pretraining corpus: model_ii instrument and classes mixed, lens and source drawn from the regression priors",
+        source_priors=SourcePriors(),
+        lens_from_priors=True,
     ),
 }
 

@@ -77,7 +77,7 @@ class LensRenderer:
         from lenstronomy.Util import data_util, simulation_util
 
         self.preset = preset
-        self.vary_lens = bool(vary_lens) or preset.task == "regression"
+        self.vary_lens = bool(vary_lens) or preset.task == "regression" or preset.lens_from_priors
         if theta_E_per_sqrt_msun is None:
             theta_E_per_sqrt_msun = float(physics.einstein_radius(1.0, preset.cosmology))
         self._theta_E_unit = theta_E_per_sqrt_msun  # θE of 1 M☉ (arcsec)

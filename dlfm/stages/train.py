@@ -1,4 +1,4 @@
-"""The autoencoder, supervised and multitask stages: one tracked run around ``training.fit``.
+"""The training stages (one per row of ``dlfm.objectives.OBJECTIVES``): one tracked run around ``training.fit``.
 
 Each epoch ends with a checkpoint (``checkpoints/last.pt`` artifact, and a local copy under
 ``checkpoints/<run_id>/``); ``resume=<run_id>`` reopens a killed or failed run and continues at
@@ -42,18 +42,44 @@ def log_training_figures(result, class_names) -> None:
         tracking.log_figure(plots.reconstruction_figure(*result.reconstructions), "figures/reconstructions.png")
 
 
+def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
+    """The pretraining corpus has every split, suits the encoder, and shares no image with the downstream set."""
+    from dlfm.models import create_encoder
+
+    create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(corpus.image_size)
+    for split in ("train", "val", "test"):
+        if len(corpus.indices(split)) == 0:
+            raise DatasetError(f"pretrain_dataset {config.pretrain_dataset!r} has an empty {split} split; simulate more images")
+    if corpus.digest == dataset.digest:
+        raise DatasetError(
+            f"pretrain_dataset {config.pretrain_dataset!r} is the downstream dataset itself; simulate the corpus "
+            "with another seed (e.g. preset pretrain) so that the probe is measured on held-out images"
+        )
+
+
 def prepare_data(config: TrainConfig, runtime):
-    """Resolve (rank 0 first: it may simulate the cache) and check the dataset; tensors per split."""
+    """Resolve (rank 0 first: it may simulate the cache) and check the datasets.
+
+    Returns the downstream dataset, its tensors per split, and the pretraining corpus with its
+    tensors (the same objects as the downstream ones without ``pretrain_dataset``).
+    """
     from dlfm.stages.common import resolve_dataset, split_tensors
 
     def resolve():
-        return resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
+        dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
+        corpus = (resolve_dataset(config.pretrain_dataset, config.pretrain_n_train, config.pretrain_n_val,
+                                  config.pretrain_n_test) if config.pretrain_dataset else dataset)
+        return dataset, corpus
 
-    dataset = resolve() if runtime.is_main_process else None
+    resolved = resolve() if runtime.is_main_process else None
     distributed.barrier()
-    dataset = dataset or resolve()
+    dataset, corpus = resolved or resolve()
     check_trainable(config, dataset)
-    return dataset, {name: split_tensors(dataset, name) for name in ("train", "val", "test")}
+    splits = {name: split_tensors(dataset, name) for name in ("train", "val", "test")}
+    if corpus is dataset:
+        return dataset, splits, corpus, splits
+    check_pretrainable(config, corpus, dataset)
+    return dataset, splits, corpus, {name: split_tensors(corpus, name) for name in ("train", "val", "test")}
 
 
 def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
@@ -67,9 +93,10 @@ def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
     distributed.init_process_group(runtime.device)
     stop = StopRequest()
     try:
-        dataset, splits = prepare_data(config, runtime)
+        dataset, splits, _, train_splits = prepare_data(config, runtime)
         with graceful_stop(stop):
-            fit(config, splits, dataset.class_names, resume_state=resume_state, runtime=runtime, progress=False, stop=stop)
+            fit(config, train_splits, dataset.class_names, resume_state=resume_state, runtime=runtime, progress=False,
+                stop=stop, probe_splits=splits)
     finally:
         distributed.destroy_process_group()
     return {}
@@ -126,8 +153,13 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
     if resume_state:
         checkpoints.backfill_epoch_metrics(run_id, resume_state["history"])
-    dataset, splits = prepare_data(config, runtime)
-    tracking.log_dataset(dataset, context="training")
+    dataset, splits, corpus, train_splits = prepare_data(config, runtime)
+    if corpus is dataset:
+        tracking.log_dataset(dataset, context="training")
+    else:  # the encoder learns from the corpus; the downstream set only feeds the linear probe
+        tracking.log_dataset(corpus, context="pretraining")
+        tracking.log_dataset(dataset, context="probe")
+        tracking.set_tags({"dlfm.pretrain_dataset_digest": corpus.digest})
     tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
                        "dlfm.amp": runtime.amp_dtype, "dlfm.world_size": runtime.world_size})
 
@@ -139,16 +171,17 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     stop = StopRequest()
     try:
         with graceful_stop(stop):
-            result = fit(config, splits, dataset.class_names, on_epoch_end=on_epoch_end, resume_state=resume_state,
-                         runtime=runtime, progress=progress, stop=stop)
+            result = fit(config, train_splits, dataset.class_names, on_epoch_end=on_epoch_end, resume_state=resume_state,
+                         runtime=runtime, progress=progress, stop=stop, probe_splits=splits)
     finally:
         distributed.destroy_process_group()
     final_step = len(result.history)
     tracking.log_metrics({**result.final_metrics, "best_epoch": result.best_epoch,
                           "train/images_per_second": result.images_per_second}, step=final_step)
     log_training_figures(result, dataset.class_names)
-    tracking.log_encoder(result.model.encoder, dataset.image_size, config.objective)
-    version = registry.register_encoder_version(result.model.encoder, dataset.image_size, config.objective,
-                                        result.final_metrics, dataset.digest, run_id)
+    tracking.log_encoder(result.model.encoder, corpus.image_size, config.objective)
+    # The version's dataset digest names what the encoder learned from: the corpus when there is one.
+    version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
+                                        result.final_metrics, corpus.digest, run_id)
     tracking.set_tags({"dlfm.registered_version": version})
     return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch, "version": version}

@@ -7,20 +7,26 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError
-
-OBJECTIVES = ("autoencoder", "supervised", "multitask")
+from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-RESUME_IGNORED = ("resume",)  # fields a resumed run need not share with its checkpoint
+RESUME_IGNORED = ("resume",)
+# Params that only some objectives take, keyed by the table property that turns them on.
+WEIGHT_PARAMS = ("recon_weight", "loss_balance")
+MASK_PARAMS = ("mask_ratio", "patch_size")
+PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test")  # fields a resumed run need not share with its checkpoint
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str  # autoencoder | supervised | multitask
+    objective: str  # a row of dlfm.objectives.OBJECTIVES: autoencoder | mae | supervised | multitask
     dataset: str = "model_ii"  # preset name (simulated and cached if missing) or a dataset/DeepLense dir
+    # Self-supervised objectives only: train on this corpus (preset name or dataset dir) instead of `dataset`;
+    # `dataset` then only feeds the linear probe and the reported classification metrics ("" = train on `dataset`).
+    pretrain_dataset: str = ""
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
-    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) or small (3x3/1: 8x8 features at 64 px, ≈16× the compute)
+    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) | stride2 (3x3/2, ~4x) | small (3x3/1, ~16x)
     epochs: int = 6  # maximum epochs; early stopping may end sooner
     batch_size: int = 64  # images per optimiser step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -30,6 +36,8 @@ class TrainConfig:
     label_smoothing: float = 0.1  # cross-entropy label smoothing (same for supervised and multitask)
     recon_weight: float = 1.0  # multitask: loss = CE + recon_weight * MSE (fixed balance)
     loss_balance: str = "fixed"  # multitask: fixed | uncertainty (learned log-variance weights, Kendall et al. 2018)
+    mask_ratio: float = 0.6  # mae: fraction of patches hidden from the encoder (SparK default 0.6)
+    patch_size: int = 8  # mae: side of a masked patch (pixels); 8 px = the stride of the decoded latent
     augment: bool = True  # random flips and rot90 (lensing images are symmetric under them)
     patience: int = 4  # early stopping: epochs without improvement of the monitored val metric
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
@@ -38,28 +46,31 @@ class TrainConfig:
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300
     sim_n_test: int = 300
+    pretrain_n_train: int = 20000  # when `pretrain_dataset` is a preset not cached yet: its split sizes (reference size)
+    pretrain_n_val: int = 1000
+    pretrain_n_test: int = 1000
     experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     @property
     def monitor(self) -> tuple[str, str]:
         """The val metric early stopping watches and its direction."""
-        if self.objective == "autoencoder":
-            return "val/recon_mse", "min"
-        return "val/macro_auc", "max"
+        return get_objective(self.objective).monitor
 
     def validate(self) -> None:
         """Raise ConfigError for any out-of-range or unknown value, before any work starts."""
         from dlfm.models import list_encoders
+        from dlfm.models.encoders import RESNET_STEMS
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
 
-        need(self.objective in OBJECTIVES, f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        spec = get_objective(self.objective)
         need(self.encoder in list_encoders(), f"unknown encoder {self.encoder!r}; choose one of {', '.join(list_encoders())}")
-        need(self.stem in ("imagenet", "small"), f"unknown stem {self.stem!r}; choose imagenet or small")
-        for name in ("epochs", "batch_size", "nproc", "sim_n_train", "sim_n_val", "sim_n_test"):
+        need(self.stem in RESNET_STEMS, f"unknown stem {self.stem!r}; choose one of {', '.join(RESNET_STEMS)}")
+        for name in ("epochs", "batch_size", "nproc", "sim_n_train", "sim_n_val", "sim_n_test",
+                     "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "patch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
@@ -70,6 +81,10 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         need(self.loss_balance in LOSS_BALANCES, f"unknown loss_balance {self.loss_balance!r}; choose one of {', '.join(LOSS_BALANCES)}")
+        need(0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}; SparK uses 0.6, MAE 0.75")
+        need(not self.pretrain_dataset or spec.probed,
+             f"pretrain_dataset applies to the self-supervised objectives ({', '.join(n for n, o in OBJECTIVES.items() if o.probed)}); "
+             f"{self.objective} reads labels, so train it on `dataset` and drop pretrain_dataset")
         need(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
 
     @property
@@ -110,3 +125,10 @@ class TrainConfig:
     def field_names(cls) -> list[str]:
         """Names of all fields, in declaration order."""
         return [f.name for f in fields(cls)]
+
+
+def objective_excluded_params(objective: str) -> tuple[str, ...]:
+    """TrainConfig fields an objective's entry point does not take (read from the objectives table)."""
+    spec = get_objective(objective)
+    return ((() if spec.weighted else WEIGHT_PARAMS) + (() if spec.masks_input else MASK_PARAMS)
+            + (() if spec.probed else PRETRAIN_PARAMS))

@@ -21,7 +21,7 @@ from dlfm.models.composite import LensModel, build_model
 from dlfm.training.config import TrainConfig
 from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
-from dlfm.training.objectives import Objective
+from dlfm.training.objectives import Objective, masked_mse
 from dlfm.training.runtime import Runtime, make_runtime, seed_everything
 
 
@@ -49,6 +49,7 @@ class TrainingContext:
     progress: bool = True
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step
+    mean_image: torch.Tensor | None = None  # (1, 1, H, W) mean train image: the reconstruction baseline
 
     @property
     def forward_model(self) -> nn.Module:
@@ -71,7 +72,7 @@ class FitResult:
     final_metrics: dict[str, float]  # val/* at the best epoch (or from the probe) plus test/*
     val: EvalOutput
     test: EvalOutput
-    reconstructions: tuple[np.ndarray, np.ndarray] | None  # (originals, reconstructions) of a few val images
+    reconstructions: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None  # (originals, reconstructions, masks) of a few val images
     images_per_second: float = 0.0
 
 
@@ -110,9 +111,10 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
         labels = data.labels[index].to(ctx.runtime.device, non_blocking=True)
         if ctx.config.augment:
             images = augment_batch(images, ctx.generator)
+        mask = ctx.objective.make_mask(images, ctx.generator)
         with ctx.runtime.autocast():
-            output = ctx.forward_model(images)
-            loss, parts = ctx.objective(output, images, labels)
+            output = ctx.forward_model(images, mask)
+            loss, parts = ctx.objective(output, images, labels, mask)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}; lower lr or recon_weight")
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -146,28 +148,46 @@ def average_across_ranks(metrics: dict[str, float], runtime: Runtime) -> dict[st
     return {n: float(v) / runtime.world_size for n, v in zip(names, values.tolist())}
 
 
+EVAL_MASK_SEED = 12345  # masks for val/test are the same every epoch, so masked_mse is comparable across epochs
+
+
 @torch.no_grad()
 def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, ...], prefix: str) -> EvalOutput:
-    """Loss, reconstruction MSE and classification metrics of one split, in eval mode."""
+    """Loss, reconstruction MSE (with the mean-image baseline) and classification metrics of one split, in eval mode.
+
+    Embeddings always come from the unmasked image: they feed the probe, as they feed transfer.
+    """
     ctx.model.eval()
     ctx.objective.eval()
-    loss_sum, recon_sum = 0.0, 0.0
+    spec = ctx.objective.spec
+    part = "loss_masked" if spec.masks_input else "loss_recon"
+    loss_sum, recon_sum, baseline_sum = 0.0, 0.0, 0.0
     probs, embeddings = [], []
+    mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
     for index in batch_indices(len(data.labels), max(ctx.config.batch_size, 128), None):
         images = data.images[index].to(ctx.runtime.device)
         labels = data.labels[index].to(ctx.runtime.device)
+        mask = ctx.objective.make_mask(images, mask_generator)
         with ctx.runtime.autocast():
-            output = ctx.model(images)
-            loss, parts = ctx.objective(output, images, labels)
+            output = ctx.model(images, mask)
+            loss, parts = ctx.objective(output, images, labels, mask)
+            embedding = output.embedding if mask is None else ctx.model.encoder(images)
         loss_sum += loss.item() * len(index)
-        recon_sum += parts.get("loss_recon", torch.zeros(())).item() * len(index)
-        embeddings.append(output.embedding.float().cpu())
+        if spec.decodes:
+            recon_sum += parts[part].item() * len(index)
+            baseline = ctx.mean_image.expand_as(images)
+            baseline_mse = masked_mse(baseline, images, mask) if mask is not None else torch.mean((baseline - images) ** 2)
+            baseline_sum += baseline_mse.item() * len(index)
+        embeddings.append(embedding.float().cpu())
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
     n = len(data.labels)
     metrics = {f"{prefix}/loss": loss_sum / n}
-    if ctx.objective.use_recon:
-        metrics[f"{prefix}/recon_mse"] = recon_sum / n
+    if spec.decodes:
+        name = f"{prefix}/{spec.recon_metric}"
+        metrics[name] = recon_sum / n
+        metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
+        metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
     labels_np = data.labels.numpy()
     probs_np = torch.cat(probs).numpy() if probs else None
     if probs_np is not None:
@@ -176,7 +196,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
 
 
 def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: tuple[str, ...], seed: int) -> dict[str, EvalOutput]:
-    """Logistic regression on frozen embeddings: classification metrics for the autoencoder."""
+    """Logistic regression on frozen embeddings: classification metrics of self-supervised objectives (metrics only)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -186,10 +206,22 @@ def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: 
     probed = {}
     for prefix, output in others.items():
         probs = probe.predict_proba(output.embeddings)
-        metrics = dict(output.metrics)
-        metrics.update(classification_metrics(probs, output.labels, class_names, prefix))
+        metrics = classification_metrics(probs, output.labels, class_names, prefix)
         probed[prefix] = EvalOutput(metrics, probs, output.labels, output.embeddings)
     return probed
+
+
+def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,
+                  class_names: tuple[str, ...]) -> tuple[EvalOutput, EvalOutput]:
+    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``."""
+    same = probe_splits is splits
+    train_out = evaluate(ctx, probe_splits["train"], class_names, "train")
+    downstream = {"val": val if same else evaluate(ctx, probe_splits["val"], class_names, "val"),
+                  "test": test if same else evaluate(ctx, probe_splits["test"], class_names, "test")}
+    probed = linear_probe(train_out, downstream, class_names, ctx.config.seed)
+    own = {"val": val, "test": test}
+    return tuple(EvalOutput({**own[name].metrics, **probed[name].metrics}, probed[name].probs, probed[name].labels,
+                            probed[name].embeddings) for name in ("val", "test"))
 
 
 def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, runtime: Runtime | None = None, progress: bool = True) -> TrainingContext:
@@ -197,7 +229,8 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     runtime = runtime or make_runtime(config.device)
     generator = seed_everything(config.seed)
     model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
-    objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing).to(runtime.device)
+    objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
+                          config.patch_size, config.mask_ratio).to(runtime.device)
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * steps_per_epoch)
@@ -268,6 +301,7 @@ def fit(
     runtime: Runtime | None = None,
     progress: bool = True,
     stop: StopRequest | None = None,
+    probe_splits: dict[str, SplitTensors] | None = None,
 ) -> FitResult:
     """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
 
@@ -275,6 +309,8 @@ def fit(
     checkpoints, Optuna pruning); it may raise to stop training. ``resume_state`` (a checkpoint)
     continues at its next epoch. When ``stop`` is set (by a signal), the loop raises
     ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
+    A probed (self-supervised) objective trains on ``splits`` and gets its classification
+    metrics from a linear probe on ``probe_splits`` (the labelled downstream set; default ``splits``).
     """
     import time
 
@@ -283,6 +319,9 @@ def fit(
     steps = len(batch_indices(len(train.labels), config.batch_size, None, runtime.rank, runtime.world_size))
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()
+    ctx.mean_image = train.images.mean(dim=0, keepdim=True).to(runtime.device)
+    if ctx.model.decoder is not None:
+        ctx.model.decoder.set_baseline(ctx.mean_image)  # before a resume restores the saved one
     monitor, mode = config.monitor
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = None, 0, copy.deepcopy(ctx.model.state_dict())
@@ -315,15 +354,15 @@ def fit(
     ctx.model.load_state_dict(best_weights)
     val = evaluate(ctx, splits["val"], class_names, "val")
     test = evaluate(ctx, splits["test"], class_names, "test")
-    if config.objective == "autoencoder":
-        train_out = evaluate(ctx, splits["train"], class_names, "train")
-        probed = linear_probe(train_out, {"val": val, "test": test}, class_names, config.seed)
-        val, test = probed["val"], probed["test"]
+    if ctx.objective.spec.probed:
+        val, test = probe_metrics(ctx, splits, probe_splits or splits, val, test, class_names)
     reconstructions = None
     if ctx.model.decoder is not None:
         with torch.no_grad():
-            sample = splits["val"].images[:6].to(runtime.device)
-            reconstructions = (sample.cpu().numpy(), ctx.model(sample).reconstruction.float().cpu().numpy())
+            sample = splits["val"].images[:8].to(runtime.device)
+            mask = ctx.objective.make_mask(sample, torch.Generator().manual_seed(EVAL_MASK_SEED))
+            reconstruction = ctx.model(sample, mask).reconstruction.float().cpu().numpy()
+            reconstructions = (sample.cpu().numpy(), reconstruction, None if mask is None else mask.cpu().numpy())
     final = {**val.metrics, **test.metrics}
     speed = train_images / train_seconds if train_seconds else 0.0
     return FitResult(ctx.model, history, best_epoch, final, val, test, reconstructions, speed)

@@ -1,0 +1,82 @@
+"""The one table of training objectives: adding an objective is adding a row here.
+
+Every other module reads this table (config validation, the model's parts, the loss, the loop's
+monitor and probe, the entry points' params, the main pipeline) instead of testing names.
+It imports nothing heavy, so a bad param is refused before torch loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Loss parts an objective can combine; each one names the metric it logs.
+PARTS = {
+    "cls": "loss_cls",  # classification head, cross-entropy on the class labels
+    "recon": "loss_recon",  # decoder, MSE over the whole image (logged as …/recon_mse)
+    "masked": "loss_masked",  # random patches of the input hidden; decoder MSE on the hidden patches only (…/masked_mse)
+}
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    parts: tuple[str, ...]  # loss parts from PARTS, summed (weighted by recon_weight when both cls and recon)
+    monitor: tuple[str, str]  # val metric that early stopping watches, and its direction (min | max)
+    probed: bool  # no label is read in training: classification metrics come from a linear probe on frozen embeddings
+    description: str  # one line, for --help and run descriptions
+
+    @property
+    def classifies(self) -> bool:
+        """Trains a classification head on the labels."""
+        return "cls" in self.parts
+
+    @property
+    def decodes(self) -> bool:
+        """Has a decoder that reconstructs pixels."""
+        return "recon" in self.parts or "masked" in self.parts
+
+    @property
+    def masks_input(self) -> bool:
+        """Hides random input patches (masked-image modelling)."""
+        return "masked" in self.parts
+
+    @property
+    def weighted(self) -> bool:
+        """recon_weight and loss_balance apply: a classification term and a reconstruction term are summed."""
+        return self.classifies and self.decodes
+
+    @property
+    def recon_metric(self) -> str | None:
+        """Name (without split prefix) of the reconstruction metric, or None without a decoder."""
+        if self.masks_input:
+            return "masked_mse"
+        return "recon_mse" if self.decodes else None
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    spec.name: spec
+    for spec in (
+        ObjectiveSpec("autoencoder", ("recon",), ("val/recon_mse", "min"), probed=True,
+                      description="reconstruct the whole image through the encoder's stride-8 latent (no labels)"),
+        ObjectiveSpec("mae", ("masked",), ("val/masked_mse", "min"), probed=True,
+                      description="masked-image modelling (SparK style): reconstruct hidden patches from the visible ones (no labels)"),
+        ObjectiveSpec("supervised", ("cls",), ("val/macro_auc", "max"), probed=False,
+                      description="cross-entropy on the substructure class"),
+        ObjectiveSpec("multitask", ("cls", "recon"), ("val/macro_auc", "max"), probed=False,
+                      description="cross-entropy + recon_weight x reconstruction MSE"),
+    )
+}
+
+
+def get_objective(name: str) -> ObjectiveSpec:
+    """The table row for ``name``; ConfigError naming the choices when unknown."""
+    from dlfm.errors import ConfigError
+
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def self_supervised_objectives() -> tuple[str, ...]:
+    """Objectives that never read labels (main pretrains them on the pretraining corpus)."""
+    return tuple(name for name, spec in OBJECTIVES.items() if spec.probed)

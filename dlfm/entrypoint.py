@@ -63,12 +63,13 @@ def run_entry_point(main: Callable[[], object]) -> None:
 
     SIGTERM is turned into KeyboardInterrupt (as Ctrl-C is), so runs end KILLED rather than
     staying RUNNING; an interruption prints one line (with the resume command when there is
-    one) and exits 128 + the signal number.
+    one) and exits 128 + the signal number. Under ``mlflow run`` the launcher's death is a SIGTERM too.
     """
     from dlfm.tracking import fail_pending_run
-    from dlfm.training.interrupt import sigterm_raises_keyboard_interrupt
+    from dlfm.signals import sigterm_raises_keyboard_interrupt, stop_when_parent_dies
 
     sigterm_raises_keyboard_interrupt()
+    stop_when_parent_dies()
     try:
         main()
     except DlfmError as error:

@@ -16,11 +16,28 @@ from dlfm.redact import redact_uri, scrub
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "deeplense-fm"
 ERROR_TAG = "dlfm.error"
+# MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s per request) make an unreachable
+# server cost minutes before any error. These still ride out a server restart of a few seconds;
+# `dlfm run`, the Makefile and the README set them where the user has not (a test pins the copies).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # retries per request
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s between the retries (s)
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",        # per request (s)
+}
 _VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
 
 
 def configure_tracking() -> str:
     """Telemetry off; ``MLFLOW_TRACKING_URI`` wins, else the embedded SQLite store under mlruns/."""
+    uri = resolve_tracking_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def resolve_tracking_uri() -> str:
+    """The tracking URI (relative SQLite paths made absolute), a remote server checked; mlflow is not imported."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -33,9 +50,6 @@ def configure_tracking() -> str:
         uri = f"sqlite:///{database}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
     check_tracking_server(uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
     return uri
 
 

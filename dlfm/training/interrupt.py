@@ -67,14 +67,3 @@ def graceful_stop(stop: StopRequest) -> Iterator[StopRequest]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def sigterm_raises_keyboard_interrupt() -> None:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so runs end KILLED instead of staying RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handler)

@@ -117,7 +117,7 @@ class SimulationConfig:
                     f"pass at least {n_classes} so every class appears in every split"
                 )
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}; pass e.g. --seed 0")
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}; pass e.g. -P seed=0")
         if not isinstance(self.vary_lens, (bool, np.bool_)):
             raise ConfigError(f"vary_lens must be true or false, got {self.vary_lens!r}")
         if self.vary_lens and preset.task != "classification":
@@ -599,13 +599,13 @@ def simulate_dataset(
     ``workers`` (default: all cores) forked processes render chunks of images; it is capped at
     one per 16 images, and the files are byte-identical for any value.
     """
-    from dlfm.data.dataset import verify_dataset_dir
+    from dlfm.data.dataset import REBUILD_HINT, verify_dataset_dir
 
     config.validate()
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}; pass e.g. --workers 2")
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}; pass e.g. -P workers=2")
     total = config.n_train + config.n_val + config.n_test
     workers = int(min(workers, max(1, total // 16)))  # tiny datasets are not worth a pool
 
@@ -615,11 +615,11 @@ def simulate_dataset(
         try:
             manifest = verify_dataset_dir(target)
         except DatasetError as error:
-            raise DatasetError(f"dataset cache {target} is corrupt ({_reason(error)}); rerun with --force to rebuild it") from None
+            raise DatasetError(f"dataset cache {target} is corrupt ({_reason(error)}); {REBUILD_HINT}") from None
         if manifest.get("config_digest") != config.digest():
             raise DatasetError(
                 f"dataset cache {target} was made from other settings (config digest differs); "
-                "rerun with --force to rebuild it"
+                f"{REBUILD_HINT}"
             )
         return target
 

@@ -49,10 +49,36 @@ class MainConfig:
                      "epochs", "batch_size", "n_trials", "transfer_epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = all cores), got {self.workers!r}")
         if not self.lr > 0 or not self.recon_weight >= 0:
             raise ConfigError("lr must be > 0 and recon_weight >= 0")
         registry.check_stage_name(self.promote_stage)
         check_report_dir(self.report_dir)  # before any work: never wipe a folder dlfm did not write
+        for config in self.step_configs():  # every param a step will take, checked before anything is simulated
+            config.validate()
+
+    def step_configs(self) -> list:
+        """The configs of the steps this run will launch, built from its params (the datasets are placeholders)."""
+        from dlfm.simulation import SimulationConfig
+        from dlfm.training.config import TrainConfig
+        from dlfm.transfer import TransferConfig
+
+        common = {"encoder": self.encoder, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                  "seed": self.seed, "device": self.device, "experiment_name": self.experiment_name}
+        configs = [
+            SimulationConfig(preset="model_ii", n_train=self.n_train, n_val=self.n_val, n_test=self.n_test, seed=self.seed),
+            SimulationConfig(preset="regression", n_train=self.regression_n_train, n_val=self.regression_n_val,
+                             n_test=self.regression_n_test, seed=self.seed),
+            *(TrainConfig(objective=objective, recon_weight=self.recon_weight, **common) for objective in TRAINING_STAGES),
+            TransferConfig(epochs=self.transfer_epochs, seeds=self.seeds, device=self.device, experiment_name=self.experiment_name),
+        ]
+        if self.tune:
+            from dlfm.tune.search import TuneConfig
+
+            configs.append(TuneConfig(train=TrainConfig(objective="multitask", recon_weight=self.recon_weight, **common),
+                                      n_trials=self.n_trials))
+        return configs
 
 
 def run_main_stage(config: MainConfig) -> dict:

@@ -27,6 +27,7 @@ LOADER_MODULE = "dlfm.tracking.pyfunc_encoder"  # what every dlfm-made version's
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib")
 VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc")
 LOWER_IS_BETTER = ("loss", "mse", "mae")
+ONCE_TAG = "registered_for"  # version tag: what a once-only registration stands for (a tune study's best trial run)
 
 
 def _client():
@@ -67,9 +68,22 @@ def check_stage_name(stage: str) -> str:
     return stage
 
 
+def versions_tagged(key: str, value: str) -> list[str]:
+    """Version numbers of dlfm-encoder whose tag ``key`` is ``value``, lowest first."""
+    found = _client().search_model_versions(f"name = '{MODEL_NAME}' and tags.`{key}` = '{value}'")
+    return sorted((str(v.version) for v in found), key=int)
+
+
 def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
-                     run_id: str) -> str:
-    """Log the encoder as a pyfunc model in the active run, register it, alias it ``candidate``."""
+                     run_id: str, once_for: str = "") -> str:
+    """Log the encoder as a pyfunc model in the active run, register it, alias it ``candidate``.
+
+    ``once_for`` names what the encoder is (e.g. a tune study's best trial run): it is registered
+    only once, however many processes register it. A process that finds it registered reuses that
+    version; two that race both register, then the later (higher) version deletes itself.
+    """
+    if once_for and (existing := versions_tagged(ONCE_TAG, once_for)):
+        return existing[0]
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
@@ -98,6 +112,7 @@ def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str
         "objective": objective, "encoder": arch.get("name", "?"), "dataset_digest": dataset_digest,
         "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(encoder.embed_dim),
         **{name: f"{metrics[name]:.6f}" for name in VERSION_TAG_METRICS if name in metrics},
+        **({ONCE_TAG: once_for} if once_for else {}),
     }
     description = (
         f"{objective} encoder ({arch.get('name', '?')}, embed_dim {encoder.embed_dim}, {image_size}px input) "
@@ -106,6 +121,9 @@ def register_encoder(encoder, image_size: int, objective: str, metrics: dict[str
     )
     version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
     client = _client()
+    if once_for and (first := versions_tagged(ONCE_TAG, once_for)[0]) != str(version.version):
+        client.delete_model_version(MODEL_NAME, version.version)  # dlfm made it a moment ago; the earlier one stands
+        return first
     client.update_model_version(MODEL_NAME, version.version, description=description)
     with registry_lock():
         holder = version_for_stage("candidate")
@@ -238,10 +256,38 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
     if previous == candidate.version:
         return PromotionOutcome(False, stage, candidate.version, previous,
                                 f"version {candidate.version} already holds {stage}; nothing changed")
-    _client().set_registered_model_alias(MODEL_NAME, stage, candidate.version)
-    record_promotion(stage, candidate.version, previous, reason or "manual promotion")
+    with permission_needed(f"EDIT on registered model '{MODEL_NAME}' (moving the {stage!r} alias needs it)"):
+        _client().set_registered_model_alias(MODEL_NAME, stage, candidate.version)
+    with permission_needed(f"EDIT on experiment '{HISTORY_EXPERIMENT}' (where promotions are recorded; "
+                           f"{stage!r} already moved to version {candidate.version})"):
+        record_promotion(stage, candidate.version, previous, reason or "manual promotion")
     return PromotionOutcome(True, stage, candidate.version, previous,
                             f"promoted version {candidate.version} to {stage} (was {previous or 'unset'})")
+
+
+@contextlib.contextmanager
+def permission_needed(permission: str):
+    """Turn a tracking server's 403 inside the block into one RegistryError line naming ``permission``."""
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        if error.get_http_status_code() != 403 and error.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no MLFLOW_TRACKING_USERNAME)"
+        raise RegistryError(f"the tracking server refused user {user!r} (403): it lacks {permission}; "
+                            "ask an MLflow admin to grant it") from None
+
+
+def promoting_user() -> str:
+    """Who promotes: the MLflow login when there is one (what the server's permissions judge), and the OS user."""
+    import os
+
+    mlflow_user, os_user = os.environ.get("MLFLOW_TRACKING_USERNAME", ""), getpass.getuser()
+    return f"{mlflow_user} (os: {os_user})" if mlflow_user and mlflow_user != os_user else (mlflow_user or os_user)
 
 
 def record_promotion(stage: str, version: str, previous: str | None, reason: str) -> None:
@@ -249,7 +295,7 @@ def record_promotion(stage: str, version: str, previous: str | None, reason: str
     client = _client()
     experiment = client.get_experiment_by_name(HISTORY_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else _create_experiment(HISTORY_EXPERIMENT)
-    user = getpass.getuser()
+    user = promoting_user()
     run = client.create_run(experiment_id, run_name=f"promote-v{version}-{stage}", tags={
         "dlfm.stage": "promote", "promotion.stage": stage, "promotion.version": version,
         "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": reason,

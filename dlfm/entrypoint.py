@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -82,4 +83,8 @@ def run_entry_point(main: Callable[[], object]) -> None:
         detail = f": {error}" if str(error) else ""
         print(f"dlfm: interrupted{detail}" + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
         fail_pending_run("interrupted before the run started", status="KILLED")
+        with contextlib.suppress(Exception):  # best effort: the run is KILLED now; only MLflow's launcher could undo it
+            from dlfm.tracking.status_guard import guard_final_status
+
+            guard_final_status()
         sys.exit(128 + getattr(error, "signal_number", signal.SIGINT))

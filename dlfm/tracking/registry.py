@@ -299,7 +299,7 @@ def record_promotion(stage: str, version: str, previous: str | None, reason: str
     run = client.create_run(experiment_id, run_name=f"promote-v{version}-{stage}", tags={
         "dlfm.stage": "promote", "promotion.stage": stage, "promotion.version": version,
         "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": reason,
-        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user,
+        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user.split(" (os: ")[0],
     })
     client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -380,19 +380,22 @@ def _not_dlfm_made(model_dir: Path) -> str | None:
 def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
     """Refuse (one line) a registry version that dlfm did not make: no code runs from the registry."""
     if model_dir is None:
-        model_dir = _download(model_uri)
+        with tempfile.TemporaryDirectory(prefix="dlfm-check-") as tmp:
+            return check_dlfm_made(model_uri, _download(model_uri, Path(tmp)))
     why = _not_dlfm_made(model_dir)
     if why:
         raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
                             "register encoders with a dlfm training stage and pick one of those versions")
 
 
-def _download(model_uri: str) -> Path:
+def _download(model_uri: str, destination: Path) -> Path:
+    """A copy of the model's files. Always into a folder of ours: without ``dst_path`` a local store's
+    files come back in place, and MLflow then writes its ``registered_model_meta`` into the store."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
     except MlflowException as error:
         raise RegistryError(f"cannot download {model_uri}: {str(error).splitlines()[0]}") from None
 
@@ -401,10 +404,11 @@ def load_registered_encoder(model_uri: str):
     """Download a registered encoder, check dlfm made it, and load it weights-only (never unpickling)."""
     from dlfm.models.serialization import ARCH_FILE, load_encoder
 
-    local = _download(model_uri)
-    if (local / "MLmodel").exists() or model_uri.startswith("models:/"):
-        check_dlfm_made(model_uri, local)
-    candidates = [p.parent for p in local.rglob(ARCH_FILE)]
-    if not candidates:
-        raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
-    return load_encoder(candidates[0])
+    with tempfile.TemporaryDirectory(prefix="dlfm-model-") as tmp:
+        local = _download(model_uri, Path(tmp))
+        if (local / "MLmodel").exists() or model_uri.startswith("models:/"):
+            check_dlfm_made(model_uri, local)
+        candidates = [p.parent for p in local.rglob(ARCH_FILE)]
+        if not candidates:
+            raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
+        return load_encoder(candidates[0])  # in memory: the copy can go

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from typing import Callable
@@ -71,6 +72,7 @@ def run_entry_point(main: Callable[[], object]) -> None:
 
     sigterm_raises_keyboard_interrupt()
     stop_when_parent_dies()
+    launched_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow unsets it when the run ends
     try:
         main()
     except DlfmError as error:
@@ -86,5 +88,5 @@ def run_entry_point(main: Callable[[], object]) -> None:
         with contextlib.suppress(Exception):  # best effort: the run is KILLED now; only MLflow's launcher could undo it
             from dlfm.tracking.status_guard import guard_final_status
 
-            guard_final_status()
+            guard_final_status(launched_run)
         sys.exit(128 + getattr(error, "signal_number", signal.SIGINT))

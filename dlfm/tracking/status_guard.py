@@ -17,9 +17,10 @@ import time
 WAIT_FOR_LAUNCHER_S = 120.0  # the launcher marks the run right after our exit; it is gone long before this (s)
 
 
-def guard_final_status() -> None:
-    """Under ``mlflow run``: if MLFLOW_RUN_ID ended KILLED, start the detached guard that keeps it so after the launcher exits."""
-    run_id, launcher = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
+def guard_final_status(run_id: str | None) -> None:
+    """Under ``mlflow run``: if ``run_id`` (the launcher's MLFLOW_RUN_ID, read at start: ending the run unsets it)
+    ended KILLED, start the detached guard that keeps it so after the launcher exits."""
+    launcher = os.getppid()
     if not run_id or launcher == 1:  # not under mlflow run, or the launcher is already gone
         return
     from mlflow import MlflowClient

@@ -1,4 +1,4 @@
-"""The ``dlfm`` command: ``dlfm registry list|promote|history``, ``dlfm runs repair``, ``dlfm server``."""
+"""The ``dlfm`` command: ``dlfm registry list|promote|history``, ``dlfm runs repair``, ``dlfm server``, ``dlfm run``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Other command groups live beside the code they drive; each adds its own subparser.
     from dlfm import server, repair
 
+    commands.add_parser("run", help="`mlflow run ARGS`, after checking that the tracking store answers and is writable",
+                        add_help=False)
     server.add_parser(commands)
     repair.add_parser(commands)
     return parser
@@ -93,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry of the ``dlfm`` console script."""
 
+    argv = sys.argv[1:] if argv is None else argv
+
     def run() -> None:
+        if argv[:1] == ["run"]:  # `dlfm run ARGS` passes ARGS to `mlflow run` untouched, so argparse never sees them
+            from dlfm.launch import launch
+
+            launch(argv[1:])
+            return
         args = build_parser().parse_args(argv)
         args.func(args)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from typing import Callable
@@ -63,12 +65,14 @@ def run_entry_point(main: Callable[[], object]) -> None:
 
     SIGTERM is turned into KeyboardInterrupt (as Ctrl-C is), so runs end KILLED rather than
     staying RUNNING; an interruption prints one line (with the resume command when there is
-    one) and exits 128 + the signal number.
+    one) and exits 128 + the signal number. Under ``mlflow run`` the launcher's death is a SIGTERM too.
     """
     from dlfm.tracking import fail_pending_run
-    from dlfm.training.interrupt import sigterm_raises_keyboard_interrupt
+    from dlfm.signals import sigterm_raises_keyboard_interrupt, stop_when_parent_dies
 
     sigterm_raises_keyboard_interrupt()
+    stop_when_parent_dies()
+    launched_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow unsets it when the run ends
     try:
         main()
     except DlfmError as error:
@@ -81,4 +85,8 @@ def run_entry_point(main: Callable[[], object]) -> None:
         detail = f": {error}" if str(error) else ""
         print(f"dlfm: interrupted{detail}" + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
         fail_pending_run("interrupted before the run started", status="KILLED")
+        with contextlib.suppress(Exception):  # best effort: the run is KILLED now; only MLflow's launcher could undo it
+            from dlfm.tracking.status_guard import guard_final_status
+
+            guard_final_status(launched_run)
         sys.exit(128 + getattr(error, "signal_number", signal.SIGINT))

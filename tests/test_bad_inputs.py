@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,24 @@ CASES = [
     ("multitask-read-only-mlruns", ["pipelines/multitask.py", "{good}"], "the tracking store is read-only", {"read_only": True}),
     ("registry-promote-read-only", ["-m", "dlfm.cli", "registry", "promote", "2", "--stage", "staging"],
      "the tracking store is read-only", {"read_only": True}),
+    # main checks every param its steps take before it simulates anything (a simulate step would end FINISHED)
+    ("main-unknown-encoder", ["pipelines/main.py", "--encoder", "vgg99"], "unknown encoder 'vgg99'", {}),
+    ("main-bad-transfer-seeds", ["pipelines/main.py", "--seeds", "0,zero"], "seeds must be comma-separated integers", {}),
+    # manifest.json is not in the digest: its meaning is checked against the arrays
+    ("multitask-reversed-class-names", ["pipelines/multitask.py", "--dataset", "{bad}/class_names", "--encoder", "conv4"],
+     "manifest.json disagrees with its files: class_names", {}),
+    ("multitask-wrong-split-sizes", ["pipelines/multitask.py", "--dataset", "{bad}/split_sizes", "--encoder", "conv4"],
+     "manifest.json disagrees with its files: split_sizes", {}),
+    # code in weights: refused, and the payload's marker file never appears (checked below)
+    ("transfer-malicious-weights", ["pipelines/transfer.py", "--encoder_uri", "models:/dlfm-encoder/3"],
+     "weights.pt is not a weights-only file", {}),
+    ("multitask-resume-malicious-checkpoint", ["pipelines/multitask.py", "--resume", "{evil_run}"],
+     "is not a weights-only file", {}),
+    # through `mlflow run` (the documented path), checked first by `dlfm run`: one line within 15 s
+    ("mlflow-run-unreachable-tracking", ["-m", "dlfm.cli", "run", "{repo}", "-e", "multitask", "-P", "encoder=conv4"],
+     "cannot reach the MLflow tracking server http://127.0.0.1:5999", {"uri": "http://127.0.0.1:5999", "max_seconds": 15}),
+    ("mlflow-run-read-only-mlruns", ["-m", "dlfm.cli", "run", "{repo}", "-e", "multitask", "-P", "encoder=conv4"],
+     "the tracking store is read-only", {"read_only": True, "max_seconds": 15}),
 ]
 
 
@@ -94,6 +113,14 @@ def broken_datasets(good: Path, root: Path) -> Path:
     labels[0] = 7
     np.save(root / "labels" / "labels.npy", labels)
     rehash_manifest(root / "labels")
+    for name in ("class_names", "split_sizes"):  # manifest.json edited; the data files (and digest) untouched
+        shutil.copytree(good, root / name)
+        manifest = json.loads((root / name / "manifest.json").read_text())
+        if name == "class_names":
+            manifest["class_names"] = manifest["class_names"][::-1]
+        else:
+            manifest["split_sizes"] = {"train": 30, "val": 9, "test": 9}
+        (root / name / "manifest.json").write_text(json.dumps(manifest))
     for cls in ("no", "sphere", "vort"):  # a DeepLense folder of 12 px images: too small for conv4
         (root / "small_images" / cls).mkdir(parents=True)
         for i in range(3):
@@ -127,6 +154,7 @@ def prepared(tmp_path_factory, empty_store_template, tiny_classification_dir) ->
                 torch.manual_seed(seed)
                 registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", metrics, "f" * 64, run_id)
         registry.promote("1", "production")
+        evil_run = plant_malicious_weights(root, registry, stage_run)
     finally:
         os.chdir(saved_cwd)
         if saved_uri is None:
@@ -134,7 +162,47 @@ def prepared(tmp_path_factory, empty_store_template, tiny_classification_dir) ->
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_uri
     bad = broken_datasets(tiny_classification_dir, tmp_path_factory.mktemp("bad"))
-    return {"root": root, "good": tiny_classification_dir, "bad": bad}
+    return {"root": root, "good": tiny_classification_dir, "bad": bad, "evil_run": evil_run}
+
+
+MARKER = "PAYLOAD-RAN"  # the file a malicious pickle would create in the prepared store's folder
+
+
+class Payload:
+    """Unpickling this runs a shell command (the attack a weights file or checkpoint can carry)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_malicious_weights(root: Path, registry, stage_run) -> str:
+    """Version 3 of dlfm-encoder, dlfm-made but its weights.pt swapped for a payload; a KILLED run whose checkpoint is one.
+
+    Returns the KILLED run's id.
+    """
+    import mlflow
+    import torch
+
+    from dlfm.models import create_encoder
+
+    evil = {"model": Payload(root / MARKER)}
+    with stage_run("multitask", "multitask-prepared-evil", "deeplense-fm", system_metrics=False) as run_id:
+        registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.1}, "f" * 64, run_id)
+    client = mlflow.MlflowClient()
+    source = client.get_model_version(registry.MODEL_NAME, "3").source  # models:/m-<id>
+    location = client.get_logged_model(source.split("/")[-1]).artifact_location
+    [weights] = Path(location.removeprefix("file://")).rglob("weights.pt")
+    torch.save(evil, weights)
+    with stage_run("multitask", "multitask-prepared-killed", "deeplense-fm", system_metrics=False) as killed:
+        checkpoint = root / "last.pt"
+        torch.save(evil, checkpoint)
+        mlflow.log_artifact(str(checkpoint), "checkpoints")
+    client.set_terminated(killed, "KILLED")
+    assert not (root / MARKER).exists()
+    return killed
 
 
 def store_state(db: Path) -> tuple[dict, dict]:
@@ -170,7 +238,8 @@ def run_case(argv: list[str], options: dict, prepared: dict, case: Path) -> dict
     good = f"--dataset {prepared['good']} --encoder conv4 --epochs 1 --batch_size 4".split()
     args = []
     for word in argv:
-        args += good if word == "{good}" else [word.replace("{bad}", str(prepared["bad"])).replace("{tmp}", str(case))]
+        args += good if word == "{good}" else [word.replace("{bad}", str(prepared["bad"])).replace("{tmp}", str(case))
+                                               .replace("{repo}", str(REPO)).replace("{evil_run}", prepared["evil_run"])]
     if args[0].startswith("pipelines/"):
         args[0] = str(REPO / args[0])
     if args[0].endswith("simulate.py"):
@@ -178,12 +247,13 @@ def run_case(argv: list[str], options: dict, prepared: dict, case: Path) -> dict
     before = store_state(db)
     if options.get("read_only"):
         immutable(case / "mlruns", True)
+    started = time.monotonic()
     try:
         result = run_script(args, cwd=case, env_extra={"MLFLOW_TRACKING_URI": uri, **options.get("env", {})}, timeout=300)
     finally:
         if options.get("read_only"):
             immutable(case / "mlruns", False)
-    return {"result": result, "before": before, "after": store_state(db)}
+    return {"result": result, "before": before, "after": store_state(db), "seconds": time.monotonic() - started}
 
 
 @pytest.fixture(scope="session")
@@ -198,7 +268,10 @@ def outcomes(prepared, tmp_path_factory) -> dict:
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run_case, argv, options, prepared, root / name) for name, argv, _, options in runnable}
         done = {name: future.result() for name, future in futures.items()}
-    return {"cases": done, "files_unchanged": [sha256_tree(folder) for folder in watched] == before}
+    after = [sha256_tree(folder) for folder in watched]
+    changed = [f"{folder}/{name}" for folder, old, new in zip(watched, before, after)
+               for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    return {"cases": done, "changed_files": changed, "root": prepared["root"]}
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
@@ -213,13 +286,16 @@ def test_hostile_input(name, message, outcomes):
     errors = [line for line in result.stderr.splitlines() if line.startswith("dlfm:")]
     assert len(errors) == 1 and errors[0].startswith("dlfm: error: "), result.stderr[-4000:]
     assert message in errors[0], errors[0]
-    assert outcomes["files_unchanged"]  # the dataset and the prepared store's artifacts: same sha256
+    assert outcomes["changed_files"] == []  # the dataset and the prepared store's artifacts: same sha256
     (runs_before, aliases_before), (runs_after, aliases_after) = outcome["before"], outcome["after"]
     assert aliases_after == aliases_before
     assert all(runs_after[run] == status for run, status in runs_before.items())
     started = {run: status for run, status in runs_after.items() if run not in runs_before}
     assert all(status == "FAILED" for status in started.values()), started
     assert "s3cret" not in result.stderr + result.stdout
+    assert not (outcomes["root"] / MARKER).exists()  # no payload ran
+    limit = next(case[3] for case in CASES if case[0] == name).get("max_seconds")
+    assert limit is None or outcome["seconds"] <= limit, f"{outcome['seconds']:.1f} s"
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
@@ -236,3 +312,65 @@ def test_if_better_gate_that_fails_exits_1_and_moves_nothing(prepared, tmp_path)
         "not promoted: version 2 val/macro_auc=0.5000 does not beat production version 1 (0.9000); "
         "production stays at version 1"]
     assert store_state(db)[1] == aliases_before
+
+
+@pytest.mark.parametrize("target", ["launcher", "entry_point"])
+def test_sigterm_under_mlflow_run_ends_the_run_killed_with_the_resume_hint(target, tracking_uri, tiny_classification_dir,
+                                                                           tmp_path):
+    """SIGTERM under `mlflow run` ends the run KILLED with the resume hint, whichever process gets it.
+
+    launcher (what `kill PID` or a scheduler sends): MLflow's launcher dies at once without passing
+    it on; the entry point gets its own SIGTERM through PR_SET_PDEATHSIG. entry_point: the launcher
+    then marks the run FAILED over KILLED (an MLflow bug), and dlfm's status guard puts KILLED back.
+    """
+    import signal
+    import sys
+
+    import mlflow
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "multitask", "--env-manager", "local",
+         "--experiment-name", "sigterm-test", "-P", f"dataset={tiny_classification_dir}", "-P", "encoder=conv4",
+         "-P", "epochs=50", "-P", "batch_size=4", "-P", "patience=100"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = mlflow.MlflowClient()
+    run_id, deadline = None, time.time() + 300
+    try:
+        while time.time() < deadline:  # until the first epoch's checkpoint is logged
+            assert launcher.poll() is None, launcher.communicate()
+            experiment = client.get_experiment_by_name("sigterm-test")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and client.list_artifacts(runs[0].info.run_id, "checkpoints"):
+                run_id = runs[0].info.run_id
+                break
+            time.sleep(0.5)
+        assert run_id, "no checkpoint appeared"
+        [entry_point] = psutil.Process(launcher.pid).children()
+        (launcher if target == "launcher" else entry_point).send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=180)  # the pipes close when the entry point, too, has exited
+        # a shell shows 143 (128 + SIGTERM) when the launcher got it; MLflow exits 1 for any failed entry point
+        assert launcher.returncode == (-signal.SIGTERM if target == "launcher" else 1)
+        assert not entry_point.is_running() or entry_point.status() == psutil.STATUS_ZOMBIE  # exited (init may not have reaped it)
+        for _ in range(300):  # the guard restores KILLED right after the launcher exits (seconds on a busy box)
+            run = client.get_run(run_id)
+            if run.info.status != "FAILED":
+                break
+            time.sleep(0.2)
+        assert run.info.status == "KILLED", stderr[-3000:]
+        hint = f"mlflow run . -e multitask --env-manager local -P resume={run_id}"
+        assert run.data.tags["dlfm.resume_hint"] == hint
+        [line] = [line for line in stderr.splitlines() if line.startswith("dlfm:")]
+        assert line.startswith("dlfm: interrupted: SIGTERM received") and line.endswith(hint)
+        assert "Traceback" not in stderr
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for child in psutil.Process().children(recursive=True):
+            if child.is_running() and "pipelines/multitask.py" in " ".join(child.cmdline()):
+                child.kill()
+        if run_id:
+            shutil.rmtree(REPO / "checkpoints" / run_id, ignore_errors=True)  # the entry point ran in the project dir

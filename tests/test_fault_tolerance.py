@@ -71,6 +71,9 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tracking_uri, 
     assert resumed["run_id"] == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["dlfm.resumed_after_epoch"] == "2"
+    # no stale failure left on a run that finished: the earlier reason is kept under its own name
+    assert "dlfm.error" not in run.data.tags and checkpoints.RESUME_HINT_TAG not in run.data.tags
+    assert run.data.tags["dlfm.earlier_error"] == "interrupted (SIGINT/SIGTERM)"
     assert steps(client, run_id) == [1, 2, 3, 4]
     for key in client.get_run(reference["run_id"]).data.metrics:
         if not key.startswith("system/"):  # no step twice, none missing: the same steps as the uninterrupted run

@@ -86,6 +86,39 @@ def test_history_records_every_promotion(tracking_uri):
     assert all(h["user"] and h["time"] for h in history)
 
 
+def test_history_records_the_mlflow_user_when_there_is_one(tracking_uri, monkeypatch):
+    import getpass
+
+    version = register()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ana-mlflow")
+    registry.promote(version, "staging")
+    [record] = registry.promotion_history("staging")
+    assert record["user"].startswith("ana-mlflow") and getpass.getuser() in record["user"]
+
+
+def test_registering_the_same_thing_twice_gives_one_version(tracking_uri):
+    encoder = create_encoder("conv4")
+    with stage_run("tune", "tune-test", "registry-test", system_metrics=False) as run_id:
+        first = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:abc")
+        again = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:abc")
+        other = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:def")
+    assert again == first and other != first
+    assert registry.versions_tagged(registry.ONCE_TAG, "trial-run:abc") == [first]
+
+
+def test_the_later_of_two_racing_registrations_deletes_itself(tracking_uri, monkeypatch):
+    """Two tune workers finish one study at once: both pass the first check, both register; one version stays."""
+    encoder = create_encoder("conv4")
+    real = registry.versions_tagged
+    with stage_run("tune", "tune-test", "registry-test", system_metrics=False) as run_id:
+        first = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:abc")
+        checks = iter([[]])  # the racing worker's first look finds nothing yet
+        monkeypatch.setattr(registry, "versions_tagged", lambda key, value: next(checks, None) or real(key, value))
+        racer = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:abc")
+    assert racer == first
+    assert [v.version for v in registry.list_versions()] == [first] and aliases() == {"candidate": first}
+
+
 def test_if_better_gate_both_ways(tracking_uri):
     good, worse, best = register(val_auc=0.8, seed=0), register(val_auc=0.6, seed=1), register(val_auc=0.9, seed=2)
     registry.promote(good, "production")

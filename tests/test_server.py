@@ -359,3 +359,16 @@ def test_editor_can_create_runs_and_move_aliases(multitask_run, team_server, as_
     assert registered.status_code == 200, registered.text
     # Deleting the model needs MANAGE, which EDIT does not give.
     assert rest(team_server, "DELETE", "/api/2.0/mlflow/registered-models/delete", editor, json={"name": "dlfm-encoder"}).status_code == 403
+
+
+@pytest.mark.services
+def test_promote_without_permission_is_one_line_naming_it(multitask_run, team_server, moto_s3, as_admin):
+    experiment_id = as_admin.get_experiment_by_name("deeplense-fm").experiment_id
+    candidate = as_admin.get_model_version_by_alias("dlfm-encoder", "candidate").version
+    viewer = add_user(team_server, "viewer", experiment_id, "READ")
+    result = run_script(["-m", "dlfm.cli", "registry", "promote", candidate, "--stage", "production"], cwd=multitask_run.workdir,
+                        env_extra=client_env(team_server, moto_s3, user=viewer), timeout=120)
+    line = one_error_line(result)
+    assert "refused user 'viewer' (403)" in line and "EDIT on registered model 'dlfm-encoder'" in line, line
+    assert viewer[1] not in result.stdout + result.stderr
+    assert "production" not in as_admin.get_registered_model("dlfm-encoder").aliases

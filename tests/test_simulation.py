@@ -260,7 +260,7 @@ def test_cache_hit_tamper_and_force(tmp_path):
     images = np.load(path / "images.npy")
     images[0, 0, 0, 0] += 1.0
     np.save(path / "images.npy", images)
-    with pytest.raises(DatasetError, match=r"images\.npy sha256 mismatch.*--force"):
+    with pytest.raises(DatasetError, match=r"images\.npy sha256 mismatch.*-P force=true"):
         simulate_dataset(config, tmp_path, workers=1, progress=False)
     with pytest.raises(DatasetError, match=r"images\.npy"):
         load_dataset(path)

@@ -130,6 +130,10 @@ def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracki
     again = run_tune_stage(tune_config(tiny_classification_dir, storage, "three"))
     assert len(study.get_trials()) == 3 and again["best_trial"] == summary["best_trial"]
     assert runs_of(again["run_id"])[1] == []
+    # ... and registers nothing new: one study's best trial is one version, however many runs finish the study
+    from dlfm.tracking.registry import list_versions
+
+    assert again["version"] == summary["version"] and len(list_versions()) == 1
 
 
 @pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlfm.data.layout import IMAGES_FILE, LABELS_FILE, PARAMS_FILE, SPLITS, read_manifest, verify_dataset_dir
+from dlfm.data.layout import IMAGES_FILE, LABELS_FILE, PARAMS_FILE, REBUILD_HINT, SPLITS, read_manifest, verify_dataset_dir
 from dlfm.errors import DatasetError
 
 __all__ = ["LensDataset", "REGRESSION_TARGETS", "DERIVED_TARGETS", "load_dataset_dir", "normalize_images"]
@@ -99,8 +99,47 @@ def _load_npy(path: Path, **kwargs) -> np.ndarray:
         return np.load(path, allow_pickle=False, **kwargs)
     except (ValueError, OSError, EOFError) as error:
         raise DatasetError(
-            f"{path} is truncated or not a valid .npy file ({error}); rerun with --force to rebuild it"
+            f"{path} is truncated or not a valid .npy file ({error}); {REBUILD_HINT}"
         ) from None
+
+
+def check_manifest_semantics(path: Path, manifest: dict, images, labels, params: pd.DataFrame, split) -> None:
+    """DatasetError when manifest.json's meaning disagrees with the (sha256-verified) arrays.
+
+    The digest covers the data files, not manifest.json: a hand-edited ``class_names`` (say,
+    reversed) would otherwise train fine and mislabel every per-class metric. So each semantic
+    field is checked against the arrays: class_names against params.csv's per-row ``class_name``,
+    image_size, num_images, split_sizes and class_counts against what is there.
+    """
+    class_names = list(manifest.get("class_names", ()))
+    problems = []
+    if "class_name" in params.columns and len(labels):
+        recorded = params["class_name"].astype(str).to_numpy()
+        implied = np.asarray(class_names, dtype=object)[np.asarray(labels)]
+        if (recorded != implied).any():
+            row = int(np.flatnonzero(recorded != implied)[0])
+            problems.append(f"class_names {class_names} give label {int(labels[row])} of row {row} the name "
+                            f"{implied[row]!r}, but params.csv says {recorded[row]!r}")
+    if "image_size" in manifest and manifest["image_size"] != images.shape[-1]:
+        problems.append(f"image_size {manifest['image_size']} but images are {images.shape[-1]} px")
+    if "num_images" in manifest and manifest["num_images"] != len(labels):
+        problems.append(f"num_images {manifest['num_images']} but {len(labels)} images")
+    names, counts = np.unique(split, return_counts=True)
+    actual_sizes = {str(name): int(count) for name, count in zip(names, counts)}
+    declared_sizes = {k: v for k, v in manifest.get("split_sizes", actual_sizes).items() if v or k in actual_sizes}
+    if declared_sizes != actual_sizes:
+        problems.append(f"split_sizes {manifest['split_sizes']} but params.csv has {actual_sizes}")
+    if "class_counts" in manifest and class_names and len(labels):
+        actual_counts = {name: {} for name in actual_sizes}
+        for name in actual_sizes:
+            chosen = np.asarray(labels)[np.asarray(split) == name]
+            actual_counts[name] = {class_names[k]: int((chosen == k).sum()) for k in range(len(class_names)) if (chosen == k).any()}
+        declared_counts = {k: {c: n for c, n in v.items() if n} for k, v in manifest["class_counts"].items() if k in actual_sizes}
+        if declared_counts != actual_counts:
+            problems.append(f"class_counts {manifest['class_counts']} but the labels give {actual_counts}")
+    if problems:
+        raise DatasetError(f"dataset {path} manifest.json disagrees with its files: {problems[0]}; "
+                           f"{REBUILD_HINT}")
 
 
 def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) -> LensDataset:
@@ -111,35 +150,36 @@ def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) ->
     try:
         params = pd.read_csv(path / PARAMS_FILE)
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise DatasetError(f"{path / PARAMS_FILE} is unreadable ({error}); rerun with --force to rebuild it") from None
+        raise DatasetError(f"{path / PARAMS_FILE} is unreadable ({error}); {REBUILD_HINT}") from None
 
     n = len(labels)
     if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
-        raise DatasetError(f"{path / IMAGES_FILE} has shape {images.shape}, expected (N, 1, H, H); rerun with --force to rebuild it")
+        raise DatasetError(f"{path / IMAGES_FILE} has shape {images.shape}, expected (N, 1, H, H); {REBUILD_HINT}")
     if images.dtype != np.float32:
-        raise DatasetError(f"{path / IMAGES_FILE} has dtype {images.dtype}, expected float32; rerun with --force to rebuild it")
+        raise DatasetError(f"{path / IMAGES_FILE} has dtype {images.dtype}, expected float32; {REBUILD_HINT}")
     if labels.ndim != 1 or images.shape[0] != n or len(params) != n:
         raise DatasetError(
             f"dataset {path} is inconsistent ({images.shape[0]} images, {n} labels, {len(params)} params rows); "
-            "rerun with --force to rebuild it"
+            f"{REBUILD_HINT}"
         )
     if "split" not in params.columns:
-        raise DatasetError(f"{path / PARAMS_FILE} has no split column; rerun with --force to rebuild it")
+        raise DatasetError(f"{path / PARAMS_FILE} has no split column; {REBUILD_HINT}")
     split = params["split"].to_numpy(dtype=str)
     bad_split = sorted(set(np.unique(split)) - set(SPLITS))
     if bad_split:
-        raise DatasetError(f"{path / PARAMS_FILE} has unknown split values {bad_split}; rerun with --force to rebuild it")
+        raise DatasetError(f"{path / PARAMS_FILE} has unknown split values {bad_split}; {REBUILD_HINT}")
 
     class_names = tuple(manifest.get("class_names", ()))
     if not class_names:
-        raise DatasetError(f"dataset {path} manifest has no class_names; rerun with --force to rebuild it")
+        raise DatasetError(f"dataset {path} manifest has no class_names; {REBUILD_HINT}")
     if n and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise DatasetError(
-            f"{path / LABELS_FILE} has labels outside 0..{len(class_names) - 1}; rerun with --force to rebuild it"
+            f"{path / LABELS_FILE} has labels outside 0..{len(class_names) - 1}; {REBUILD_HINT}"
         )
+    check_manifest_semantics(path, manifest, images, labels, params, split)
     for start in range(0, n, 4096):  # chunked: never pull a whole memmap into memory
         if np.isnan(images[start : start + 4096]).any():
-            raise DatasetError(f"{path / IMAGES_FILE} contains NaN pixels; rerun with --force to rebuild it")
+            raise DatasetError(f"{path / IMAGES_FILE} contains NaN pixels; {REBUILD_HINT}")
 
     return LensDataset(
         images=images,

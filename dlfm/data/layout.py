@@ -31,6 +31,8 @@ MANIFEST_FILE = "manifest.json"
 DATA_FILES = (IMAGES_FILE, LABELS_FILE, PARAMS_FILE)  # the files the manifest's sha256s cover
 FORMAT_NAME = "dlfm-dataset"  # manifest "format"
 FORMAT_VERSION = 1  # manifest "format_version"
+# The fix for a broken dataset, in the words users type (MLflow params, not script flags).
+REBUILD_HINT = "rebuild it with `mlflow run . -e simulate -P force=true` and the params that made it"
 
 
 def sha256_file(path, chunk_size: int = 1 << 22) -> str:
@@ -69,14 +71,14 @@ def read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise DatasetError(
             f"{path} has no manifest.json, so it is not a dlfm dataset directory; "
-            "simulate it again (with --force) or pass a DeepLense class folder"
+            "simulate it (mlflow run . -e simulate) or pass a DeepLense class folder"
         )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"dataset {path} has an unreadable manifest.json ({error}); rerun with --force to rebuild it") from None
+        raise DatasetError(f"dataset {path} has an unreadable manifest.json ({error}); {REBUILD_HINT}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "digest" not in manifest:
-        raise DatasetError(f"dataset {path} has a manifest.json without files/digest; rerun with --force to rebuild it")
+        raise DatasetError(f"dataset {path} has a manifest.json without files/digest; {REBUILD_HINT}")
     return manifest
 
 
@@ -89,15 +91,15 @@ def verify_dataset_dir(path) -> dict:
     files = manifest["files"]
     for name in DATA_FILES:
         if name not in files:
-            raise DatasetError(f"dataset {path} manifest does not list {name}; rerun with --force to rebuild it")
+            raise DatasetError(f"dataset {path} manifest does not list {name}; {REBUILD_HINT}")
     for name, expected in sorted(files.items()):
         file_path = path / name
         if not file_path.is_file():
-            raise DatasetError(f"dataset {path} is missing {name}; rerun with --force to rebuild it")
+            raise DatasetError(f"dataset {path} is missing {name}; {REBUILD_HINT}")
         if sha256_file(file_path) != expected:
-            raise DatasetError(f"dataset {path} is corrupt ({name} sha256 mismatch); rerun with --force to rebuild it")
+            raise DatasetError(f"dataset {path} is corrupt ({name} sha256 mismatch); {REBUILD_HINT}")
     if dataset_digest(files) != manifest["digest"]:
-        raise DatasetError(f"dataset {path} is corrupt (manifest digest mismatch); rerun with --force to rebuild it")
+        raise DatasetError(f"dataset {path} is corrupt (manifest digest mismatch); {REBUILD_HINT}")
     return manifest
 
 
@@ -111,11 +113,11 @@ def verified_cache(target: Path, config_digest: str) -> bool:
     try:
         manifest = verify_dataset_dir(target)
     except DatasetError as error:
-        raise DatasetError(f"dataset cache {target} is corrupt ({_reason(error)}); rerun with --force to rebuild it") from None
+        raise DatasetError(f"dataset cache {target} is corrupt ({_reason(error)}); {REBUILD_HINT}") from None
     if manifest.get("config_digest") != config_digest:
         raise DatasetError(
             f"dataset cache {target} was made from other settings (config digest differs); "
-            "rerun with --force to rebuild it"
+            f"{REBUILD_HINT}"
         )
     return True
 

@@ -143,7 +143,7 @@ def fetch_s3_dataset(uri: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
         try:
             verify_dataset_dir(staging)
         except DatasetError as error:
-            # Name the URI, not the staging dir, and drop the local fix ("--force") that doesn't apply.
+            # Name the URI, not the staging dir, and drop the local fix (force=true) that doesn't apply.
             problem = str(error).split(";")[0].replace(str(staging), uri)
             raise DatasetError(f"{problem}; the upload does not match its manifest, re-upload the dataset directory") from None
         staging.rename(target)

@@ -48,6 +48,28 @@ def load_encoder(directory: str | Path, map_location: str | torch.device = "cpu"
     arch = read_arch(directory)
     kwargs = {k: v for k, v in arch.items() if k not in ARCH_KEYS_NOT_FOR_CREATE and k != "name"}
     encoder = create_encoder(arch["name"], **kwargs)
-    state = torch.load(Path(directory) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    state = load_weights_only(Path(directory) / WEIGHTS_FILE, map_location)
     encoder.load_state_dict(state)
     return encoder
+
+
+def load_weights_only(path: Path, map_location="cpu"):
+    """``torch.load(weights_only=True)``; a file that holds anything but tensors and plain containers is one DlfmError line.
+
+    torch refuses such a file with an ``UnpicklingError`` whose advice is to retry with
+    ``weights_only=False``, which would run whatever code the file carries: never do that here.
+    """
+    import pickle
+
+    from dlfm.errors import DlfmError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = " ".join(str(error).split())
+        refused = detail.split("WeightsUnpickler error:")[-1].strip().split(".")[0] if "WeightsUnpickler" in detail else ""
+        raise DlfmError(f"{path} is not a weights-only file: torch refused to unpickle it ({refused or 'unsupported object'}); "
+                        "it may carry code, so dlfm will not load it; use weights saved by a dlfm training stage") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DlfmError(f"{path} cannot be read as torch weights ({reason}); use weights saved by a dlfm training stage") from None

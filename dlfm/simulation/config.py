@@ -87,7 +87,7 @@ class SimulationConfig:
                     f"pass at least {n_classes} so every class appears in every split"
                 )
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}; pass e.g. --seed 0")
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}; pass e.g. -P seed=0")
         if not isinstance(self.vary_lens, (bool, np.bool_)):
             raise ConfigError(f"vary_lens must be true or false, got {self.vary_lens!r}")
         if self.vary_lens and preset.task != "classification":

@@ -118,7 +118,7 @@ def simulate_dataset(
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}; pass e.g. --workers 2")
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}; pass e.g. -P workers=2")
     total = config.n_train + config.n_val + config.n_test
     workers = int(min(workers, max(1, total // 16)))  # tiny datasets are not worth a pool
 

@@ -25,6 +25,9 @@ SUMMARY_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro
                    "test/recon_mse_vs_mean_image", "test/masked_mse", "test/masked_mse_vs_mean_image")
 
 
+HELD_OUT_N_VAL = 30  # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
+
+
 @dataclass(frozen=True)
 class MainConfig:
     n_train: int = 1200  # classification images (model_ii) in the train split; demo size
@@ -63,6 +66,8 @@ class MainConfig:
                      "eval_n_train", "eval_n_test", "eval_epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = all cores), got {self.workers!r}")
         if not self.lr > 0 or not self.recon_weight >= 0:
             raise ConfigError("lr must be > 0 and recon_weight >= 0")
         if self.pretrain_seed == self.seed:
@@ -70,6 +75,36 @@ class MainConfig:
                               "with the evaluation sets; pass another pretrain_seed")
         registry.check_stage_name(self.promote_stage)
         check_report_dir(self.report_dir)  # before any work: never wipe a folder dlfm did not write
+        for config in self.step_configs():  # every param a step will take, checked before anything is simulated
+            config.validate()
+
+    def step_configs(self) -> list:
+        """The configs of the steps this run will launch, built from its params (the datasets are placeholders)."""
+        from dlfm.evaluation import EvaluateConfig
+        from dlfm.simulation import SimulationConfig
+        from dlfm.training.config import TrainConfig
+        from dlfm.tune.config import TuneConfig
+
+        common = {"encoder": self.encoder, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                  "seed": self.seed, "device": self.device, "experiment_name": self.experiment_name}
+        configs = [
+            SimulationConfig(preset="model_ii", n_train=self.n_train, n_val=self.n_val, n_test=self.n_test, seed=self.seed),
+            SimulationConfig(preset="regression", n_train=self.regression_n_train, n_val=self.regression_n_val,
+                             n_test=self.regression_n_test, seed=self.seed),
+            SimulationConfig(preset="pretrain", n_train=self.pretrain_n_train, n_val=self.pretrain_n_val,
+                             n_test=self.pretrain_n_test, seed=self.pretrain_seed),
+            SimulationConfig(preset="model_ii", n_train=self.eval_n_train, n_val=HELD_OUT_N_VAL, n_test=self.eval_n_test,
+                             seed=self.seed + 1),
+            *(TrainConfig(objective=name, **({"recon_weight": self.recon_weight} if spec.weighted else {}), **common)
+              for name, spec in OBJECTIVES.items()),
+            EvaluateConfig(encoder_uri=f"models:/{registry.MODEL_NAME}/1", budgets=self.eval_budgets, seeds=self.seeds,
+                           epochs=self.eval_epochs, min_steps=self.eval_min_steps, device=self.device,
+                           experiment_name=self.experiment_name),
+        ]
+        if self.tune:
+            configs.append(TuneConfig(train=TrainConfig(objective="multitask", recon_weight=self.recon_weight, **common),
+                                      n_trials=self.n_trials))
+        return configs
 
 
 def run_main_stage(config: MainConfig) -> dict:
@@ -123,7 +158,7 @@ def run_main_stage(config: MainConfig) -> dict:
         print(f"[main] {outcome.message}", flush=True)
         promoted = registry.version_for_stage(config.promote_stage)
         # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
-        held_out = step("simulate", {"preset": "model_ii", "n_train": config.eval_n_train, "n_val": 30,
+        held_out = step("simulate", {"preset": "model_ii", "n_train": config.eval_n_train, "n_val": HELD_OUT_N_VAL,
                                      "n_test": config.eval_n_test, **common_sim, "seed": config.seed + 1})
         # The version, not the alias: a step reused by digest must have evaluated this very encoder.
         evaluate_run = step("evaluate", {"encoder_uri": f"models:/{registry.MODEL_NAME}/{promoted}",

@@ -68,8 +68,11 @@ def run_tune_stage(config: TuneConfig) -> dict:
         tracking.set_tags({"dlfm.best_trial": best["number"],
                            "dlfm.best_trial_run_id": best["user_attrs"].get("mlflow_run_id", "")})
 
+        # Every worker that finishes the study gets here: the best trial is registered once, by the first.
+        best_key = best["user_attrs"].get("mlflow_run_id") or f"{study_name}#{best['number']}"
         with tempfile.TemporaryDirectory() as tmp:  # the trial's saved encoder/, registered as it is
-            version = registry.register_encoder_dir(download_best_encoder(best, tmp), best_metrics, dataset.digest, run_id)
+            version = registry.register_encoder_dir(download_best_encoder(best, tmp), best_metrics, dataset.digest, run_id,
+                                                    once_for=f"tune-trial-run:{best_key}")
         tracking.set_tags({"dlfm.registered_version": version})
         return {"run_id": run_id, "study_name": study_name, "best_trial": best["number"], "best_value": best["value"],
                 "best_params": best["params"], "metrics": best_metrics, "version": version, "states": dict(states),

@@ -12,11 +12,10 @@ import tempfile
 from pathlib import Path
 
 from dlfm.errors import ConfigError, DlfmError
-from dlfm.tracking.runs import configure_tracking
+from dlfm.tracking.runs import RESUME_HINT_TAG, configure_tracking  # noqa: F401 - RESUME_HINT_TAG is read from here too
 
 CHECKPOINT_DIR = "checkpoints"  # local copies: checkpoints/<run_id>/last.pt under the working directory
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
-RESUME_HINT_TAG = "dlfm.resume_hint"
 RESUMABLE_STATUSES = ("KILLED", "FAILED", "RUNNING")
 
 
@@ -59,6 +58,8 @@ def log_checkpoint(state: dict, run_id: str) -> Path:
 
 def load_checkpoint(run_id: str) -> dict | None:
     """The run's last checkpoint from its artifacts (weights-only load); None if it never finished an epoch."""
+    import pickle
+
     import mlflow
     import torch
     from mlflow.exceptions import MlflowException
@@ -71,6 +72,9 @@ def load_checkpoint(run_id: str) -> dict | None:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp)
             return torch.load(local, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's advice (weights_only=False) would run the file's code: refuse
+            raise DlfmError(f"the checkpoint of run {run_id} is not a weights-only file (torch refused to unpickle it); "
+                            "it may carry code, so dlfm will not load it; start a new run") from None
         except (MlflowException, OSError, RuntimeError, EOFError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise DlfmError(f"the checkpoint of run {run_id} cannot be read ({reason}); start a new run") from None

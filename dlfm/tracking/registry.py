@@ -28,6 +28,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib")
 VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc",
                        "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image")  # ratios: < 1 draws each image
 LOWER_IS_BETTER = ("loss", "mse", "mae")
+ONCE_TAG = "registered_for"  # version tag: what a once-only registration stands for (a tune study's best trial run)
 
 
 def _client():
@@ -68,23 +69,36 @@ def check_stage_name(stage: str) -> str:
     return stage
 
 
+def versions_tagged(key: str, value: str) -> list[str]:
+    """Version numbers of dlfm-encoder whose tag ``key`` is ``value``, lowest first."""
+    found = _client().search_model_versions(f"name = '{MODEL_NAME}' and tags.`{key}` = '{value}'")
+    return sorted((str(v.version) for v in found), key=int)
+
+
 def register_encoder_version(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
-                            run_id: str) -> str:
+                             run_id: str, once_for: str = "") -> str:
     """Save ``encoder`` in the encoder artifact format and register it (see ``register_encoder_dir``)."""
     from dlfm.models.serialization import save_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
-        return register_encoder_dir(encoder_dir, metrics, dataset_digest, run_id)
+        return register_encoder_dir(encoder_dir, metrics, dataset_digest, run_id, once_for=once_for)
 
 
-def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dataset_digest: str, run_id: str) -> str:
+def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dataset_digest: str, run_id: str,
+                         once_for: str = "") -> str:
     """Log a saved encoder directory as a pyfunc model in the active run, register it, alias it ``candidate``.
 
     Its ``arch.json`` supplies the image size, objective, architecture and embedding width, so an
     encoder another run already saved (a tune trial's ``encoder/``) is registered as it is, without
     loading and saving it again.
+
+    ``once_for`` names what the encoder is (e.g. a tune study's best trial run): it is registered
+    only once, however many processes register it. A process that finds it registered reuses that
+    version; two that race both register, then the later (higher) version deletes itself.
     """
+    if once_for and (existing := versions_tagged(ONCE_TAG, once_for)):
+        return existing[0]
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
@@ -113,6 +127,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
         "objective": objective, "encoder": arch.get("name", "?"), "dataset_digest": dataset_digest,
         "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(embed_dim),
         **{name: f"{metrics[name]:.6f}" for name in VERSION_TAG_METRICS if name in metrics},
+        **({ONCE_TAG: once_for} if once_for else {}),
     }
     description = (
         f"{objective} encoder ({arch.get('name', '?')}, embed_dim {embed_dim}, {image_size}px input) "
@@ -121,6 +136,9 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
     )
     version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
     client = _client()
+    if once_for and (first := versions_tagged(ONCE_TAG, once_for)[0]) != str(version.version):
+        client.delete_model_version(MODEL_NAME, version.version)  # dlfm made it a moment ago; the earlier one stands
+        return first
     client.update_model_version(MODEL_NAME, version.version, description=description)
     with registry_lock():
         holder = version_for_stage("candidate")
@@ -253,10 +271,38 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
     if previous == candidate.version:
         return PromotionOutcome(False, stage, candidate.version, previous,
                                 f"version {candidate.version} already holds {stage}; nothing changed")
-    _client().set_registered_model_alias(MODEL_NAME, stage, candidate.version)
-    record_promotion(stage, candidate.version, previous, reason or "manual promotion")
+    with permission_needed(f"EDIT on registered model '{MODEL_NAME}' (moving the {stage!r} alias needs it)"):
+        _client().set_registered_model_alias(MODEL_NAME, stage, candidate.version)
+    with permission_needed(f"EDIT on experiment '{HISTORY_EXPERIMENT}' (where promotions are recorded; "
+                           f"{stage!r} already moved to version {candidate.version})"):
+        record_promotion(stage, candidate.version, previous, reason or "manual promotion")
     return PromotionOutcome(True, stage, candidate.version, previous,
                             f"promoted version {candidate.version} to {stage} (was {previous or 'unset'})")
+
+
+@contextlib.contextmanager
+def permission_needed(permission: str):
+    """Turn a tracking server's 403 inside the block into one RegistryError line naming ``permission``."""
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        if error.get_http_status_code() != 403 and error.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no MLFLOW_TRACKING_USERNAME)"
+        raise RegistryError(f"the tracking server refused user {user!r} (403): it lacks {permission}; "
+                            "ask an MLflow admin to grant it") from None
+
+
+def promoting_user() -> str:
+    """Who promotes: the MLflow login when there is one (what the server's permissions judge), and the OS user."""
+    import os
+
+    mlflow_user, os_user = os.environ.get("MLFLOW_TRACKING_USERNAME", ""), getpass.getuser()
+    return f"{mlflow_user} (os: {os_user})" if mlflow_user and mlflow_user != os_user else (mlflow_user or os_user)
 
 
 def record_promotion(stage: str, version: str, previous: str | None, reason: str) -> None:
@@ -264,11 +310,11 @@ def record_promotion(stage: str, version: str, previous: str | None, reason: str
     client = _client()
     experiment = client.get_experiment_by_name(HISTORY_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else _create_experiment(HISTORY_EXPERIMENT)
-    user = getpass.getuser()
+    user = promoting_user()
     run = client.create_run(experiment_id, run_name=f"promote-v{version}-{stage}", tags={
         "dlfm.stage": "promote", "promotion.stage": stage, "promotion.version": version,
         "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": reason,
-        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user,
+        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user.split(" (os: ")[0],
     })
     client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -349,19 +395,22 @@ def _not_dlfm_made(model_dir: Path) -> str | None:
 def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
     """Refuse (one line) a registry version that dlfm did not make: no code runs from the registry."""
     if model_dir is None:
-        model_dir = _download(model_uri)
+        with tempfile.TemporaryDirectory(prefix="dlfm-check-") as tmp:
+            return check_dlfm_made(model_uri, _download(model_uri, Path(tmp)))
     why = _not_dlfm_made(model_dir)
     if why:
         raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
                             "register encoders with a dlfm training stage and pick one of those versions")
 
 
-def _download(model_uri: str) -> Path:
+def _download(model_uri: str, destination: Path) -> Path:
+    """A copy of the model's files. Always into a folder of ours: without ``dst_path`` a local store's
+    files come back in place, and MLflow then writes its ``registered_model_meta`` into the store."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
     except MlflowException as error:
         raise RegistryError(f"cannot download {model_uri}: {str(error).splitlines()[0]}") from None
 
@@ -370,10 +419,11 @@ def load_registered_encoder(model_uri: str):
     """Download a registered encoder, check dlfm made it, and load it weights-only (never unpickling)."""
     from dlfm.models.serialization import ARCH_FILE, load_encoder
 
-    local = _download(model_uri)
-    if (local / "MLmodel").exists() or model_uri.startswith("models:/"):
-        check_dlfm_made(model_uri, local)
-    candidates = [p.parent for p in local.rglob(ARCH_FILE)]
-    if not candidates:
-        raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
-    return load_encoder(candidates[0])
+    with tempfile.TemporaryDirectory(prefix="dlfm-model-") as tmp:
+        local = _download(model_uri, Path(tmp))
+        if (local / "MLmodel").exists() or model_uri.startswith("models:/"):
+            check_dlfm_made(model_uri, local)
+        candidates = [p.parent for p in local.rglob(ARCH_FILE)]
+        if not candidates:
+            raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
+        return load_encoder(candidates[0])  # in memory: the copy can go

@@ -17,11 +17,30 @@ from dlfm.redact import redact_uri, scrub
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 ERROR_TAG = "dlfm.error"
+RESUME_HINT_TAG = "dlfm.resume_hint"
+EARLIER_ERROR_TAG = "dlfm.earlier_error"  # a resumed run that finished keeps why its earlier attempt stopped here
+# MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s per request) make an unreachable
+# server cost minutes before any error. These still ride out a server restart of a few seconds;
+# `dlfm run`, the Makefile and the README set them where the user has not (a test pins the copies).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # retries per request
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s between the retries (s)
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",        # per request (s)
+}
 _VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
 
 
 def configure_tracking() -> str:
     """Telemetry off; ``MLFLOW_TRACKING_URI`` wins, else the embedded SQLite store under mlruns/."""
+    uri = resolve_tracking_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def resolve_tracking_uri() -> str:
+    """The tracking URI (relative SQLite paths made absolute), a remote server checked; mlflow is not imported."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -34,9 +53,6 @@ def configure_tracking() -> str:
         uri = f"sqlite:///{database}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
     check_tracking_server(uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
     return uri
 
 
@@ -114,6 +130,7 @@ def ended_on_exit(finished_on: tuple[type[BaseException], ...] = ()) -> Iterator
     try:
         yield
     except finished_on:
+        clear_failure_tags()
         mlflow.end_run("FINISHED")
         raise
     except KeyboardInterrupt:
@@ -128,7 +145,28 @@ def ended_on_exit(finished_on: tuple[type[BaseException], ...] = ()) -> Iterator
         mlflow.end_run("FAILED")
         raise
     else:
+        clear_failure_tags()
         mlflow.end_run("FINISHED")
+
+
+def clear_failure_tags() -> None:
+    """Before the active run ends FINISHED: drop the error and resume hint an earlier, interrupted attempt left.
+
+    A resumed run reopens the KILLED/FAILED run, so without this it would finish carrying a
+    ``dlfm.error`` that no longer holds. The old reason moves to ``dlfm.earlier_error``.
+    """
+    mlflow = _mlflow()
+    run = mlflow.active_run()
+    if run is None:
+        return
+    with contextlib.suppress(Exception):  # cosmetic: never turn a finished run into a failed one
+        client = mlflow.MlflowClient()
+        tags = client.get_run(run.info.run_id).data.tags
+        if ERROR_TAG in tags:
+            client.set_tag(run.info.run_id, EARLIER_ERROR_TAG, tags[ERROR_TAG])
+        for key in (ERROR_TAG, RESUME_HINT_TAG):
+            if key in tags:
+                client.delete_tag(run.info.run_id, key)
 
 
 @contextlib.contextmanager

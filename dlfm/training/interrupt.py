@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Iterator
 
 import torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DUPLICATE_WINDOW_S = 1.0  # a second stop signal this soon after the first is the same request (s)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -55,10 +57,17 @@ def graceful_stop(stop: StopRequest) -> Iterator[StopRequest]:
         yield stop  # signal handlers can only be installed from the main thread
         return
 
+    first_at: list[float] = []
+
     def handler(signum, frame):
         name = signal.Signals(signum).name
         if stop.signal_name is not None:
+            # One stop often arrives twice at once: `kill -TERM -<group>` (timeout, schedulers) reaches us
+            # directly and again as the launcher's death signal. Only a later signal means "stop now".
+            if time.monotonic() - first_at[0] < DUPLICATE_WINDOW_S:
+                return
             raise KeyboardInterrupt(f"second {name}: stopping now")  # the user insists; the last checkpoint stands
+        first_at.append(time.monotonic())
         stop.set(name)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
@@ -67,14 +76,3 @@ def graceful_stop(stop: StopRequest) -> Iterator[StopRequest]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def sigterm_raises_keyboard_interrupt() -> None:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so runs end KILLED instead of staying RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,41 @@
+"""``dlfm run``: ``mlflow run`` with the tracking store checked first and fast-failing HTTP defaults.
+
+``mlflow run`` talks to the tracking store *before* any dlfm code runs: it creates the run,
+logs the ``-P`` values, then starts the entry point. An unreachable server there means minutes
+of MLflow retries and a long traceback; a read-only SQLite store means a SQLAlchemy traceback.
+``dlfm run ARGS`` checks both first (one ``dlfm: error:`` line, a few seconds), sets the HTTP
+defaults below where the user has not, and then becomes ``mlflow run ARGS`` (``exec``), so
+signals, output and exit codes are exactly those of ``mlflow run``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from dlfm.tracking.runs import HTTP_DEFAULTS
+
+
+def mlflow_run_argv(args: list[str]) -> list[str]:
+    """The ``mlflow run`` command for ``args``; ``--env-manager local`` added when not given (dlfm runs in .venv)."""
+    if any(a == "--env-manager" or a.startswith("--env-manager=") for a in args):
+        return [sys.executable, "-m", "mlflow", "run", *args]
+    return [sys.executable, "-m", "mlflow", "run", *args, "--env-manager", "local"]
+
+
+def launch(args: list[str]) -> None:
+    """Check the tracking store, then replace this process with ``mlflow run args`` (never returns on success)."""
+    from dlfm.errors import ConfigError
+    from dlfm.tracking.runs import check_store_writable, resolve_tracking_uri
+
+    if not args or args[0] in ("-h", "--help"):
+        raise ConfigError("usage: dlfm run [PROJECT] -e ENTRY [-P name=value ...]: the arguments of `mlflow run`, "
+                          "e.g. dlfm run . -e multitask -P epochs=2")
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    uri = resolve_tracking_uri()  # an http(s) store must answer within 10 s, with our credentials
+    check_store_writable(uri)  # mlflow is not imported on this path: a refusal takes about a second
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = mlflow_run_argv(args)
+    os.execv(argv[0], argv)

@@ -1,0 +1,40 @@
+"""Process-level signal set-up for entry points (no torch here: the `dlfm` CLI must start fast)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+def sigterm_raises_keyboard_interrupt() -> None:
+    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so runs end KILLED instead of staying RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_when_parent_dies() -> None:
+    """Under ``mlflow run``, get SIGTERM when the launcher dies, so the run stops KILLED instead of running on orphaned.
+
+    ``mlflow run`` dies at once on SIGTERM (Python's default action) without passing the signal to
+    the entry point, which would keep training, unseen, and later end FINISHED. Linux's
+    ``PR_SET_PDEATHSIG`` delivers our SIGTERM when the parent goes; elsewhere this does nothing.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or "MLFLOW_RUN_ID" not in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        signal.raise_signal(signal.SIGTERM)

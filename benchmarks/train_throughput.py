@@ -112,7 +112,7 @@ def main() -> None:
     if args.skip != "precision":
         benches = {p: StepBench(p, args.batch_size) for p in ("fp32", "bf16")}
         for bench in benches.values():
-            bench.run(2)  # warm-up: kernels, allocator
+            bench.run(1)  # warm-up: kernels, allocator
         samples = {p: [] for p in benches}
         for repeat in range(args.repeats):
             for p in (("fp32", "bf16") if repeat % 2 == 0 else ("bf16", "fp32")):  # alternate who goes first

@@ -9,8 +9,10 @@ discontinuous regression target.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ class TransferConfig:
     seeds: str = "0,1,2"  # comma-separated seeds; each gives one pretrained and one random child run
     finetune: bool = False  # false: frozen encoders (the ablation); true: both trained end to end (pretrained-finetune vs scratch)
     device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
     sim_n_train: int = 1200  # when `dataset` is a preset not cached yet: its split sizes
     sim_n_val: int = 300
     sim_n_test: int = 300
@@ -67,6 +70,7 @@ class TransferConfig:
         if self.encoder_uri and not self.encoder_uri.startswith("models:/"):
             raise ConfigError(f"encoder_uri must be a models:/dlfm-encoder/<version> URI, got {self.encoder_uri!r}")
         self.seed_list
+        self.evaluate_config().validate()  # precision and the rest, checked by the config that runs them
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +88,7 @@ class TransferConfig:
             encoder_stage=self.encoder_stage, encoder_uri=self.encoder_uri, tasks="regression", regression_dataset=self.dataset,
             budgets="all", arms=",".join(self.arm_names), seeds=self.seeds, epochs=self.epochs, min_steps=0,
             batch_size=self.batch_size, lr=self.lr, encoder_lr=self.lr,  # transfer fine-tunes with one learning rate
-            weight_decay=self.weight_decay, device=self.device, sim_n_train=self.sim_n_train, sim_n_val=self.sim_n_val,
+            weight_decay=self.weight_decay, device=self.device, precision=self.precision, sim_n_train=self.sim_n_train, sim_n_val=self.sim_n_val,
             sim_n_test=self.sim_n_test, sim_seed=0, experiment_name=self.experiment_name)
 
 
@@ -119,13 +123,15 @@ def random_encoder_like(encoder, seed: int):
 
 
 @torch.no_grad()
-def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Embeddings of all images by a frozen encoder in eval mode (BatchNorm uses running stats)."""
+def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256,
+          autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> np.ndarray:
+    """Float32 embeddings of all images by a frozen encoder in eval mode (BatchNorm uses running stats)."""
     encoder.eval().to(device)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        out.append(encoder(batch).float().cpu())
+        with autocast():
+            out.append(encoder(batch).float().cpu())
     return torch.cat(out).numpy()
 
 

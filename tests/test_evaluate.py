@@ -175,3 +175,27 @@ def test_markdown_states_each_verdict_with_its_spread():
                     "test/macro_auc over 3 seeds → better")
     text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
     assert "| 100 (100) | 0.860 ± 0.010 | 0.800 ± 0.000 |" in text
+
+
+def test_every_arm_runs_under_bf16_autocast_with_finite_metrics(tiny_tasks):
+    from dlfm.training.runtime import autocast_for
+
+    torch.manual_seed(0)
+    config = EvaluateConfig(tasks="classification", budgets="2", seeds="0", epochs=1, min_steps=2, precision="bf16")
+    config.validate()
+    seen = []
+
+    def autocast():  # the Runtime's factory, counted: every forward pass of every arm goes through it
+        seen.append(1)
+        return autocast_for(torch.device("cpu"), "bf16")()
+
+    tasks = {"classification": tiny_tasks["classification"]}
+    results = run_grid(config, tasks, create_encoder("conv4"), torch.device("cpu"), autocast=autocast)
+    assert len(results) == 4 and seen
+    assert all(np.isfinite(list(r.metrics.values())).all() for r in results)
+    assert all(r.predictions.dtype == np.float32 for r in results)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(Exception, match="unknown precision 'fp16'"):
+        EvaluateConfig(precision="fp16").validate()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dlfm.data import load_dataset
+from dlfm.data.layout import RowBlockSha256, sha256_file
 from dlfm.errors import ConfigError, DatasetError
 from dlfm.simulation import PRESETS, LensRenderer, SimulationConfig, dataset_path, simulate_dataset
 from dlfm.simulation import PARAM_COLUMNS, physics, simulator
@@ -219,11 +220,17 @@ def _data_bytes(path):
 
 
 def test_worker_count_does_not_change_the_bytes(tmp_path):
-    config = SimulationConfig(n_train=24, n_val=6, n_test=6, seed=3)
+    # 48 images: 3 workers write 2-row chunks into the shared images.npy, finishing out of order
+    config = SimulationConfig(n_train=36, n_val=6, n_test=6, seed=3)
     one = simulate_dataset(config, tmp_path / "one", workers=1, progress=False)
-    two = simulate_dataset(config, tmp_path / "two", workers=2, progress=False)
-    assert one.name == two.name
-    assert _data_bytes(one) == _data_bytes(two)
+    for workers in (2, 3):
+        timings = {}
+        many = simulate_dataset(config, tmp_path / str(workers), workers=workers, progress=False, timings=timings)
+        assert many.name == one.name
+        assert _data_bytes(many) == _data_bytes(one)
+        assert {"pool_start", "render", "hash", "write"} <= set(timings)
+    manifest = json.loads((one / "manifest.json").read_text())
+    assert manifest["files"]["images.npy"] == sha256_file(one / "images.npy")  # the hash taken while rendering
 
 
 def test_dataset_layout_and_manifest(tmp_path):
@@ -322,3 +329,17 @@ def test_ccd_noise_sigma_equals_singleband_estimate(renderer):
     band = SingleBand(**PRESETS["model_ii"].instrument.kwargs_single_band())
     image = np.random.default_rng(8).normal(0.5, 1.0, (64, 64))  # includes negative pixels
     np.testing.assert_allclose(renderer._noise.sigma(image), band.estimate_noise(image.copy()), rtol=1e-12)
+
+
+def test_row_block_hash_equals_the_file_hash_whatever_the_finishing_order(tmp_path):
+    path = tmp_path / "images.npy"
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(10, 1, 4, 4))
+    hasher = RowBlockSha256(images)
+    for start, stop in ((6, 10), (0, 3), (3, 6)):  # a pool's chunks come back in any order
+        images[start:stop] = np.random.default_rng(start).random((stop - start, 1, 4, 4))
+        hasher.add(start, stop)
+        assert hasher.hashed_rows == (0 if start == 6 else stop if stop < 6 else 10)
+    images.flush()
+    assert hasher.hexdigest() == sha256_file(path)
+    with pytest.raises(RuntimeError, match="only 0 of 3 rows"):
+        RowBlockSha256(np.lib.format.open_memmap(tmp_path / "b.npy", mode="w+", dtype=np.float32, shape=(3, 1))).hexdigest()

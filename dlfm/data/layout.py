@@ -44,6 +44,36 @@ def sha256_file(path, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+class RowBlockSha256:
+    """sha256 of an ``.npy`` file mapped as ``array`` (rows on axis 0), fed block by block as rows are finished.
+
+    Blocks may finish in any order (a pool's chunks); the hash advances over the contiguous prefix
+    of finished rows, so hashing overlaps rendering instead of re-reading the whole file afterwards.
+    The result equals ``sha256_file`` of the flushed file: the header bytes, then the rows in order.
+    """
+
+    def __init__(self, array: np.memmap):
+        self.array = array
+        with open(array.filename, "rb") as handle:
+            self._hash = hashlib.sha256(handle.read(array.offset))  # the .npy header, written before the map
+        self._finished: dict[int, int] = {}  # start row -> stop row of finished blocks beyond the hashed prefix
+        self.hashed_rows = 0
+
+    def add(self, start: int, stop: int) -> None:
+        """Rows ``start:stop`` hold their final bytes; hash every finished row the prefix now reaches."""
+        self._finished[start] = stop
+        while self.hashed_rows in self._finished:
+            stop = self._finished.pop(self.hashed_rows)
+            self._hash.update(np.ascontiguousarray(self.array[self.hashed_rows:stop]))
+            self.hashed_rows = stop
+
+    def hexdigest(self) -> str:
+        """The file's sha256; every row must have been added."""
+        if self.hashed_rows != len(self.array):
+            raise RuntimeError(f"only {self.hashed_rows} of {len(self.array)} rows were hashed")
+        return self._hash.hexdigest()
+
+
 def dataset_digest(files: dict[str, str]) -> str:
     """One sha256 over the sorted per-file sha256s: the dataset's identity."""
     return hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()

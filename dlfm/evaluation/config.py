@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from dlfm.errors import ConfigError
+from dlfm.training.config import PRECISIONS
 
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
 TASK_NAMES = ("classification", "regression")
@@ -36,6 +37,7 @@ class EvaluateConfig:
     encoder_lr: float = 1e-4  # AdamW learning rate of the encoder in the fine-tune arms (pretrained-finetune, scratch)
     weight_decay: float = 1e-4  # AdamW weight decay (every arm)
     device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
     sim_n_train: int = 1200  # preset datasets not cached yet: split sizes (classification: balanced over classes)
     sim_n_val: int = 300
     sim_n_test: int = 300
@@ -95,6 +97,8 @@ class EvaluateConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.encoder_uri and not self.encoder_uri.startswith("models:/"):
             raise ConfigError(f"encoder_uri must be a models:/dlfm-encoder/<version> URI, got {self.encoder_uri!r}")
         self.task_list, self.arm_list, self.seed_list, self.budget_list  # noqa: B018 - each parses and checks

@@ -7,9 +7,10 @@ step rule and seeding either way, so the arms differ only in what they train.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -32,8 +33,11 @@ class Schedule:
 
 def fit(model: nn.Module, param_groups: list[dict], inputs: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule, seed: int,
-        device: torch.device) -> list[float]:
-    """Train ``model`` in place for ``schedule.steps(len(inputs))`` steps; return the mean loss of each epoch."""
+        device: torch.device, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> list[float]:
+    """Train ``model`` in place for ``schedule.steps(len(inputs))`` steps; return the mean loss of each epoch.
+
+    ``autocast`` is the resolved precision's context factory (``Runtime.autocast``): forward and loss run in it.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(param_groups, weight_decay=schedule.weight_decay)
     total_steps = schedule.steps(len(inputs))
@@ -47,7 +51,8 @@ def fit(model: nn.Module, param_groups: list[dict], inputs: torch.Tensor, target
         for index in torch.randperm(len(inputs), generator=generator).split(batch):
             if step == total_steps or (len(index) < batch and losses):
                 break
-            loss = loss_fn(model(inputs[index].to(device)), targets[index].to(device))
+            with autocast():
+                loss = loss_fn(model(inputs[index].to(device)).float(), targets[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -59,9 +64,11 @@ def fit(model: nn.Module, param_groups: list[dict], inputs: torch.Tensor, target
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Outputs of ``model`` in eval mode (BatchNorm on running statistics), batched."""
+def predict(model: nn.Module, inputs: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256,
+            autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> np.ndarray:
+    """Outputs of ``model`` in eval mode (BatchNorm on running statistics), batched, as float32."""
     model.to(device).eval()
     inputs = torch.as_tensor(inputs)
-    return torch.cat([model(inputs[s:s + batch_size].to(device)).float().cpu()
-                      for s in range(0, len(inputs), batch_size)]).numpy()
+    with autocast():
+        return torch.cat([model(inputs[s:s + batch_size].to(device)).float().cpu()
+                          for s in range(0, len(inputs), batch_size)]).numpy()

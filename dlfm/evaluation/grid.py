@@ -7,10 +7,11 @@ random-frozen and scratch; fine-tune arms run only at the budgets asked for.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ class EmbeddingCache:
 
     device: torch.device
     enabled: bool = True
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext  # the resolved precision (Runtime.autocast)
     store: dict = field(default_factory=dict)
     embedded: Counter = field(default_factory=Counter)  # images pushed through each encoder key (for tests, benchmarks)
 
@@ -64,7 +66,7 @@ class EmbeddingCache:
         """{"train", "test"} features of ``data`` by ``encoder``; the scaler is fitted on the unlabelled train pool."""
         if self.enabled and (data.task, key) in self.store:
             return self.store[(data.task, key)]
-        raw = {split: embed(encoder, getattr(data, split).images, self.device) for split in ("train", "test")}
+        raw = {split: embed(encoder, getattr(data, split).images, self.device, autocast=self.autocast) for split in ("train", "test")}
         self.embedded[(data.task, key)] += sum(len(v) for v in raw.values())
         scaler = Standardizer.fit(raw["train"])
         features = {split: scaler.forward(values).astype(np.float32) for split, values in raw.items()}
@@ -103,7 +105,8 @@ def head_init_seed(seed: int) -> int:
 
 
 def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, cache: EmbeddingCache,
-             config: EvaluateConfig, device: torch.device) -> CellResult:
+             config: EvaluateConfig, device: torch.device,
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> CellResult:
     """Train one arm on one label subset with the shared loop; score it on the test split."""
     task, arm = TASKS[cell.task], ARMS[cell.arm]
     schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
@@ -123,8 +126,8 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
         inputs = torch.from_numpy(np.ascontiguousarray(data.train.images[index]))
         groups = [{"params": list(encoder.parameters()), "lr": config.encoder_lr},
                   {"params": list(head.parameters()), "lr": config.lr}]
-    history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device)
-    predictions = task.decode(predict(model, test_inputs, device), targets)
+    history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device, autocast)
+    predictions = task.decode(predict(model, test_inputs, device, autocast=autocast), targets)
     return CellResult(cell, task.metrics(predictions, data), history, predictions)
 
 
@@ -143,12 +146,18 @@ def plan(config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[tuple[Cell,
 
 def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.Module, device: torch.device,
              on_cell: Callable[[Cell, Callable[[], CellResult]], CellResult] | None = None,
-             cache: EmbeddingCache | None = None) -> list[CellResult]:
-    """Run every cell; ``on_cell(cell, compute)`` wraps each (the stage opens a child run there)."""
+             cache: EmbeddingCache | None = None,
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> list[CellResult]:
+    """Run every cell; ``on_cell(cell, compute)`` wraps each (the stage opens a child run there).
+
+    ``autocast`` (``Runtime.autocast`` of the resolved precision) wraps every forward pass: embedding,
+    head and fine-tune training, prediction.
+    """
     encoders = Encoders(pretrained)
-    cache = cache if cache is not None else EmbeddingCache(device)
+    cache = cache if cache is not None else EmbeddingCache(device, autocast=autocast)
     on_cell = on_cell or (lambda cell, compute: compute())
     results = []
     for cell, index in plan(config, tasks):
-        results.append(on_cell(cell, lambda c=cell, i=index: run_cell(c, i, tasks[c.task], encoders, cache, config, device)))
+        results.append(on_cell(cell, lambda c=cell, i=index: run_cell(c, i, tasks[c.task], encoders, cache, config, device,
+                                                                                  autocast)))
     return results

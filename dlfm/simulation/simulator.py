@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def _software_versions() -> dict:
     }
 
 
-def _write_dataset(config: SimulationConfig, target: Path, workers: int, progress: bool) -> None:
+def _write_dataset(config: SimulationConfig, target: Path, workers: int, progress: bool, timings: dict | None = None) -> None:
     """Simulate every image into ``target`` (an empty directory) and write the manifest."""
     preset = PRESETS[config.preset]
     tasks, splits, labels = plan_rows(config, preset)
@@ -46,9 +47,9 @@ def _write_dataset(config: SimulationConfig, target: Path, workers: int, progres
     images = np.lib.format.open_memmap(
         target / layout.IMAGES_FILE, mode="w+", dtype=np.float32, shape=(len(tasks), 1, size, size)
     )
-    params = render_all(config, preset, tasks, images, workers, progress)
-    if not np.isfinite(images).all():  # a renderer bug, not a user error
-        raise RuntimeError("simulation produced non-finite pixels")
+    timings = {} if timings is None else timings
+    params, images_sha256 = render_all(config, preset, tasks, images, workers, progress, timings)  # checks finiteness too
+    started = time.perf_counter()
     images.flush()
     del images
 
@@ -60,7 +61,9 @@ def _write_dataset(config: SimulationConfig, target: Path, workers: int, progres
     table = table[list(PARAM_COLUMNS)]
     table.to_csv(target / layout.PARAMS_FILE, index=False)
 
-    files = {name: layout.sha256_file(target / name) for name in layout.DATA_FILES}
+    # images.npy was hashed while it was rendered (the largest file by far); the small files are hashed here.
+    files = {name: images_sha256 if name == layout.IMAGES_FILE else layout.sha256_file(target / name)
+             for name in layout.DATA_FILES}
     sizes = config.split_sizes
     class_counts = {
         split: {name: int(((table["split"] == split) & (table["class_name"] == name)).sum()) for name in preset.class_names}
@@ -97,6 +100,7 @@ def _write_dataset(config: SimulationConfig, target: Path, workers: int, progres
         "digest": layout.dataset_digest(files),
     }
     layout.write_manifest(target, manifest)
+    timings["write"] = time.perf_counter() - started
 
 
 def simulate_dataset(
@@ -105,6 +109,7 @@ def simulate_dataset(
     workers: int | None = None,
     force: bool = False,
     progress: bool = True,
+    timings: dict | None = None,
 ) -> Path:
     """Simulate ``config`` into out_dir/<preset>-<digest[:10]>/ and return that directory.
 
@@ -112,7 +117,8 @@ def simulate_dataset(
     raises DatasetError unless ``force``. The dataset is built in a temporary directory beside
     the target and renamed into place, so a crash never leaves half a dataset.
     ``workers`` (default: all cores) forked processes render chunks of images; it is capped at
-    one per 16 images, and the files are byte-identical for any value.
+    one per 16 images, and the files are byte-identical for any value. ``timings`` (a dict, for
+    benchmarks/simulate.py) receives the seconds of each phase: pool_start, render, hash, write.
     """
     config.validate()
     if workers is None:
@@ -125,4 +131,4 @@ def simulate_dataset(
     target = dataset_path(config, out_dir)
     if not force and layout.verified_cache(target, config.digest()):
         return target
-    return layout.write_atomically(target, lambda scratch: _write_dataset(config, scratch, workers, progress))
+    return layout.write_atomically(target, lambda scratch: _write_dataset(config, scratch, workers, progress, timings))

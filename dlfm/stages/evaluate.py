@@ -103,20 +103,22 @@ def run_evaluate_stage(config: EvaluateConfig, stage: str = "evaluate", extra=No
     ``stage`` names the runs (transfer is this stage at one budget); ``extra(results, tasks)`` logs
     more parent artifacts and returns a dict merged into the summary.
     """
-    from dlfm.training.runtime import resolve_device
+    from dlfm.training.runtime import make_runtime
 
     with tracking.stage_run(stage, f"{stage}-{config.encoder_uri or config.encoder_stage}",
                             config.experiment_name) as run_id:
         config.validate()
-        device = resolve_device(config.device)
+        runtime = make_runtime(config.device, config.precision)
         tracking.log_params(config.to_dict())
+        tracking.set_tags({"dlfm.device": runtime.device, "dlfm.precision": runtime.amp_dtype})
         asked, version_uri, version = resolve_version(config)
         pretrained = registry.load_registered_encoder(version_uri)
         tracking.set_tags({"dlfm.encoder_requested": asked, "dlfm.encoder_uri": version_uri,
                            "dlfm.encoder_version": version.version, "dlfm.encoder_run_id": version.run_id,
                            "dlfm.encoder": pretrained.name, "dlfm.encoder_objective": version.tags.get("objective", "")})
         tasks = load_tasks(config, pretrained.check_image_size)
-        results = run_grid(config, tasks, pretrained, device, on_cell=child_run(config, version.version, stage))
+        results = run_grid(config, tasks, pretrained, runtime.device, on_cell=child_run(config, version.version, stage),
+                           autocast=runtime.autocast)
         rows, verdict_rows, text = log_summary(results, tasks)
         more = extra(results, tasks) if extra else {}
         return {"run_id": run_id, "version": version.version, "rows": rows, "verdicts": verdict_rows, "markdown": text, **more}

@@ -19,6 +19,7 @@ from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
+from dlfm.training.config import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc", "test/recon_mse",
@@ -56,6 +57,7 @@ class MainConfig:
     seeds: str = "0,1"  # evaluate seeds (two give a spread; the reference config uses three)
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/macro_auc)
     device: str = "auto"
+    precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
     workers: int = 0  # simulation processes (0 = all cores)
     experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
     report_dir: str = "reports/latest"
@@ -70,6 +72,8 @@ class MainConfig:
             raise ConfigError(f"workers must be >= 0 (0 = all cores), got {self.workers!r}")
         if not self.lr > 0 or not self.recon_weight >= 0:
             raise ConfigError("lr must be > 0 and recon_weight >= 0")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.pretrain_seed == self.seed:
             raise ConfigError(f"pretrain_seed must differ from seed ({self.seed}) so that the corpus shares no image "
                               "with the evaluation sets; pass another pretrain_seed")
@@ -134,7 +138,7 @@ def run_main_stage(config: MainConfig) -> dict:
         corpus_dir = corpus_run.data.tags["dlfm.dataset_dir"]
         train_params = {"dataset": classification_dir, "encoder": config.encoder, "epochs": config.epochs,
                         "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "device": config.device,
-                        "experiment_name": exp}
+                        "precision": config.precision, "experiment_name": exp}
         candidates = []
         for objective, spec in OBJECTIVES.items():
             extra = {"recon_weight": config.recon_weight} if spec.weighted else {}
@@ -165,7 +169,8 @@ def run_main_stage(config: MainConfig) -> dict:
                                          "classification_dataset": held_out.data.tags["dlfm.dataset_dir"],
                                          "regression_dataset": regression_dir, "budgets": config.eval_budgets,
                                          "seeds": config.seeds, "epochs": config.eval_epochs,
-                                         "min_steps": config.eval_min_steps, "device": config.device, "experiment_name": exp})
+                                         "min_steps": config.eval_min_steps, "device": config.device,
+                                         "precision": config.precision, "experiment_name": exp})
         report = write_report(config, summary_rows, best, outcome, promoted, evaluate_run)
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")

@@ -89,7 +89,7 @@ def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
     config.validate()
     # Rank 0 has checked the run (and may have reopened it already): only the checkpoint is needed here.
     config, resume_state = resume_point(config, check_run=False) if config.resume else (config, None)
-    runtime = make_runtime(config.device)
+    runtime = make_runtime(config.device, config.precision)
     distributed.init_process_group(runtime.device)
     stop = StopRequest()
     try:
@@ -148,7 +148,7 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         checkpoints.supersede_launcher_run(run_id)
         done = resume_state["epoch"] if resume_state else 0
         tracking.set_tags({"dlfm.resumed_after_epoch": done, "dlfm.epochs": config.epochs})
-    runtime = make_runtime(config.device)
+    runtime = make_runtime(config.device, config.precision)
     distributed.init_process_group(runtime.device)
     tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
     if resume_state:
@@ -161,7 +161,8 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         tracking.log_dataset(dataset, context="probe")
         tracking.set_tags({"dlfm.pretrain_dataset_digest": corpus.digest})
     tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
-                       "dlfm.amp": runtime.amp_dtype, "dlfm.world_size": runtime.world_size})
+                       "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
+                       "dlfm.world_size": runtime.world_size})
 
     def on_epoch_end(epoch, metrics, make_checkpoint):
         # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.

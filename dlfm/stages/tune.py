@@ -23,7 +23,7 @@ from dlfm.tune.workers import run_workers
 def run_tune_stage(config: TuneConfig) -> dict:
     """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
     config.validate()
-    runtime = make_runtime(config.train.device)  # an absent cuda/mps is a ConfigError before any trial
+    runtime = make_runtime(config.train.device, config.train.precision)  # an absent cuda/mps is a ConfigError before any trial
     storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL
     study_name = config.resolved_study_name()
     train = config.train
@@ -36,7 +36,8 @@ def run_tune_stage(config: TuneConfig) -> dict:
         dataset = resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test)
         check_trainable(train, dataset)
         tracking.log_dataset(dataset, context="training")
-        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype})
+        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype,
+                           "dlfm.precision": runtime.amp_dtype})
 
         exit_codes = run_workers(config, run_id, dataset, study)
         failed_workers = [index for index, code in enumerate(exit_codes) if code != 0]

@@ -11,6 +11,7 @@ from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")  # resolved to fp32 | bf16 | fp16 by dlfm.training.runtime.resolve_precision
 RESUME_IGNORED = ("resume",)
 # Params that only some objectives take, keyed by the table property that turns them on.
 WEIGHT_PARAMS = ("recon_weight", "loss_balance")
@@ -42,6 +43,7 @@ class TrainConfig:
     patience: int = 4  # early stopping: epochs without improvement of the monitored val metric
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
     nproc: int = 1  # processes under torchrun DDP (one per GPU); the global batch is batch_size × nproc
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300
@@ -86,6 +88,7 @@ class TrainConfig:
              f"pretrain_dataset applies to the self-supervised objectives ({', '.join(n for n, o in OBJECTIVES.items() if o.probed)}); "
              f"{self.objective} reads labels, so train it on `dataset` and drop pretrain_dataset")
         need(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
     @property
     def encoder_kwargs(self) -> dict:

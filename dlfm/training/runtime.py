@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dlfm.errors import ConfigError
+from dlfm.training.config import PRECISIONS  # the `precision` param of every training stage and evaluate
 
 
 @dataclass
@@ -19,7 +20,7 @@ class Runtime:
     device: torch.device
     autocast: Callable[[], ContextManager]  # a fresh autocast context (nullcontext on the CPU)
     scaler: torch.amp.GradScaler  # enabled only for fp16 autocast
-    amp_dtype: str  # "bf16", "fp16" or "off"
+    amp_dtype: str  # the resolved precision: "bf16", "fp16" (CUDA without bf16, with a GradScaler) or "fp32"
     rank: int = 0
     world_size: int = 1
 
@@ -46,20 +47,71 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def make_runtime(requested_device: str) -> Runtime:
-    """AMP on CUDA (bf16 where supported, else fp16 with a GradScaler); plain fp32 elsewhere."""
+# /proc/cpuinfo flags of CPUs with bf16 matmul units: Sapphire Rapids AMX tiles, Cooper Lake/Zen 4 AVX-512 BF16.
+# Elsewhere CPU bf16 autocast is emulated and slower than fp32, so auto keeps fp32 there.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo, e.g. macOS)."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AMX or AVX-512 BF16)."""
+    # torch's capability string names the widest kernels it dispatches to (AVX2, AVX512, ...), not bf16
+    # itself, so the kernel's flags decide; a build that reports AMX/BF16 there counts too.
+    capability = torch.backends.cpu.get_cpu_capability().lower() if flags is None else ""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in CPU_BF16_FLAGS) or "bf16" in capability or "amx" in capability
+
+
+def resolve_precision(requested: str, device: torch.device, flags: frozenset[str] | None = None,
+                      cuda_bf16: bool | None = None) -> str:
+    """auto | fp32 | bf16 → the precision the stage runs in: "fp32", "bf16" or "fp16".
+
+    auto: bf16 on CUDA GPUs that support it and on CPUs with AMX or AVX-512 BF16; fp16 (with a
+    GradScaler, as before this param existed) on older CUDA GPUs; fp32 elsewhere. ``flags`` and
+    ``cuda_bf16`` override the probes (tests). An explicit bf16 on a CUDA GPU without it is a ConfigError;
+    on a CPU without native bf16 it is honoured (emulated: slower, but the user asked).
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        if requested == "bf16" and not supported:
+            raise ConfigError("precision=bf16 was requested but this CUDA GPU has no bf16; use precision=auto or fp32")
+        return "bf16" if supported else "fp16"
+    if requested == "bf16":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16(flags) else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
+    """A factory of fresh autocast contexts for a resolved precision (nullcontext for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def make_runtime(requested_device: str, precision: str = "auto") -> Runtime:
+    """Device, precision (autocast + GradScaler for fp16), rank: resolved once, before the loop."""
     device = resolve_device(requested_device)
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        amp_dtype = "bf16" if dtype == torch.bfloat16 else "fp16"
-        autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
-    else:
-        amp_dtype = "off"
-        autocast = contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=amp_dtype == "fp16")
-    return Runtime(device, autocast, scaler, amp_dtype, rank, world_size)
+    resolved = resolve_precision(precision, device)
+    scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=resolved == "fp16")
+    return Runtime(device, autocast_for(device, resolved), scaler, resolved, rank, world_size)
 
 
 def seed_everything(seed: int) -> torch.Generator:

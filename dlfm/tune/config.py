@@ -20,7 +20,8 @@ PRUNERS = ("median", "hyperband", "none")
 STORAGE_ENV_PREFIX = "env:"  # storage=env:NAME reads the URL (password included) from environment variable NAME
 # Fields that change what a trial computes: the automatic study name digests them, so rerunning
 # the same command joins (resumes) the same study and a different set-up gets a new one.
-STUDY_KEY_EXCLUDES = ("device", "experiment_name", "recon_weight")
+# precision is left out like device: auto resolves per machine, and workers on mixed hardware share one study.
+STUDY_KEY_EXCLUDES = ("device", "precision", "experiment_name", "recon_weight")
 
 
 @dataclass(frozen=True)

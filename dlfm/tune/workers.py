@@ -73,7 +73,7 @@ def load_setup(config: TuneConfig, parent_run_id: str, dataset) -> TrialSetup:
     """Tensors and runtime for this worker's trials."""
     splits = {name: split_tensors(dataset, name) for name in SPLITS}
     return TrialSetup(config, parent_run_id, splits, dataset.class_names, dataset.image_size,
-                      make_runtime(config.train.device))
+                      make_runtime(config.train.device, config.train.precision))
 
 
 def worker_main(spec: WorkerSpec, lock) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError, DatasetError
 
 TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")  # learned, standardised
@@ -41,7 +40,7 @@ class TransferConfig:
     sim_n_train: int = 1200  # when `dataset` is a preset not cached yet: its split sizes
     sim_n_val: int = 300
     sim_n_test: int = 300
-    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
+    experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
 
     @property
     def seed_list(self) -> list[int]:

@@ -58,7 +58,10 @@ def learning_curves_figure(history: list[dict[str, float]]):
     """Train/val loss and, where present, val accuracy and macro AUC per epoch."""
     epochs = np.arange(1, len(history) + 1)
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name in ("train/loss", "val/loss", "train/loss_cls", "train/loss_recon", "train/loss_masked"):
+    # The objective's total (train|val/loss_<objective>) and the train parts; the names say which is which.
+    names = [n for n in history[0] if n.split("/")[0] in ("train", "val") and n.split("/")[-1].startswith("loss_")]
+    names += [n for n in ("train/recon_mse", "train/masked_mse") if n in history[0]]
+    for name in names:
         if name in history[0]:
             axes[0].plot(epochs, [h[name] for h in history], marker="o", label=name)
     axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="losses")

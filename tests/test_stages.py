@@ -31,13 +31,30 @@ def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, 
     assert run.data.tags["dlfm.stage"] == objective and run.data.tags["dlfm.objective"] == objective
     assert run.data.tags["dlfm.encoder"] == "conv4"
     metrics = run.data.metrics
-    for name in ("train/loss", "val/loss", "val/accuracy", "val/macro_auc", "val/auc_no_sub", "val/auc_cdm",
-                 "val/auc_axion", "test/accuracy", "test/macro_auc"):
+    for name in (f"train/loss_{objective}", f"val/loss_{objective}", "val/accuracy", "val/macro_auc", "val/auc_no_sub",
+                 "val/auc_cdm", "val/auc_axion", "test/accuracy", "test/macro_auc"):
         assert name in metrics, name
+    assert not {"train/loss", "val/loss", "test/loss"} & set(metrics)  # a bare total would mean another thing per stage
     spec = OBJECTIVES[objective]
     assert ("val/recon_mse" in metrics) == (spec.recon_metric == "recon_mse")
-    assert ("train/loss_recon" in metrics) == ("recon" in spec.parts)
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+    assert ("train/recon_mse" in metrics) == ("recon" in spec.parts)  # the train part has the val metric's name
+    assert len(client.get_metric_history(run.info.run_id, f"train/loss_{objective}")) == 2
+    # Per-epoch validation is a curve of its own; val/… and test/… are the best weights' values, logged once
+    # (for probed objectives too), so they are never a dot beside a curve nor on the last epoch's step.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, f"val_epoch/{spec.monitor[0][4:]}")] == [1, 2]
+    for name in ("val/macro_auc", "test/macro_auc", spec.monitor[0]):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0], name
+    # The logged model has a per-stage name and its metrics are linked to it, so logged-model search ranks encoders.
+    found = mlflow.search_logged_models(filter_string="metrics.`val/macro_auc` >= 0", output_format="list")
+    [model] = [m for m in found if m.source_run_id == run.info.run_id]
+    assert model.name == f"encoder-{objective}"
+    assert {m.key for m in model.metrics} >= {"val/macro_auc", "test/macro_auc"}
+    # The run explains itself: a description with what it trained and the headline result.
+    note = run.data.tags["mlflow.note.content"]
+    assert objective in note and "val/macro_auc" in note and f"version {summary['version']}" in note
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "deeplense-fm" and "dlfm" in experiment.tags["mlflow.note.content"]
+    assert "UTC" in run.data.tags["dlfm.started_at"]  # readable, not an epoch float
     assert run.data.params["recon_weight"] == "1.0" and run.data.params["epochs"] == "2"  # the config is logged whole
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     expected = {"figures/learning_curves.png", "figures/roc.png", "figures/confusion.png"}

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 INPUT_DESCRIPTION = ("images: float32 array (N, 1, {size}, {size}) of raw simulated flux (or already min-max "
-                     "normalised images; (N, {size}, {size}) is accepted too); each image is min-max normalised "
-                     "to [0, 1] here, as in training")
+                     "normalised images); each image is min-max normalised to [0, 1] here, as in training")
 
 
 class EncoderPredictor:
@@ -35,7 +34,7 @@ class EncoderPredictor:
             images = images[:, None]
         size = self.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
-            raise MlflowException(f"dlfm-encoder expects images shaped (N, 1, {size}, {size}) or (N, {size}, {size}); "
+            raise MlflowException(f"dlfm-encoder expects images shaped (N, 1, {size}, {size}); "
                                   f"got shape {tuple(images.shape)}", error_code=INVALID_PARAMETER_VALUE)
         return images
 

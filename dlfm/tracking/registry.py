@@ -118,8 +118,10 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
 
     arch = read_arch(encoder_dir)
     image_size, embed_dim, objective = arch["image_size"], arch["embed_dim"], arch["objective"]
+    # Height and width are left free in the signature: MLflow's own shape check would answer a wrong size
+    # with a dump of the whole array; the model's check answers with one line naming both shapes.
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size), "images")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1), "images")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embed_dim), "embedding")]),
     )
     import torch

@@ -123,3 +123,37 @@ def test_image_size_the_encoder_cannot_take(tracking_uri, tmp_path):
             np.save(folder / cls / f"{i}.npy", np.random.rand(1, 16, 16).astype("float32"))
     result = run_script([str(REPO / "pipelines/supervised.py"), "--dataset", str(folder), "--epochs", "1"], cwd=tmp_path)
     assert result.returncode == 2 and "at least 32 px" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_runs_land_where_mlflow_users_expect(tracking_uri, monkeypatch):
+    """No param claims an experiment the run is not in: mlflow run's experiment wins, a disagreeing param is refused."""
+    from dlfm.errors import DlfmError
+    from dlfm.tracking import resolve_experiment_name, stage_run
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert resolve_experiment_name("") == "deeplense-fm"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    assert resolve_experiment_name("") == "mine" and resolve_experiment_name("given") == "given"
+    client = mlflow.MlflowClient()
+    launched = client.create_run(client.create_experiment("filed-by-mlflow-run")).info.run_id  # what `mlflow run` makes
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    with pytest.raises(DlfmError, match="mlflow run filed this run under experiment 'filed-by-mlflow-run'"):
+        with stage_run("simulate", "simulate-x", "elsewhere", system_metrics=False):
+            pass
+    with stage_run("simulate", "simulate-x", "", system_metrics=False) as run_id:
+        mlflow.log_params({"experiment_name_absent": "yes"})
+    run = client.get_run(run_id)
+    assert run_id == launched and "experiment_name" not in run.data.params
+
+
+def test_every_epoch_prints_a_line_that_stays_when_piped(capsys):
+    import sys
+
+    from dlfm.training.loop import fit
+    from test_training import CLASSES, random_splits
+
+    assert not sys.stdout.isatty()  # captured, as under CI, tee or nohup
+    fit(TrainConfig(objective="multitask", encoder="conv4", epochs=2, batch_size=8), random_splits(), CLASSES, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2") and lines[1].startswith("epoch 2/2")
+    assert "train/loss_multitask" in lines[0] and "val/macro_auc" in lines[0] and "ETA" in lines[0]

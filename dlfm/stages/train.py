@@ -39,7 +39,7 @@ def log_training_figures(result, class_names) -> None:
         tracking.log_figure(plots.roc_figure(result.test.probs, result.test.labels, class_names, "test ROC"), "figures/roc.png")
         tracking.log_figure(plots.confusion_figure(result.test.probs, result.test.labels, class_names, split="test"), "figures/confusion.png")
     if result.reconstructions is not None:
-        tracking.log_figure(plots.reconstruction_figure(*result.reconstructions), "figures/reconstructions.png")
+        tracking.log_figure(plots.reconstruction_figure(*result.reconstructions, split="val"), "figures/reconstructions.png")
 
 
 def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:

@@ -25,6 +25,11 @@ REPORTED = (  # MAE names, physical units: arcsec, arcsec, arcsec, -, -, -, -, -
 UNITS = {"theta_E": "arcsec", "src_x": "arcsec", "src_y": "arcsec", "phi": "rad", "psi_ext": "rad"}
 
 
+def unit_label(name: str) -> str:
+    """The unit of a reported parameter's MAE for tables: arcsec, rad, or dimensionless (e1, e2, q, shear, …)."""
+    return UNITS.get(name, "dimensionless")
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     encoder_stage: str = "production"  # registry alias to load: models:/dlfm-encoder@<stage>

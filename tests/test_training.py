@@ -31,7 +31,7 @@ def test_recon_weight_zero_gives_exactly_the_supervised_loss():
     supervised, _ = Objective("supervised", label_smoothing=0.1)(output, images, labels)
     assert torch.equal(multitask, supervised)
     assert torch.equal(multitask, F.cross_entropy(output.logits, labels, label_smoothing=0.1))
-    assert parts["loss_recon"] > 0
+    assert parts["recon_mse"] > 0
 
 
 def test_uncertainty_weighting_learns_its_log_variances():

@@ -408,11 +408,17 @@ def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
 
 
 def _download(model_uri: str) -> Path:
+    """A private copy of the model in a fresh temporary folder.
+
+    Without ``dst_path`` a local store hands back its own folder, and MLflow then writes its
+    ``registered_model_meta`` file into the store: reading a model must never change the store.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                        dst_path=tempfile.mkdtemp(prefix="dlfm-model-")))
     except MlflowException as error:
         raise RegistryError(f"cannot download {model_uri}: {str(error).splitlines()[0]}") from None
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Loss parts an objective can combine; each one names the metric it logs.
+# Loss parts an objective can combine; each one names the metric it logs. = {
+# Every split (train/val/test) logs a part under the same name, so one name is one quantity everywhere.
 PARTS = {
-    "cls": "loss_cls",  # classification head, cross-entropy on the class labels
-    "recon": "loss_recon",  # decoder, MSE over the whole image (logged as …/recon_mse)
-    "masked": "loss_masked",  # random patches of the input hidden; decoder MSE on the hidden patches only (…/masked_mse)
+    "cls": "loss_cls",  # classification head, cross-entropy on the class labels (train: with label smoothing)
+    "recon": "recon_mse",  # decoder, MSE over the whole normalised image
+    "masked": "masked_mse",  # random patches of the input hidden; decoder MSE on the hidden patches only
 }
 
 
@@ -44,6 +45,15 @@ class ObjectiveSpec:
     def weighted(self) -> bool:
         """recon_weight and loss_balance apply: a classification term and a reconstruction term are summed."""
         return self.classifies and self.decodes
+
+    @property
+    def total_metric(self) -> str:
+        """Name (without split prefix) of the objective's own total loss: ``loss_<objective>``.
+
+        The total means something else in every objective (MSE, CE, CE + w x MSE), so it never
+        shares a name with another stage's total; for a one-part objective it equals that part.
+        """
+        return f"loss_{self.name}"
 
     @property
     def recon_metric(self) -> str | None:

@@ -34,6 +34,9 @@ name: dlfm
 # gets one clear line instead of an MLflow traceback.
 conda_env: conda.yaml
 
+# Runs land in the experiment of `mlflow run --experiment-name NAME` or MLFLOW_EXPERIMENT_NAME
+# (export MLFLOW_EXPERIMENT_NAME=deeplense-fm once per shell); there is no experiment_name param.
+#
 # Training entry points take resume=<run_id>: reopen that killed or failed run and continue after its
 # last checkpoint (params left at their defaults are taken from the checkpoint; epochs may grow).
 entry_points:
@@ -44,6 +47,10 @@ TRAIN = "dlfm.training.config:TrainConfig"
 # params as --name value) but that MLproject leaves undeclared, to keep the UI's param list short.
 TRAIN_ADVANCED = ("grad_clip", "label_smoothing")
 SINGLE_LOSS = ("objective", "recon_weight", "loss_balance")  # tune fixes these itself
+# Accepted by every script (a direct `python pipelines/x.py --experiment_name …`) but never declared: under
+# `mlflow run` the run is filed by --experiment-name / MLFLOW_EXPERIMENT_NAME before the script starts, so a
+# declared param would claim an experiment the run may not be in.
+UNDECLARED = ("experiment_name",)
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def config_class(path: str) -> type:
 
 def param_fields(row: EntryPoint, declared_only: bool = False) -> list[tuple[type, dataclasses.Field]]:
     """(config class, field) of every param of ``row``, in order; fields without a default are never params."""
-    skip = set(row.fixed) | (set(row.advanced) if declared_only else set())
+    skip = set(row.fixed) | (set(row.advanced) | set(UNDECLARED) if declared_only else set())
     found = []
     for path in row.configs:
         cls = config_class(path)

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError, DatasetError
 
 TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")  # learned, standardised
@@ -26,6 +25,11 @@ REPORTED = (  # MAE names, physical units: arcsec, arcsec, arcsec, -, -, -, -, -
     "theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2", "ellipticity", "q", "phi", "gamma_ext", "psi_ext",
 )
 UNITS = {"theta_E": "arcsec", "src_x": "arcsec", "src_y": "arcsec", "phi": "rad", "psi_ext": "rad"}
+
+
+def unit_label(name: str) -> str:
+    """The unit of a reported parameter's MAE for tables: arcsec, rad, or dimensionless (e1, e2, q, shear, …)."""
+    return UNITS.get(name, "dimensionless")
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class TransferConfig:
     sim_n_train: int = 1200  # when `dataset` is a preset not cached yet: its split sizes
     sim_n_val: int = 300
     sim_n_test: int = 300
-    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
+    experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
 
     @property
     def seed_list(self) -> list[int]:

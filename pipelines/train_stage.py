@@ -30,10 +30,6 @@ def main_for(objective: str, argv: list[str] | None = None) -> None:
             config.validate()
             distributed.check_nproc(config.nproc, config.device)
             sys.exit(distributed.relaunch_with_torchrun(config.nproc, sys.argv[0], sys.argv[1:] if argv is None else argv))
-        summary = run_training_stage(config)
-        if not summary:
-            return
-        print(f"{objective} run {summary['run_id']}: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()) if k.endswith(("accuracy", "macro_auc", "recon_mse"))))
+        run_training_stage(config)  # prints its closing lines (experiment, run, version, where to look)
 
     run_entry_point(main)

@@ -50,7 +50,7 @@ def test_two_gloo_processes_give_one_finished_run(tracking_uri, tiny_classificat
     [run] = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["dlfm.world_size"] == "2" and run.data.params["nproc"] == "2"
-    history = client.get_metric_history(run.info.run_id, "train/loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss_multitask")
     assert [m.step for m in history] == [1, 2]
     assert len(client.search_model_versions("name='dlfm-encoder'")) == 1
 

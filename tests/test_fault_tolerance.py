@@ -28,7 +28,7 @@ def tiny_config(dataset, **changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-def steps(client, run_id, key="train/loss") -> list[int]:
+def steps(client, run_id, key="train/loss_multitask") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
@@ -82,8 +82,8 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tracking_uri, 
     assert resumed["metrics"].keys() == reference["metrics"].keys()
     for name, value in reference["metrics"].items():
         assert resumed["metrics"][name] == pytest.approx(value, abs=1e-6), name
-    history = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
-    expected = {m.step: m.value for m in client.get_metric_history(reference["run_id"], "train/loss")}
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss_multitask")}
+    expected = {m.step: m.value for m in client.get_metric_history(reference["run_id"], "train/loss_multitask")}
     assert history == pytest.approx(expected, abs=1e-6)
 
 

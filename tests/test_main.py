@@ -38,6 +38,13 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == promoted
     [evaluate] = [r for r in steps if r.data.tags.get("dlfm.stage") == "evaluate"]
     assert evaluate.data.tags["dlfm.encoder_version"] == promoted  # main evaluates the encoder it promoted
+    # The parent explains itself: summary metrics (its charts are not empty with the children collapsed), a description.
+    assert parent.data.metrics["promoted_version"] == float(promoted)
+    assert {f"{objective}/val_macro_auc" for objective in OBJECTIVES} <= set(parent.data.metrics)
+    assert any(name.startswith("evaluate/") for name in parent.data.metrics)
+    assert "version" in parent.data.tags["mlflow.note.content"]
+    assert all(r.data.tags.get("mlflow.note.content") for r in steps)  # every step run has a description
+    assert "experiment_name" not in parent.data.params  # the run's experiment is its own attribute, not a claim
 
     second = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -145,7 +145,7 @@ def test_mae_through_mlflow_run_pretrains_on_the_corpus_and_registers(tracking_u
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     for name in ("val/masked_mse", "val/masked_mse_mean_image", "val/masked_mse_vs_mean_image", "val/macro_auc",
-                 "test/accuracy", "train/loss_masked"):
+                 "test/accuracy", "train/masked_mse", "train/loss_mae"):
         assert name in metrics, name
     assert "val/recon_mse" not in metrics  # a different quantity gets a different name
     assert run.data.params["mask_ratio"] == "0.75"

@@ -187,3 +187,78 @@ def test_registry_cli_in_process(tracking_uri, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["registry", "promote", "42", "--stage", "production"])
     assert exit_info.value.code == 2 and "no version '42'" in capsys.readouterr().err
+
+
+def test_pyfunc_normalises_raw_flux_and_refuses_a_wrong_shape_in_one_line(tracking_uri):
+    from dlfm.data.dataset import normalize_images
+
+    version = register()
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+    raw = np.random.default_rng(0).gamma(2.0, 40.0, size=(3, 1, 64, 64)).astype(np.float32) + 5.0  # counts, not [0, 1]
+    # The model owns its preprocessing: raw flux and the training loaders' normalised images embed alike.
+    np.testing.assert_allclose(model.predict(raw), model.predict(normalize_images(raw)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception) as refused:
+        model.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
+    message = str(refused.value)
+    assert "(N, 1, 64, 64)" in message and "32, 32" in message and len(message) < 400  # no dump of the array
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}"))
+    assert (local / "serving_input_example.json").exists()  # serving and the UI show a sample payload
+    assert "raw" in mlflow.MlflowClient().get_model_version(MODEL_NAME, version).description
+    assert "raw flux" in mlflow.MlflowClient().get_registered_model(MODEL_NAME).description
+
+
+def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path):
+    """`mlflow models serve -m models:/dlfm-encoder@production --env-manager local` from a folder without dlfm."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port, spawn_process_group, stop_process_group
+
+    registry.promote(register(), "production")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_RUN_ID")}
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    # The venv may hold an editable dlfm; the model's own copy (code_paths) must be what loads.
+    probe = subprocess.run([sys.executable, "-c", "import mlflow, sys; m = mlflow.pyfunc.load_model('models:/dlfm-encoder@production'); "
+                            "print(sys.modules['dlfm'].__file__)"], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "/code/dlfm/" in probe.stdout, probe.stdout
+    port = free_port()
+    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+    server = spawn_process_group([mlflow_cli, "models", "serve", "-m", "models:/dlfm-encoder@production", "--env-manager",
+                                  "local", "-p", str(port), "-h", "127.0.0.1"], cwd=outside, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow models serve did not start"
+                time.sleep(1)
+
+        def invoke(payload: dict):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        local = Path(mlflow.artifacts.download_artifacts("models:/dlfm-encoder@production"))
+        status, body = invoke(json.loads((local / "serving_input_example.json").read_text()))
+        assert status == 200 and np.asarray(body["predictions"]).shape == (2, 128)
+        status, body = invoke({"inputs": np.zeros((1, 1, 48, 48)).tolist()})
+        # The scoring server prefixes MLflow's summary of the payload (numpy's "..." repr); the reason is one line.
+        assert status == 400 and len(body["message"]) < 2000, body["message"][:3000]
+        assert body["message"].splitlines()[-1].endswith("expects images shaped (N, 1, 64, 64); got shape (1, 1, 48, 48)")
+    finally:
+        stop_process_group(server)

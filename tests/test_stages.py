@@ -31,13 +31,30 @@ def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, 
     assert run.data.tags["dlfm.stage"] == objective and run.data.tags["dlfm.objective"] == objective
     assert run.data.tags["dlfm.encoder"] == "conv4"
     metrics = run.data.metrics
-    for name in ("train/loss", "val/loss", "val/accuracy", "val/macro_auc", "val/auc_no_sub", "val/auc_cdm",
-                 "val/auc_axion", "test/accuracy", "test/macro_auc"):
+    for name in (f"train/loss_{objective}", f"val/loss_{objective}", "val/accuracy", "val/macro_auc", "val/auc_no_sub",
+                 "val/auc_cdm", "val/auc_axion", "test/accuracy", "test/macro_auc"):
         assert name in metrics, name
+    assert not {"train/loss", "val/loss", "test/loss"} & set(metrics)  # a bare total would mean another thing per stage
     spec = OBJECTIVES[objective]
     assert ("val/recon_mse" in metrics) == (spec.recon_metric == "recon_mse")
-    assert ("train/loss_recon" in metrics) == ("recon" in spec.parts)
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+    assert ("train/recon_mse" in metrics) == ("recon" in spec.parts)  # the train part has the val metric's name
+    assert len(client.get_metric_history(run.info.run_id, f"train/loss_{objective}")) == 2
+    # Per-epoch validation is a curve of its own; val/… and test/… are the best weights' values, logged once
+    # (for probed objectives too), so they are never a dot beside a curve nor on the last epoch's step.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, f"val_epoch/{spec.monitor[0][4:]}")] == [1, 2]
+    for name in ("val/macro_auc", "test/macro_auc", spec.monitor[0]):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0], name
+    # The logged model has a per-stage name and its metrics are linked to it, so logged-model search ranks encoders.
+    found = mlflow.search_logged_models(filter_string="metrics.`val/macro_auc` >= 0", output_format="list")
+    [model] = [m for m in found if m.source_run_id == run.info.run_id]
+    assert model.name == f"encoder-{objective}"
+    assert {m.key for m in model.metrics} >= {"val/macro_auc", "test/macro_auc"}
+    # The run explains itself: a description with what it trained and the headline result.
+    note = run.data.tags["mlflow.note.content"]
+    assert objective in note and "val/macro_auc" in note and f"version {summary['version']}" in note
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "deeplense-fm" and "dlfm" in experiment.tags["mlflow.note.content"]
+    assert "UTC" in run.data.tags["dlfm.started_at"]  # readable, not an epoch float
     assert run.data.params["recon_weight"] == "1.0" and run.data.params["epochs"] == "2"  # the config is logged whole
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     expected = {"figures/learning_curves.png", "figures/roc.png", "figures/confusion.png"}
@@ -106,3 +123,37 @@ def test_image_size_the_encoder_cannot_take(tracking_uri, tmp_path):
             np.save(folder / cls / f"{i}.npy", np.random.rand(1, 16, 16).astype("float32"))
     result = run_script([str(REPO / "pipelines/supervised.py"), "--dataset", str(folder), "--epochs", "1"], cwd=tmp_path)
     assert result.returncode == 2 and "at least 32 px" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_runs_land_where_mlflow_users_expect(tracking_uri, monkeypatch):
+    """No param claims an experiment the run is not in: mlflow run's experiment wins, a disagreeing param is refused."""
+    from dlfm.errors import DlfmError
+    from dlfm.tracking import resolve_experiment_name, stage_run
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert resolve_experiment_name("") == "deeplense-fm"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    assert resolve_experiment_name("") == "mine" and resolve_experiment_name("given") == "given"
+    client = mlflow.MlflowClient()
+    launched = client.create_run(client.create_experiment("filed-by-mlflow-run")).info.run_id  # what `mlflow run` makes
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    with pytest.raises(DlfmError, match="mlflow run filed this run under experiment 'filed-by-mlflow-run'"):
+        with stage_run("simulate", "simulate-x", "elsewhere", system_metrics=False):
+            pass
+    with stage_run("simulate", "simulate-x", "", system_metrics=False) as run_id:
+        mlflow.log_params({"experiment_name_absent": "yes"})
+    run = client.get_run(run_id)
+    assert run_id == launched and "experiment_name" not in run.data.params
+
+
+def test_every_epoch_prints_a_line_that_stays_when_piped(capsys):
+    import sys
+
+    from dlfm.training.loop import fit
+    from test_training import CLASSES, random_splits
+
+    assert not sys.stdout.isatty()  # captured, as under CI, tee or nohup
+    fit(TrainConfig(objective="multitask", encoder="conv4", epochs=2, batch_size=8), random_splits(), CLASSES, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2") and lines[1].startswith("epoch 2/2")
+    assert "train/loss_multitask" in lines[0] and "val/macro_auc" in lines[0] and "ETA" in lines[0]

@@ -31,7 +31,7 @@ def test_recon_weight_zero_gives_exactly_the_supervised_loss():
     supervised, _ = Objective("supervised", label_smoothing=0.1)(output, images, labels)
     assert torch.equal(multitask, supervised)
     assert torch.equal(multitask, F.cross_entropy(output.logits, labels, label_smoothing=0.1))
-    assert parts["loss_recon"] > 0
+    assert parts["recon_mse"] > 0
 
 
 def test_uncertainty_weighting_learns_its_log_variances():
@@ -54,13 +54,14 @@ def test_fit_returns_the_shared_metric_names(objective):
     config = TrainConfig(objective=objective, encoder="conv4", epochs=2, batch_size=8)
     result = fit(config, random_splits(), CLASSES, progress=False)
     for prefix in ("val", "test"):
-        for name in ("loss", "accuracy", "macro_auc", "auc_no_sub", "auc_cdm", "auc_axion"):
+        for name in (spec.total_metric, "accuracy", "macro_auc", "auc_no_sub", "auc_cdm", "auc_axion"):
             assert f"{prefix}/{name}" in result.final_metrics
         for metric in ("recon_mse", "masked_mse"):
             assert (f"{prefix}/{metric}" in result.final_metrics) == (spec.recon_metric == metric)
             assert (f"{prefix}/{metric}_mean_image" in result.final_metrics) == (spec.recon_metric == metric)
-    assert "train/loss" in result.history[0]
-    assert {name for name in result.history[0] if name.startswith("train/loss_")} == {f"train/{PARTS[p]}" for p in spec.parts}
+    # The objective's total has its own name; each part has the name its val metric has.
+    assert {name for name in result.history[0] if name.startswith("train/")} == (
+        {f"train/{spec.total_metric}"} | {f"train/{PARTS[p]}" for p in spec.parts})
 
 
 def test_same_seed_gives_the_same_result():
@@ -110,4 +111,4 @@ def test_cuda_amp_training_step():
     config = TrainConfig(objective="multitask", encoder="resnet18", epochs=1, batch_size=8, device="cuda")
     result = fit(config, random_splits(size=64), CLASSES, progress=False)
     assert next(result.model.parameters()).device.type == "cuda"
-    assert torch.isfinite(torch.tensor(result.history[0]["train/loss"]))
+    assert torch.isfinite(torch.tensor(result.history[0]["train/loss_multitask"]))

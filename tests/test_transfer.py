@@ -57,7 +57,7 @@ def test_transfer_runs_both_arms_per_seed_with_every_mae(production_encoder, tin
     for child in children:
         for name in REPORTED:  # scored on the held-out test split (a fixed schedule: val picks nothing)
             assert f"test/mae_{name}" in child.data.metrics
-        losses = [m.value for m in client.get_metric_history(child.info.run_id, "train/loss")]
+        losses = [m.value for m in client.get_metric_history(child.info.run_id, "train/loss_regression")]
         assert len(losses) == 15 and losses[-1] < losses[0], "the head must really train"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
         a.path for a in client.list_artifacts(parent.info.run_id, "figures")}

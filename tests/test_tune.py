@@ -48,7 +48,7 @@ def assert_children_match_storage(children, study: optuna.Study) -> None:
         assert run.info.status == ("FAILED" if trial.state.name == "FAIL" else "FINISHED")
         assert float(run.data.params["recon_weight"]) == pytest.approx(trial.params["recon_weight"])
         assert len(trial.intermediate_values) >= 1
-        history = MlflowClient().get_metric_history(run.info.run_id, "val/macro_auc")
+        history = MlflowClient().get_metric_history(run.info.run_id, "val_epoch/macro_auc")  # the per-epoch curve
         assert {m.step for m in history} >= set(trial.intermediate_values)
 
 
@@ -97,13 +97,17 @@ def test_auto_study_name_follows_the_trial_settings():
     other = TuneConfig(train=TrainConfig(objective="multitask", epochs=9))
     assert base.resolved_study_name() == same.resolved_study_name() != other.resolved_study_name()
     assert TuneConfig(train=base.train, study_name="fm-v1").resolved_study_name() == "fm-v1"
+    # Readable, so optuna-dashboard tells studies apart: encoder, dataset and epochs before the digest.
+    named = TuneConfig(train=TrainConfig(objective="multitask", encoder="conv4", dataset="data/model_ii-abc", epochs=3))
+    assert named.resolved_study_name().startswith("tune-conv4-model_ii-abc-3ep-")
 
 
 # ---------------------------------------------------------------- one process
 
 
 @pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
-def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracking_uri, tiny_classification_dir, tmp_path):
+def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracking_uri, tiny_classification_dir, tmp_path,
+                                                                         capsys):
     from dlfm.stages.tune import run_tune_stage
     from dlfm.tracking.registry import get_version
 
@@ -125,6 +129,13 @@ def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracki
     best_child = parent.data.tags["dlfm.best_trial_run_id"]
     assert best_child == study.best_trial.user_attrs["mlflow_run_id"]
     assert "encoder" in {a.path for a in MlflowClient().list_artifacts(best_child)}
+    # The study carries its context for optuna-dashboard; the terminal got one line per trial.
+    assert study.metric_names == ["val/macro_auc"]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert study.user_attrs["dataset_digest"] == parent.data.tags["dlfm.dataset_digest"] and study.user_attrs["encoder"]
+    trial_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[tune] trial ")]
+    assert len(trial_lines) == 3 and all(any(s in line for s in ("COMPLETE", "PRUNED", "FAIL")) for line in trial_lines)
+    assert "best" in parent.data.tags["mlflow.note.content"]
 
     # Rerunning the same command joins the study and finds nothing left to do.
     again = run_tune_stage(tune_config(tiny_classification_dir, storage, "three"))

@@ -42,7 +42,7 @@ class EvaluateConfig:
     sim_n_val: int = 300
     sim_n_test: int = 300
     sim_seed: int = 1  # preset datasets: simulation seed; not the pretraining seed (0), so the sets are held out
-    experiment_name: str = "deeplense-fm"  # MLflow experiment
+    experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
 
     @property
     def task_list(self) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlfm.evaluation.config import ARM_NAMES
 from dlfm.evaluation.tasks import TASKS
-from dlfm.transfer import REPORTED, UNITS
+from dlfm.transfer import REPORTED, unit_label
 
 # (treated, control): the two questions a researcher asks of a pretrained encoder.
 PAIRS = (("pretrained-finetune", "scratch"), ("pretrained-frozen", "random-frozen"))
@@ -111,7 +111,7 @@ def markdown(rows: list[dict], verdict_rows: list[dict], mean_predictor: dict[st
             lines += ["", f"### regression per parameter at {size} labelled images ({budget}): test MAE", "",
                       "| parameter | " + " | ".join(arms) + " | mean predictor |", "|---|" + "---|" * (len(arms) + 1)]
             for name in REPORTED:
-                unit = f" ({UNITS[name]})" if name in UNITS else ""
+                unit = f" ({unit_label(name)})"
                 base = (mean_predictor or {}).get(f"test/mae_{name}")
                 lines.append(f"| {name}{unit} | " + " | ".join(_cell(largest[a], f"test/mae_{name}", 4) for a in arms)
                              + f" | {'—' if base is None else f'{base:.4f}'} |")

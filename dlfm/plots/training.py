@@ -58,7 +58,10 @@ def learning_curves_figure(history: list[dict[str, float]]):
     """Train/val loss and, where present, val accuracy and macro AUC per epoch."""
     epochs = np.arange(1, len(history) + 1)
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name in ("train/loss", "val/loss", "train/loss_cls", "train/loss_recon", "train/loss_masked"):
+    # The objective's total (train|val/loss_<objective>) and the train parts; the names say which is which.
+    names = [n for n in history[0] if n.split("/")[0] in ("train", "val") and n.split("/")[-1].startswith("loss_")]
+    names += [n for n in ("train/recon_mse", "train/masked_mse") if n in history[0]]
+    for name in names:
         if name in history[0]:
             axes[0].plot(epochs, [h[name] for h in history], marker="o", label=name)
     axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="losses")
@@ -76,31 +79,46 @@ def learning_curves_figure(history: list[dict[str, float]]):
     return figure
 
 
-def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray | None = None):
-    """Rows of original | (masked input) | reconstruction | residual for a few validation images.
+def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray | None = None,
+                          split: str = "val"):
+    """Rows of original | (masked input) | reconstruction | residual for a few images of ``split``.
 
-    Original and reconstruction share one colour scale per row, so a decoder that paints the
-    mean ring instead of each image's arcs shows up at a glance.
+    Every image panel shares one colour scale and every residual panel another (symmetric), each with
+    a labelled colourbar, so rows compare with each other and a decoder that paints the mean ring
+    instead of each image's arcs shows up at a glance. Pixels are normalised flux: each image is
+    min-max scaled to [0, 1] (dimensionless), as the model sees it.
     """
     rows = len(originals)
     columns = 3 if masks is None else 4
-    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns + 1.2, 2 * rows + 0.6), squeeze=False)
+    residuals = originals[:, 0] - reconstructions[:, 0]
+    if masks is not None:
+        residuals = np.where(masks[:, 0] > 0, residuals, 0.0)  # the loss sees hidden pixels only
+    scale = {"cmap": "magma", "vmin": float(min(originals.min(), reconstructions.min())),
+             "vmax": float(max(originals.max(), reconstructions.max()))}
+    limit = float(max(np.abs(residuals).max(), 1e-6))
+    residual_scale = {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}
+    image_artist = residual_artist = None
     for row in range(rows):
         original, recon = originals[row, 0], reconstructions[row, 0]
-        residual = original - recon
-        scale = {"cmap": "magma", "vmin": min(original.min(), recon.min()), "vmax": max(original.max(), recon.max())}
         panels = [(original, "original", scale)]
         if masks is not None:
-            hidden = masks[row, 0] > 0
-            panels.append((np.ma.masked_where(hidden, original), "visible input", scale))
-            residual = np.where(hidden, residual, 0.0)  # the loss sees hidden pixels only
-        limit = max(abs(residual).max(), 1e-6)
+            panels.append((np.ma.masked_where(masks[row, 0] > 0, original), "visible input", scale))
         panels += [(recon, "reconstruction", scale),
-                   (residual, "residual" if masks is None else "residual (hidden)", {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})]
+                   (residuals[row], "residual" if masks is None else "residual (hidden)", residual_scale)]
         for col, (image, title, kwargs) in enumerate(panels):
-            axes[row, col].imshow(image, origin="lower", **kwargs)
+            artist = axes[row, col].imshow(image, origin="lower", **kwargs)
+            if kwargs is scale:
+                image_artist = artist
+            else:
+                residual_artist = artist
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[row, col].set_title(title, fontsize=9)
-    figure.tight_layout()
+    figure.suptitle(f"{split} reconstructions (n={rows}; shared colour scales)", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 0.86, 0.97))
+    image_bar = figure.add_axes((0.88, 0.53, 0.025, 0.40))
+    figure.colorbar(image_artist, cax=image_bar, label="normalised flux (per-image min-max, 0-1)")
+    residual_bar = figure.add_axes((0.88, 0.07, 0.025, 0.40))
+    figure.colorbar(residual_artist, cax=residual_bar, label="original - reconstruction")
     return figure

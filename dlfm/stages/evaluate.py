@@ -58,8 +58,9 @@ def child_run(config: EvaluateConfig, version: str, stage: str):
                                  "n_labels": cell.n_labels, "epochs": config.epochs, "min_steps": config.min_steps,
                                  "lr": config.lr, "encoder_lr": config.encoder_lr, "batch_size": config.batch_size})
             result = compute()
+            # The head's loss is CE (classification) or MSE on standardised parameters (regression): one name each.
             for epoch, loss in enumerate(result.history, start=1):
-                tracking.log_metrics({"train/loss": loss}, step=epoch)
+                tracking.log_metrics({f"train/loss_{cell.task}": loss}, step=epoch)
             tracking.log_metrics(result.metrics)
         print(f"[{stage}] {cell.task} budget={cell.budget} {cell.arm} seed={cell.seed}: "
               f"{TASKS[cell.task].headline}={result.metrics[TASKS[cell.task].headline]:.4f}", flush=True)
@@ -105,8 +106,11 @@ def run_evaluate_stage(config: EvaluateConfig, stage: str = "evaluate", extra=No
     """
     from dlfm.training.runtime import make_runtime
 
+    asked_for = config.encoder_uri or f"models:/dlfm-encoder@{config.encoder_stage}"
+    description = (f"{stage}: the registered encoder {asked_for} against a random one (frozen and fine-tuned arms), "
+                   f"label budgets {config.budgets}, seeds {config.seeds}; one child run per cell.")
     with tracking.stage_run(stage, f"{stage}-{config.encoder_uri or config.encoder_stage}",
-                            config.experiment_name) as run_id:
+                            config.experiment_name, description=description) as run_id:
         config.validate()
         runtime = make_runtime(config.device, config.precision)
         tracking.log_params(config.to_dict())
@@ -121,4 +125,9 @@ def run_evaluate_stage(config: EvaluateConfig, stage: str = "evaluate", extra=No
                            autocast=runtime.autocast)
         rows, verdict_rows, text = log_summary(results, tasks)
         more = extra(results, tasks) if extra else {}
+        verdicts = "; ".join(f"{v['task']} budget {v['budget']}: {v['treated']} vs {v['control']} {v['verdict']}"
+                             for v in verdict_rows[:6])
+        tracking.describe_run(f"{description}\n\nEncoder version {version.version} ({version.tags.get('objective', '?')}). "
+                              f"Verdicts: {verdicts or 'none'}. Tables: evaluation.md.")
+        print(tracking.stage_summary(stage, run_id), flush=True)
         return {"run_id": run_id, "version": version.version, "rows": rows, "verdicts": verdict_rows, "markdown": text, **more}

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlfm import tracking
-from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
@@ -59,7 +58,7 @@ class MainConfig:
     device: str = "auto"
     precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
     workers: int = 0  # simulation processes (0 = all cores)
-    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
+    experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     report_dir: str = "reports/latest"
 
     def validate(self) -> None:
@@ -114,11 +113,14 @@ class MainConfig:
 def run_main_stage(config: MainConfig) -> dict:
     """Chain every step as nested runs, promote the best encoder, evaluate it, and report."""
     version = steps.code_version(REPO_ROOT)
-    exp = config.experiment_name
     summary_rows, step_runs = [], {}
-    with tracking.stage_run("main", "main-demo", exp) as run_id:
+    description = ("The whole pipeline: simulate, train every objective (" + ", ".join(OBJECTIVES)
+                   + (", tune" if config.tune else "") + f") for {config.epochs} epochs, promote the best by val/macro_auc "
+                   f"to {config.promote_stage}, evaluate it against a random encoder. Children are the steps.")
+    with tracking.stage_run("main", "main-demo", config.experiment_name, description=description) as run_id:
         config.validate()
         tracking.log_params(asdict(config))
+        exp = tracking.run_location(run_id)["experiment"]  # the steps land where this run landed
 
         def step(entry: str, params: dict):
             run, reused = steps.run_step(REPO_ROOT, entry, params, exp, version)
@@ -127,7 +129,7 @@ def run_main_stage(config: MainConfig) -> dict:
             return run
 
         data_dir = str(Path("data").resolve())  # beside the caller, even though steps run in the project root
-        common_sim = {"seed": config.seed, "workers": config.workers, "out_dir": data_dir, "experiment_name": exp}
+        common_sim = {"seed": config.seed, "workers": config.workers, "out_dir": data_dir}
         cls_run = step("simulate", {"preset": "model_ii", "n_train": config.n_train, "n_val": config.n_val,
                                     "n_test": config.n_test, **common_sim})
         reg_run = step("simulate", {"preset": "regression", "n_train": config.regression_n_train,
@@ -138,7 +140,7 @@ def run_main_stage(config: MainConfig) -> dict:
         corpus_dir = corpus_run.data.tags["dlfm.dataset_dir"]
         train_params = {"dataset": classification_dir, "encoder": config.encoder, "epochs": config.epochs,
                         "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "device": config.device,
-                        "precision": config.precision, "experiment_name": exp}
+                        "precision": config.precision}
         candidates = []
         for objective, spec in OBJECTIVES.items():
             extra = {"recon_weight": config.recon_weight} if spec.weighted else {}
@@ -170,12 +172,28 @@ def run_main_stage(config: MainConfig) -> dict:
                                          "regression_dataset": regression_dir, "budgets": config.eval_budgets,
                                          "seeds": config.seeds, "epochs": config.eval_epochs,
                                          "min_steps": config.eval_min_steps, "device": config.device,
-                                         "precision": config.precision, "experiment_name": exp})
+                                         "precision": config.precision})
         report = write_report(config, summary_rows, best, outcome, promoted, evaluate_run)
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")
         tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"]})
+        parent_metrics = summary_metrics(summary_rows, promoted, evaluate_run.data.metrics)
+        tracking.log_metrics(parent_metrics)
+        tracking.describe_run(f"{description}\n\nResult: best {best['stage']} (version {best['version']}, val/macro_auc "
+                              f"{best['val/macro_auc']:.4f}); {config.promote_stage} holds version {promoted}. "
+                              "Summary metrics: <stage>/val_macro_auc, promoted_version, evaluate/… (ratios).")
+        print(tracking.stage_summary("main", run_id, {k: v for k, v in parent_metrics.items() if "val_macro_auc" in k}),
+              flush=True)
         return {"run_id": run_id, "rows": summary_rows, "promoted": promoted, "evaluate_run": evaluate_run.info.run_id}
+
+
+def summary_metrics(rows: list[dict], promoted: str, evaluate_metrics: dict[str, float]) -> dict[str, float]:
+    """The parent run's own metrics, so its chart view is not empty while the children are collapsed:
+    each stage's val/macro_auc, the promoted version and evaluate's verdict metrics (ratios, gains)."""
+    metrics = {f"{row['stage']}/val_macro_auc": row["val/macro_auc"] for row in rows if row.get("val/macro_auc") is not None}
+    metrics["promoted_version"] = float(promoted)
+    metrics.update({f"evaluate/{k.replace('/', '_')}": v for k, v in evaluate_metrics.items()})
+    return metrics
 
 
 def format_value(value) -> str:

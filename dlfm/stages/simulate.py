@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlfm import tracking
-from dlfm.constants import DATA_DIR, DEFAULT_EXPERIMENT
+from dlfm.constants import DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -15,18 +15,20 @@ class SimulateOptions:
     out_dir: str = DATA_DIR  # the dataset lands in <out_dir>/<preset>-<config digest>/
     workers: int = 0  # simulation processes (0 = all cores); the bytes are identical for any value
     force: bool = False  # rebuild even if a verified cache exists
-    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
+    experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
 
 
 def run_simulate_stage(config, out_dir: str = DATA_DIR, workers: int | None = None, force: bool = False,
-                       experiment_name: str = DEFAULT_EXPERIMENT) -> dict:
+                       experiment_name: str = "") -> dict:
     """Simulate (or reuse) the dataset of ``config`` inside one tracked run; return its dir and digest."""
     from dlfm.data import load_dataset
     from dlfm.plots.examples import plot_examples
     from dlfm.simulation import simulate_dataset
 
     run_name = f"simulate-{config.preset}-{config.n_train}-{config.n_val}-{config.n_test}"
-    with tracking.stage_run("simulate", run_name, experiment_name) as run_id:
+    description = (f"Simulate the {config.preset} preset with lenstronomy: {config.n_train}/{config.n_val}/{config.n_test} "
+                   f"train/val/test images, seed {config.seed}.")
+    with tracking.stage_run("simulate", run_name, experiment_name, description=description) as run_id:
         config.validate()
         tracking.log_params({**vars(config), "out_dir": out_dir, "workers": workers or 0, "force": force})
         path = simulate_dataset(config, out_dir=out_dir, workers=workers, force=force)
@@ -35,4 +37,6 @@ def run_simulate_stage(config, out_dir: str = DATA_DIR, workers: int | None = No
         tracking.log_figure(plot_examples(dataset), "figures/examples.png")
         tracking.log_dataset(dataset, context="simulated")
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.dataset_dir": str(path)})
+        tracking.describe_run(f"{description} Dataset {path} (digest {dataset.digest[:12]}), "
+                              f"{dataset.image_size}x{dataset.image_size} px, classes {', '.join(dataset.class_names)}.")
         return {"run_id": run_id, "path": str(path), "digest": dataset.digest}

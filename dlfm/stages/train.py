@@ -39,7 +39,7 @@ def log_training_figures(result, class_names) -> None:
         tracking.log_figure(plots.roc_figure(result.test.probs, result.test.labels, class_names, "test ROC"), "figures/roc.png")
         tracking.log_figure(plots.confusion_figure(result.test.probs, result.test.labels, class_names, split="test"), "figures/confusion.png")
     if result.reconstructions is not None:
-        tracking.log_figure(plots.reconstruction_figure(*result.reconstructions), "figures/reconstructions.png")
+        tracking.log_figure(plots.reconstruction_figure(*result.reconstructions, split="val"), "figures/reconstructions.png")
 
 
 def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
@@ -126,10 +126,16 @@ def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
     if config.resume:
         config.validate()
         config, resume_state = resume_point(config)
+    from dlfm.objectives import get_objective
+
     run_name = f"{config.objective}-{config.encoder}"
     tags = {"dlfm.objective": config.objective, "dlfm.encoder": config.encoder}
+    description = (f"Train a {config.encoder} encoder with the {config.objective} objective "
+                   f"({get_objective(config.objective).description}) on {config.dataset}"
+                   + (f" (pretraining corpus {config.pretrain_dataset})" if config.pretrain_dataset else "")
+                   + f", up to {config.epochs} epochs, seed {config.seed}.")
     with tracking.stage_run(config.objective, run_name, config.experiment_name, tags=tags,
-                            run_id=config.resume or None) as run_id:
+                            run_id=config.resume or None, description="" if config.resume else description) as run_id:
         try:
             return train_in_run(config, run_id, resume_state, progress)
         except KeyboardInterrupt as error:
@@ -141,6 +147,7 @@ def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
 
 def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, progress: bool) -> dict:
     """The body of a training run: data, the loop with per-epoch checkpoints, figures, registration."""
+    from dlfm.objectives import get_objective
     from dlfm.training.runtime import make_runtime
 
     config.validate()
@@ -167,7 +174,7 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     def on_epoch_end(epoch, metrics, make_checkpoint):
         # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.
         checkpoints.log_checkpoint(make_checkpoint(), run_id)
-        tracking.log_metrics(metrics, step=epoch)
+        tracking.log_epoch_metrics(metrics, epoch)
 
     stop = StopRequest()
     try:
@@ -176,13 +183,27 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
                          runtime=runtime, progress=progress, stop=stop, probe_splits=splits)
     finally:
         distributed.destroy_process_group()
-    final_step = len(result.history)
-    tracking.log_metrics({**result.final_metrics, "best_epoch": result.best_epoch,
-                          "train/images_per_second": result.images_per_second}, step=final_step)
+    # Logged once (step 0), not at the last epoch's step: val/… and test/… are the best weights' values.
+    tracking.log_metrics({"best_epoch": result.best_epoch, "train/images_per_second": result.images_per_second}, step=0)
     log_training_figures(result, dataset.class_names)
     tracking.log_encoder(result.model.encoder, corpus.image_size, config.objective)
     # The version's dataset digest names what the encoder learned from: the corpus when there is one.
+    # Registration logs val/… and test/… linked to the logged model `encoder-<objective>`.
     version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
                                         result.final_metrics, corpus.digest, run_id)
     tracking.set_tags({"dlfm.registered_version": version})
+    headline = headline_metrics(result.final_metrics, config.monitor[0])
+    tracking.describe_run(
+        f"{config.objective} ({config.encoder}) on dataset {dataset.digest[:12]}: best epoch {result.best_epoch} of "
+        f"{len(result.history)}; " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items())
+        + (" (linear probe on frozen embeddings)" if get_objective(config.objective).probed else "")
+        + f". Registered dlfm-encoder version {version}.")
+    print(tracking.stage_summary(config.objective, run_id, headline, version), flush=True)
     return {"run_id": run_id, "metrics": result.final_metrics, "best_epoch": result.best_epoch, "version": version}
+
+
+def headline_metrics(metrics: dict[str, float], monitor: str) -> dict[str, float]:
+    """The few numbers a description and the closing lines show: the monitored metric and the class metrics."""
+    names = (monitor, "val/macro_auc", "val/accuracy", "test/macro_auc", "test/accuracy",
+             "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image")
+    return {name: metrics[name] for name in dict.fromkeys(names) if name in metrics}

@@ -11,7 +11,7 @@ import numpy as np
 
 from dlfm import tracking
 from dlfm.stages.evaluate import run_evaluate_stage
-from dlfm.transfer import REPORTED, TransferConfig, physical_parameters
+from dlfm.transfer import REPORTED, TransferConfig, physical_parameters, unit_label
 
 
 def comparison_table(results: dict[str, list[dict]], mean_predictor: dict[str, float]) -> list[dict]:
@@ -29,9 +29,10 @@ def comparison_table(results: dict[str, list[dict]], mean_predictor: dict[str, f
 
 def table_markdown(table: list[dict]) -> str:
     """The comparison table as markdown."""
-    lines = ["| parameter | pretrained MAE | random MAE | pretrained/random | mean predictor |", "|---|---|---|---|---|"]
+    lines = ["| parameter (MAE unit) | pretrained MAE | random MAE | pretrained/random | mean predictor MAE |",
+             "|---|---|---|---|---|"]
     for row in table:
-        lines.append(f"| {row['parameter']} | {row['pretrained_mean']:.4f} ± {row['pretrained_sd']:.4f} | "
+        lines.append(f"| {row['parameter']} ({unit_label(row['parameter'])}) | {row['pretrained_mean']:.4f} ± {row['pretrained_sd']:.4f} | "
                      f"{row['random_mean']:.4f} ± {row['random_sd']:.4f} | {row['ratio']:.3f} | {row['mean_predictor']:.4f} |")
     return "\n".join(lines)
 

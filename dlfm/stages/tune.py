@@ -16,7 +16,7 @@ from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
 from dlfm.tune.results import download_best_encoder, trial_records
 from dlfm.tune.storage import open_storage
-from dlfm.tune.study import load_or_create_study
+from dlfm.tune.study import describe_study, load_or_create_study
 from dlfm.tune.workers import run_workers
 
 
@@ -29,7 +29,10 @@ def run_tune_stage(config: TuneConfig) -> dict:
     train = config.train
     tags = {"dlfm.objective": "multitask", "dlfm.encoder": train.encoder, "dlfm.study_name": study_name,
             "dlfm.optuna_storage": config.params()["storage"], "dlfm.pruner": config.pruner}
-    with tracking.stage_run("tune", f"tune-{study_name}", train.experiment_name, tags=tags) as run_id:
+    description = (f"Optuna study {study_name!r}: {config.n_trials} trials of the multitask objective ({train.encoder}, "
+                   f"{train.epochs} epochs each) on {train.dataset}, maximising {OBJECTIVE_METRIC}; one child run per trial.")
+    with tracking.stage_run("tune", f"tune-{study_name}", train.experiment_name, tags=tags,
+                            description=description) as run_id:
         study = load_or_create_study(config, storage)
         excluded = ("objective", "recon_weight", "loss_balance") + (("lr",) if config.tune_lr else ())
         tracking.log_params({**{k: v for k, v in train.to_dict().items() if k not in excluded}, **config.params()})
@@ -38,6 +41,7 @@ def run_tune_stage(config: TuneConfig) -> dict:
         tracking.log_dataset(dataset, context="training")
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype,
                            "dlfm.precision": runtime.amp_dtype})
+        describe_study(study, run_id, dataset.digest, train.encoder, tracking.run_location(run_id)["view"])
 
         exit_codes = run_workers(config, run_id, dataset, study)
         failed_workers = [index for index, code in enumerate(exit_codes) if code != 0]
@@ -65,7 +69,7 @@ def run_tune_stage(config: TuneConfig) -> dict:
         best = max(complete, key=lambda r: (r["value"], -r["number"]))  # ties go to the earlier trial, as in Optuna
         best_metrics = best["user_attrs"].get("final_metrics", {OBJECTIVE_METRIC: best["value"]})
         tracking.log_params({f"best_{name}": value for name, value in best["params"].items()})
-        tracking.log_metrics({"best_value": best["value"], "best_trial": best["number"], **best_metrics})
+        tracking.log_metrics({"best_value": best["value"], "best_trial": best["number"]})
         tracking.set_tags({"dlfm.best_trial": best["number"],
                            "dlfm.best_trial_run_id": best["user_attrs"].get("mlflow_run_id", "")})
 
@@ -73,8 +77,13 @@ def run_tune_stage(config: TuneConfig) -> dict:
         best_key = best["user_attrs"].get("mlflow_run_id") or f"{study_name}#{best['number']}"
         with tempfile.TemporaryDirectory() as tmp:  # the trial's saved encoder/, registered as it is
             version = registry.register_encoder_dir(download_best_encoder(best, tmp), best_metrics, dataset.digest, run_id,
-                                                    once_for=f"tune-trial-run:{best_key}")
+                                                    once_for=f"tune-trial-run:{best_key}",
+                                                    stage="tune")  # logs best_metrics, linked to encoder-tune
         tracking.set_tags({"dlfm.registered_version": version})
+        params_text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        tracking.describe_run(f"{description}\n\nResult: {dict(states)}; best trial {best['number']} ({params_text}) "
+                              f"{OBJECTIVE_METRIC} {best['value']:.4f}; registered dlfm-encoder version {version}.")
+        print(tracking.stage_summary("tune", run_id, {OBJECTIVE_METRIC: best["value"]}, version), flush=True)
         return {"run_id": run_id, "study_name": study_name, "best_trial": best["number"], "best_value": best["value"],
                 "best_params": best["params"], "metrics": best_metrics, "version": version, "states": dict(states),
                 "epochs_spent": epochs_spent, "failed_workers": failed_workers}

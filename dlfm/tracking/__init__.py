@@ -8,12 +8,18 @@ from dlfm.tracking.runs import (
     DEFAULT_TRACKING_URI,
     active_run_id,
     configure_tracking,
+    describe_run,
+    resolve_experiment_name,
+    run_location,
+    stage_summary,
     fail_pending_run,
     log_artifact,
     log_artifacts,
     log_dataset,
     log_dict,
     log_encoder,
+    log_epoch_metrics,
+    log_final_metrics,
     log_figure,
     log_metrics,
     log_params,
@@ -24,7 +30,7 @@ from dlfm.tracking.runs import (
 from dlfm.tracking.trials import download_run_artifacts, terminate_run, trial_run
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "active_run_id", "configure_tracking", "fail_pending_run",
-    "log_artifact", "log_artifacts", "log_dataset", "log_dict", "log_encoder", "log_figure", "log_metrics", "log_params", "log_text",
+    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "active_run_id", "configure_tracking", "describe_run", "resolve_experiment_name", "run_location", "stage_summary", "fail_pending_run",
+    "log_artifact", "log_artifacts", "log_dataset", "log_dict", "log_encoder", "log_epoch_metrics", "log_final_metrics", "log_figure", "log_metrics", "log_params", "log_text",
     "set_tags", "stage_run", "download_run_artifacts", "terminate_run", "trial_run",
 ]

@@ -117,12 +117,15 @@ def backfill_epoch_metrics(run_id: str, history: list[dict[str, float]]) -> int:
     The stage writes the checkpoint before the epoch's metrics, so a run never has a step its
     checkpoint lacks, and a resume never logs a step twice.
     """
-    import mlflow
+    from dlfm.tracking.runs import log_epoch_metrics
 
-    logged = {m.step for m in _client().get_metric_history(run_id, "train/loss")}
+    if not history:
+        return 0
+    total = next(k for k in history[0] if k.startswith("train/loss_"))  # train/loss_<objective>, logged every epoch
+    logged = {m.step for m in _client().get_metric_history(run_id, total)}
     missing = [(epoch, metrics) for epoch, metrics in enumerate(history, start=1) if epoch not in logged]
     for epoch, metrics in missing:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+        log_epoch_metrics(metrics, epoch)
     return len(missing)
 
 

@@ -45,10 +45,11 @@ def heartbeat(run, client=None) -> float:
     times = [run.info.start_time / 1000]
     started = run.data.tags.get("dlfm.started_at")
     if started:
-        try:
-            times.append(float(started))
-        except ValueError:
-            pass
+        from dlfm.tracking.runs import parse_time_tag
+
+        parsed = parse_time_tag(started)
+        if parsed is not None:
+            times.append(parsed)
     for key in run.data.metrics:
         history = client.get_metric_history(run.info.run_id, key)
         if history:

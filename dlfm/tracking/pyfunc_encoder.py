@@ -1,8 +1,9 @@
 """pyfunc loader for registered encoders: ``_load_pyfunc(data_path)`` → an embedding model.
 
-Registered versions are logged with ``loader_module="dlfm.tracking.pyfunc_encoder"`` and
-the encoder directory as ``data_path``. Loading imports this module and reads the weights with
-``torch.load(weights_only=True)``: nothing pickled is ever unpickled from the registry.
+Registered versions are logged with ``loader_module="dlfm.tracking.pyfunc_encoder"``, the encoder
+directory as ``data_path`` and the ``dlfm`` package as ``code_paths``, so ``mlflow models serve``
+needs no dlfm install. Loading reads the weights with ``torch.load(weights_only=True)``: nothing
+pickled is ever unpickled from the registry.
 """
 
 from __future__ import annotations
@@ -10,24 +11,52 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+INPUT_DESCRIPTION = ("images: float32 array (N, 1, {size}, {size}) of raw simulated flux (or already min-max "
+                     "normalised images); each image is min-max normalised to [0, 1] here, as in training")
+
 
 class EncoderPredictor:
-    """predict(images (N,1,H,W) float32, already normalised) → embeddings (N, embed_dim)."""
+    """predict(images (N,1,H,W) float32 raw flux or normalised) → embeddings (N, embed_dim).
 
-    def __init__(self, encoder):
+    The model owns its preprocessing: each image is min-max normalised as the training loaders
+    do, and min-max is idempotent, so an already normalised batch gives the same embeddings.
+    """
+
+    def __init__(self, encoder, image_size: int):
         self.encoder = encoder.eval()
+        self.image_size = image_size
+
+    def check_shape(self, images: np.ndarray) -> np.ndarray:
+        """(N,1,S,S) float32, or one short error naming the expected and the received shape (never the values)."""
+        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+        if images.ndim == 3:
+            images = images[:, None]
+        size = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
+            raise MlflowException(f"dlfm-encoder expects images shaped (N, 1, {size}, {size}); "
+                                  f"got shape {tuple(images.shape)}", error_code=INVALID_PARAMETER_VALUE)
+        return images
 
     @torch.no_grad()
     def predict(self, model_input, params=None):
+        from dlfm.data.dataset import normalize_images
+
         if isinstance(model_input, dict):  # a named tensor signature delivers {"images": array}
             model_input = model_input.get("images", next(iter(model_input.values())))
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        if images.ndim == 3:
-            images = images[:, None]
-        return self.encoder(images).numpy()
+        images = self.check_shape(np.asarray(model_input, dtype=np.float32))
+        return self.encoder(torch.from_numpy(normalize_images(images))).numpy()
 
 
 def _load_pyfunc(data_path: str, model_config=None) -> EncoderPredictor:
-    from dlfm.models.serialization import load_encoder
+    from dlfm.models.serialization import load_encoder, read_arch
 
-    return EncoderPredictor(load_encoder(data_path))
+    return EncoderPredictor(load_encoder(data_path), int(read_arch(data_path)["image_size"]))
+
+
+def example_images(image_size: int, n: int = 2) -> np.ndarray:
+    """A small raw-flux input example: a ring of light (an Einstein ring, counts) on a faint sky."""
+    axis = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
+    radius = np.hypot(*np.meshgrid(axis, axis))
+    ring = 50.0 * np.exp(-((radius - 0.5) / 0.08) ** 2) + 2.0
+    return np.stack([ring[None] * (1 + k) for k in range(n)]).astype(np.float32)

@@ -27,6 +27,7 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s between the retries (s)
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",        # per request (s)
 }
+NOT_PARAMS = ("experiment_name",)  # config fields that are not logged as params (see log_params)
 _VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
 
 
@@ -119,6 +120,72 @@ def _mlflow():
     return mlflow
 
 
+def time_tag(seconds: float | None = None) -> str:
+    """A readable UTC time for tags (``2025-05-01 14:03:07 UTC``), not an epoch float."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() if seconds is None else seconds))
+
+
+def parse_time_tag(text: str) -> float | None:
+    """Epoch seconds of a ``time_tag`` (or of an older run's epoch-float tag); None when unreadable."""
+    import calendar
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M:%S UTC")))
+    except ValueError:
+        return None
+
+
+EXPERIMENT_DESCRIPTION = (
+    "dlfm: a foundation encoder of simulated DeepLense strong-lensing images (lenstronomy, model_ii: no_sub / cdm / "
+    "axion substructure). Runs are named <stage>-<what>; filter by tags.`dlfm.stage` (simulate, autoencoder, mae, "
+    "supervised, multitask, tune, evaluate, transfer, main). val/… and test/… are the best weights' values "
+    "(one per run, compare them), val_epoch/… and train/… the per-epoch curves. Encoders are registered as dlfm-encoder."
+)
+
+
+def resolve_experiment_name(configured: str = "") -> str:
+    """The experiment a run that dlfm starts goes to: ``experiment_name`` if given, else
+    ``MLFLOW_EXPERIMENT_NAME`` (MLflow's own habit), else ``deeplense-fm``."""
+    return configured or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def describe_experiment(experiment_id: str) -> None:
+    """Give a dlfm experiment its description and tags, once (a description edited in the UI is kept)."""
+    client = _mlflow().MlflowClient()
+    experiment = client.get_experiment(experiment_id)
+    if experiment.name == "Default":
+        return
+    if not experiment.tags.get("mlflow.note.content"):
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+    if experiment.tags.get("project") != "dlfm":
+        client.set_experiment_tag(experiment_id, "project", "dlfm")
+
+
+def check_project_experiment(configured: str, experiment_id: str) -> str:
+    """Under ``mlflow run`` the run's experiment is fixed already; the name, or one error when a param disagrees.
+
+    ``mlflow run`` files the run under ``--experiment-name`` / ``MLFLOW_EXPERIMENT_NAME`` (else
+    ``Default``) before dlfm starts, and a param cannot move it: so an ``experiment_name`` that names
+    another experiment is refused rather than logged as a claim the run does not keep.
+    """
+    name = _mlflow().MlflowClient().get_experiment(experiment_id).name
+    if configured and configured != name:
+        raise DlfmError(f"experiment_name={configured!r}, but mlflow run filed this run under experiment {name!r}; "
+                        f"pass --experiment-name {configured} to mlflow run (or export MLFLOW_EXPERIMENT_NAME={configured}) "
+                        "instead of the param")
+    if name == "Default":
+        import sys
+
+        print(f"dlfm: note: mlflow run filed this run under MLflow's 'Default' experiment; "
+              f"export MLFLOW_EXPERIMENT_NAME={DEFAULT_EXPERIMENT} (or pass --experiment-name) to file runs together",
+              file=sys.stderr, flush=True)
+    return name
+
+
 @contextlib.contextmanager
 def ended_on_exit(finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """End the active run when the block exits: FINISHED on success (and on ``finished_on``),
@@ -170,10 +237,14 @@ def clear_failure_tags() -> None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIMENT, tags: dict | None = None,
-              nested: bool = False, system_metrics: bool = True, run_id: str | None = None) -> Iterator[str]:
+def stage_run(stage: str, run_name: str, experiment_name: str = "", tags: dict | None = None,
+              nested: bool = False, system_metrics: bool = True, run_id: str | None = None,
+              description: str = "") -> Iterator[str]:
     """Start (or continue, under ``mlflow run``) the run of one stage; yield its id.
 
+    A run dlfm starts goes to ``resolve_experiment_name(experiment_name)``; under ``mlflow run`` the
+    run is already filed, and an ``experiment_name`` naming another experiment is refused.
+    ``description`` becomes the run's description (``mlflow.note.content``); ``describe_run`` adds the result.
     The run ends FINISHED on success, KILLED on Ctrl-C/SIGTERM and FAILED on any exception,
     with the reason in the ``dlfm.error`` tag; it never stays RUNNING.
     """
@@ -181,12 +252,16 @@ def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIME
     configure_tracking()
     launched_by_project = "MLFLOW_RUN_ID" in os.environ and not nested and run_id is None
     run_tags = {"dlfm.stage": stage, "dlfm.pid": str(os.getpid()), "dlfm.host": socket.gethostname(),
-                "dlfm.started_at": f"{time.time():.3f}",
+                "dlfm.started_at": time_tag(),
+                **({"mlflow.note.content": description} if description else {}),
                 **{k: str(v) for k, v in (tags or {}).items()}}  # REST stores need string tag values
     check_store_writable(mlflow.get_tracking_uri())
+    if launched_by_project:  # before anything is logged: a refusal leaves the run FAILED with the reason
+        project_run = mlflow.MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"])
+        check_project_experiment(experiment_name, project_run.info.experiment_id)
     try:
         if not launched_by_project and run_id is None and not nested:
-            mlflow.set_experiment(experiment_name)
+            mlflow.set_experiment(resolve_experiment_name(experiment_name))
         if nested:
             parent = mlflow.active_run()
             experiment_id = parent.info.experiment_id if parent else None
@@ -196,6 +271,8 @@ def stage_run(stage: str, run_name: str, experiment_name: str = DEFAULT_EXPERIME
                                    tags=run_tags, log_system_metrics=system_metrics or None)
             if launched_by_project:
                 mlflow.set_tag("mlflow.runName", run_name)
+        if not nested:
+            describe_experiment(run.info.experiment_id)
     except Exception as error:  # noqa: BLE001 - a store we cannot write (read-only, down, locked) is a user error
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if mlflow.active_run() is not None:
@@ -224,6 +301,38 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
         client.set_terminated(run_id, status)
 
 
+def describe_run(text: str) -> None:
+    """Set the active run's description (``mlflow.note.content``: the UI's Description box)."""
+    _mlflow().set_tag("mlflow.note.content", text)
+
+
+def run_location(run_id: str) -> dict[str, str]:
+    """Where a run is: its experiment's name and id, and a URL (tracking server) or the ``mlflow ui`` command."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        where = f"{redact_uri(uri).rstrip('/')}/#/experiments/{experiment.experiment_id}/runs/{run_id}"
+    else:
+        where = f"mlflow ui --backend-store-uri {redact_uri(uri)}  (then open experiment {experiment.name!r})"
+    return {"experiment": experiment.name, "experiment_id": experiment.experiment_id, "view": where}
+
+
+def stage_summary(stage: str, run_id: str, headline: dict[str, float] | None = None, version: str | None = None) -> str:
+    """The lines a stage prints when it ends: experiment, run id, headline metrics, registered version, where to look."""
+    where = run_location(run_id)
+    lines = [f"[{stage}] finished run {run_id} in experiment {where['experiment']!r} (id {where['experiment_id']})"]
+    if headline:
+        lines.append(f"[{stage}] " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()))
+    if version:
+        lines.append(f"[{stage}] registered dlfm-encoder version {version} (alias candidate; "
+                     f"models:/dlfm-encoder/{version})")
+    lines.append(f"[{stage}] view: {where['view']}")
+    return "\n".join(lines)
+
+
 def active_run_id() -> str | None:
     """Id of the active run, if any."""
     run = _mlflow().active_run()
@@ -247,12 +356,40 @@ def log_params(params: dict) -> None:
     mlflow = _mlflow()
     run = mlflow.active_run()
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    mlflow.log_params({k: param_string(v) for k, v in params.items() if k not in logged})
+    # experiment_name is never a param: the run's experiment is its own attribute, and a param could disagree.
+    mlflow.log_params({k: param_string(v) for k, v in params.items() if k not in logged and k not in NOT_PARAMS})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log one step of metrics (one call per epoch keeps tracking off the hot path)."""
     _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+EPOCH_SPLIT = "val_epoch"  # per-epoch validation curves; `val/…` is the best weights' value, logged once
+
+
+def epoch_metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """One epoch's metrics under their curve names: ``val/x`` → ``val_epoch/x`` (``train/…`` and ``lr`` unchanged).
+
+    ``val/…`` and ``test/…`` are logged once, from the best epoch's weights (or the linear probe),
+    so the UI draws them as one bar per run and the compare view lines up the encoder that was
+    registered; the per-epoch validation values are a curve of their own, never a dot beside one.
+    """
+    return {(f"{EPOCH_SPLIT}/{k[4:]}" if k.startswith("val/") else k): v for k, v in metrics.items()}
+
+
+def log_epoch_metrics(metrics: dict[str, float], epoch: int) -> None:
+    """Log one epoch's metrics (train/…, val_epoch/…, lr) at step ``epoch``."""
+    log_metrics(epoch_metric_names(metrics), step=epoch)
+
+
+def log_final_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
+    """Log the best weights' val/… and test/… once (step 0), linked to the logged model when ``model_id`` is given.
+
+    Linked metrics make ``mlflow.search_logged_models(filter_string="metrics.`val/macro_auc` > 0.8")``
+    and the Models tab rank encoders.
+    """
+    _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=0, model_id=model_id)
 
 
 def log_figure(figure, artifact_file: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
-from dlfm.constants import DEFAULT_EXPERIMENT
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
@@ -51,7 +50,7 @@ class TrainConfig:
     pretrain_n_train: int = 20000  # when `pretrain_dataset` is a preset not cached yet: its split sizes (reference size)
     pretrain_n_val: int = 1000
     pretrain_n_test: int = 1000
-    experiment_name: str = DEFAULT_EXPERIMENT  # MLflow experiment
+    experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     @property

@@ -99,10 +99,11 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, ra
 
 
 def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dict[str, float]:
-    """One pass over the train split; returns train/loss and its parts, averaged over images."""
+    """One pass over the train split; returns train/loss_<objective> and its parts, averaged over images."""
     ctx.model.train()
     ctx.objective.train()
-    totals: dict[str, float] = {"loss": 0.0}
+    total_name = ctx.objective.spec.total_metric
+    totals: dict[str, float] = {total_name: 0.0}
     seen = 0
     batches = batch_indices(len(data.labels), ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not (ctx.progress and sys.stderr.isatty()))
@@ -127,10 +128,10 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
         ctx.scheduler.step()
         batch = len(index)
         seen += batch
-        totals["loss"] += loss.item() * batch
+        totals[total_name] += loss.item() * batch
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value.item() * batch
-        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
+        bar.set_postfix(loss=f"{totals[total_name] / seen:.4f}")
         if ctx.stop.requested(ctx.runtime.world_size, ctx.runtime.device):
             # The partial epoch is dropped: resuming from the last completed epoch reproduces an uninterrupted run.
             raise TrainingInterrupted(ctx.stop.signal_name, epoch - 1)
@@ -160,7 +161,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     ctx.model.eval()
     ctx.objective.eval()
     spec = ctx.objective.spec
-    part = "loss_masked" if spec.masks_input else "loss_recon"
+    part = spec.recon_metric
     loss_sum, recon_sum, baseline_sum = 0.0, 0.0, 0.0
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
@@ -182,7 +183,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
     n = len(data.labels)
-    metrics = {f"{prefix}/loss": loss_sum / n}
+    metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
         name = f"{prefix}/{spec.recon_metric}"
         metrics[name] = recon_sum / n
@@ -243,6 +244,26 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``: short enough for a per-epoch line."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], monitor: str, seconds: float, eta: float) -> str:
+    """One line per epoch that stays in logs (CI, tee, nohup): the train total, key val metrics, time and ETA."""
+    train = [(k, v) for k, v in metrics.items() if k.startswith("train/loss_")][:1]  # the objective's total
+    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse")
+    val = [(k, metrics[k]) for k in dict.fromkeys(wanted) if k in metrics]
+    parts = [f"{name} {value:.4f}" for name, value in train + val]
+    width = len(str(epochs))
+    return f"epoch {epoch:>{width}}/{epochs}  " + "  ".join(parts) + f"  {seconds:.1f}s  ETA {format_duration(eta)}"
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -333,7 +354,8 @@ def fit(
         best_weights, history = resume_state["best_weights"], list(resume_state["history"])
         if resume_state["epoch"] - best_epoch >= config.patience:
             start_epoch = config.epochs + 1  # it had already stopped early; killed before the final evaluation
-    train_seconds, train_images = 0.0, 0
+    train_seconds, train_images, epoch_seconds = 0.0, 0, []
+    talk = progress and runtime.is_main_process
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         metrics = train_one_epoch(ctx, train, epoch)
@@ -342,6 +364,10 @@ def fit(
         metrics.update(evaluate(ctx, splits["val"], class_names, "val").metrics)
         metrics["lr"] = ctx.scheduler.get_last_lr()[0]
         history.append(metrics)
+        epoch_seconds.append(time.perf_counter() - started)
+        if talk:  # printed whether or not stdout is a terminal; the tqdm bar is the TTY-only extra
+            eta = sum(epoch_seconds) / len(epoch_seconds) * (config.epochs - epoch)
+            print(epoch_line(epoch, config.epochs, metrics, monitor, epoch_seconds[-1], eta), flush=True)
         if is_better(metrics[monitor], best_value, mode):
             best_value, best_epoch = metrics[monitor], epoch
             best_weights = copy.deepcopy(ctx.model.state_dict())

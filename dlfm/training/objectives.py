@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from dlfm.models.composite import ModelOutput
 from dlfm.models.heads import PatchMasker
-from dlfm.objectives import get_objective
+from dlfm.objectives import PARTS, get_objective
 
 
 def masked_mse(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,20 +43,20 @@ class Objective(nn.Module):
 
     def forward(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its detached parts (loss_cls, loss_recon or loss_masked)."""
+        """Total loss and its detached parts, keyed by their ``PARTS`` metric names (loss_cls, recon_mse, masked_mse)."""
         parts: dict[str, torch.Tensor] = {}
         terms: list[torch.Tensor] = []
         if self.use_cls:
             loss_cls = F.cross_entropy(output.logits.float(), labels, label_smoothing=self.label_smoothing)
-            parts["loss_cls"] = loss_cls.detach()
+            parts[PARTS["cls"]] = loss_cls.detach()
             terms.append(loss_cls)
         if self.use_recon:
             if self.masker is not None:
                 loss_recon = masked_mse(output.reconstruction, images, mask)
-                parts["loss_masked"] = loss_recon.detach()
+                parts[PARTS["masked"]] = loss_recon.detach()
             else:
                 loss_recon = F.mse_loss(output.reconstruction.float(), images.float())
-                parts["loss_recon"] = loss_recon.detach()
+                parts[PARTS["recon"]] = loss_recon.detach()
             terms.append(loss_recon)
         if self.uncertainty:
             total = sum(torch.exp(-s) * term + s for s, term in zip(self.log_vars, terms))

@@ -32,7 +32,7 @@ class TuneConfig:
     # an Optuna RDB URL without a password (sqlite:///..., postgresql://user@host/db with PGPASSWORD or
     # ~/.pgpass), or env:NAME to read the full URL from environment variable NAME (e.g. env:OPTUNA_STORAGE)
     storage: str = DEFAULT_STORAGE
-    study_name: str = "auto"  # joined if it exists; "auto" = dlfm-tune-<digest of the trial settings>
+    study_name: str = "auto"  # joined if it exists; "auto" = tune-<encoder>-<dataset>-<epochs>ep-<digest of the trial settings>
     pruner: str = "median"  # median | hyperband | none
     tune_lr: bool = False  # also search lr, log-uniform over [lr/10, 10 lr]
     prune_startup_trials: int = 3  # median: trials that must complete before any trial is pruned
@@ -87,7 +87,9 @@ class TuneConfig:
         key = {k: v for k, v in self.train.to_dict().items() if k not in STUDY_KEY_EXCLUDES}
         key["tune_lr"] = self.tune_lr
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return f"dlfm-tune-{digest[:10]}"
+        # Readable first (optuna-dashboard lists studies by name), the digest keeps different settings apart.
+        dataset = re.sub(r"[^\w.\-]+", "_", self.train.dataset.rstrip("/").rsplit("/", 1)[-1])[:40].strip("._-") or "data"
+        return f"tune-{self.train.encoder}-{dataset}-{self.train.epochs}ep-{digest[:8]}"
 
     def params(self) -> dict:
         """The tune settings as MLflow params (the storage with its password masked)."""

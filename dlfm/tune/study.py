@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from dlfm.errors import ConfigError
@@ -26,6 +28,28 @@ def make_sampler(config: TuneConfig, worker_index: int, n_existing: int) -> optu
     return optuna.samplers.TPESampler(seed=config.train.seed + 1000 * worker_index + n_existing, n_startup_trials=startup)
 
 
+def describe_study(study: optuna.Study, parent_run_id: str, dataset_digest: str, encoder: str, tracking_view: str) -> None:
+    """User attrs that tie the study to MLflow (shown by optuna-dashboard): the latest parent run, data, encoder."""
+    for key, value in {"mlflow_parent_run_id": parent_run_id, "dataset_digest": dataset_digest, "encoder": encoder,
+                       "objective_metric": OBJECTIVE_METRIC, "mlflow_view": tracking_view}.items():
+        study.set_user_attr(key, value)
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, worker_index: int = 0) -> str:
+    """One line per finished trial: number, state, value, params, duration (and the failure reason)."""
+    value = f" {OBJECTIVE_METRIC} {trial.value:.4f}" if trial.value is not None else ""
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    seconds = f" {trial.duration.total_seconds():.0f}s" if trial.duration else ""
+    reason = trial.user_attrs.get("fail_reason", "")
+    best = ""
+    try:
+        best = f" (best so far: trial {study.best_trial.number}, {study.best_value:.4f})"
+    except ValueError:  # no trial completed yet
+        pass
+    return (f"[tune] trial {trial.number} {trial.state.name}{value} {params}{seconds} worker {worker_index}"
+            + (f": {reason}" if reason else "") + best)
+
+
 def load_or_create_study(config: TuneConfig, storage, worker_index: int = 0) -> optuna.Study:
     """Create the study, or join it when it exists (a rerun or another machine)."""
     name = config.resolved_study_name()
@@ -35,6 +59,9 @@ def load_or_create_study(config: TuneConfig, storage, worker_index: int = 0) -> 
         raise ConfigError(f"cannot join study {name!r}: {error}; pick another study_name") from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study {name!r} exists and minimises; tune maximises {OBJECTIVE_METRIC}: pick another study_name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([OBJECTIVE_METRIC])  # optuna-dashboard then labels the objective axis
     n_existing = len(study.get_trials(deepcopy=False))
     return optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(config),
                              sampler=make_sampler(config, worker_index, n_existing))

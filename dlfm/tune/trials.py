@@ -112,14 +112,14 @@ def _train(trial: optuna.Trial, config: TrainConfig, setup: TrialSetup) -> float
     """``fit`` with per-epoch reports; the best-so-far trial logs its encoder for registration."""
 
     def on_epoch_end(epoch: int, metrics: dict, make_checkpoint) -> None:
-        tracking.log_metrics(metrics, step=epoch)
+        tracking.log_epoch_metrics(metrics, epoch)
         value = metrics[OBJECTIVE_METRIC]
         trial.report(value, epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {OBJECTIVE_METRIC} {value:.4f}")
 
     result = fit(config, setup.splits, setup.class_names, on_epoch_end=on_epoch_end, runtime=setup.runtime, progress=False)
-    tracking.log_metrics({**result.final_metrics, "best_epoch": result.best_epoch}, step=len(result.history))
+    tracking.log_final_metrics({**result.final_metrics, "best_epoch": result.best_epoch})
     value = float(result.final_metrics[OBJECTIVE_METRIC])
     if not math.isfinite(value):
         raise NonFiniteObjectiveError(f"{OBJECTIVE_METRIC} is {value} at the best epoch")

@@ -15,7 +15,7 @@ from dlfm.errors import ConfigError, DlfmError
 from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import TuneConfig
 from dlfm.tune.storage import open_storage
-from dlfm.tune.study import load_or_create_study
+from dlfm.tune.study import load_or_create_study, trial_line
 from dlfm.tune.trials import TrialSetup, make_objective, wants_another_trial
 
 
@@ -41,7 +41,7 @@ class _StartGate:
             self.lock.release()
 
 
-def run_trials(study: optuna.Study, setup: TrialSetup, lock=None) -> int:
+def run_trials(study: optuna.Study, setup: TrialSetup, lock=None, worker_index: int = 0) -> int:
     """Run trials one at a time until the study holds ``n_trials`` finished ones; return how many ran."""
     target = setup.config.n_trials
     ran = 0
@@ -51,7 +51,8 @@ def run_trials(study: optuna.Study, setup: TrialSetup, lock=None) -> int:
         try:
             if not wants_another_trial(study, target):
                 break
-            study.optimize(make_objective(setup, gate.release), n_trials=1, catch=(Exception,))
+            study.optimize(make_objective(setup, gate.release), n_trials=1, catch=(Exception,),
+                           callbacks=[lambda st, trial: print(trial_line(st, trial, worker_index), flush=True)])
             ran += 1
         finally:
             gate.release()
@@ -85,7 +86,7 @@ def worker_main(spec: WorkerSpec, lock) -> None:
     try:
         study = load_or_create_study(spec.config, open_storage(spec.config), spec.worker_index)
         setup = load_setup(spec.config, spec.parent_run_id, resolve_dataset(spec.dataset_path))
-        run_trials(study, setup, lock)
+        run_trials(study, setup, lock, spec.worker_index)
     except DlfmError as error:
         print(f"dlfm: error: worker {spec.worker_index}: {str(error).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)

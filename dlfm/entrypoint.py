@@ -81,7 +81,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
         fail_pending_run(message)
         sys.exit(2)
     except KeyboardInterrupt as error:
-        hint = getattr(error, "hint", "")
+        from dlfm.tracking.runs import pending_resume_hint
+
+        hint = getattr(error, "hint", "") or pending_resume_hint()
         detail = f": {error}" if str(error) else ""
         print(f"dlfm: interrupted{detail}" + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
         fail_pending_run("interrupted before the run started", status="KILLED")

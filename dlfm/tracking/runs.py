@@ -333,6 +333,16 @@ def stage_summary(stage: str, run_id: str, headline: dict[str, float] | None = N
     return "\n".join(lines)
 
 
+def pending_resume_hint() -> str:
+    """The resume hint tagged on the run this process worked in ("" if none): for a stop signal that
+    landed outside the stage's own handler, so the printed line can still say how to resume."""
+    with contextlib.suppress(Exception):
+        run_id = active_run_id() or os.environ.get("MLFLOW_RUN_ID")
+        if run_id:
+            return _mlflow().MlflowClient().get_run(run_id).data.tags.get(RESUME_HINT_TAG, "")
+    return ""
+
+
 def active_run_id() -> str | None:
     """Id of the active run, if any."""
     run = _mlflow().active_run()

@@ -114,6 +114,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers; AssertionError naming ``what`` if ``process`` dies or time runs out."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, f"{what} did not start"
+            time.sleep(0.5)
+
+
 def spawn_process_group(command: list[str], **popen_kwargs) -> subprocess.Popen:
     """Popen ``command`` as the leader of a new process group that this test run will not leave behind."""
     preexec = _die_with_parent if sys.platform.startswith("linux") else None

@@ -217,7 +217,7 @@ def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path)
     import urllib.error
     import urllib.request
 
-    from conftest import free_port, spawn_process_group, stop_process_group
+    from conftest import free_port, spawn_process_group, stop_process_group, wait_for_http
 
     registry.promote(register(), "production")
     outside = tmp_path / "elsewhere"
@@ -235,14 +235,7 @@ def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path)
                                   "local", "-p", str(port), "-h", "127.0.0.1"], cwd=outside, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow models serve did not start"
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, 180, "mlflow models serve")
 
         def invoke(payload: dict):
             request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),

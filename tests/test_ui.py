@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port, spawn_process_group, stop_process_group, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -88,29 +86,18 @@ def pipeline_store(tmp_path_factory, tiny_classification_dir):
 @pytest.fixture(scope="module")
 def ui_url(pipeline_store):
     """`mlflow ui` on the pipeline store, in its own process group, stopped after the module."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    server = subprocess.Popen(
+    server = spawn_process_group(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", pipeline_store["uri"], "--host", "127.0.0.1", "--port", str(port)],
-        cwd=pipeline_store["folder"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=pipeline_store["folder"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow ui did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.5)
+        wait_for_http(f"{url}/health", server, 90, "mlflow ui")
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_process_group(server)
 
 
 def screenshot(page, tmp_path: Path, name: str) -> None:

@@ -119,6 +119,24 @@ def test_the_later_of_two_racing_registrations_deletes_itself(tracking_uri, monk
     assert [v.version for v in registry.list_versions()] == [first] and aliases() == {"candidate": first}
 
 
+def test_a_model_tag_written_by_a_racing_process_is_not_an_error(tracking_uri, monkeypatch):
+    """Both processes see the model's tags missing; the loser's insert fails on the winner's identical row."""
+    from mlflow.entities.model_registry import RegisteredModel
+    from mlflow.exceptions import MlflowException
+
+    register()
+    real_get = mlflow.MlflowClient.get_registered_model
+    stale = RegisteredModel(MODEL_NAME, description=real_get(mlflow.MlflowClient(), MODEL_NAME).description)  # no tags yet
+    views = iter([stale])  # the first read is the view the racing process had before the other one wrote
+    monkeypatch.setattr(mlflow.MlflowClient, "get_registered_model", lambda self, name: next(views, None) or real_get(self, name))
+
+    def lose_the_insert(self, name, key, value):
+        raise MlflowException("UNIQUE constraint failed: registered_model_tags.workspace, registered_model_tags.key")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_tag", lose_the_insert)
+    registry.describe_registered_model()  # the values it wanted are there: no error
+
+
 def test_if_better_gate_both_ways(tracking_uri):
     good, worse, best = register(val_auc=0.8, seed=0), register(val_auc=0.6, seed=1), register(val_auc=0.9, seed=2)
     registry.promote(good, "production")

@@ -168,8 +168,8 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
         client.delete_model_version(MODEL_NAME, version.version)  # dlfm made it a moment ago; the earlier one stands
         return first
     client.update_model_version(MODEL_NAME, version.version, description=description)
-    describe_registered_model()
     with registry_lock():
+        describe_registered_model()
         holder = version_for_stage("candidate")
         if holder is None or int(holder) < int(version.version):  # a concurrent, newer version keeps it
             client.set_registered_model_alias(MODEL_NAME, "candidate", version.version)
@@ -186,15 +186,26 @@ MODEL_DESCRIPTION = (
 
 
 def describe_registered_model() -> None:
-    """Give ``dlfm-encoder`` its description and tags (set once; a description edited in the UI is kept)."""
+    """Give ``dlfm-encoder`` its description and tags (set once; a description edited in the UI is kept).
+
+    Two registering processes may both find a tag missing; the one that loses the insert finds
+    the other's identical value and goes on.
+    """
+    from mlflow.exceptions import MlflowException
+
     client = _client()
     model = client.get_registered_model(MODEL_NAME)
     if not model.description:
         client.update_registered_model(MODEL_NAME, description=MODEL_DESCRIPTION)
     for key, value in {"project": "dlfm", "task": "image embedding", "domain": "strong gravitational lensing",
                        "stages": ",".join(STAGES)}.items():
-        if model.tags.get(key) != value:
+        if model.tags.get(key) == value:
+            continue
+        try:
             client.set_registered_model_tag(MODEL_NAME, key, value)
+        except MlflowException:
+            if client.get_registered_model(MODEL_NAME).tags.get(key) != value:
+                raise
 
 
 @dataclass

@@ -24,12 +24,15 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers (the suite is mostly subprocesses and servers); a module stays on one worker.
+# TEST_WORKERS=0 runs in this process (e.g. with --pdb).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop: every module is still covered, in-process; `make test` adds the slow tests.
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # The MLflow UI in headless Chromium on a tiny pipeline's runs; screenshots land in reports/ui/.
 ui-check: $(STAMP)

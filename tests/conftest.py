@@ -227,6 +227,23 @@ def pytest_configure(config) -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+# `make test` runs two pytest-xdist workers with --dist loadfile (a module's tests, and so its module and
+# session fixtures, stay on one worker). The scheduler hands out modules in collection order, so the
+# longest ones (from `pytest --durations`, docs/results.md) go first and short ones fill the gaps;
+# a stale list only costs wall time, never a test.
+LONGEST_MODULES_FIRST = ("test_bad_inputs.py", "test_main.py", "test_server.py", "test_fault_tolerance.py",
+                         "test_tune.py", "test_stages.py", "test_evaluate.py", "test_registry.py", "test_ui.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Longest modules first (stable: every worker must collect the same order)."""
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES_FIRST.index(name) if name in LONGEST_MODULES_FIRST else len(LONGEST_MODULES_FIRST)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="module")
 def moto_s3(request):
     """moto's S3 server on a free localhost port, fake credentials in os.environ, and the test

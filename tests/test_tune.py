@@ -71,7 +71,8 @@ def test_search_space_covers_recon_weight_and_optionally_lr():
 
 def test_pruner_choices_and_password_masking():
     base = TuneConfig(train=TrainConfig(objective="multitask"))
-    assert isinstance(make_pruner(base), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner(base), optuna.pruners.NopPruner)  # the default (benchmarks/tune_pruning.py)
+    assert isinstance(make_pruner(TuneConfig(train=base.train, pruner="median")), optuna.pruners.MedianPruner)
     assert isinstance(make_pruner(TuneConfig(train=base.train, pruner="hyperband")), optuna.pruners.HyperbandPruner)
     assert isinstance(make_pruner(TuneConfig(train=base.train, pruner="none")), optuna.pruners.NopPruner)
     assert mask_password("postgresql://ana:s3cr@t@db:5432/optuna") == "postgresql://ana:***@db:5432/optuna"

@@ -61,7 +61,7 @@ class EvalOutput:
     metrics: dict[str, float]
     probs: np.ndarray | None  # (n, num_classes) softmax, None without a classification head
     labels: np.ndarray
-    embeddings: np.ndarray  # (n, embed_dim)
+    embeddings: np.ndarray | None  # (n, embed_dim); None when evaluate was asked for metrics only
 
 
 @dataclass
@@ -153,10 +153,12 @@ EVAL_MASK_SEED = 12345  # masks for val/test are the same every epoch, so masked
 
 
 @torch.no_grad()
-def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, ...], prefix: str) -> EvalOutput:
+def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, ...], prefix: str,
+             embed: bool = True) -> EvalOutput:
     """Loss, reconstruction MSE (with the mean-image baseline) and classification metrics of one split, in eval mode.
 
-    Embeddings always come from the unmasked image: they feed the probe, as they feed transfer.
+    Embeddings always come from the unmasked image: they feed the probe, as they feed transfer. A masked
+    objective needs a second encoder pass for them, so the per-epoch validation (``embed=False``) skips them.
     """
     ctx.model.eval()
     ctx.objective.eval()
@@ -172,14 +174,14 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
         with ctx.runtime.autocast():
             output = ctx.model(images, mask)
             loss, parts = ctx.objective(output, images, labels, mask)
-            embedding = output.embedding if mask is None else ctx.model.encoder(images)
+            if embed:
+                embeddings.append((output.embedding if mask is None else ctx.model.encoder(images)).float().cpu())
         loss_sum += loss.item() * len(index)
         if spec.decodes:
             recon_sum += parts[part].item() * len(index)
             baseline = ctx.mean_image.expand_as(images)
             baseline_mse = masked_mse(baseline, images, mask) if mask is not None else torch.mean((baseline - images) ** 2)
             baseline_sum += baseline_mse.item() * len(index)
-        embeddings.append(embedding.float().cpu())
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
     n = len(data.labels)
@@ -193,7 +195,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     probs_np = torch.cat(probs).numpy() if probs else None
     if probs_np is not None:
         metrics.update(classification_metrics(probs_np, labels_np, class_names, prefix))
-    return EvalOutput(metrics, probs_np, labels_np, torch.cat(embeddings).numpy())
+    return EvalOutput(metrics, probs_np, labels_np, torch.cat(embeddings).numpy() if embed else None)
 
 
 def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: tuple[str, ...], seed: int) -> dict[str, EvalOutput]:
@@ -361,7 +363,7 @@ def fit(
         metrics = train_one_epoch(ctx, train, epoch)
         train_seconds += time.perf_counter() - started
         train_images += len(train.labels)
-        metrics.update(evaluate(ctx, splits["val"], class_names, "val").metrics)
+        metrics.update(evaluate(ctx, splits["val"], class_names, "val", embed=False).metrics)
         metrics["lr"] = ctx.scheduler.get_last_lr()[0]
         history.append(metrics)
         epoch_seconds.append(time.perf_counter() - started)
@@ -378,8 +380,9 @@ def fit(
         if epoch - best_epoch >= config.patience:
             break
     ctx.model.load_state_dict(best_weights)
-    val = evaluate(ctx, splits["val"], class_names, "val")
-    test = evaluate(ctx, splits["test"], class_names, "test")
+    probe_here = ctx.objective.spec.probed and (probe_splits is None or probe_splits is splits)  # else probed elsewhere
+    val = evaluate(ctx, splits["val"], class_names, "val", embed=probe_here)
+    test = evaluate(ctx, splits["test"], class_names, "test", embed=probe_here)
     if ctx.objective.spec.probed:
         val, test = probe_metrics(ctx, splits, probe_splits or splits, val, test, class_names)
     reconstructions = None

@@ -89,7 +89,7 @@ def main() -> None:
         best = [r["best"] for r in results[arm]]
         saved = 1 - sum(r["epochs"] for r in results[arm]) / sum(r["epochs"] for r in results["none"])
         gap = statistics.mean(best) - statistics.mean(none_best)
-        ok = saved >= 0.40 and abs(gap) <= sd if gap < 0 else saved >= 0.40
+        ok = saved >= 0.40 and gap >= -sd
         qualified += [(saved, arm)] if ok else []
         print(f"{arm}: best {statistics.mean(best):.4f} +- {statistics.stdev(best) if len(best) > 1 else float('nan'):.4f}, "
               f"mean best - none {gap:+.4f} ({'within' if gap >= -sd else 'outside'} 1 sd), "

@@ -168,8 +168,8 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
         client.delete_model_version(MODEL_NAME, version.version)  # dlfm made it a moment ago; the earlier one stands
         return first
     client.update_model_version(MODEL_NAME, version.version, description=description)
+    describe_registered_model()
     with registry_lock():
-        describe_registered_model()
         holder = version_for_stage("candidate")
         if holder is None or int(holder) < int(version.version):  # a concurrent, newer version keeps it
             client.set_registered_model_alias(MODEL_NAME, "candidate", version.version)

@@ -22,40 +22,18 @@ from conftest import REPO, run_script
 PASSWORD = f"Cn@ry/p%w0rd-{uuid.uuid4().hex[:10]}"  # raw @ / % : the forms that leaked before issue 10
 
 
-@pytest.fixture
-def postgres_database():
-    """A throwaway PostgreSQL database at 127.0.0.1:5432, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"dlfm_canary_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as error:
-        if os.environ.get("DLFM_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required (DLFM_REQUIRE_SERVICES=1): {error}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
 def leaks(text_or_bytes, forms: list[str]) -> list[str]:
     haystack = text_or_bytes if isinstance(text_or_bytes, bytes) else text_or_bytes.encode()
     return [form for form in forms if form.encode() in haystack]
 
 
 @pytest.mark.services
-def test_canary_password_of_the_tune_storage_leaks_nowhere(tracking_uri, tiny_classification_dir, tmp_path, postgres_database):
+def test_canary_password_of_the_tune_storage_leaks_nowhere(tracking_uri, tiny_classification_dir, tmp_path, postgres_storage):
     import mlflow
     from mlflow.entities import ViewType
 
     forms = [PASSWORD, quote(PASSWORD, safe=""), PASSWORD.split("-")[-1]]  # raw, percent-encoded, its random tail
-    storage = f"postgresql://postgres:{quote(PASSWORD, safe='')}@127.0.0.1:5432/{postgres_database}"
+    storage = f"postgresql://postgres:{quote(PASSWORD, safe='')}@127.0.0.1:5432/{postgres_storage.rsplit('/', 1)[1]}"
     result = run_script(
         ["-m", "dlfm.cli", "run", str(REPO), "-e", "tune", "--experiment-name", "canary",
          "-P", f"dataset={tiny_classification_dir}", "-P", "encoder=conv4", "-P", "epochs=1", "-P", "batch_size=4",

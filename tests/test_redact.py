@@ -70,33 +70,19 @@ def test_tune_storage_from_environment_never_reaches_params(monkeypatch):
     assert CANARY not in str(config.params())
 
 
-def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path):
+@pytest.mark.services
+def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path, postgres_storage):
     """Real dlfm server on PostgreSQL (trust auth ignores the password): starts, and no process's argv
     and no log line holds the password, raw or encoded."""
     import os
-    import signal
-    import socket
     import subprocess
     import sys
-    import time
     import uuid
 
-    import requests
+    from conftest import REPO, free_port, spawn_process_group, stop_process_group, wait_for_http
 
-    from conftest import REPO
-
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", connect_timeout=3)
-    except psycopg2.OperationalError:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not available")
-    admin.autocommit = True
-    name = f"dlfm_redact_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    name = postgres_storage.rsplit("/", 1)[1]
+    port = free_port()
     secret = "p%40ss%2Fword" + CANARY  # percent-encoded p@ss/word...
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
            "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-" + uuid.uuid4().hex[:16], "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -107,16 +93,9 @@ def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path):
                f"postgresql://postgres:{secret}@127.0.0.1:5432/{name}", "--artifacts-destination", str(tmp_path / "art"),
                "--port", str(port), "--workers", "1"]
     with open(log, "wb") as handle:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = spawn_process_group(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)
     try:
-        deadline, up = time.monotonic() + 120, False
-        while time.monotonic() < deadline and process.poll() is None and not up:
-            try:
-                up = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            except requests.RequestException:
-                time.sleep(0.5)
-        assert up, log.read_text()[-3000:]
+        wait_for_http(f"http://127.0.0.1:{port}/health", process, 120, f"dlfm server (log: {log})")
         argvs = []
         for pid in os.listdir("/proc"):
             if pid.isdigit():
@@ -130,13 +109,6 @@ def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path):
         children = [a for a in argvs if "dlfm.cli" not in a]
         assert children and not any(CANARY in a or "p%40ss" in a for a in children), children
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        stop_process_group(process)
     text = log.read_text()
     assert CANARY not in text and "Traceback" not in text, text[-3000:]

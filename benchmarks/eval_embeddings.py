@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/eval_embeddings.py
 
 A masked objective's embeddings need a second, unmasked encoder pass; the per-epoch validation
-(``evaluate(..., embed=False)``) skips it, the final evaluation keeps it where the probe reads them.
+(``evaluate(..., embed=False)``) skips it; the final evaluation keeps it.
 """
 
 from __future__ import annotations

@@ -380,9 +380,8 @@ def fit(
         if epoch - best_epoch >= config.patience:
             break
     ctx.model.load_state_dict(best_weights)
-    probe_here = ctx.objective.spec.probed and (probe_splits is None or probe_splits is splits)  # else probed elsewhere
-    val = evaluate(ctx, splits["val"], class_names, "val", embed=probe_here)
-    test = evaluate(ctx, splits["test"], class_names, "test", embed=probe_here)
+    val = evaluate(ctx, splits["val"], class_names, "val")  # FitResult carries the final embeddings
+    test = evaluate(ctx, splits["test"], class_names, "test")
     if ctx.objective.spec.probed:
         val, test = probe_metrics(ctx, splits, probe_splits or splits, val, test, class_names)
     reconstructions = None

@@ -142,7 +142,7 @@ def test_bad_manifest(copy_of):
 
 
 def test_missing_and_unknown_paths(tmp_path):
-    with pytest.raises(DatasetError, match=r"does not exist; pass a preset name \(model_ii, model_i, regression\)"):
+    with pytest.raises(DatasetError, match=r"does not exist; pass a preset name \(model_ii, model_i, model_iii, regression, pretrain\)"):
         load_dataset(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="neither a dlfm dataset"):

@@ -22,7 +22,7 @@ def check_trainable(config: TrainConfig, dataset) -> None:
     if dataset.task != "classification":
         raise DatasetError(
             f"dataset {config.dataset!r} is a {dataset.task} dataset; training stages need a "
-            "classification dataset (preset model_ii or model_i, or DeepLense class folders)"
+            "classification dataset (preset model_ii, model_i or model_iii, or DeepLense class folders)"
         )
     create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(dataset.image_size)
     for split in ("train", "val", "test"):

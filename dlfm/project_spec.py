@@ -73,6 +73,7 @@ ENTRY_POINTS = (
                  advanced=TRAIN_ADVANCED) for name in OBJECTIVES),
     EntryPoint("transfer", "pipelines/transfer.py", ("dlfm.transfer:TransferConfig",)),
     EntryPoint("evaluate", "pipelines/evaluate.py", ("dlfm.evaluation.config:EvaluateConfig",)),
+    EntryPoint("anomaly", "pipelines/anomaly.py", ("dlfm.anomaly:AnomalyConfig",)),
     EntryPoint("main", "pipelines/main.py", ("dlfm.stages.main:MainConfig",)),
     EntryPoint("tune", "pipelines/tune.py", (TRAIN, "dlfm.tune.config:TuneConfig"),
                fixed=SINGLE_LOSS + ("resume", "nproc", "train"), advanced=TRAIN_ADVANCED,

@@ -282,6 +282,31 @@ PRESETS: dict[str, Preset] = {
         source_priors=SourcePriors(),
         lens_from_priors=True,
     ),
+    # Anomalies for `-e anomaly`: Model II images with one thing the classes never showed.
+    "anomaly_long_vortex": Preset(
+        name="anomaly_long_vortex",
+        task="classification",
+        class_names=("axion",),
+        instrument=EUCLID_VIS_64,
+        description="Anomaly: model_ii with axion vortices of half-length 3-7.5 arcsec (m = 10^U(-24.4, -24) eV), "
+                    "longer than any axion class line (0.03-3 arcsec)",
+        vortex=AxionVortex(log10_axion_mass_range=(-24.4, -24.0)),
+    ),
+    "anomaly_heavy_subhalos": Preset(
+        name="anomaly_heavy_subhalos",
+        task="classification",
+        class_names=("cdm",),
+        instrument=EUCLID_VIS_64,
+        description="Anomaly: model_ii with 25 subhalos of 1e10-1e11 Msun, above the cdm class's [1e6, 1e10] Msun prior",
+        cdm=CDMSubhalos(m_min=1e10, m_max=1e11),
+    ),
+    "anomaly_wide_psf": Preset(
+        name="anomaly_wide_psf",
+        task="classification",
+        class_names=CLASSIFICATION_CLASSES,
+        instrument=dataclasses.replace(EUCLID_VIS_64, name="euclid_vis_wide_psf", psf_fwhm=0.32),
+        description="Anomaly: model_ii's lens and classes seen through a PSF twice as wide (FWHM 0.32 arcsec, not 0.16)",
+    ),
 }
 
 DEFAULT_PRESET = "model_ii"

@@ -68,7 +68,7 @@ def prepare_data(config: TrainConfig, runtime):
     def resolve():
         dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
         corpus = (resolve_dataset(config.pretrain_dataset, config.pretrain_n_train, config.pretrain_n_val,
-                                  config.pretrain_n_test) if config.pretrain_dataset else dataset)
+                                  config.pretrain_n_test, seed=config.pretrain_seed) if config.pretrain_dataset else dataset)
         return dataset, corpus
 
     resolved = resolve() if runtime.is_main_process else None

@@ -195,3 +195,24 @@ def test_pipelines_stay_thin():
     for script in (REPO / "pipelines").glob("*.py"):
         lines = [line for line in script.read_text().splitlines() if line.strip()]
         assert len(lines) <= 70, f"{script.name} has {len(lines)} lines; move logic into dlfm/"
+
+
+def test_readmes_own_pytorch_snippet_embeds_with_the_registered_encoder(tracking_uri, tmp_path):
+    """The README's "Using a registered encoder in your own PyTorch code" block runs as written."""
+    import numpy as np
+    import torch
+
+    from dlfm.models import create_encoder
+    from dlfm.tracking import registry
+    from dlfm.tracking.runs import stage_run
+
+    with stage_run("multitask", "multitask-test", "readme-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
+    registry.promote(version, "production")
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Using a registered encoder"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    np.save(tmp_path / "my_images.npy", np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32) * 100)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - our own README, run in tmp_path
+    assert scope["embeddings"].shape == (3, 128) and torch.isfinite(scope["embeddings"]).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,13 @@ import pytest
 from conftest import REPO
 from dlfm.activate_hook import install, project_store_uri
 
-README_STORE = "sqlite:///mlruns/mlflow.db"  # the README's `mlflow ui --backend-store-uri`, read from the project root
+
+
+def readme_store() -> str:
+    """The store of the README's `mlflow ui --backend-store-uri …` command (typed in the project root)."""
+    stores = set(re.findall(r"^mlflow ui --backend-store-uri (\S+)", (REPO / "README.md").read_text(), re.M))
+    assert len(stores) == 1, f"the README shows one UI store, not {stores}"
+    return stores.pop()
 
 
 def bash(script: str, cwd: Path, home: Path, timeout: int = 60) -> subprocess.CompletedProcess:
@@ -28,6 +35,11 @@ def fresh_venv(tmp_path) -> Path:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     return venv
+
+
+def test_make_venv_installs_the_hook():
+    recipe = (REPO / "Makefile").read_text().split("$(STAMP):")[1].split("\n\n")[0]
+    assert "-m dlfm.activate_hook $(VENV) $(CURDIR)" in recipe
 
 
 def test_activate_sets_the_project_store_only_when_unset_and_deactivate_restores(fresh_venv, tmp_path):
@@ -91,7 +103,7 @@ def test_newcomer_mlflow_run_lands_in_the_readme_store(tmp_path, monkeypatch):
     result = newcomer_runs(project, activate, home=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.chdir(project)  # the README's command is typed in the project root
-    assert len(finished_simulate_runs(README_STORE)) == 1
+    assert len(finished_simulate_runs(readme_store())) == 1
     assert not (project / "mlflow.db").exists(), "MLflow's own default store must stay unused"
     assert "MLflow's default store" not in result.stderr
 

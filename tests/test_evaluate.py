@@ -32,16 +32,29 @@ def tiny_tasks(tiny_classification_dir, tiny_regression_dir):
             "regression": TASKS["regression"].load(load_dataset(tiny_regression_dir), "tiny-reg")}
 
 
-def test_verdict_on_synthetic_numbers():
-    # paired differences 0.06, 0.05, 0.07: mean 0.06 > sd 0.01
-    assert verdict([0.86, 0.85, 0.87], [0.80, 0.80, 0.80], higher_is_better=True).word == "better"
+def test_verdict_says_better_or_worse_only_when_the_95_ci_excludes_zero():
+    from scipy.stats import t
+
+    # paired differences 0.06, 0.05, 0.07: mean 0.06, sd 0.01, 95 % CI 0.06 ± t(2) · 0.01/√3 = [0.035, 0.085]
+    clear = verdict([0.86, 0.85, 0.87], [0.80, 0.80, 0.80], higher_is_better=True)
+    half = t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert clear.word == "better" and clear.n_seeds == 3
+    assert (clear.ci_low, clear.ci_high) == pytest.approx((0.06 - half, 0.06 + half))
     assert verdict([0.74, 0.75, 0.73], [0.80, 0.80, 0.80], higher_is_better=True).word == "worse"
     noisy = verdict([0.90, 0.70, 0.85], [0.80, 0.80, 0.80], higher_is_better=True)  # diffs 0.1, -0.1, 0.05
-    assert noisy.word == "no difference" and noisy.difference == pytest.approx(0.05 / 3) and noisy.sd > abs(noisy.difference)
+    assert noisy.word == "too few seeds to tell" and noisy.difference == pytest.approx(0.05 / 3)
+    assert noisy.ci_low < 0 < noisy.ci_high and "includes 0" in noisy.reason
+    # |mean| > sd (the old rule's "better") but the interval over 3 seeds still includes 0 ...
+    diffs = [0.0, 0.06, 0.07]
+    marginal = verdict(diffs, [0.0] * 3, higher_is_better=True)
+    assert abs(marginal.difference) > marginal.sd and marginal.word == "too few seeds to tell"
+    # ... while the same spread over 12 seeds excludes it
+    assert verdict(diffs * 4, [0.0] * 12, higher_is_better=True).word == "better"
     # lower is better (MAE): a smaller error is "better"
     assert verdict([0.5, 0.52, 0.49], [0.7, 0.7, 0.71], higher_is_better=False).word == "better"
     one_seed = verdict([0.9], [0.5], higher_is_better=True)
-    assert one_seed.word == "no difference" and math.isnan(one_seed.sd)
+    assert one_seed.word == "too few seeds to tell" and math.isnan(one_seed.sd) and math.isnan(one_seed.ci_low)
+    assert one_seed.reason == "one seed: no interval"
 
 
 def test_budgets_draw_one_stratified_nested_subset_shared_by_every_arm(tiny_tasks):
@@ -127,7 +140,7 @@ def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path
     assert {"evaluation.md", "evaluation_summary.csv", "evaluation_cells.csv", "figures/label_efficiency.png",
             "figures/label_efficiency_regression.png"} <= artifacts
     verdicts = {k: v for k, v in parent.data.tags.items() if k.startswith("dlfm.verdict.")}
-    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "no difference", "worse"}
+    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "too few seeds to tell", "worse"}
 
 
 def test_budget_larger_than_the_pool_is_one_error_line(production_version, tmp_path, tiny_classification_dir):
@@ -162,7 +175,7 @@ def test_budgets_parse_ascending_with_all_last():
     assert EvaluateConfig(budgets="400,all,25,100").budget_list == [25, 100, 400, "all"]
 
 
-def test_markdown_states_each_verdict_with_its_spread():
+def test_markdown_states_each_verdict_with_its_interval():
     from dlfm.evaluation import summary
     from dlfm.evaluation.grid import Cell, CellResult
 
@@ -171,10 +184,45 @@ def test_markdown_states_each_verdict_with_its_spread():
         for arm, auc in (("pretrained-finetune", finetune), ("scratch", scratch)):
             results.append(CellResult(Cell("classification", 100, arm, seed, 300, 100), {"test/macro_auc": auc}, [], None))
     [line] = [v["sentence"] for v in summary.verdicts(results)]
-    assert line == ("classification, 100 labelled images per class (100): pretrained-finetune − scratch = +0.060 ± 0.010 "
-                    "test/macro_auc over 3 seeds → better")
+    assert line == ("classification, 100 labelled images per class (100): pretrained-finetune − scratch = +0.060 "
+                    "test/macro_auc, 95% CI [+0.035, +0.085] over 3 seeds → better (the 95% CI excludes 0)")
     text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
     assert "| 100 (100) | 0.860 ± 0.010 | 0.800 ± 0.000 |" in text
+    assert "better/worse only when the interval excludes 0, else too few seeds to tell" in text
+    two_seeds = [r for r in results if r.cell.seed < 2]  # diffs 0.06, 0.05: t(1) = 12.7 makes the interval [−0.008, +0.119]
+    [row] = summary.verdicts(two_seeds)
+    assert row["sentence"].endswith("over 2 seeds → too few seeds to tell (within noise: the 95% CI includes 0)")
+
+
+def test_same_subset_budgets_are_found_from_the_pool_sizes():
+    from dlfm.evaluation.grid import same_subset_budgets
+
+    # sim_n_train=1200: 400 per class, so 400 and all draw the same labels; 25 and 100 do not
+    assert same_subset_budgets([25, 100, 400, "all"], (400, 400, 400)) == {"all": 400}
+    assert same_subset_budgets([25, 100, 400, "all"], (450, 400, 400)) == {}  # 400 leaves 50 of the first class out
+    assert same_subset_budgets([10, 50, 600, "all"], (600,)) == {"all": 600}
+    assert same_subset_budgets([5, 8, "all"], (8, 8, 8)) == {"all": 8}
+
+
+def test_identical_label_subsets_run_once_and_are_reported_under_both_budgets(tiny_tasks):
+    from dlfm.evaluation import summary
+
+    torch.manual_seed(0)
+    config = EvaluateConfig(tasks="classification", budgets="2,8,all", seeds="0,1", arms="pretrained-frozen,random-frozen",
+                            epochs=1, min_steps=2)
+    ran = []
+    results = run_grid(config, {"classification": tiny_tasks["classification"]}, create_encoder("conv4"), torch.device("cpu"),
+                       on_cell=lambda cell, compute: ran.append(cell) or compute())
+    assert sorted({c.budget for c in ran}, key=str) == [2, 8]  # 8 per class is the whole pool: "all" is not run again
+    assert len(ran) == 2 * 2 * 2 and len(results) == 3 * 2 * 2
+    by_key = {(r.cell.budget, r.cell.arm, r.cell.seed): r for r in results}
+    for arm in config.arm_list:
+        for seed in (0, 1):
+            twin = by_key[("all", arm, seed)]
+            assert twin.metrics == by_key[(8, arm, seed)].metrics and twin.cell.same_labels_as == 8
+    text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
+    assert "| 8 (8) |" in text and "| 8 (all) |" in text
+    assert "Budget all draws the same labels as budget 8: its cells ran once and are reported under both." in text
 
 
 def test_every_arm_runs_under_bf16_autocast_with_finite_metrics(tiny_tasks):

@@ -41,6 +41,8 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     # The parent explains itself: summary metrics (its charts are not empty with the children collapsed), a description.
     assert parent.data.metrics["promoted_version"] == float(promoted)
     assert {f"{objective}/val_macro_auc" for objective in OBJECTIVES} <= set(parent.data.metrics)
+    assert {f"{objective}/val_probe_macro_auc" for objective in OBJECTIVES} <= set(parent.data.metrics)
+    assert "val/probe_macro_auc" in parent.data.tags["dlfm.promotion_rule"] and "Rule: " in report
     assert any(name.startswith("evaluate/") for name in parent.data.metrics)
     assert "version" in parent.data.tags["mlflow.note.content"]
     assert all(r.data.tags.get("mlflow.note.content") for r in steps)  # every step run has a description
@@ -53,3 +55,42 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     runs_after = client.search_runs([experiment.experiment_id], max_results=1000)
     assert len(runs_after) == len(runs_before) + 1  # only the new main parent
     assert len(client.search_model_versions("name='dlfm-encoder'")) == len(OBJECTIVES)
+
+
+def register(objective: str, metrics: dict[str, float]) -> str:
+    import torch
+
+    from dlfm.models import create_encoder
+    from dlfm.tracking import registry, stage_run
+
+    torch.manual_seed(0)
+    with stage_run(objective, f"{objective}-test", "main-promotion-test", system_metrics=False) as run_id:
+        return registry.register_encoder_version(create_encoder("conv4"), 64, objective, metrics, "d" * 64, run_id)
+
+
+def test_promotion_ranks_on_the_probe_and_evaluates_this_runs_version(tracking_uri):
+    from dlfm.stages.main import PROMOTION_METRIC, best_candidate, promote_best
+    from dlfm.tracking import registry
+
+    assert PROMOTION_METRIC == "val/probe_macro_auc"
+    older = register("autoencoder", {"val/macro_auc": 0.99, "val/probe_macro_auc": 0.99})  # an earlier run's, in production
+    registry.promote(older, "production")
+    # A supervised head's AUC (0.95) would win on val/macro_auc; on the probe, the autoencoder does.
+    rows = [{"stage": "supervised", "version": register("supervised", {"val/macro_auc": 0.95, "val/probe_macro_auc": 0.60}),
+             "val/macro_auc": 0.95, "val/probe_macro_auc": 0.60},
+            {"stage": "autoencoder", "version": register("autoencoder", {"val/macro_auc": 0.80, "val/probe_macro_auc": 0.80}),
+             "val/macro_auc": 0.80, "val/probe_macro_auc": 0.80}]
+    assert best_candidate(rows)["stage"] == "autoencoder"
+    best, outcome = promote_best(rows, "production", "run-x")
+    # The gate keeps the better older holder; this run's best still goes to staging, and it is what main evaluates.
+    assert best["version"] == rows[1]["version"] and not outcome.promoted
+    assert registry.version_for_stage("production") == older
+    assert registry.version_for_stage("staging") == best["version"] != older
+
+
+def test_promotion_without_the_probe_metric_is_one_clear_error():
+    from dlfm.errors import RegistryError
+    from dlfm.stages.main import best_candidate
+
+    with pytest.raises(RegistryError, match="no candidate of this run logged val/probe_macro_auc"):
+        best_candidate([{"stage": "supervised", "version": "3", "val/macro_auc": 0.9}])

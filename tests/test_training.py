@@ -54,7 +54,8 @@ def test_fit_returns_the_shared_metric_names(objective):
     config = TrainConfig(objective=objective, encoder="conv4", epochs=2, batch_size=8)
     result = fit(config, random_splits(), CLASSES, progress=False)
     for prefix in ("val", "test"):
-        for name in (spec.total_metric, "accuracy", "macro_auc", "auc_no_sub", "auc_cdm", "auc_axion"):
+        for name in (spec.total_metric, "accuracy", "macro_auc", "auc_no_sub", "auc_cdm", "auc_axion",
+                     "probe_macro_auc", "probe_accuracy"):  # the probe: the one quantity main ranks every objective on
             assert f"{prefix}/{name}" in result.final_metrics
         for metric in ("recon_mse", "masked_mse"):
             assert (f"{prefix}/{metric}" in result.final_metrics) == (spec.recon_metric == metric)
@@ -62,6 +63,17 @@ def test_fit_returns_the_shared_metric_names(objective):
     # The objective's total has its own name; each part has the name its val metric has.
     assert {name for name in result.history[0] if name.startswith("train/")} == (
         {f"train/{spec.total_metric}"} | {f"train/{PARTS[p]}" for p in spec.parts})
+
+
+def test_the_probe_is_measured_the_same_way_for_a_head_and_a_self_supervised_objective():
+    splits = random_splits()
+    supervised = fit(TrainConfig(objective="supervised", encoder="conv4", epochs=1, batch_size=8), splits, CLASSES, progress=False)
+    autoencoder = fit(TrainConfig(objective="autoencoder", encoder="conv4", epochs=1, batch_size=8), splits, CLASSES,
+                      progress=False)
+    # probed objectives: the probe is their val/macro_auc; supervised keeps its head's AUC and logs the probe beside it
+    assert autoencoder.final_metrics["val/probe_macro_auc"] == autoencoder.final_metrics["val/macro_auc"]
+    assert supervised.final_metrics["val/probe_macro_auc"] != supervised.final_metrics["val/macro_auc"]
+    assert 0.0 <= supervised.final_metrics["test/probe_macro_auc"] <= 1.0
 
 
 def test_same_seed_gives_the_same_result():

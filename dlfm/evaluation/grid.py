@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager
 
 import numpy as np
 import torch
 from torch import nn
 
-from dlfm.evaluation.config import EvaluateConfig
+from dlfm.evaluation.config import ALL, EvaluateConfig
 from dlfm.evaluation.fit import Schedule, fit, predict
 from dlfm.evaluation.tasks import TASKS, TaskData
 from dlfm.transfer import Standardizer, embed, random_encoder_like
@@ -50,6 +50,7 @@ class Cell:
     seed: int
     n_labels: int  # labelled train images the cell used (in total)
     budget_size: int  # the budget as a number: labels per class (classification) or in total; "all" resolved
+    same_labels_as: int | str | None = None  # a smaller budget with the very same label subset: its result, reported here too
 
 
 @dataclass
@@ -131,12 +132,35 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
     return CellResult(cell, task.metrics(predictions, data), history, predictions)
 
 
+def same_subset_budgets(budgets: list[int | str], pool_sizes: tuple[int, ...]) -> dict[int | str, int | str]:
+    """{budget: the first earlier budget that draws the very same labels}, e.g. {"all": 400} at 400 images per class.
+
+    A subset takes a prefix of one permutation per class (``draw_subset``), so two budgets draw the same
+    labels exactly when min(budget, class size) agrees for every class, whatever the seed.
+    """
+    first, same = {}, {}
+    for budget in budgets:
+        effective = tuple(size if budget == ALL else min(budget, size) for size in pool_sizes)
+        if effective in first:
+            same[budget] = first[effective]
+        else:
+            first[effective] = budget
+    return same
+
+
 def plan(config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[tuple[Cell, np.ndarray]]:
-    """Every cell with its label subset: drawn once per (task, budget, seed) and shared by every arm."""
+    """Every cell to run with its label subset: drawn once per (task, budget, seed) and shared by every arm.
+
+    A budget whose subset equals a smaller one's is not planned (``same_subset_budgets``); ``run_grid``
+    reports that one's results under both budgets.
+    """
     cells = []
     for seed in config.seed_list:
         for name, data in tasks.items():
+            same = same_subset_budgets(config.budget_list, TASKS[name].pool_sizes(data))
             for budget in config.budget_list:
+                if budget in same:
+                    continue
                 index = TASKS[name].subset(data, budget, seed)
                 size = len(index) // len(data.class_names)  # regression has the one class "lens"
                 for arm in config.arm_list:
@@ -160,4 +184,14 @@ def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.
     for cell, index in plan(config, tasks):
         results.append(on_cell(cell, lambda c=cell, i=index: run_cell(c, i, tasks[c.task], encoders, cache, config, device,
                                                                                   autocast)))
-    return results
+    return results + reported_twice(results, config, tasks)
+
+
+def reported_twice(results: list[CellResult], config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[CellResult]:
+    """The results of budgets whose labels equal a smaller budget's: that budget's cells, renamed (run once)."""
+    copies = []
+    for name, data in tasks.items():
+        for budget, same in same_subset_budgets(config.budget_list, TASKS[name].pool_sizes(data)).items():
+            copies += [replace(r, cell=replace(r.cell, budget=budget, same_labels_as=same))
+                       for r in results if r.cell.task == name and r.cell.budget == same]
+    return copies

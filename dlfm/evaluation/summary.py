@@ -1,4 +1,4 @@
-"""Mean ± sd per (task, budget, arm), the paired verdicts, and their markdown/CSV forms."""
+"""Mean ± sd per (task, budget, arm), the paired verdicts (t intervals over seeds), and their markdown/CSV forms."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlfm.evaluation.config import ARM_NAMES
+from dlfm.evaluation.config import ALL, ARM_NAMES
 from dlfm.evaluation.tasks import TASKS
 from dlfm.transfer import REPORTED, unit_label
 
@@ -21,22 +21,59 @@ def mean_sd(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
+CONFIDENCE = 0.95  # two-sided level of the interval on the mean paired difference (Student t over seeds)
+TOO_FEW = "too few seeds to tell"  # the word whenever the interval includes 0 (or one seed gives no interval)
+RULE = (f"paired over seeds: the mean difference with its {CONFIDENCE:.0%} confidence interval, t over seeds; "
+        f"better/worse only when the interval excludes 0, else {TOO_FEW}")  # one home for the rule's wording
+
+
 @dataclass(frozen=True)
 class Verdict:
     difference: float  # mean over seeds of treated − control (paired: same subset and head init per seed)
     sd: float  # sd over seeds of that difference (nan with one seed)
     n_seeds: int
-    word: str  # "better" | "no difference" | "worse", for the treated arm
+    ci_low: float  # CONFIDENCE interval of the mean difference: mean ± t(n−1) · sd/√n (nan with one seed)
+    ci_high: float
+    word: str  # "better" | "worse" for the treated arm, or TOO_FEW
+
+    @property
+    def reason(self) -> str:
+        """Why the word: the interval, or its absence."""
+        if self.n_seeds < 2:
+            return "one seed: no interval"
+        if self.word == TOO_FEW:
+            return f"within noise: the {CONFIDENCE:.0%} CI includes 0"
+        return f"the {CONFIDENCE:.0%} CI excludes 0"
+
+
+def confidence_interval(diffs) -> tuple[float, float]:
+    """Two-sided CONFIDENCE interval of the mean of ``diffs`` (t with n−1 degrees of freedom); nan for one value."""
+    from scipy.stats import t
+
+    diffs = np.asarray(diffs, dtype=float)
+    if len(diffs) < 2:
+        return math.nan, math.nan
+    mean, sd = mean_sd(diffs)
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+    return mean - half, mean + half
 
 
 def verdict(treated: list[float], control: list[float], higher_is_better: bool) -> Verdict:
-    """"better"/"worse" only when the mean paired difference exceeds its sd over seeds; one seed says "no difference"."""
+    """"better"/"worse" only when the CONFIDENCE interval of the mean paired difference excludes 0, else TOO_FEW."""
     diffs = np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
     difference, sd = mean_sd(diffs)
-    if len(diffs) < 2 or not abs(difference) > sd:
-        return Verdict(difference, sd, len(diffs), "no difference")
+    low, high = confidence_interval(diffs)
+    if len(diffs) < 2 or low <= 0 <= high:
+        return Verdict(difference, sd, len(diffs), low, high, TOO_FEW)
     improved = (difference > 0) == higher_is_better
-    return Verdict(difference, sd, len(diffs), "better" if improved else "worse")
+    return Verdict(difference, sd, len(diffs), low, high, "better" if improved else "worse")
+
+
+def verdict_sentence(v: Verdict, metric: str) -> str:
+    """The difference, its interval and the number of seeds, then the word and why."""
+    seeds = f"{v.n_seeds} seed" + ("s" if v.n_seeds != 1 else "")
+    interval = "" if v.n_seeds < 2 else f", {CONFIDENCE:.0%} CI [{v.ci_low:+.3f}, {v.ci_high:+.3f}]"
+    return f"{v.difference:+.3f} {metric}{interval} over {seeds} → {v.word} ({v.reason})"
 
 
 def _by(results, **match) -> list:
@@ -47,10 +84,11 @@ def aggregate(results) -> list[dict]:
     """One row per (task, budget, arm): budget size, seeds, and mean/sd of every test metric."""
     rows = []
     keys = sorted({(r.cell.task, r.cell.budget_size, str(r.cell.budget), r.cell.arm) for r in results},
-                  key=lambda k: (k[0], k[1], ARM_NAMES.index(k[3])))
+                  key=lambda k: (k[0], k[1], k[2] == ALL, ARM_NAMES.index(k[3])))
     for task, size, budget, arm in keys:
         cells = [r for r in results if (r.cell.task, str(r.cell.budget), r.cell.arm) == (task, budget, arm)]
-        row = {"task": task, "budget": budget, "budget_size": size, "arm": arm, "n_seeds": len(cells)}
+        row = {"task": task, "budget": budget, "budget_size": size, "arm": arm, "n_seeds": len(cells),
+               "same_labels_as": "" if cells[0].cell.same_labels_as is None else str(cells[0].cell.same_labels_as)}
         for name in sorted(cells[0].metrics):
             row[f"{name}_mean"], row[f"{name}_sd"] = mean_sd([c.metrics[name] for c in cells])
         rows.append(row)
@@ -69,13 +107,11 @@ def verdicts(results) -> list[dict]:
                 if not a or [r.cell.seed for r in a] != [r.cell.seed for r in b]:
                     continue
                 v = verdict([r.metrics[task.headline] for r in a], [r.metrics[task.headline] for r in b], task.higher_is_better)
-                spread = f"± {v.sd:.3f}" if v.n_seeds > 1 else "(one seed: no spread)"
-                seeds = f"{v.n_seeds} seed" + ("s" if v.n_seeds != 1 else "")
                 sentence = (f"{task_name}, {size} {task.budget_unit} ({budget}): {treated} − {control} = "
-                            f"{v.difference:+.3f} {spread} {task.headline} over {seeds} → {v.word}")
+                            + verdict_sentence(v, task.headline))
                 out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": treated, "control": control,
-                            "metric": task.headline, "difference": v.difference, "sd": v.sd, "n_seeds": v.n_seeds,
-                            "verdict": v.word, "sentence": sentence})
+                            "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
+                            "ci_high": v.ci_high, "n_seeds": v.n_seeds, "verdict": v.word, "sentence": sentence})
     return out
 
 
@@ -103,7 +139,9 @@ def markdown(rows: list[dict], verdict_rows: list[dict], mean_predictor: dict[st
         for size, budget in budgets:
             cells = [_cell(next((r for r in task_rows if r["budget"] == budget and r["arm"] == a), None), task.headline) for a in arms]
             lines.append(f"| {size} ({budget}) | " + " | ".join(cells) + " |")
-        lines += ["", "Verdicts (paired over seeds; better/worse only when |mean difference| > its sd):", ""]
+        lines += [f"\nBudget {budget} draws the same labels as budget {same}: its cells ran once and are reported under both."
+                  for budget, same in sorted({(r["budget"], r["same_labels_as"]) for r in task_rows if r["same_labels_as"]})]
+        lines += ["", f"Verdicts ({RULE}):", ""]
         lines += [f"- {v['sentence']}" for v in verdict_rows if v["task"] == task_name]
         if task_name == "regression":
             size, budget = budgets[-1]

@@ -95,6 +95,10 @@ class ClassificationTask:
         """The largest numeric budget this pool allows (the smallest class)."""
         return int(np.bincount(data.train.targets).min())
 
+    def pool_sizes(self, data: TaskData) -> tuple[int, ...]:
+        """Labelled train images per class, in the order ``draw_subset`` walks the classes."""
+        return tuple(int(n) for n in np.unique(data.train.targets, return_counts=True)[1])
+
     def head(self, embed_dim: int, data: TaskData) -> nn.Module:
         return ClassificationHead(embed_dim, len(data.class_names))
 
@@ -137,6 +141,10 @@ class RegressionTask:
 
     def available(self, data: TaskData) -> int:
         return len(data.train.targets)
+
+    def pool_sizes(self, data: TaskData) -> tuple[int, ...]:
+        """The one pool that budgets count in."""
+        return (len(data.train.targets),)
 
     def head(self, embed_dim: int, data: TaskData) -> nn.Module:
         return RegressionHead(embed_dim, data.train.targets.shape[1])

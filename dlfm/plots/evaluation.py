@@ -1,4 +1,4 @@
-"""Label-efficiency figures: metric against labels (log x), one line per arm, ±1 sd bands."""
+"""Label-efficiency figures: metric against labels (log x), one line per arm, ±1 sd bands, verdicts with their CIs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dlfm.evaluation.config import ARM_NAMES  # noqa: E402
+from dlfm.evaluation.summary import CONFIDENCE  # noqa: E402
 from dlfm.evaluation.tasks import TASKS  # noqa: E402
 from dlfm.transfer import REPORTED, UNITS  # noqa: E402
 
@@ -36,16 +37,30 @@ def _curve(axis, rows: list[dict], metric: str) -> None:
     axis.set_xticks(sizes, [str(size) for size in sizes])
 
 
-def label_efficiency_figure(rows: list[dict]):
-    """One panel per task: its headline metric against labelled images."""
+def verdict_note(v: dict) -> str:
+    """One short line of a verdict under a panel: budget, pair, difference, its interval, the word."""
+    interval = "" if v["n_seeds"] < 2 else f" [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+    return f"{v['budget']}: {v['treated']} − {v['control']} {v['difference']:+.3f}{interval} → {v['verdict']}"
+
+
+def label_efficiency_figure(rows: list[dict], verdict_rows: list[dict] = ()):
+    """One panel per task: its headline metric against labelled images; under it the verdicts with their intervals."""
     tasks = [name for name in TASKS if any(r["task"] == name for r in rows)]
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    notes = {name: [verdict_note(v) for v in verdict_rows if v["task"] == name] for name in tasks}
+    extra = 0.16 * max((len(n) for n in notes.values()), default=0)  # inches of verdict lines under the panels
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8 + extra), squeeze=False)
     for axis, name in zip(axes.flat, tasks):
         task = TASKS[name]
         _curve(axis, [r for r in rows if r["task"] == name], task.headline)
         better = "higher" if task.higher_is_better else "lower"
-        axis.set(xlabel=f"{task.budget_unit} (log)", ylabel=task.headline, title=f"{name} ({better} is better)")
+        axis.set(xlabel=f"{task.budget_unit} (log)", ylabel=task.headline,
+                 title=f"{name} ({better} is better; bands ±1 sd)")
         axis.grid(alpha=0.3, which="both")
+        if notes[name]:
+            seeds = max(v["n_seeds"] for v in verdict_rows if v["task"] == name)
+            axis.annotate("\n".join([f"paired difference, {CONFIDENCE:.0%} CI over {seeds} seeds:", *notes[name]]),
+                          (0, 0), xytext=(0, -36), xycoords="axes fraction", textcoords="offset points",
+                          va="top", fontsize=6.5, family="monospace")
     axes.flat[0].legend(fontsize=8)
     figure.tight_layout()
     return figure

@@ -14,15 +14,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlfm import tracking
-from dlfm.errors import ConfigError
+from dlfm.errors import ConfigError, RegistryError
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
 from dlfm.training.config import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SUMMARY_METRICS = ("val/accuracy", "val/macro_auc", "test/accuracy", "test/macro_auc", "test/recon_mse",
-                   "test/recon_mse_vs_mean_image", "test/masked_mse", "test/masked_mse_vs_mean_image")
+# The one quantity candidates are ranked and gated on: a linear probe on frozen embeddings of the same model_ii
+# split, measured the same way for every objective (a supervised head's val/macro_auc is another quantity).
+PROMOTION_METRIC = "val/probe_macro_auc"
+PROMOTION_RULE = (f"this run's candidates are ranked on {PROMOTION_METRIC} (logistic regression on frozen embeddings of "
+                  "the same model_ii train split, scored on its val split, for every objective); the best goes to staging, "
+                  "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
+SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
+                   "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
+                   "test/masked_mse_vs_mean_image")
 
 
 HELD_OUT_N_VAL = 30  # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
@@ -54,7 +61,7 @@ class MainConfig:
     eval_epochs: int = 2  # evaluate epochs of every arm (with eval_min_steps: a toy fine-tune schedule, demo only)
     eval_min_steps: int = 6  # evaluate: optimiser steps at least per cell
     seeds: str = "0,1"  # evaluate seeds (two give a spread; the reference config uses three)
-    promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/macro_auc)
+    promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/probe_macro_auc)
     device: str = "auto"  # every training step and evaluate: auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
     workers: int = 0  # simulation processes (0 = all cores)
@@ -115,7 +122,7 @@ def run_main_stage(config: MainConfig) -> dict:
     version = steps.code_version(REPO_ROOT)
     summary_rows, step_runs = [], {}
     description = ("The whole pipeline: simulate, train every objective (" + ", ".join(OBJECTIVES)
-                   + (", tune" if config.tune else "") + f") for {config.epochs} epochs, promote the best by val/macro_auc "
+                   + (", tune" if config.tune else "") + f") for {config.epochs} epochs, promote the best by {PROMOTION_METRIC} "
                    f"to {config.promote_stage}, evaluate it against a random encoder. Children are the steps.")
     with tracking.stage_run("main", "main-demo", config.experiment_name, description=description) as run_id:
         config.validate()
@@ -156,13 +163,10 @@ def run_main_stage(config: MainConfig) -> dict:
             summary_rows.append({"stage": objective, "run": run.info.run_id[:8],
                                  "version": run.data.tags.get("dlfm.registered_version", ""),
                                  **{name: metrics.get(name) for name in SUMMARY_METRICS}})
-        best = max((row for row in summary_rows if row["version"] and row["val/macro_auc"] is not None),
-                   key=lambda row: row["val/macro_auc"])
-        registry.promote(best["version"], "staging", reason=f"best val/macro_auc of main run {run_id}")
-        outcome = registry.promote(best["version"], config.promote_stage, if_better="val/macro_auc",
-                                   reason=f"best val/macro_auc of main run {run_id}")
+        best, outcome = promote_best(summary_rows, config.promote_stage, run_id)
         print(f"[main] {outcome.message}", flush=True)
-        promoted = registry.version_for_stage(config.promote_stage)
+        # This run's best version, even when the gate kept an older holder on the stage: never whoever holds the alias.
+        promoted = best["version"]
         # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
         held_out = step("simulate", {"preset": "model_ii", "n_train": config.eval_n_train, "n_val": HELD_OUT_N_VAL,
                                      "n_test": config.eval_n_test, **common_sim, "seed": config.seed + 1})
@@ -173,24 +177,44 @@ def run_main_stage(config: MainConfig) -> dict:
                                          "seeds": config.seeds, "epochs": config.eval_epochs,
                                          "min_steps": config.eval_min_steps, "device": config.device,
                                          "precision": config.precision})
-        report = write_report(config, summary_rows, best, outcome, promoted, evaluate_run)
+        report = write_report(config, summary_rows, best, outcome, evaluate_run)
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")
-        tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"]})
+        tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"],
+                           "dlfm.promotion_rule": PROMOTION_RULE.format(stage=config.promote_stage, metric=PROMOTION_METRIC),
+                           f"dlfm.{config.promote_stage}_version": registry.version_for_stage(config.promote_stage) or ""})
         parent_metrics = summary_metrics(summary_rows, promoted, evaluate_run.data.metrics)
         tracking.log_metrics(parent_metrics)
-        tracking.describe_run(f"{description}\n\nResult: best {best['stage']} (version {best['version']}, val/macro_auc "
-                              f"{best['val/macro_auc']:.4f}); {config.promote_stage} holds version {promoted}. "
-                              "Summary metrics: <stage>/val_macro_auc, promoted_version, evaluate/… (ratios).")
-        print(tracking.stage_summary("main", run_id, {k: v for k, v in parent_metrics.items() if "val_macro_auc" in k}),
+        tracking.describe_run(f"{description}\n\nResult: best {best['stage']} (version {best['version']}, {PROMOTION_METRIC} "
+                              f"{best[PROMOTION_METRIC]:.4f}); {outcome.message}; evaluated version {promoted}. "
+                              "Summary metrics: <stage>/val_probe_macro_auc, <stage>/val_macro_auc, promoted_version, "
+                              "evaluate/… (ratios).")
+        print(tracking.stage_summary("main", run_id, {k: v for k, v in parent_metrics.items() if "probe_macro_auc" in k}),
               flush=True)
         return {"run_id": run_id, "rows": summary_rows, "promoted": promoted, "evaluate_run": evaluate_run.info.run_id}
 
 
+def best_candidate(rows: list[dict]) -> dict:
+    """The registered candidate with the highest PROMOTION_METRIC (ties: the first row, in OBJECTIVES order)."""
+    ranked = [row for row in rows if row["version"] and row.get(PROMOTION_METRIC) is not None]
+    if not ranked:
+        raise RegistryError(f"no candidate of this run logged {PROMOTION_METRIC}; nothing to promote")
+    return max(ranked, key=lambda row: row[PROMOTION_METRIC])
+
+
+def promote_best(rows: list[dict], stage: str, run_id: str):
+    """(best row, outcome): the best candidate goes to staging, and to ``stage`` only if it beats the holder."""
+    best = best_candidate(rows)
+    reason = f"best {PROMOTION_METRIC} of main run {run_id}"
+    registry.promote(best["version"], "staging", reason=reason)
+    return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason)
+
+
 def summary_metrics(rows: list[dict], promoted: str, evaluate_metrics: dict[str, float]) -> dict[str, float]:
     """The parent run's own metrics, so its chart view is not empty while the children are collapsed:
-    each stage's val/macro_auc, the promoted version and evaluate's verdict metrics (ratios, gains)."""
-    metrics = {f"{row['stage']}/val_macro_auc": row["val/macro_auc"] for row in rows if row.get("val/macro_auc") is not None}
+    each stage's probe and head val AUC, the evaluated version and evaluate's verdict metrics (ratios, gains)."""
+    metrics = {f"{row['stage']}/{name.replace('/', '_')}": row[name] for row in rows
+               for name in (PROMOTION_METRIC, "val/macro_auc") if row.get(name) is not None}
     metrics["promoted_version"] = float(promoted)
     metrics.update({f"evaluate/{k.replace('/', '_')}": v for k, v in evaluate_metrics.items()})
     return metrics
@@ -200,29 +224,34 @@ def format_value(value) -> str:
     return "" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
-def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, promoted: str, evaluate_run) -> str:
+def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, evaluate_run) -> str:
     """Markdown summary (stages, promotion, evaluation tables and verdicts) plus figures in ``config.report_dir``.
 
     Written into a fresh directory that replaces the previous report in one rename.
     """
     return write_report_dir(config.report_dir,
-                            lambda out: _write_report_files(out, config, rows, best, outcome, promoted, evaluate_run))
+                            lambda out: _write_report_files(out, config, rows, best, outcome, evaluate_run))
 
 
-def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, promoted, evaluate_run) -> str:
+def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, evaluate_run) -> str:
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
     lines = ["# dlfm main pipeline report", "", "## Training stages (same data, encoder, epochs, seed)", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_value(row.get(c)) for c in columns) + " |" for row in rows]
-    lines += ["", "## Promotion", "", f"- best by val/macro_auc: {best['stage']} (version {best['version']})",
-              f"- {outcome.message}", f"- `{config.promote_stage}` now holds version {promoted}", "",
+    promoted, holder = best["version"], registry.version_for_stage(config.promote_stage)
+    lines += ["", "## Promotion", "", "Rule: " + PROMOTION_RULE.format(stage=f"`{config.promote_stage}`", metric=PROMOTION_METRIC)
+              + ". `val/macro_auc` is a head's AUC for supervised and multitask, a probe's for autoencoder and mae: "
+              "not one quantity, so it does not rank.", "",
+              f"- best by {PROMOTION_METRIC}: {best['stage']} (version {promoted}, {best[PROMOTION_METRIC]:.4f})",
+              f"- {outcome.message}", f"- `{config.promote_stage}` now holds version {holder}", "",
               f"## Evaluation of version {promoted} (budgets {config.eval_budgets}, seeds {config.seeds})", ""]
     table_path = tracking.download_run_artifacts(evaluate_run.info.run_id, "evaluation.md", out)
     lines.append(Path(table_path).read_text().strip().replace("# Label-efficiency evaluation", "", 1).replace("\n## ", "\n### "))
     for figure in ("label_efficiency.png", "label_efficiency_regression.png"):
         tracking.download_run_artifacts(evaluate_run.info.run_id, f"figures/{figure}", out / "figures")
-    lines += ["", "Figures: `figures/label_efficiency.png` (headline metric against labels, ±1 sd over seeds), "
+    lines += ["", "Figures: `figures/label_efficiency.png` (headline metric against labels, ±1 sd bands over seeds; "
+              "under each panel the verdicts with their 95% CIs), "
               "`figures/label_efficiency_regression.png` (MAE per lens parameter).", ""]
     report = "\n".join(lines)
     (out / "report.md").write_text(report)

@@ -214,17 +214,31 @@ def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: 
     return probed
 
 
-def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,
-                  class_names: tuple[str, ...]) -> tuple[EvalOutput, EvalOutput]:
-    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``."""
+PROBE_METRICS = ("macro_auc", "accuracy")  # logged by every objective as <split>/probe_<name>: the one quantity main ranks on
+
+
+def run_probe(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,
+              class_names: tuple[str, ...]) -> dict[str, EvalOutput]:
+    """The linear probe on frozen embeddings of ``probe_splits`` (train → val, test), whatever the objective."""
     same = probe_splits is splits
     train_out = evaluate(ctx, probe_splits["train"], class_names, "train")
     downstream = {"val": val if same else evaluate(ctx, probe_splits["val"], class_names, "val"),
                   "test": test if same else evaluate(ctx, probe_splits["test"], class_names, "test")}
-    probed = linear_probe(train_out, downstream, class_names, ctx.config.seed)
+    return linear_probe(train_out, downstream, class_names, ctx.config.seed)
+
+
+def probe_named(probed: dict[str, EvalOutput]) -> dict[str, float]:
+    """<split>/probe_<metric>: the probe's numbers under names every objective shares (a head's AUC is another quantity)."""
+    return {f"{split}/probe_{name}": out.metrics[f"{split}/{name}"] for split, out in probed.items() for name in PROBE_METRICS}
+
+
+def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,
+                  class_names: tuple[str, ...]) -> tuple[EvalOutput, EvalOutput]:
+    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``."""
+    probed = run_probe(ctx, splits, probe_splits, val, test, class_names)
     own = {"val": val, "test": test}
-    return tuple(EvalOutput({**own[name].metrics, **probed[name].metrics}, probed[name].probs, probed[name].labels,
-                            probed[name].embeddings) for name in ("val", "test"))
+    return tuple(EvalOutput({**own[name].metrics, **probed[name].metrics, **probe_named({name: probed[name]})},
+                            probed[name].probs, probed[name].labels, probed[name].embeddings) for name in ("val", "test"))
 
 
 def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, runtime: Runtime | None = None, progress: bool = True) -> TrainingContext:
@@ -384,6 +398,10 @@ def fit(
     test = evaluate(ctx, splits["test"], class_names, "test")
     if ctx.objective.spec.probed:
         val, test = probe_metrics(ctx, splits, probe_splits or splits, val, test, class_names)
+    else:  # the head's metrics stay val/…; the probe's go beside them, measured as for a probed objective
+        probed = run_probe(ctx, splits, probe_splits or splits, val, test, class_names)
+        for split, out in (("val", val), ("test", test)):
+            out.metrics.update(probe_named({split: probed[split]}))
     reconstructions = None
     if ctx.model.decoder is not None:
         with torch.no_grad():

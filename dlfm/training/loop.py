@@ -216,7 +216,12 @@ def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: 
 
 def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,
                   class_names: tuple[str, ...]) -> tuple[EvalOutput, EvalOutput]:
-    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``."""
+    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``.
+
+    An unlabelled ``probe_splits`` (one class in train) has nothing to probe: the objective's own losses stand alone.
+    """
+    if probe_splits["train"].labels.unique().numel() < 2:
+        return val, test
     same = probe_splits is splits
     train_out = evaluate(ctx, probe_splits["train"], class_names, "train")
     downstream = {"val": val if same else evaluate(ctx, probe_splits["val"], class_names, "val"),

@@ -239,7 +239,7 @@ def _labels(array: np.ndarray, name: str, class_names: tuple[str, ...]) -> tuple
     if array.ndim != 1:
         raise DatasetError(f"{name} has shape {array.shape}; labels are one value per image (shape (N,))")
     if array.dtype.kind in "US":
-        texts = array.astype(str)
+        texts = array.astype(str).tolist()  # Python str: repr without np.str_
         if class_names:
             unknown = sorted(set(texts) - set(class_names))
             if unknown:
@@ -260,7 +260,7 @@ def _labels(array: np.ndarray, name: str, class_names: tuple[str, ...]) -> tuple
 
 def _user_split(values, name: str) -> np.ndarray:
     split = np.asarray(values).astype(str)
-    bad = sorted(set(split) - set(SPLITS))
+    bad = sorted(set(split.tolist()) - set(SPLITS))
     if bad:
         raise DatasetError(f"{name} has split value {bad[0]!r}; use train, val or test")
     if "train" not in set(split):

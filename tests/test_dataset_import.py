@@ -112,6 +112,17 @@ def test_stacked_arrays_with_labels_and_class_names(tmp_path, capsys):
     assert "the user's split" in dataset.manifest["split_rule"]
 
 
+def test_class_and_file_names_that_look_like_numbers_stay_text(tmp_path, capsys):
+    for name in ("01", "2"):
+        (tmp_path / "mine" / name).mkdir(parents=True)
+        for i in range(6):
+            np.save(tmp_path / "mine" / name / f"{i:03d}.npy", np.full((SIZE, SIZE), float(i)))
+    assert _import(capsys, tmp_path / "mine", "--out", tmp_path / "out")[0] == 0
+    dataset = load_dataset(tmp_path / "out")
+    assert dataset.class_names == ("01", "2") and dataset.params["file"].str.endswith(".npy").all()
+    assert set(dataset.params["class_name"]) == {"01", "2"}
+
+
 def test_parameter_csv_makes_a_regression_set_with_the_users_split(tmp_path, capsys):
     rng = np.random.default_rng(3)
     np.save(tmp_path / "images.npy", rng.random((24, SIZE, SIZE)))
@@ -187,8 +198,21 @@ def _bad_split(tmp_path):
     return [tmp_path / "images.npy", "--params", tmp_path / "p.csv"], "split value 'valid'"
 
 
+def _class_name_metrics_refuse(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((4, SIZE, SIZE)))
+    np.save(tmp_path / "labels.npy", np.array(["a+b", "c"] * 2))
+    return [tmp_path / "images.npy", "--labels", tmp_path / "labels.npy"], "class name 'a+b'"
+
+
+def _class_name_csv_reads_as_missing(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((4, SIZE, SIZE)))
+    np.save(tmp_path / "labels.npy", np.array([0, 1] * 2))
+    return [tmp_path / "images.npy", "--labels", tmp_path / "labels.npy", "--class-names", "NA,lens"], "missing value"
+
+
 @pytest.mark.parametrize("make", [_square_mismatch, _label_count, _unknown_type, _stray_file_in_folder, _mixed_image_sizes,
-                                  _pickled_object_array, _truncated, _labels_and_class_folders, _bad_split],
+                                  _pickled_object_array, _truncated, _labels_and_class_folders, _bad_split,
+                                  _class_name_metrics_refuse, _class_name_csv_reads_as_missing],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(make, tmp_path, capsys):
     args, message = make(tmp_path)

@@ -148,7 +148,8 @@ def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) ->
     images = _load_npy(path / IMAGES_FILE, mmap_mode="r")
     labels = _load_npy(path / LABELS_FILE)
     try:
-        params = pd.read_csv(path / PARAMS_FILE)
+        # Names stay text: a class "01" or a file "007.npy" must not come back as a number.
+        params = pd.read_csv(path / PARAMS_FILE, converters={"class_name": str, "file": str})
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise DatasetError(f"{path / PARAMS_FILE} is unreadable ({error}); {REBUILD_HINT}") from None
 

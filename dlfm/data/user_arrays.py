@@ -21,7 +21,9 @@ no pickle is ever run. Each problem is one DatasetError line that names the file
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ UNLABELLED_CLASS = "unlabelled"  # the one placeholder class of a set without la
 TASKS = ("classification", "regression", "unlabelled")  # manifest "task" of an imported set
 RESERVED_COLUMNS = ("label", "class_name", "source_index")  # params.csv columns the importer writes itself
 IMAGE_SUFFIXES = (".npy", ".npz")
+CLASS_NAME_PATTERN = re.compile(r"[\w.\- ]+")  # what MLflow metric names (val/auc_<name>) accept, less the slash
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,21 @@ def _read_params(path: Path, n: int, files: list[str] | None) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def check_class_names(names: tuple[str, ...], origin: str) -> None:
+    """Class names become metric names (``val/auc_<name>``) and a params.csv column: refuse what either would mangle."""
+    for name in names:
+        if not CLASS_NAME_PATTERN.fullmatch(name):
+            raise DatasetError(f"class name {name!r} (from {origin}) is empty or has characters metric names refuse; "
+                               "use letters, digits, _ - . and spaces (rename the folder or pass --class-names)")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"class names {list(names)} (from {origin}) repeat a name; give each class its own")
+    written = pd.DataFrame({"class_name": list(names)}).to_csv(index=False)
+    read = pd.read_csv(io.StringIO(written), converters={"class_name": str})["class_name"].tolist()
+    changed = [name for name, back in zip(names, read) if back != name]
+    if changed:
+        raise DatasetError(f"class name {changed[0]!r} (from {origin}) reads back from CSV as a missing value; rename it")
+
+
 def _stratified(labels: np.ndarray, n_classes: int, spec: UserArrays) -> np.ndarray:
     split = np.empty(len(labels), dtype="<U5")
     for label in range(n_classes):
@@ -346,6 +364,8 @@ def read_user_arrays(spec: UserArrays) -> LensDataset:
             raise DatasetError(f"params {spec.params} has a split column but {images_path} already gives a split; keep one")
         split, split_rule = _user_split(table["split"], f"params {spec.params}"), "the user's split (params split column)"
         table = table.drop(columns="split")
+    if labels is not None:
+        check_class_names(tuple(class_names), "--class-names" if spec.class_names else str(spec.labels or images_path))
     task = "classification" if labels is not None else "regression" if spec.params else "unlabelled"
     if labels is None:
         labels, class_names = np.zeros(n, dtype=np.int64), (UNLABELLED_CLASS,)

@@ -33,7 +33,7 @@ import pandas as pd
 
 from dlfm.data.dataset import LensDataset
 from dlfm.data.deeplense import _load_image, _stratified_split
-from dlfm.data.layout import SPLITS
+from dlfm.data.layout import SPLITS, sha256_file
 from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, load_npy
 from dlfm.errors import ConfigError, DatasetError
 
@@ -201,9 +201,10 @@ def _read_folder(root: Path) -> _Source:
 
 
 def _read_stack(path: Path) -> _Source:
-    raw_sha = hashlib.sha256(path.read_bytes()).hexdigest()
     if path.suffix == ".npy":
-        return _Source(as_image_stack(read_npy_file(path), str(path)), [f"{path.name} {raw_sha}"])
+        raw = path.read_bytes()  # read once: hashed and parsed from the same bytes
+        return _Source(as_image_stack(_parse_npy(raw, str(path)), str(path)), [f"{path.name} {hashlib.sha256(raw).hexdigest()}"])
+    raw_sha = sha256_file(path)
     members = read_npz_file(path)
     if "images" in members:
         images_key = "images"

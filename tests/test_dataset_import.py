@@ -4,12 +4,14 @@ one-line refusals, and an unlabelled folder of .npy images as a pretraining corp
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO, run_script
 from dlfm.cli import main
 from dlfm.data import load_dataset, verify_dataset_dir
 from dlfm.errors import DatasetError
@@ -296,3 +298,25 @@ def test_unlabelled_dataset_trains_without_a_probe_and_says_so(tracking_uri, tmp
 
     with pytest.raises(DatasetError, match="has no labels; the supervised objective reads labels"):
         run_training_stage(TrainConfig(objective="supervised", dataset=str(corpus), encoder="conv4", epochs=1), progress=False)
+
+
+@pytest.mark.slow  # a real subprocess: run by make test, not make test-fast
+def test_the_readme_commands_import_and_pretrain_through_mlflow_run(tracking_uri, tmp_path):
+    """`dlfm dataset import` as a console command, then `mlflow run . -e autoencoder -P pretrain_dataset=<folder>`."""
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + os.environ["PATH"]}
+    _class_folders(tmp_path / "mine", n_per_class=12)
+    result = run_script(["-m", "dlfm.cli", "dataset", "import", "mine", "--out", "data/galaxies"], cwd=tmp_path, env_extra=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = run_script(["-m", "dlfm.cli", "dataset", "import", "mine", "--out", "data/galaxies"], cwd=tmp_path, env_extra=env)
+    assert again.returncode == 2 and again.stderr.startswith("dlfm: error: ") and again.stderr.count("\n") == 1
+
+    corpus = _flat_folder(tmp_path / "unlabelled")
+    result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "autoencoder", "--env-manager", "local",
+                         "--experiment-name", "byod", "-P", f"pretrain_dataset={corpus}",
+                         "-P", f"dataset={tmp_path / 'data' / 'galaxies'}", "-P", "encoder=conv4", "-P", "epochs=1",
+                         "-P", "batch_size=8"], cwd=tmp_path, env_extra=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name("byod").experiment_id], "tags.`dlfm.stage` = 'autoencoder'")
+    assert run.info.status == "FINISHED" and run.data.params["pretrain_dataset"] == str(corpus)
+    assert "val/recon_mse" in run.data.metrics and "val/auc_spiral" in run.data.metrics

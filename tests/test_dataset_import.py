@@ -112,6 +112,9 @@ def test_stacked_arrays_with_labels_and_class_names(tmp_path, capsys):
     assert dataset.class_names == ("lens", "none")
     assert dataset.manifest["split_sizes"] == {"train": 20, "val": 5, "test": 5}
     assert "the user's split" in dataset.manifest["split_rule"]
+    np.savez(tmp_path / "ints.npz", images=rng.random((30, SIZE, SIZE)), labels=labels)  # integer members take --class-names
+    assert _import(capsys, tmp_path / "ints.npz", "--class-names", "a,b,c", "--out", tmp_path / "ints")[0] == 0
+    assert load_dataset(tmp_path / "ints").class_names == ("a", "b", "c")
 
 
 def test_class_and_file_names_that_look_like_numbers_stay_text(tmp_path, capsys):

@@ -9,7 +9,8 @@ from dlfm.constants import DATA_DIR, S3_CACHE_SUBDIR
 from dlfm.data.dataset import LensDataset, load_dataset_dir
 from dlfm.data.deeplense import is_deeplense_folder, load_deeplense_folder
 from dlfm.data.layout import MANIFEST_FILE
-from dlfm.data.user_arrays import is_image_folder, load_image_folder
+from dlfm.data.user_arrays import load_image_folder
+from dlfm.data.user_files import is_image_folder
 from dlfm.errors import DatasetError
 
 

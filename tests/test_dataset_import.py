@@ -215,9 +215,15 @@ def _class_name_csv_reads_as_missing(tmp_path):
     return [tmp_path / "images.npy", "--labels", tmp_path / "labels.npy", "--class-names", "NA,lens"], "missing value"
 
 
+def _class_without_images(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((4, SIZE, SIZE)))
+    np.save(tmp_path / "labels.npy", np.array([0, 1] * 2))
+    return [tmp_path / "images.npy", "--labels", tmp_path / "labels.npy", "--class-names", "a,b,c"], "class 'c' has no images"
+
+
 @pytest.mark.parametrize("make", [_square_mismatch, _label_count, _unknown_type, _stray_file_in_folder, _mixed_image_sizes,
                                   _pickled_object_array, _truncated, _labels_and_class_folders, _bad_split,
-                                  _class_name_metrics_refuse, _class_name_csv_reads_as_missing],
+                                  _class_name_metrics_refuse, _class_name_csv_reads_as_missing, _class_without_images],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(make, tmp_path, capsys):
     args, message = make(tmp_path)

@@ -42,8 +42,8 @@ class LensDataset:
     labels: np.ndarray  # (N,) int64 index into class_names
     params: pd.DataFrame  # one row per image: physical parameters, plus split and label columns
     split: np.ndarray  # (N,) "train" | "val" | "test"
-    class_names: tuple[str, ...]  # ("no_sub", "cdm", "axion") or ("lens",)
-    task: str  # "classification" | "regression"
+    class_names: tuple[str, ...]  # ("no_sub", "cdm", "axion"), ("lens",), the user's names, or ("unlabelled",)
+    task: str  # "classification" | "regression" | "unlabelled" (images only: self-supervised objectives)
     manifest: dict
     root: Path | None
     normalize: bool = True  # min-max normalise each image on access

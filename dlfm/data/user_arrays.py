@@ -35,10 +35,9 @@ from dlfm.data.layout import SPLITS
 from dlfm.data.user_files import read_images, read_npy_file
 from dlfm.errors import ConfigError, DatasetError
 
-__all__ = ["UNLABELLED_CLASS", "TASKS", "UserArrays", "read_user_arrays", "load_image_folder"]
+__all__ = ["UNLABELLED_CLASS", "UserArrays", "read_user_arrays", "load_image_folder"]
 
 UNLABELLED_CLASS = "unlabelled"  # the one placeholder class of a set without labels
-TASKS = ("classification", "regression", "unlabelled")  # manifest "task" of an imported set
 RESERVED_COLUMNS = ("label", "class_name", "source_index")  # params.csv columns the importer writes itself
 CLASS_NAME_PATTERN = re.compile(r"[\w.\- ]+")  # what MLflow metric names (val/auc_<name>) accept, less the slash
 
@@ -148,12 +147,8 @@ def _check_fractions(spec: UserArrays) -> None:
                           "training images; keep the sum below 1")
 
 
-def read_user_arrays(spec: UserArrays) -> LensDataset:
-    """The user's arrays as an in-memory LensDataset (rows ordered train, val, test), or one DatasetError line."""
-    _check_fractions(spec)
-    images_path = Path(spec.images)
-    source = read_images(images_path)
-    n = len(source.images)
+def _resolve_labels(spec: UserArrays, source, images_path: Path) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """Labels (int64 indices) and class names from the class folders, an .npz member or --labels; (None, ()) if none."""
     labels, class_names = source.labels, source.class_names
     if labels is not None and not class_names:  # an .npz `labels` member, read like a --labels file
         labels, class_names = _labels(labels, f"{images_path}:labels", tuple(spec.class_names))
@@ -175,33 +170,53 @@ def read_user_arrays(spec: UserArrays) -> LensDataset:
         labels, class_names = _labels(read_npy_file(labels_path), str(labels_path), tuple(spec.class_names))
     elif spec.class_names and labels is None:
         raise DatasetError("class names were passed but there are no labels; pass --labels or class folders")
-    if labels is not None and len(labels) != n:
-        raise DatasetError(f"{n} images but {len(labels)} labels; give exactly one label per image, in image order")
+    if labels is None:
+        return None, ()
+    if len(labels) != len(source.images):
+        raise DatasetError(f"{len(source.images)} images but {len(labels)} labels; give exactly one label per image, in image order")
+    check_class_names(tuple(class_names), "--class-names" if spec.class_names else str(spec.labels or images_path))
+    empty = [name for k, name in enumerate(class_names) if not (labels == k).any()]
+    if empty:
+        raise DatasetError(f"class {empty[0]!r} has no images; drop its name or add images of it")
+    return labels, tuple(class_names)
 
-    table = _read_params(Path(spec.params), n, source.files) if spec.params else pd.DataFrame(index=range(n))
-    split, split_rule = source.split, source.split_rule
+
+def _resolve_split(spec: UserArrays, source, table: pd.DataFrame, labels: np.ndarray, n_classes: int,
+                   images_path: Path) -> tuple[np.ndarray, str]:
+    """The user's split (folders, .npz member or CSV column; val halved when there is no test), else a stratified one."""
+    split, rule = source.split, source.split_rule
     if split is not None:
         split = _user_split(split, f"{images_path} split")
     if "split" in table.columns:
         if split is not None:
             raise DatasetError(f"params {spec.params} has a split column but {images_path} already gives a split; keep one")
-        split, split_rule = _user_split(table["split"], f"params {spec.params}"), "the user's split (params split column)"
-        table = table.drop(columns="split")
-    if labels is not None:
-        check_class_names(tuple(class_names), "--class-names" if spec.class_names else str(spec.labels or images_path))
-    task = "classification" if labels is not None else "regression" if spec.params else "unlabelled"
-    if labels is None:
-        labels, class_names = np.zeros(n, dtype=np.int64), (UNLABELLED_CLASS,)
+        split, rule = _user_split(table["split"], f"params {spec.params}"), "the user's split (params split column)"
     if split is None:
-        split = _stratified(labels, len(class_names), spec)
-        split_rule = f"stratified seed={spec.seed} val_fraction={spec.val_fraction} test_fraction={spec.test_fraction}"
-    elif "test" not in set(split):  # as for DeepLense folders: val is halved into val and test
+        return (_stratified(labels, n_classes, spec),
+                f"stratified seed={spec.seed} val_fraction={spec.val_fraction} test_fraction={spec.test_fraction}")
+    if "test" not in set(split.tolist()):  # as for DeepLense folders: val is halved into val and test
         split = split.copy()
-        for label in range(len(class_names)):
+        for label in range(n_classes):
             rows = np.flatnonzero((split == "val") & (labels == label))
             rng = np.random.default_rng(np.random.SeedSequence([spec.seed, label]))
             split[rows] = np.where(_stratified_split(len(rows), rng, 0.0, 0.5) == "test", "test", "val")
-        split_rule += f"; val halved into val/test by seed={spec.seed}"
+        rule += f"; val halved into val/test by seed={spec.seed}"
+    return split, rule
+
+
+def read_user_arrays(spec: UserArrays) -> LensDataset:
+    """The user's arrays as an in-memory LensDataset (rows ordered train, val, test), or one DatasetError line."""
+    _check_fractions(spec)
+    images_path = Path(spec.images)
+    source = read_images(images_path)
+    n = len(source.images)
+    labels, class_names = _resolve_labels(spec, source, images_path)
+    table = _read_params(Path(spec.params), n, source.files) if spec.params else pd.DataFrame(index=range(n))
+    task = "classification" if labels is not None else "regression" if spec.params else "unlabelled"
+    if labels is None:
+        labels, class_names = np.zeros(n, dtype=np.int64), (UNLABELLED_CLASS,)
+    split, split_rule = _resolve_split(spec, source, table, labels, len(class_names), images_path)
+    table = table.drop(columns="split", errors="ignore")
 
     order = np.argsort(np.array([SPLITS.index(s) for s in split]), kind="stable")  # rows train, val, test
     params = pd.DataFrame({"split": split[order], "label": labels[order],

@@ -198,9 +198,9 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
                                         result.final_metrics, corpus.digest, run_id)
     tracking.set_tags({"dlfm.registered_version": version})
-    if dataset.task == "unlabelled":  # probed objective on an unlabelled set: losses only, no probe, said once
-        note = (f"no linear probe: dataset {config.dataset!r} has no labels, so there are no val/test classification "
-                "metrics; pass a labelled dataset (with this folder as pretrain_dataset) to get them")
+    if get_objective(config.objective).probed and "val/accuracy" not in result.final_metrics:  # the loop skipped the probe
+        note = (f"no linear probe: dataset {config.dataset!r} has no labels (one class in its train split), so there are "
+                "no val/test classification metrics; pass a labelled dataset (with this one as pretrain_dataset) to get them")
         tracking.set_tags({"dlfm.probe": f"skipped: {note}"})
         print(f"note: {note}", flush=True)
     headline = headline_metrics(result.final_metrics, config.monitor[0])

@@ -18,10 +18,12 @@ export MPLBACKEND := Agg
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The activate hook makes a plain `mlflow run` (no MLFLOW_TRACKING_URI of the shell's own) use mlruns/mlflow.db.
+$(STAMP): pyproject.toml dlfm/activate_hook.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m dlfm.activate_hook $(VENV) $(CURDIR)
 	touch $(STAMP)
 
 # Two pytest-xdist workers (the suite is mostly subprocesses and servers); a module stays on one worker.

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
+import functools
+import inspect
+import io
 import os
+import re
 import signal
 import sys
+import textwrap
+import tokenize
 from typing import Callable
 
 from dlfm.errors import ConfigError, DlfmError
@@ -44,13 +51,49 @@ def typed(name: str, kind: type) -> Callable[[str], object]:
     return convert
 
 
+@functools.lru_cache(maxsize=None)
+def field_help(config_class) -> dict[str, str]:
+    """{field: its meaning and unit}, read from the comments on and above each field of the dataclass.
+
+    The comments are the one home of a param's description (STYLE: each field's comment gives its
+    meaning and unit); ``--help`` and MLproject both show them. A ``*_val``/``*_test`` field without a
+    comment of its own shares its ``*_train`` sibling's (``sim_n_val`` is described by ``sim_n_train``).
+    """
+    source = textwrap.dedent(inspect.getsource(config_class))
+    lines = source.splitlines()
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above, row = [], node.lineno - 1
+        while row in comments and lines[row - 1].lstrip().startswith("#"):  # a block of comment-only lines above
+            above.insert(0, comments[row])
+            row -= 1
+        text = " ".join(above + ([comments[node.end_lineno]] if node.end_lineno in comments else []))
+        sibling = re.sub(r"_(val|test)$", "_train", node.target.id)
+        found[node.target.id] = text or (found.get(sibling, "") if sibling != node.target.id else "")
+    return found
+
+
 def add_config_params(parser: argparse.ArgumentParser, config_class, exclude: tuple[str, ...] = ()) -> None:
-    """One ``--field`` option per dataclass field, typed from its default."""
+    """One ``--field`` option per dataclass field, typed from its default, its help from the field's comment."""
+    described = field_help(config_class)
     for field in dataclasses.fields(config_class):
         if field.name in exclude or field.default is dataclasses.MISSING:
             continue
         kind = type(field.default)
-        parser.add_argument(f"--{field.name}", type=typed(field.name, kind), default=field.default)
+        meaning = described.get(field.name, "").replace("%", "%%")  # argparse formats help with %
+        parser.add_argument(f"--{field.name}", type=typed(field.name, kind), default=field.default,
+                            metavar=kind.__name__.upper(), help=f"{meaning} (default: {format_default(field.default) or '(empty)'})")
+
+
+def format_default(value) -> str:
+    """A default as the string MLflow passes on (booleans as the scripts' true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def config_from_args(config_class, args: argparse.Namespace, **fixed):

@@ -19,6 +19,7 @@ import importlib
 import json
 from dataclasses import dataclass
 
+from dlfm.entrypoint import field_help, format_default  # noqa: F401 - format_default: tests and callers read it here
 from dlfm.objectives import OBJECTIVES
 from dlfm.training.config import objective_excluded_params
 
@@ -73,6 +74,7 @@ ENTRY_POINTS = (
                  advanced=TRAIN_ADVANCED) for name in OBJECTIVES),
     EntryPoint("transfer", "pipelines/transfer.py", ("dlfm.transfer:TransferConfig",)),
     EntryPoint("evaluate", "pipelines/evaluate.py", ("dlfm.evaluation.config:EvaluateConfig",)),
+    EntryPoint("anomaly", "pipelines/anomaly.py", ("dlfm.anomaly:AnomalyConfig",)),
     EntryPoint("main", "pipelines/main.py", ("dlfm.stages.main:MainConfig",)),
     EntryPoint("tune", "pipelines/tune.py", (TRAIN, "dlfm.tune.config:TuneConfig"),
                fixed=SINGLE_LOSS + ("resume", "nproc", "train"), advanced=TRAIN_ADVANCED,
@@ -105,13 +107,6 @@ def param_fields(row: EntryPoint, declared_only: bool = False) -> list[tuple[typ
     return found
 
 
-def format_default(value) -> str:
-    """A default as the string MLflow passes on (booleans as the scripts' true/false)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def add_entry_point_params(parser: argparse.ArgumentParser, name: str) -> None:
     """One typed ``--field`` option per param the script of entry point ``name`` accepts."""
     from dlfm.entrypoint import add_config_params
@@ -125,10 +120,12 @@ def render_mlproject() -> str:
     """The text of MLproject."""
     blocks = []
     for row in ENTRY_POINTS:
-        fields = [f for _cls, f in param_fields(row, declared_only=True)]
+        params = param_fields(row, declared_only=True)
+        fields = [f for _cls, f in params]
         lines = [f"  # {line}" for line in row.comment.splitlines()]
         lines += [f"  {row.name}:", "    parameters:"]
-        lines += [f"      {f.name}: {{type: string, default: {json.dumps(format_default(f.default))}}}" for f in fields]
+        lines += [f"      {f.name}: {{type: string, default: {json.dumps(format_default(f.default))}}}  # {field_help(cls)[f.name]}"
+                  for cls, f in params]
         command = " ".join([f"python {row.script}"] + [f"--{f.name} {{{f.name}}}" for f in fields])
         lines.append(f"    command: {json.dumps(command)}")
         blocks.append("\n".join(lines) + "\n")

@@ -34,7 +34,7 @@ CASES = [
     ("multitask-non-numeric-batch", ["pipelines/multitask.py", "{good}", "--batch_size", "four"], "batch_size must be an integer", {}),
     ("multitask-unknown-encoder", ["pipelines/multitask.py", "{good}", "--encoder", "vgg99"], "unknown encoder 'vgg99'", {}),
     ("multitask-missing-dataset", ["pipelines/multitask.py", "--dataset", "{tmp}/no/such/dir"], "neither a preset", {}),
-    ("supervised-truncated-images", ["pipelines/supervised.py", "--dataset", "{bad}/truncated"], "truncated or not a valid .npy", {}),
+    ("supervised-truncated-images", ["pipelines/supervised.py", "--dataset", "{bad}/truncated"], "truncated, or the header was edited", {}),
     ("multitask-digest-mismatch", ["pipelines/multitask.py", "--dataset", "{bad}/digest"], "manifest digest mismatch", {}),
     ("autoencoder-nan-pixels", ["pipelines/autoencoder.py", "--dataset", "{bad}/nan"], "contains NaN pixels", {}),
     ("multitask-labels-out-of-range", ["pipelines/multitask.py", "--dataset", "{bad}/labels"], "labels outside 0..2", {}),

@@ -54,6 +54,65 @@ def test_every_row_declares_its_dataclass_fields_with_their_defaults():
         assert actual == expected, row.name
 
 
+def test_every_param_is_described_in_help_and_mlproject():
+    """--help shows each param's meaning and default, MLproject a one-line comment: both from the field's comment."""
+    import argparse
+
+    from dlfm.entrypoint import field_help
+    from dlfm.project_spec import ENTRY_POINTS, add_entry_point_params, format_default, param_fields
+
+    mlproject = (REPO / "MLproject").read_text().splitlines()
+    for row in ENTRY_POINTS:
+        parser = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100_000))  # no wrapping
+        add_entry_point_params(parser, row.name)
+        shown = " ".join(parser.format_help().split())
+        for cls, field in param_fields(row):
+            meaning = " ".join(field_help(cls)[field.name].split())
+            assert meaning, f"{cls.__name__}.{field.name} has no comment to describe it"
+            default = format_default(field.default) or "(empty)"
+            assert f"--{field.name} " in shown and f"{meaning} (default: {default})" in shown, (row.name, field.name)
+        block = mlproject[mlproject.index(f"  {row.name}:"):]
+        for _cls, field in param_fields(row, declared_only=True):
+            line = next(line for line in block if line.startswith(f"      {field.name}: "))
+            assert re.search(r"\}  # \S", line), f"MLproject: {row.name}.{field.name} has no comment"
+
+
+def test_training_corpus_seed_is_apart_from_every_evaluation_seed():
+    """-P pretrain_dataset=pretrain simulates the corpus at pretrain_seed, never at a seed an evaluation set uses."""
+    from dlfm.evaluation.config import EvaluateConfig
+    from dlfm.simulation import SimulationConfig
+    from dlfm.training import TrainConfig
+
+    train = TrainConfig(objective="mae")
+    assert train.pretrain_seed not in {train.seed, SimulationConfig().seed, EvaluateConfig().sim_seed}
+    for name in ("autoencoder", "mae"):
+        assert "pretrain_seed" in mlproject_entry_points()[name]["parameters"]
+
+
+def test_a_pretrain_preset_is_simulated_at_pretrain_seed(monkeypatch):
+    from types import SimpleNamespace
+
+    import dlfm.stages.common as common
+    from dlfm.stages.train import prepare_data
+    from dlfm.training import TrainConfig
+
+    seeds = {}
+
+    class Resolved(Exception):
+        pass
+
+    def resolve_dataset(spec, *sizes, seed=0, **_):
+        seeds[spec] = seed
+        if len(seeds) == 2:
+            raise Resolved
+        return object()
+
+    monkeypatch.setattr(common, "resolve_dataset", resolve_dataset)
+    with pytest.raises(Resolved):
+        prepare_data(TrainConfig(objective="mae", pretrain_dataset="pretrain", pretrain_seed=1234), SimpleNamespace(is_main_process=True))
+    assert seeds == {"model_ii": 0, "pretrain": 1234}
+
+
 def readme_tables() -> dict[tuple[str, ...], dict[str, str]]:
     """{entry points of a README ### section: {param: default text}} from its param tables."""
     tables, section = {}, None
@@ -136,3 +195,24 @@ def test_pipelines_stay_thin():
     for script in (REPO / "pipelines").glob("*.py"):
         lines = [line for line in script.read_text().splitlines() if line.strip()]
         assert len(lines) <= 70, f"{script.name} has {len(lines)} lines; move logic into dlfm/"
+
+
+def test_readmes_own_pytorch_snippet_embeds_with_the_registered_encoder(tracking_uri, tmp_path):
+    """The README's "Using a registered encoder in your own PyTorch code" block runs as written."""
+    import numpy as np
+    import torch
+
+    from dlfm.models import create_encoder
+    from dlfm.tracking import registry
+    from dlfm.tracking.runs import stage_run
+
+    with stage_run("multitask", "multitask-test", "readme-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
+    registry.promote(version, "production")
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Using a registered encoder"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    np.save(tmp_path / "my_images.npy", np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32) * 100)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - our own README, run in tmp_path
+    assert scope["embeddings"].shape == (3, 128) and torch.isfinite(scope["embeddings"]).all()

@@ -171,6 +171,27 @@ def test_fixed_lens_of_classification_presets():
     assert lens["gamma_ext"] == pytest.approx(0.05) and lens["psi_ext"] == 0.0
 
 
+@pytest.mark.parametrize("name", ["model_ii", "model_i", "model_iii"])
+def test_einstein_ring_sits_at_theta_e_over_the_pixel_scale(name):
+    """A source on the optical axis images to a ring of radius θE: the radial profile peaks at θE / pixel scale."""
+    preset = PRESETS[name]
+    r = LensRenderer(preset)
+    lens = physics.sample_macro_lens(np.random.default_rng(0), preset, r.theta_E_halo, from_priors=False)
+    lens.update(e1=0.0, e2=0.0, gamma1=0.0, gamma2=0.0)  # a singular isothermal sphere: a circular ring
+    source = dict(src_R=0.05, src_n=1.0, src_e1=0.0, src_e2=0.0, src_x=0.0, src_y=0.0, src_mag=20.0, src_amp=20.0)
+    if preset.source.magnitude is None:
+        source["src_mag"] = math.nan
+    image = r.noiseless_image(r.lens_kwargs(lens), r.source_kwargs(source)).reshape(preset.image_size, preset.image_size)
+    centre = (preset.image_size - 1) / 2
+    yy, xx = np.indices(image.shape)
+    radius = np.hypot(xx - centre, yy - centre)
+    annuli = [lo for lo in np.arange(0.0, preset.image_size / 2, 0.5) if ((radius >= lo) & (radius < lo + 0.5)).any()]
+    profile = [image[(radius >= lo) & (radius < lo + 0.5)].mean() for lo in annuli]  # 0.5 px annuli with pixels
+    ring_radius_px = annuli[int(np.argmax(profile))] + 0.25
+    expected_px = r.theta_E_halo / preset.instrument.pixel_scale
+    assert ring_radius_px == pytest.approx(expected_px, abs=1.0), (name, ring_radius_px, expected_px)
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_renders_finite_images(name):
     preset = PRESETS[name]
@@ -186,8 +207,8 @@ def test_every_preset_renders_finite_images(name):
 
 
 def test_config_validation_errors():
-    with pytest.raises(ConfigError, match="model_ii, model_i, regression"):
-        SimulationConfig(preset="model_iii").validate()
+    with pytest.raises(ConfigError, match="model_ii, model_i, model_iii, regression"):
+        SimulationConfig(preset="model_iv").validate()
     with pytest.raises(ConfigError, match="n_train must be positive"):
         SimulationConfig(n_train=0).validate()
     with pytest.raises(ConfigError, match="n_val must be positive"):

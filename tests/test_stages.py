@@ -21,10 +21,24 @@ def only_run(client, stage):
     return runs[0]
 
 
+def test_the_resolved_device_is_named_in_one_line():
+    from types import SimpleNamespace
+
+    from dlfm.stages.common import device_line
+
+    cpu = SimpleNamespace(device=torch.device("cpu"), amp_dtype="fp32", world_size=1)
+    assert device_line(cpu, "auto") == "dlfm: device cpu (no CUDA GPU found, fp32)"
+    assert device_line(cpu, "cpu") == "dlfm: device cpu (as requested, fp32)"
+    ranks = SimpleNamespace(device=torch.device("cpu"), amp_dtype="bf16", world_size=2)
+    assert device_line(ranks, "cpu") == "dlfm: device cpu (as requested, bf16, 2 processes)"
+
+
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
-def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, tmp_path):
+def test_training_stage_smoke(objective, tracking_uri, tiny_classification_dir, tmp_path, capsys):
     config = TrainConfig(objective=objective, dataset=str(tiny_classification_dir), encoder="conv4", epochs=2, batch_size=8)
     summary = run_training_stage(config, progress=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"dlfm: device {device} (" in capsys.readouterr().out.splitlines()[0], "the device is named at the start"
     client = mlflow.MlflowClient()
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"

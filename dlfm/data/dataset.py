@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dlfm.data.layout import IMAGES_FILE, LABELS_FILE, PARAMS_FILE, REBUILD_HINT, SPLITS, read_manifest, verify_dataset_dir
+from dlfm.data.safe_npy import NotNpyError, NpyHeaderError, check_npy_file
 from dlfm.errors import DatasetError
 
 __all__ = ["LensDataset", "REGRESSION_TARGETS", "DERIVED_TARGETS", "load_dataset_dir", "normalize_images"]
@@ -95,6 +96,15 @@ class LensDataset:
 
 
 def _load_npy(path: Path, **kwargs) -> np.ndarray:
+    """A plain .npy array, its header checked against the file's size before numpy allocates anything."""
+    try:
+        check_npy_file(path)
+    except NpyHeaderError as error:
+        raise DatasetError(f"{path} is refused: {error}; {REBUILD_HINT}") from None
+    except NotNpyError as error:
+        raise DatasetError(f"{path} is not a .npy file ({error}); {REBUILD_HINT}") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise DatasetError(f"{path} is truncated or not a valid .npy file ({error}); {REBUILD_HINT}") from None
     try:
         return np.load(path, allow_pickle=False, **kwargs)
     except (ValueError, OSError, EOFError) as error:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from dlfm.data.dataset import LensDataset
 from dlfm.data.layout import SPLITS
-from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, load_npy
+from dlfm.data.safe_npy import NotNpyError, NpyHeaderError, UnsafeNpyError, load_npy
 from dlfm.errors import ConfigError, DatasetError
 
 __all__ = ["load_deeplense_folder", "is_deeplense_folder", "CLASS_FOLDER_LAYOUTS"]
@@ -66,6 +66,8 @@ def _load_image(file: Path, allow_object: bool) -> tuple[np.ndarray, float, str]
         raise DatasetError(f"{file} is refused: {error}; it is not a DeepLense image, remove it") from None
     except NotNpyError as error:
         raise DatasetError(f"{file} is not a .npy file ({error}); remove or replace it") from None
+    except NpyHeaderError as error:
+        raise DatasetError(f"{file} is refused: {error}; remove or replace it") from None
     except (ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as error:
         raise DatasetError(f"{file} is truncated or not a valid .npy image ({error}); remove or replace it") from None
 

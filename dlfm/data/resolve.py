@@ -19,7 +19,7 @@ def load_dataset(path, normalize: bool = True, verify: bool = True) -> LensDatas
     path = Path(path)
     if not path.exists():
         raise DatasetError(
-            f"dataset path {path} does not exist; pass a preset name (model_ii, model_i, regression) or a dataset directory"
+            f"dataset path {path} does not exist; pass a preset name (model_ii, model_i, model_iii, regression, pretrain) or a dataset directory"
         )
     if not path.is_dir():
         raise DatasetError(f"dataset path {path} is a file; pass a dataset directory or a DeepLense class folder")

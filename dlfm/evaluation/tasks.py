@@ -84,7 +84,7 @@ class ClassificationTask:
     def load(self, dataset, spec: str) -> TaskData:
         """Typed train/test data of a classification dataset."""
         if len(dataset.class_names) < 2:
-            raise ConfigError(f"classification_dataset {spec!r} has one class; pass a model_ii/model_i set")
+            raise ConfigError(f"classification_dataset {spec!r} has one class; pass a model_ii/model_i/model_iii set")
         splits = {s: Split(dataset.get_images(s), dataset.get_labels(s)) for s in ("train", "test")}
         return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], tuple(dataset.class_names), {})
 

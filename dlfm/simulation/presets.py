@@ -102,6 +102,25 @@ EUCLID_VIS_64 = Instrument(
     ccd_gain=3.1,  # (e-/ADU)
 )
 
+# DeepLenseSim Model III (``Model_III/sim_*.py``: ``set_instrument('hst')`` then ``simple_sim_2``,
+# 64x64 px): "HST observation characteristics as done by default in lenstronomy" (Model_III/README.md).
+# Those defaults are lenstronomy's ``HST(band='WFC3_F160W', psf_type='GAUSSIAN')``, identical in
+# lenstronomy 1.9.2 (DeepLenseSim's) and 1.14.2 (ours); passed explicitly all the same.
+HST_WFC3_F160W_64 = Instrument(
+    name="hst_wfc3_f160w",
+    num_pix=64,  # (pixels), DeepLenseSim simple_sim_2 numpix
+    pixel_scale=0.08,  # (arcsec/pixel), drizzled WFC3/IR
+    psf_fwhm=0.08,  # (arcsec), lenstronomy: "set equal to the approx pixel size for drizzled PSF"
+    psf_truncation=5.0,  # lenstronomy SingleBand default (sigma)
+    noise_model="ccd",
+    magnitude_zero_point=25.96,  # (mag for 1 e-/s)
+    exposure_time=5400.0,  # about two HST orbits (s)
+    num_exposures=1,
+    sky_brightness=22.3,  # (mag/arcsec²)
+    read_noise=4.0,  # (e-)
+    ccd_gain=2.5,  # (e-/ADU)
+)
+
 # DeepLenseSim Model I, ``DeepLens.simple_sim``.
 MODEL_I_CAMERA = Instrument(
     name="model_i_camera",
@@ -235,6 +254,13 @@ PRESETS: dict[str, Preset] = {
         # Model I sets the source amplitude, not a magnitude (make_source_light: amp = 20).
         source=Source(magnitude=None, amp=20.0),
     ),
+    "model_iii": Preset(
+        name="model_iii",
+        task="classification",
+        class_names=CLASSIFICATION_CLASSES,
+        instrument=HST_WFC3_F160W_64,
+        description="DeepLense Model III: HST WFC3 F160W, 64x64 at 0.08 arcsec/pixel, source magnitude 20",
+    ),
     "regression": Preset(
         name="regression",
         task="regression",
@@ -255,6 +281,31 @@ PRESETS: dict[str, Preset] = {
         description="Pretraining corpus: model_ii instrument and classes mixed, lens and source drawn from the regression priors",
         source_priors=SourcePriors(),
         lens_from_priors=True,
+    ),
+    # Anomalies for `-e anomaly`: Model II images with one thing the classes never showed.
+    "anomaly_long_vortex": Preset(
+        name="anomaly_long_vortex",
+        task="classification",
+        class_names=("axion",),
+        instrument=EUCLID_VIS_64,
+        description="Anomaly: model_ii with axion vortices of half-length 3-7.5 arcsec (m = 10^U(-24.4, -24) eV), "
+                    "longer than any axion class line (0.03-3 arcsec)",
+        vortex=AxionVortex(log10_axion_mass_range=(-24.4, -24.0)),
+    ),
+    "anomaly_heavy_subhalos": Preset(
+        name="anomaly_heavy_subhalos",
+        task="classification",
+        class_names=("cdm",),
+        instrument=EUCLID_VIS_64,
+        description="Anomaly: model_ii with 25 subhalos of 1e10-1e11 Msun, above the cdm class's [1e6, 1e10] Msun prior",
+        cdm=CDMSubhalos(m_min=1e10, m_max=1e11),
+    ),
+    "anomaly_wide_psf": Preset(
+        name="anomaly_wide_psf",
+        task="classification",
+        class_names=CLASSIFICATION_CLASSES,
+        instrument=dataclasses.replace(EUCLID_VIS_64, name="euclid_vis_wide_psf", psf_fwhm=0.32),
+        description="Anomaly: model_ii's lens and classes seen through a PSF twice as wide (FWHM 0.32 arcsec, not 0.16)",
     ),
 }
 

@@ -104,6 +104,7 @@ def run_evaluate_stage(config: EvaluateConfig, stage: str = "evaluate", extra=No
     ``stage`` names the runs (transfer is this stage at one budget); ``extra(results, tasks)`` logs
     more parent artifacts and returns a dict merged into the summary.
     """
+    from dlfm.stages.common import announce_device
     from dlfm.training.runtime import make_runtime
 
     asked_for = config.encoder_uri or f"models:/dlfm-encoder@{config.encoder_stage}"
@@ -113,6 +114,7 @@ def run_evaluate_stage(config: EvaluateConfig, stage: str = "evaluate", extra=No
                             config.experiment_name, description=description) as run_id:
         config.validate()
         runtime = make_runtime(config.device, config.precision)
+        announce_device(runtime, config.device)
         tracking.log_params(config.to_dict())
         tracking.set_tags({"dlfm.device": runtime.device, "dlfm.precision": runtime.amp_dtype})
         asked, version_uri, version = resolve_version(config)

@@ -42,10 +42,10 @@ class MainConfig:
     pretrain_seed: int = 1000  # corpus seed: the evaluation sets use `seed`, so no image is shared
     encoder: str = "resnet18"  # encoder for all three objectives (fair ablation)
     epochs: int = 4  # epochs of every training stage (demo: keeps make demo near 8 min on 2 CPU cores)
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 64  # images per optimiser step in every training stage
+    lr: float = 1e-3  # peak AdamW learning rate of every training stage
     recon_weight: float = 1.0  # multitask loss weight (or tuned, with tune=true)
-    seed: int = 0
+    seed: int = 0  # training seed and the simulation seed of model_ii and regression (held-out evaluation set: seed + 1)
     tune: bool = False  # run the Optuna tune stage and let its best encoder compete
     n_trials: int = 6  # tune: trials
     eval_n_train: int = 300  # held-out model_ii images (seed + 1, never trained on) that evaluate's budgets draw from
@@ -55,11 +55,11 @@ class MainConfig:
     eval_min_steps: int = 6  # evaluate: optimiser steps at least per cell
     seeds: str = "0,1"  # evaluate seeds (two give a spread; the reference config uses three)
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/macro_auc)
-    device: str = "auto"
+    device: str = "auto"  # every training step and evaluate: auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
     workers: int = 0  # simulation processes (0 = all cores)
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
-    report_dir: str = "reports/latest"
+    report_dir: str = "reports/latest"  # the summary report (report.md and figures) is written here, replacing the previous one
 
     def validate(self) -> None:
         for name in ("n_train", "n_val", "n_test", "regression_n_train", "regression_n_val", "regression_n_test",

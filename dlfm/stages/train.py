@@ -28,7 +28,7 @@ def check_trainable(config: TrainConfig, dataset) -> None:
     if dataset.task not in ("classification", "unlabelled"):
         raise DatasetError(
             f"dataset {config.dataset!r} is a {dataset.task} dataset; training stages need a "
-            "classification dataset (preset model_ii or model_i, or DeepLense class folders)"
+            "classification dataset (preset model_ii, model_i or model_iii, or DeepLense class folders)"
         )
     create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(dataset.image_size)
     for split in ("train", "val", "test"):
@@ -74,7 +74,7 @@ def prepare_data(config: TrainConfig, runtime):
     def resolve():
         dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
         corpus = (resolve_dataset(config.pretrain_dataset, config.pretrain_n_train, config.pretrain_n_val,
-                                  config.pretrain_n_test) if config.pretrain_dataset else dataset)
+                                  config.pretrain_n_test, seed=config.pretrain_seed) if config.pretrain_dataset else dataset)
         return dataset, corpus
 
     resolved = resolve() if runtime.is_main_process else None
@@ -154,6 +154,7 @@ def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
 def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, progress: bool) -> dict:
     """The body of a training run: data, the loop with per-epoch checkpoints, figures, registration."""
     from dlfm.objectives import get_objective
+    from dlfm.stages.common import announce_device
     from dlfm.training.runtime import make_runtime
 
     config.validate()
@@ -162,6 +163,7 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         done = resume_state["epoch"] if resume_state else 0
         tracking.set_tags({"dlfm.resumed_after_epoch": done, "dlfm.epochs": config.epochs})
     runtime = make_runtime(config.device, config.precision)
+    announce_device(runtime, config.device)
     distributed.init_process_group(runtime.device)
     tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
     if resume_state:

@@ -12,6 +12,7 @@ from dlfm.errors import DlfmError
 from dlfm.plots import tune as plots
 from dlfm.stages.train import check_trainable
 from dlfm.tracking import registry
+from dlfm.stages.common import announce_device
 from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
 from dlfm.tune.results import download_best_encoder, trial_records
@@ -24,6 +25,7 @@ def run_tune_stage(config: TuneConfig) -> dict:
     """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
     config.validate()
     runtime = make_runtime(config.train.device, config.train.precision)  # an absent cuda/mps is a ConfigError before any trial
+    announce_device(runtime, config.train.device)
     storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL
     study_name = config.resolved_study_name()
     train = config.train

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -55,6 +56,23 @@ def resolve_tracking_uri() -> str:
         os.environ["MLFLOW_TRACKING_URI"] = uri
     check_tracking_server(uri)
     return uri
+
+
+def unexpected_store_note(uri: str) -> str:
+    """One line when ``mlflow run`` filed the run in MLflow's own default store, not the project's; else "".
+
+    With ``MLFLOW_TRACKING_URI`` unset, MLflow 3 files runs in ``mlflow.db`` in the launcher's directory
+    (``make venv``'s activate hook prevents it). Stores inside an ``mlruns/`` folder are dlfm's or chosen
+    on purpose, and stay quiet.
+    """
+    if not uri.startswith("sqlite:///"):
+        return ""
+    database = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
+    if database.name != "mlflow.db" or database.parent.name == "mlruns":
+        return ""
+    return (f"dlfm: note: this run is in {uri}, MLflow's default store when MLFLOW_TRACKING_URI is unset, not the "
+            f"project's mlruns/mlflow.db; see it with: mlflow ui --backend-store-uri {uri}  "
+            "(after `make venv`, `source .venv/bin/activate` selects the project's store)")
 
 
 def check_store_writable(uri: str | None = None) -> None:
@@ -257,6 +275,9 @@ def stage_run(stage: str, run_name: str, experiment_name: str = "", tags: dict |
                 **{k: str(v) for k, v in (tags or {}).items()}}  # REST stores need string tag values
     check_store_writable(mlflow.get_tracking_uri())
     if launched_by_project:  # before anything is logged: a refusal leaves the run FAILED with the reason
+        note = unexpected_store_note(mlflow.get_tracking_uri())
+        if note:
+            print(note, file=sys.stderr, flush=True)
         project_run = mlflow.MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"])
         check_project_experiment(experiment_name, project_run.info.experiment_id)
     try:

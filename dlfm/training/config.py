@@ -15,13 +15,13 @@ RESUME_IGNORED = ("resume",)
 # Params that only some objectives take, keyed by the table property that turns them on.
 WEIGHT_PARAMS = ("recon_weight", "loss_balance")
 MASK_PARAMS = ("mask_ratio", "patch_size")
-PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test")  # fields a resumed run need not share with its checkpoint
+PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "pretrain_seed")  # fields a resumed run need not share with its checkpoint
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str  # a row of dlfm.objectives.OBJECTIVES: autoencoder | mae | supervised | multitask
-    dataset: str = "model_ii"  # preset name (simulated and cached if missing), a dataset dir (`dlfm dataset import`), DeepLense folders
+    dataset: str = "model_ii"  # preset name (simulated and cached if missing), a dataset dir (yours: `dlfm dataset import`) or DeepLense folders
     # Self-supervised objectives only: train on this corpus (preset name, dataset dir, or a folder of .npy images) instead of `dataset`;
     # `dataset` then only feeds the linear probe and the reported classification metrics ("" = train on `dataset`).
     pretrain_dataset: str = ""
@@ -50,6 +50,9 @@ class TrainConfig:
     pretrain_n_train: int = 20000  # when `pretrain_dataset` is a preset not cached yet: its split sizes (reference size)
     pretrain_n_val: int = 1000
     pretrain_n_test: int = 1000
+    # when `pretrain_dataset` is a preset not cached yet: the root seed of its simulation; apart from every
+    # evaluation seed (datasets at 0, evaluate's sim_seed 1), so the corpus shares no image with them
+    pretrain_seed: int = 1000
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
@@ -74,6 +77,7 @@ class TrainConfig:
                      "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "patch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        need(self.pretrain_seed >= 0, f"pretrain_seed must be a non-negative integer, got {self.pretrain_seed!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")

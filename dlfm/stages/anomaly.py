@@ -1,0 +1,95 @@
+"""The anomaly stage: score held-out normal and anomalous images by how unlike the corpus they are.
+
+One run. The alias is resolved to a version once; the corpus's train split is embedded once; each
+seed simulates its own normal (model_ii) and anomalous test images. Logged: AUROC per kind and score
+(mean and sd over seeds) as metrics, anomaly_table.md, anomaly_scores.csv (every image's scores)
+and figures/anomaly_<kind>.png.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlfm import tracking
+from dlfm.anomaly import ANOMALY_KINDS, SCORES, AnomalyConfig, CorpusDensity, auroc, summarise, table_markdown
+from dlfm.evaluation.fit import predict
+from dlfm.stages.common import resolve_dataset
+from dlfm.stages.evaluate import resolve_version
+from dlfm.tracking import registry
+
+EVALUATION_SEED_OFFSET = 2000  # normal and anomalous test sets use seed 2000 + s: never a training or corpus seed
+
+
+def _test_images(preset: str, n_images: int, seed: int, image_size_check):
+    """The test split of a preset simulated at ``seed`` (tiny train/val splits: only the test split is scored)."""
+    dataset = resolve_dataset(preset, n_train=3, n_val=3, n_test=n_images, seed=seed)
+    image_size_check(dataset.image_size)
+    return dataset, dataset.get_images("test")
+
+
+def run_anomaly_stage(config: AnomalyConfig) -> dict:
+    """Embed the corpus, score normal and anomalous test images per seed, log AUROCs, table and figures."""
+    import pandas as pd
+
+    from dlfm.plots.anomaly import score_histograms_figure
+    from dlfm.training.runtime import resolve_device
+
+    asked_for = config.encoder_uri or f"models:/dlfm-encoder@{config.encoder_stage}"
+    description = (f"anomaly: how unlike the corpus {config.corpus!r} held-out model_ii images and the anomaly kinds "
+                   f"{config.kinds} are, in the embedding of {asked_for}; AUROC per kind over seeds {config.seeds}.")
+    with tracking.stage_run("anomaly", f"anomaly-{config.encoder_uri or config.encoder_stage}", config.experiment_name,
+                            description=description) as run_id:
+        config.validate()
+        device = resolve_device(config.device)
+        tracking.log_params(config.to_dict())
+        asked, version_uri, version = resolve_version(config)
+        encoder = registry.load_registered_encoder(version_uri)
+        tracking.set_tags({"dlfm.device": device, "dlfm.encoder_requested": asked, "dlfm.encoder_uri": version_uri,
+                           "dlfm.encoder_version": version.version, "dlfm.encoder": encoder.name,
+                           "dlfm.encoder_objective": version.tags.get("objective", ""),
+                           # The registry holds encoders only, so a reconstruction-error score has no decoder to use.
+                           "dlfm.anomaly.reconstruction": "not scored: registered versions hold the encoder, not its decoder"})
+
+        corpus = resolve_dataset(config.corpus, n_train=config.corpus_n_train, n_val=3, n_test=3, seed=config.corpus_seed)
+        encoder.check_image_size(corpus.image_size)
+        tracking.log_dataset(corpus, context="anomaly-corpus")
+        embed = lambda images: predict(encoder, images, device, batch_size=config.batch_size)  # noqa: E731
+        density = CorpusDensity.fit(embed(corpus.get_images("train")))
+
+        aurocs: dict[tuple[str, str], list[float]] = {(kind, score): [] for kind in config.kind_list for score in SCORES}
+        pooled = {name: {score: [] for score in SCORES} for name in ("normal", *config.kind_list)}
+        per_image = []
+        for seed in config.seed_list:
+            sim_seed = EVALUATION_SEED_OFFSET + seed
+            _, normal_images = _test_images(config.normal, config.n_images, sim_seed, encoder.check_image_size)
+            normal = density.scores(embed(normal_images), config.k)
+            sets = {"normal": normal}
+            for kind in config.kind_list:
+                _, images = _test_images(ANOMALY_KINDS[kind], config.n_images, sim_seed, encoder.check_image_size)
+                sets[kind] = density.scores(embed(images), config.k)
+                for score in SCORES:
+                    aurocs[kind, score].append(auroc(normal[score], sets[kind][score]))
+            for name, scores in sets.items():
+                for score in SCORES:
+                    pooled[name][score].append(scores[score])
+                per_image += [{"seed": seed, "set": name, "image": i, **{s: float(scores[s][i]) for s in SCORES}}
+                              for i in range(len(scores[SCORES[0]]))]
+            print(f"[anomaly] seed {seed}: " + ", ".join(f"{kind} AUROC knn {aurocs[kind, 'knn'][-1]:.3f}"
+                                                           for kind in config.kind_list), flush=True)
+
+        rows = summarise(aurocs)
+        text = table_markdown(rows)
+        tracking.log_metrics({f"auroc_{row['score']}/{row['kind']}": row["auroc_mean"] for row in rows}
+                             | {f"auroc_{row['score']}_sd/{row['kind']}": row["auroc_sd"] for row in rows})
+        tracking.log_text(text + "\n", "anomaly_table.md")
+        tracking.log_text(pd.DataFrame(per_image).to_csv(index=False), "anomaly_scores.csv")
+        tracking.log_dict({"rows": rows}, "anomaly.json")
+        normal_pooled = {score: np.concatenate(pooled["normal"][score]) for score in SCORES}
+        for kind in config.kind_list:
+            kind_pooled = {score: np.concatenate(pooled[kind][score]) for score in SCORES}
+            means = {row["score"]: row["auroc_mean"] for row in rows if row["kind"] == kind}
+            tracking.log_figure(score_histograms_figure(kind, normal_pooled, kind_pooled, means),
+                                f"figures/anomaly_{kind}.png")
+        tracking.describe_run(f"{description}\n\nEncoder version {version.version}.\n\n{text}")
+        print(tracking.stage_summary("anomaly", run_id), flush=True)
+        return {"run_id": run_id, "version": version.version, "rows": rows, "markdown": text}

@@ -1,0 +1,98 @@
+"""Anomaly scores: the corpus density, AUROC per kind, and the tracked stage on a registered encoder."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from dlfm.anomaly import ANOMALY_KINDS, AnomalyConfig, CorpusDensity, auroc, summarise, table_markdown
+from dlfm.errors import ConfigError
+from dlfm.models import create_encoder
+from dlfm.simulation import PRESETS
+from dlfm.tracking import registry, stage_run
+
+
+def test_knn_score_is_the_mean_distance_to_the_k_nearest_standardised_corpus_points():
+    rng = np.random.default_rng(0)
+    corpus = rng.normal(size=(50, 4)) * [1.0, 2.0, 3.0, 4.0]
+    points = rng.normal(size=(7, 4))
+    density = CorpusDensity.fit(corpus)
+    standardised_corpus = (corpus - corpus.mean(0)) / corpus.std(0)
+    standardised_points = (points - corpus.mean(0)) / corpus.std(0)
+    distances = np.linalg.norm(standardised_points[:, None] - standardised_corpus[None], axis=2)
+    expected = np.sort(distances, axis=1)[:, :3].mean(axis=1)
+    np.testing.assert_allclose(density.knn_score(points, k=3, chunk=2), expected, rtol=1e-9)
+
+
+def test_scores_separate_a_shifted_population_and_not_the_same_one():
+    rng = np.random.default_rng(1)
+    density = CorpusDensity.fit(rng.normal(size=(400, 16)))
+    normal, same, shifted = rng.normal(size=(200, 16)), rng.normal(size=(200, 16)), rng.normal(size=(200, 16)) + 1.5
+    for score in ("knn", "gaussian"):
+        assert auroc(density.scores(normal, 5)[score], density.scores(shifted, 5)[score]) > 0.95
+        assert abs(auroc(density.scores(normal, 5)[score], density.scores(same, 5)[score]) - 0.5) < 0.1
+
+
+def test_a_constant_embedding_dimension_does_not_divide_by_zero():
+    corpus = np.c_[np.random.default_rng(2).normal(size=(30, 3)), np.ones(30)]
+    scores = CorpusDensity.fit(corpus).scores(corpus[:5], 2)
+    assert all(np.isfinite(values).all() for values in scores.values())
+
+
+def test_summary_rows_and_table():
+    rows = summarise({("wide_psf", "knn"): [0.9, 1.0], ("wide_psf", "gaussian"): [0.8, 0.8]})
+    assert rows[0] == {"kind": "wide_psf", "score": "knn", "auroc_mean": pytest.approx(0.95),
+                       "auroc_sd": pytest.approx(np.std([0.9, 1.0], ddof=1)), "n_seeds": 2}
+    assert "| wide_psf | 0.950 ± 0.071 | 0.800 ± 0.000 | 2 |" in table_markdown(rows)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("kinds", "wide_psf,vortex", "unknown anomaly kind 'vortex'; kinds are long_vortex, heavy_subhalos, wide_psf"),
+    ("k", 0, "k must be a positive integer"),
+    ("corpus_n_train", 5, "k=5 needs more corpus images than corpus_n_train=5"),
+    ("seeds", "0,0", "seeds must be distinct"),
+    ("encoder_uri", "runs:/abc/encoder", "models:/dlfm-encoder/<version>"),
+])
+def test_bad_params_are_one_line(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        AnomalyConfig(**{field: value}).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_every_kind_is_a_model_ii_variant_off_in_one_named_way():
+    base = PRESETS["model_ii"]
+    for kind, preset_name in ANOMALY_KINDS.items():
+        preset = PRESETS[preset_name]
+        assert preset.image_size == base.image_size and preset.lens == base.lens and preset.source == base.source, kind
+        differs = [name for name in ("instrument", "cdm", "vortex") if getattr(preset, name) != getattr(base, name)]
+        assert len(differs) == 1, (kind, differs)
+
+
+@pytest.mark.slow
+def test_stage_logs_aurocs_table_scores_and_a_figure_per_kind(tracking_uri, tmp_path, monkeypatch, tiny_classification_dir):
+    from dlfm.stages.anomaly import run_anomaly_stage
+
+    monkeypatch.chdir(tmp_path)  # presets are simulated into ./data
+    torch.manual_seed(0)
+    with stage_run("autoencoder", "autoencoder-test", "anomaly-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(create_encoder("conv4"), 64, "autoencoder", {"val/macro_auc": 0.7},
+                                                    "d" * 64, run_id)
+    registry.promote(version, "production")
+    config = AnomalyConfig(corpus=str(tiny_classification_dir), corpus_n_train=24, n_images=6, k=3, seeds="0,1",
+                           experiment_name="anomaly-test")
+    summary = run_anomaly_stage(config)
+    client = mlflow.MlflowClient()
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["dlfm.stage"] == "anomaly"
+    assert run.data.tags["dlfm.encoder_version"] == version
+    for kind in ANOMALY_KINDS:
+        for score in ("knn", "gaussian"):
+            assert 0.0 <= run.data.metrics[f"auroc_{score}/{kind}"] <= 1.0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"anomaly_table.md", "anomaly_scores.csv", "anomaly.json"} <= artifacts
+    assert {f"figures/anomaly_{kind}.png" for kind in ANOMALY_KINDS} <= artifacts
+    scores = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/anomaly_scores.csv").splitlines()
+    assert scores[0] == "seed,set,image,knn,gaussian" and len(scores) == 1 + 2 * 4 * 6

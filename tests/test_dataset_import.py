@@ -191,6 +191,28 @@ def _truncated(tmp_path):
     return [tmp_path / "images.npy"], "truncated"
 
 
+def _crafted_header(shape) -> bytes:
+    """A .npy header that claims ``shape`` float32, followed by 64 bytes of data only."""
+    import io
+
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return stream.getvalue() + bytes(64)
+
+
+def _stack_header_claims_more_than_the_file(tmp_path):
+    (tmp_path / "images.npy").write_bytes(_crafted_header((100000, SIZE, SIZE)))
+    return [tmp_path / "images.npy"], "its header claims shape (100000, 32, 32)"
+
+
+def _npz_member_header_claims_more(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "arrays.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images.npy", _crafted_header((100000, SIZE, SIZE)))
+    return [tmp_path / "arrays.npz"], "arrays.npz:images.npy is truncated or not a plain numeric .npy array"
+
+
 def _labels_and_class_folders(tmp_path):
     _class_folders(tmp_path / "mine")
     np.save(tmp_path / "labels.npy", np.zeros(20, dtype=int))
@@ -223,7 +245,8 @@ def _class_without_images(tmp_path):
 
 @pytest.mark.parametrize("make", [_square_mismatch, _label_count, _unknown_type, _stray_file_in_folder, _mixed_image_sizes,
                                   _pickled_object_array, _truncated, _labels_and_class_folders, _bad_split,
-                                  _class_name_metrics_refuse, _class_name_csv_reads_as_missing, _class_without_images],
+                                  _class_name_metrics_refuse, _class_name_csv_reads_as_missing, _class_without_images,
+                                  _stack_header_claims_more_than_the_file, _npz_member_header_claims_more],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(make, tmp_path, capsys):
     args, message = make(tmp_path)

@@ -8,9 +8,11 @@ no pickle is ever run. Each problem is one DatasetError line that names the file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from dlfm.data.deeplense import _load_image
 from dlfm.data.layout import SPLITS, sha256_file
-from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, load_npy
+from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, check_npy_file, check_npy_header, load_npy, read_npy_header
 from dlfm.errors import DatasetError
 
 __all__ = ["ImageSource", "read_images", "read_npy_file", "is_image_folder", "IMAGE_SUFFIXES"]
@@ -26,36 +28,53 @@ __all__ = ["ImageSource", "read_images", "read_npy_file", "is_image_folder", "IM
 IMAGE_SUFFIXES = (".npy", ".npz")  # the file types of a stacked source
 
 
-def read_npy_file(path: Path) -> np.ndarray:
-    """One .npy file through the safe reader (no pickles), or one DatasetError line."""
+@contextlib.contextmanager
+def _npy_errors(name: str):
+    """Turn what the safe reader raises about ``name`` into one DatasetError line."""
     try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise DatasetError(f"cannot read {path} ({error.strerror or error}); check the path and its permissions") from None
-    return parse_npy(raw, str(path))
-
-
-def parse_npy(raw: bytes, name: str) -> np.ndarray:
-    try:
-        return load_npy(raw, allow_object=False)
+        yield
     except NotNpyError as error:
         raise DatasetError(f"{name} is not a .npy file ({error}); save it with numpy.save") from None
-    except (UnsafeNpyError, ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError) as error:
+    except (UnsafeNpyError, ValueError, EOFError, pickle.UnpicklingError, TypeError) as error:
         raise DatasetError(f"{name} is truncated or not a plain numeric .npy array ({error}); save it again with numpy.save") from None
 
 
+def read_npy_bytes(path: Path) -> bytes:
+    """A .npy file's bytes, read only after its header has been checked against its size on disk."""
+    try:
+        with _npy_errors(str(path)):
+            check_npy_file(path)
+        return path.read_bytes()
+    except OSError as error:  # _npy_errors lets a plain OSError (no file, no permission) through: nothing is wrong inside
+        raise DatasetError(f"cannot read {path} ({error.strerror or error}); check the path and its permissions") from None
+
+
+def read_npy_file(path: Path) -> np.ndarray:
+    """One .npy file through the safe reader (no pickles), or one DatasetError line."""
+    return parse_npy(read_npy_bytes(path), str(path))
+
+
+def parse_npy(raw: bytes, name: str) -> np.ndarray:
+    """.npy bytes through the safe reader (no pickles), or one DatasetError line naming ``name``."""
+    with _npy_errors(name):
+        return load_npy(raw, allow_object=False)
+
+
 def read_npz_file(path: Path) -> dict[str, np.ndarray]:
-    """Every member of an .npz (zip of .npy files), each through the safe reader."""
+    """Every member of an .npz (zip of .npy files), each header checked against its size before it is inflated."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = {}
             for info in archive.infolist():
                 if info.is_dir():
                     continue
+                name = f"{path}:{info.filename}"
                 if not info.filename.endswith(".npy"):
                     raise DatasetError(f"{path} holds {info.filename}, which is not a .npy member; save it with numpy.savez")
-                members[info.filename[: -len(".npy")]] = parse_npy(archive.read(info), f"{path}:{info.filename}")
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+                with archive.open(info) as stream, _npy_errors(name):
+                    check_npy_header(read_npy_header(stream), info.file_size)
+                members[info.filename[: -len(".npy")]] = parse_npy(archive.read(info), name)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
         raise DatasetError(f"{path} is not a readable .npz file ({error}); save it with numpy.savez") from None
     if not members:
         raise DatasetError(f"{path} holds no arrays; save the images with numpy.savez(path, images=...)")
@@ -169,7 +188,7 @@ def _read_folder(root: Path) -> ImageSource:
 
 def _read_stack(path: Path) -> ImageSource:
     if path.suffix == ".npy":
-        raw = path.read_bytes()  # read once: hashed and parsed from the same bytes
+        raw = read_npy_bytes(path)  # read once: hashed and parsed from the same bytes
         return ImageSource(as_image_stack(parse_npy(raw, str(path)), str(path)), [f"{path.name} {hashlib.sha256(raw).hexdigest()}"])
     raw_sha = sha256_file(path)
     members = read_npz_file(path)

@@ -1,11 +1,12 @@
-"""The ``dlfm`` command: ``dlfm registry list|promote|history``, ``dlfm runs repair``, ``dlfm server``, ``dlfm run``."""
+"""The ``dlfm`` command: ``dlfm registry list|promote|history``, ``dlfm dataset import``, ``dlfm runs repair``,
+``dlfm server``, ``dlfm run``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dlfm.entrypoint import ParamParser, run_entry_point
+from dlfm.entrypoint import ParamParser, run_entry_point, typed
 from dlfm.errors import RegistryError
 
 
@@ -63,6 +64,51 @@ def registry_history(args) -> None:
                   f"(e.g. in the MLflow UI) after the last recorded promotion to {recorded}")
 
 
+def dataset_import(args) -> None:
+    from dlfm.data.importer import import_dataset
+    from dlfm.data.user_arrays import UserArrays
+
+    class_names = tuple(name.strip() for name in args.class_names.split(",")) if args.class_names else ()
+    spec = UserArrays(images=args.images, labels=args.labels, params=args.params, class_names=class_names,
+                      seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    target = import_dataset(spec, args.out, force=args.force)
+    from dlfm.data import load_dataset
+
+    dataset = load_dataset(target)  # verified by sha256, as every stage will read it
+    sizes = ", ".join(f"{split} {len(dataset.indices(split))}" for split in ("train", "val", "test"))
+    print(f"wrote {target}: {len(dataset)} {dataset.image_size}x{dataset.image_size} images, {dataset.task}, "
+          f"classes {', '.join(dataset.class_names)} ({sizes}); digest {dataset.digest[:12]}")
+    print(f"use it with -P dataset={target}" if dataset.task != "unlabelled"
+          else f"use it as a pretraining corpus: mlflow run . -e autoencoder -P pretrain_dataset={target}")
+
+
+def add_dataset_parser(commands) -> None:
+    """Register ``dlfm dataset import``; its defaults are UserArrays's."""
+    from dlfm.data.user_arrays import UserArrays
+
+    dataset = commands.add_parser("dataset", help="bring your own images: write a verified dataset directory")
+    sub = dataset.add_subparsers(dest="dataset_command", required=True, parser_class=ParamParser)
+    imp = sub.add_parser("import", help="write a dataset directory (images.npy, labels.npy, params.csv, manifest.json "
+                                        "with sha256) from your .npy/.npz images, labels or parameter CSV")
+    imp.add_argument("images", help="a .npy stack (N×H×W or N×1×H×W), an .npz (members images, labels, split) or a "
+                                    "folder of per-image .npy files: flat, or class subfolders of any names, "
+                                    "optionally inside train/ val/ test/")
+    imp.add_argument("--out", required=True, help="the dataset directory to write (new, empty, or one dlfm wrote with --force)")
+    imp.add_argument("--labels", default="", help="a .npy of one integer or class-name label per image, in image order")
+    imp.add_argument("--params", default="", help="a CSV with one row per image (image order, or a `file` column); "
+                                                  "without labels: a regression set; a `split` column is your split")
+    imp.add_argument("--class-names", dest="class_names", default="",
+                     help="comma-separated names of integer labels 0..K-1 or of the sorted class folders")
+    imp.add_argument("--seed", type=typed("seed", int), default=UserArrays.seed,
+                     help="seed of the stratified split when you give none (default %(default)s)")
+    imp.add_argument("--val-fraction", dest="val_fraction", type=typed("val-fraction", float), default=UserArrays.val_fraction,
+                     help="share of each class in val when you give no split (default %(default)s)")
+    imp.add_argument("--test-fraction", dest="test_fraction", type=typed("test-fraction", float), default=UserArrays.test_fraction,
+                     help="share of each class in test when you give no split (default %(default)s)")
+    imp.add_argument("--force", action="store_true", help="replace a dataset directory dlfm wrote there before")
+    imp.set_defaults(func=dataset_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ParamParser(prog="dlfm", description="dlfm: DeepLense foundation-model registry and tools.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ParamParser)
@@ -87,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("run", help="`mlflow run ARGS`, after checking that the tracking store answers and is writable",
                         add_help=False)
+    add_dataset_parser(commands)
     server.add_parser(commands)
     repair.add_parser(commands)
     return parser

@@ -318,7 +318,7 @@ def test_crash_leaves_no_half_dataset(tmp_path, monkeypatch):
 def test_unwritable_out_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    with pytest.raises(DatasetError, match=r"cannot write datasets to .*a-file.*--out-dir"):
+    with pytest.raises(DatasetError, match=r"cannot write datasets to .*a-file.*out_dir"):
         simulate_dataset(SimulationConfig(**TINY), blocker / "data", workers=1, progress=False)
 
 

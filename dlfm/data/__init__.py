@@ -1,5 +1,5 @@
 """Datasets: the dataset-directory format (``layout``), verified simulated datasets, the user's own
-DeepLense folders, and resolving what a user passes to a ``LensDataset``."""
+DeepLense folders and arrays (``user_files``, ``user_arrays``, written by ``importer``), and resolving what a user passes to a ``LensDataset``."""
 
 from dlfm.data.dataset import DERIVED_TARGETS, REGRESSION_TARGETS, LensDataset, normalize_images
 from dlfm.data.deeplense import load_deeplense_folder

@@ -43,8 +43,8 @@ class LensDataset:
     labels: np.ndarray  # (N,) int64 index into class_names
     params: pd.DataFrame  # one row per image: physical parameters, plus split and label columns
     split: np.ndarray  # (N,) "train" | "val" | "test"
-    class_names: tuple[str, ...]  # ("no_sub", "cdm", "axion") or ("lens",)
-    task: str  # "classification" | "regression"
+    class_names: tuple[str, ...]  # ("no_sub", "cdm", "axion"), ("lens",), the user's names, or ("unlabelled",)
+    task: str  # "classification" | "regression" | "unlabelled" (images only: self-supervised objectives)
     manifest: dict
     root: Path | None
     normalize: bool = True  # min-max normalise each image on access
@@ -158,7 +158,8 @@ def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) ->
     images = _load_npy(path / IMAGES_FILE, mmap_mode="r")
     labels = _load_npy(path / LABELS_FILE)
     try:
-        params = pd.read_csv(path / PARAMS_FILE)
+        # Names stay text: a class "01" or a file "007.npy" must not come back as a number.
+        params = pd.read_csv(path / PARAMS_FILE, converters={"class_name": str, "file": str})
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise DatasetError(f"{path / PARAMS_FILE} is unreadable ({error}); {REBUILD_HINT}") from None
 

@@ -95,6 +95,31 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
+def write_images(directory: Path, images: np.ndarray) -> None:
+    """Save images as ``images.npy`` (float32, N×1×H×W); the simulator fills a memmap of that file instead."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images must be N×1×H×H, got {images.shape}")
+    np.save(directory / IMAGES_FILE, np.ascontiguousarray(images, dtype=np.float32))
+
+
+def finish_dataset(directory: Path, labels, table, manifest: dict, images_sha256: str | None = None) -> dict:
+    """Beside an ``images.npy`` already in ``directory``, write labels.npy, params.csv and manifest.json.
+
+    ``table`` is the params DataFrame (``split`` and ``label`` columns first); ``manifest`` holds the
+    writer's own fields, to which the format, the files' sha256s and the digest are added here.
+    ``images_sha256`` skips re-reading an images.npy that was hashed while it was written. Returns the manifest.
+    """
+    np.save(directory / LABELS_FILE, np.asarray(labels, dtype=np.int64))
+    table.to_csv(directory / PARAMS_FILE, index=False)
+    files = {name: images_sha256 if name == IMAGES_FILE and images_sha256 else sha256_file(directory / name)
+             for name in DATA_FILES}
+    manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                "files": files, "digest": dataset_digest(files)}
+    write_manifest(directory, manifest)
+    return manifest
+
+
 def read_manifest(path: Path) -> dict:
     """The parsed ``manifest.json`` of a dataset directory, checked for files and digest (not verified)."""
     manifest_path = path / MANIFEST_FILE
@@ -152,33 +177,38 @@ def verified_cache(target: Path, config_digest: str) -> bool:
     return True
 
 
-def check_dataset_owned(path: Path) -> None:
-    """Refuse (one line) to replace a dataset directory that holds files dlfm did not write."""
+def check_dataset_owned(path: Path, force_option: str = "-P force=true", target_option: str = "out_dir") -> None:
+    """Refuse (one line) to replace a dataset directory that holds files dlfm did not write.
+
+    The options named in the message are the caller's: ``mlflow run . -e simulate`` params by default.
+    """
     owned = (*DATA_FILES, MANIFEST_FILE)
     if path.is_symlink() or not path.is_dir():
-        raise DatasetError(f"{path} is not a dataset directory dlfm made, so -P force=true will not replace it; "
-                           "move it away or pass another out_dir")
+        raise DatasetError(f"{path} is not a dataset directory dlfm made, so {force_option} will not replace it; "
+                           f"move it away or pass another {target_option}")
     foreign = sorted(p.name for p in path.iterdir() if p.name not in owned or p.is_dir() or p.is_symlink())
     if foreign:
-        raise DatasetError(f"{path} holds files dlfm did not write ({', '.join(foreign[:3])}), so -P force=true will not "
-                           "replace it; move them away or pass another out_dir")
+        raise DatasetError(f"{path} holds files dlfm did not write ({', '.join(foreign[:3])}), so {force_option} will not "
+                           f"replace it; move them away or pass another {target_option}")
 
 
-def write_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
+def write_atomically(target: Path, fill: Callable[[Path], None], force_option: str = "-P force=true",
+                     target_option: str = "out_dir") -> Path:
     """Build a dataset directory with ``fill(scratch)`` in a temporary directory beside ``target``, then
     rename it into place, so a crash never leaves half a dataset. An existing ``target`` is swapped out
     (the caller decided to rebuild it) only when it holds nothing but dlfm's own files, and only those
     are removed; if another process finished the same target first, theirs is kept when it verifies.
+    ``force_option`` and ``target_option`` name the caller's options in the refusal.
     """
     out_dir = target.parent
     if target.exists():
-        check_dataset_owned(target)  # before any work: a rebuild never deletes the user's files
+        check_dataset_owned(target, force_option, target_option)  # before any work: a rebuild never deletes the user's files
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out_dir))
     except OSError as error:
         raise DatasetError(
-            f"cannot write datasets to {out_dir} ({error.strerror or error}); pass a writable --out-dir"
+            f"cannot write datasets to {out_dir} ({error.strerror or error}); pass a writable {target_option}"
         ) from None
     try:
         fill(scratch)

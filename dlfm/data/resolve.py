@@ -1,4 +1,4 @@
-"""From what a user passes (a preset, s3://, a dataset dir, DeepLense folders) to a LensDataset, and
+"""From what a user passes (a preset, s3://, a dataset dir, DeepLense folders, a folder of .npy images) to a LensDataset, and
 from a LensDataset split to the tensors the training loop takes."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from dlfm.constants import DATA_DIR, S3_CACHE_SUBDIR
 from dlfm.data.dataset import LensDataset, load_dataset_dir
 from dlfm.data.deeplense import is_deeplense_folder, load_deeplense_folder
 from dlfm.data.layout import MANIFEST_FILE
+from dlfm.data.user_arrays import load_image_folder
+from dlfm.data.user_files import is_image_folder
 from dlfm.errors import DatasetError
 
 
 def load_dataset(path, normalize: bool = True, verify: bool = True) -> LensDataset:
-    """Load a dlfm dataset directory (verified by sha256) or a DeepLense class folder."""
+    """Load a dlfm dataset directory (verified by sha256), a DeepLense class folder or a flat folder of .npy images."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(
@@ -25,12 +27,15 @@ def load_dataset(path, normalize: bool = True, verify: bool = True) -> LensDatas
         return load_dataset_dir(path, normalize=normalize, verify=verify)
     if is_deeplense_folder(path):
         dataset = load_deeplense_folder(path)
-        dataset.normalize = normalize
-        return dataset
-    raise DatasetError(
-        f"{path} is neither a dlfm dataset (no manifest.json) nor a DeepLense folder "
-        "(no class subfolders no/sphere/vort or no_sub/cdm/axion); pass a dataset directory"
-    )
+    elif is_image_folder(path):  # an unlabelled corpus: one placeholder class, for the self-supervised objectives
+        dataset = load_image_folder(path)
+    else:
+        raise DatasetError(
+            f"{path} is neither a dlfm dataset (no manifest.json), a DeepLense folder (class subfolders no/sphere/vort "
+            "or no_sub/cdm/axion) nor a folder of .npy images; for other class folders run `dlfm dataset import`"
+        )
+    dataset.normalize = normalize
+    return dataset
 
 
 def resolve_dataset(spec: str, n_train: int = 3000, n_val: int = 600, n_test: int = 600, seed: int = 0,

@@ -53,17 +53,11 @@ def _write_dataset(config: SimulationConfig, target: Path, workers: int, progres
     images.flush()
     del images
 
-    np.save(target / layout.LABELS_FILE, np.asarray(labels, dtype=np.int64))
     table = pd.DataFrame(params)
     table.insert(0, "split", splits)
     table.insert(1, "label", labels)
     table.insert(2, "class_name", [preset.class_names[k] for k in labels])
     table = table[list(PARAM_COLUMNS)]
-    table.to_csv(target / layout.PARAMS_FILE, index=False)
-
-    # images.npy was hashed while it was rendered (the largest file by far); the small files are hashed here.
-    files = {name: images_sha256 if name == layout.IMAGES_FILE else layout.sha256_file(target / name)
-             for name in layout.DATA_FILES}
     sizes = config.split_sizes
     class_counts = {
         split: {name: int(((table["split"] == split) & (table["class_name"] == name)).sum()) for name in preset.class_names}
@@ -71,8 +65,6 @@ def _write_dataset(config: SimulationConfig, target: Path, workers: int, progres
     }
     theta_E_halo = float(physics.einstein_radius(preset.lens.halo_mass, preset.cosmology))
     manifest = {
-        "format": layout.FORMAT_NAME,
-        "format_version": layout.FORMAT_VERSION,
         "preset": config.preset,
         "task": preset.task,
         "class_names": list(preset.class_names),
@@ -96,10 +88,9 @@ def _write_dataset(config: SimulationConfig, target: Path, workers: int, progres
         "image_units": "counts/s per pixel (e- for Euclid), noise included, not normalised",
         "param_units": PARAM_UNITS,
         "software": _software_versions(),
-        "files": files,
-        "digest": layout.dataset_digest(files),
     }
-    layout.write_manifest(target, manifest)
+    # images.npy was hashed while it was rendered (the largest file by far); the small files are hashed there.
+    layout.finish_dataset(target, labels, table, manifest, images_sha256=images_sha256)
     timings["write"] = time.perf_counter() - started
 
 

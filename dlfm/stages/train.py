@@ -16,10 +16,16 @@ from dlfm.training.interrupt import StopRequest, graceful_stop
 
 
 def check_trainable(config: TrainConfig, dataset) -> None:
-    """The dataset suits classification training and the encoder takes its image size."""
+    """The dataset suits classification training (or, unlabelled, a self-supervised objective) and the encoder takes its image size."""
     from dlfm.models import create_encoder
+    from dlfm.objectives import OBJECTIVES
 
-    if dataset.task != "classification":
+    if dataset.task == "unlabelled" and not OBJECTIVES[config.objective].probed:
+        raise DatasetError(
+            f"dataset {config.dataset!r} has no labels; the {config.objective} objective reads labels, so import them "
+            "(dlfm dataset import --labels or class folders) or pretrain autoencoder/mae on it"
+        )
+    if dataset.task not in ("classification", "unlabelled"):
         raise DatasetError(
             f"dataset {config.dataset!r} is a {dataset.task} dataset; training stages need a "
             "classification dataset (preset model_ii, model_i or model_iii, or DeepLense class folders)"
@@ -194,6 +200,11 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
                                         result.final_metrics, corpus.digest, run_id)
     tracking.set_tags({"dlfm.registered_version": version})
+    if get_objective(config.objective).probed and "val/accuracy" not in result.final_metrics:  # the loop skipped the probe
+        note = (f"no linear probe: dataset {config.dataset!r} has no labels (one class in its train split), so there are "
+                "no val/test classification metrics; pass a labelled dataset (with this one as pretrain_dataset) to get them")
+        tracking.set_tags({"dlfm.probe": f"skipped: {note}"})
+        print(f"note: {note}", flush=True)
     headline = headline_metrics(result.final_metrics, config.monitor[0])
     tracking.describe_run(
         f"{config.objective} ({config.encoder}) on dataset {dataset.digest[:12]}: best epoch {result.best_epoch} of "

@@ -21,8 +21,8 @@ PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pr
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str  # a row of dlfm.objectives.OBJECTIVES: autoencoder | mae | supervised | multitask
-    dataset: str = "model_ii"  # preset name (simulated and cached if missing) or a dataset/DeepLense dir
-    # Self-supervised objectives only: train on this corpus (preset name or dataset dir) instead of `dataset`;
+    dataset: str = "model_ii"  # preset name (simulated and cached if missing), a dataset dir (yours: `dlfm dataset import`) or DeepLense folders
+    # Self-supervised objectives only: train on this corpus (preset name, dataset dir, or a folder of .npy images) instead of `dataset`;
     # `dataset` then only feeds the linear probe and the reported classification metrics ("" = train on `dataset`).
     pretrain_dataset: str = ""
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()

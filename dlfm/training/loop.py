@@ -234,7 +234,12 @@ def probe_named(probed: dict[str, EvalOutput]) -> dict[str, float]:
 
 def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,
                   class_names: tuple[str, ...]) -> tuple[EvalOutput, EvalOutput]:
-    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``."""
+    """val/test outputs of a probed objective: its own losses plus a linear probe's classification on ``probe_splits``.
+
+    An unlabelled ``probe_splits`` (one class in train) has nothing to probe: the objective's own losses stand alone.
+    """
+    if probe_splits["train"].labels.unique().numel() < 2:
+        return val, test
     probed = run_probe(ctx, splits, probe_splits, val, test, class_names)
     own = {"val": val, "test": test}
     return tuple(EvalOutput({**own[name].metrics, **probed[name].metrics, **probe_named({name: probed[name]})},

@@ -23,6 +23,7 @@ from dlfm.training.config import TrainConfig
 from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
 from dlfm.training.objectives import Objective, masked_mse
+from dlfm.training.placement import FEEDERS, PLACEMENTS, choose_placement, free_device_memory, place_tensor, split_bytes
 from dlfm.training.runtime import Runtime, make_runtime, seed_everything
 
 
@@ -57,11 +58,19 @@ class TrainingContext:
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step (each read point under DDP)
     mean_image: torch.Tensor | None = None  # (1, 1, H, W) mean train image: the reconstruction baseline
+    placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
+    feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
 
     @property
     def forward_model(self) -> nn.Module:
         return self.ddp_model if self.ddp_model is not None else self.model
+
+    def batches(self, data: SplitTensors, order: list[torch.Tensor]):
+        """(host index, images, labels) of each batch of ``order``, images and labels on the device."""
+        if id(data) not in self.feeders:  # the split is kept alongside, so its id cannot be reused meanwhile
+            self.feeders[id(data)] = (data, FEEDERS[self.placement](data.images, data.labels, self.runtime.device))
+        return self.feeders[id(data)][1].batches(order)
 
     def mid_epoch_reads(self, show_bar: bool) -> int:
         """Steps between mid-epoch host reads of the running sums (0: only at the epoch's end)."""
@@ -88,6 +97,7 @@ class FitResult:
     test: EvalOutput
     reconstructions: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None  # (originals, reconstructions, masks) of a few val images
     images_per_second: float = 0.0
+    data_placement: str = "host"  # where the splits lived: device | pinned | host (dlfm.training.placement)
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -151,9 +161,7 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     read_every = ctx.mid_epoch_reads(show_bar)
     bar = tqdm(total=len(order), desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     seen = 0
-    for step, index in enumerate(order):
-        images = data.images[index].to(device, non_blocking=True)
-        labels = data.labels[index].to(device, non_blocking=True)
+    for step, (index, images, labels) in enumerate(ctx.batches(data, order)):
         if ctx.config.augment:
             images = augment_batch(images, ctx.generator)
         mask = ctx.objective.make_mask(images, ctx.generator)
@@ -226,9 +234,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
     order = batch_indices(len(data.labels), max(ctx.config.batch_size, 128), None)
-    for index in order:
-        images = data.images[index].to(ctx.runtime.device)
-        labels = data.labels[index].to(ctx.runtime.device)
+    for index, images, labels in ctx.batches(data, order):
         mask = ctx.objective.make_mask(images, mask_generator)
         with ctx.runtime.autocast():
             output = ctx.model(images, mask)
@@ -385,6 +391,7 @@ def fit(
     progress: bool = True,
     stop: StopRequest | None = None,
     probe_splits: dict[str, SplitTensors] | None = None,
+    placement: str | None = None,
 ) -> FitResult:
     """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
 
@@ -394,14 +401,18 @@ def fit(
     ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
     A probed (self-supervised) objective trains on ``splits`` and gets its classification
     metrics from a linear probe on ``probe_splits`` (the labelled downstream set; default ``splits``).
+    The splits are placed once (``placement``: device | pinned | host; None chooses by size and free
+    device memory) and ``FitResult.data_placement`` says where.
     """
     import time
 
-    train = splits["train"]
     runtime = runtime or make_runtime(config.device)
+    splits, probe_splits, placement = place_splits(splits, probe_splits or splits, runtime, placement)
+    train = splits["train"]
     steps = len(batch_indices(len(train.labels), config.batch_size, None, runtime.rank, runtime.world_size))
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()
+    ctx.placement = placement
     ctx.mean_image = train.images.mean(dim=0, keepdim=True).to(runtime.device)
     if ctx.model.decoder is not None:
         ctx.model.decoder.set_baseline(ctx.mean_image)  # before a resume restores the saved one
@@ -443,7 +454,7 @@ def fit(
     val = evaluate(ctx, splits["val"], class_names, "val")  # FitResult carries the final embeddings
     test = evaluate(ctx, splits["test"], class_names, "test")
     if ctx.objective.spec.probed:
-        val, test = probe_metrics(ctx, splits, probe_splits or splits, val, test, class_names)
+        val, test = probe_metrics(ctx, splits, probe_splits, val, test, class_names)
     reconstructions = None
     if ctx.model.decoder is not None:
         with torch.no_grad():
@@ -453,4 +464,19 @@ def fit(
             reconstructions = (sample.cpu().numpy(), reconstruction, None if mask is None else mask.cpu().numpy())
     final = {**val.metrics, **test.metrics}
     speed = train_images / train_seconds if train_seconds else 0.0
-    return FitResult(ctx.model, history, best_epoch, final, val, test, reconstructions, speed)
+    return FitResult(ctx.model, history, best_epoch, final, val, test, reconstructions, speed, placement)
+
+
+def place_splits(splits: dict[str, SplitTensors], probe_splits: dict[str, SplitTensors], runtime: Runtime,
+                 placement: str | None = None) -> tuple[dict, dict, str]:
+    """``splits`` and ``probe_splits`` placed together (shared splits stay shared), and the placement chosen."""
+    unique = {id(split): split for split in [*splits.values(), *probe_splits.values()]}
+    if placement is None:
+        placement = choose_placement(split_bytes(unique.values()), runtime.device.type, free_device_memory(runtime.device))
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    placed = {key: SplitTensors(place_tensor(split.images, runtime.device, placement),
+                                place_tensor(split.labels, runtime.device, placement)) for key, split in unique.items()}
+    new_splits = {name: placed[id(split)] for name, split in splits.items()}
+    new_probe = new_splits if probe_splits is splits else {name: placed[id(split)] for name, split in probe_splits.items()}
+    return new_splits, new_probe, placement

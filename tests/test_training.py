@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -158,3 +159,14 @@ def test_host_reads_every_step_or_once_per_epoch_give_the_same_metrics():
         ctx.read_every = read_every
         results.append(train_one_epoch(ctx, random_splits()["train"], 1))
     assert results[0] == results[1]
+
+
+def test_compile_wraps_the_training_forward_and_keeps_the_results(monkeypatch):
+    from dlfm.training import runtime
+
+    monkeypatch.setattr(runtime, "COMPILE_BACKEND", "eager")  # the wiring, without minutes of code generation
+    base = TrainConfig(objective="mae", encoder="conv4", epochs=2, batch_size=8, seed=1)
+    plain = fit(base, random_splits(), CLASSES, progress=False)
+    compiled = fit(replace(base, compile=True), random_splits(), CLASSES, progress=False)
+    assert compiled.history == plain.history
+    assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()  # no _orig_mod. prefix in artifacts

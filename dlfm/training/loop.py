@@ -24,7 +24,7 @@ from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
 from dlfm.training.objectives import Objective, masked_mse
 from dlfm.training.placement import FEEDERS, PLACEMENTS, choose_placement, free_device_memory, place_tensor, split_bytes
-from dlfm.training.runtime import Runtime, make_runtime, seed_everything
+from dlfm.training.runtime import Runtime, compile_model, make_runtime, prefers_channels_last, seed_everything
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,12 +58,15 @@ class TrainingContext:
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step (each read point under DDP)
     mean_image: torch.Tensor | None = None  # (1, 1, H, W) mean train image: the reconstruction baseline
+    compiled: nn.Module | None = None  # torch.compile of the (DDP-wrapped) model, with config.compile
     placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
     feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
 
     @property
     def forward_model(self) -> nn.Module:
+        if self.compiled is not None:
+            return self.compiled
         return self.ddp_model if self.ddp_model is not None else self.model
 
     def batches(self, data: SplitTensors, order: list[torch.Tensor]):
@@ -298,6 +301,8 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     runtime = runtime or make_runtime(config.device)
     generator = seed_everything(config.seed)
     model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
+    if runtime.channels_last and prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)  # NHWC convolution kernels (tensor cores on CUDA)
     objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
                           config.patch_size, config.mask_ratio).to(runtime.device)
     parameters = list(model.parameters()) + list(objective.parameters())
@@ -311,7 +316,10 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     if runtime.world_size > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+    ctx = TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+    # The training forward only: evaluation runs the plain model (eval mode and its batch sizes would recompile).
+    ctx.compiled = compile_model(ddp_model or model) if config.compile else None
+    return ctx
 
 
 def format_duration(seconds: float) -> str:

@@ -6,7 +6,7 @@ One run prints, for the multitask, autoencoder and mae steps (ResNet18, 64 px; b
     before          batches indexed on the host and copied from pageable memory, a host read every step
     +placement      the splits on the device (or pinned, one batch ahead), batches gathered there
     +no-sync        running loss sums read once per epoch, not every step
-    +channels_last  NHWC convolutions (CUDA)
+    +channels_last  NHWC convolutions (CUDA and CPU)
     +compile        torch.compile of the training forward (its compile time shown apart)
 
 and then the wall time of the 72-cell GPU-size evaluate grid (issue 19's command), which needs the project's
@@ -56,7 +56,7 @@ except ImportError:  # the loop's progress bar is off here anyway; a stand-in ke
 from dlfm.training import runtime as runtime_module  # noqa: E402
 from dlfm.training.config import TrainConfig  # noqa: E402
 from dlfm.training.loop import SplitTensors, build_context, place_splits, train_one_epoch  # noqa: E402
-from dlfm.training.runtime import make_runtime  # noqa: E402
+from dlfm.training.runtime import CHANNELS_LAST_DEVICES, make_runtime  # noqa: E402
 
 RUNGS = ("before", "+placement", "+no-sync", "+channels_last", "+compile")
 RUNG_FLAGS = {"+placement": "--no-placement", "+no-sync": "--keep-syncs", "+channels_last": "--no-channels-last",
@@ -130,7 +130,7 @@ def rung_settings(rung: str, device: torch.device) -> dict:
     level = RUNGS.index(rung)
     return {"placement": None if level >= 1 else "host",  # None: dlfm's own choice (device, or pinned)
             "read_every": 0 if level >= 2 else 1,  # 1 = a host read after every step, as .item() did
-            "channels_last": level >= 3 and device.type == "cuda",
+            "channels_last": level >= 3 and device.type in CHANNELS_LAST_DEVICES,
             "compile": level >= 4}
 
 

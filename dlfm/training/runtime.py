@@ -113,8 +113,13 @@ def make_runtime(requested_device: str, precision: str = "auto") -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     resolved = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=resolved == "fp16")
+    # NHWC convolutions: tensor-core kernels on CUDA; on a 2-core AVX2 CPU (oneDNN) 6-8 % fewer CPU-seconds per
+    # ResNet18 train step at batch 64 (docs/results.md, issue 20). MPS keeps NCHW (not measured there).
     return Runtime(device, autocast_for(device, resolved), scaler, resolved, rank, world_size,
-                   channels_last=device.type == "cuda")  # CUDA only: the CPU path stays the measured NCHW one
+                   channels_last=device.type in CHANNELS_LAST_DEVICES)
+
+
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 
 
 def prefers_channels_last(model: nn.Module) -> bool:

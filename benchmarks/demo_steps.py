@@ -77,7 +77,7 @@ def main() -> None:
     train = SplitTensors(torch.rand(1200, 1, 64, 64, generator=generator), torch.arange(1200) % 3)
     val = SplitTensors(torch.rand(300, 1, 64, 64, generator=generator), torch.arange(300) % 3)
     for objective in OBJECTIVES:
-        ctx = context(objective, train, channels_last=False)
+        ctx = context(objective, train, channels_last=False)  # the phase profile of the NCHW path, as before issue 20
         per_phase = phases(ctx, train, args.steps)
         step = sum(per_phase.values())
         started = time.process_time()

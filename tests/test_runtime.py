@@ -93,4 +93,5 @@ def test_the_training_stage_tags_the_precision_it_resolved(tracking_uri, tiny_cl
     run = mlflow.MlflowClient().get_run(run_training_stage(config, progress=False)["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["precision"] == "bf16" and run.data.tags["dlfm.precision"] == "bf16"
+    assert run.data.tags["dlfm.data_placement"] == "host"  # the CPU reads the splits where they are
     assert math.isfinite(run.data.metrics["val/macro_auc"])

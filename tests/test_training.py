@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -124,3 +127,58 @@ def test_cuda_amp_training_step():
     result = fit(config, random_splits(size=64), CLASSES, progress=False)
     assert next(result.model.parameters()).device.type == "cuda"
     assert torch.isfinite(torch.tensor(result.history[0]["train/loss_multitask"]))
+
+
+def nan_splits(bad_image: int = 5):
+    """random_splits with one NaN pixel in train image ``bad_image``: the step that draws it has a NaN loss."""
+    splits = random_splits()
+    splits["train"].images[bad_image, 0, 3, 3] = float("nan")
+    return splits
+
+
+@pytest.mark.parametrize("read_every", [0, 1])
+def test_non_finite_loss_is_one_line_naming_the_epoch_and_step(read_every, monkeypatch):
+    from dlfm.training import loop
+
+    # 0: the check runs once, on the epoch's sums (no per-step read); 1: at every step, as a progress bar might.
+    monkeypatch.setattr(loop.TrainingContext, "mid_epoch_reads", lambda self, show_bar: read_every)
+    seen = []
+    config = TrainConfig(objective="supervised", encoder="conv4", epochs=2, batch_size=8)
+    with pytest.raises(loop.NonFiniteLossError) as error:
+        fit(config, nan_splits(), CLASSES, on_epoch_end=lambda epoch, *_: seen.append(epoch), progress=False)
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.fullmatch(r"training loss became nan at epoch 1 \(step [123] of 3\); lower lr or recon_weight", message)
+    assert seen == []  # the broken epoch is never checkpointed
+
+
+def test_the_step_named_is_the_first_non_finite_one():
+    from dlfm.training.loop import NonFiniteLossError, raise_if_not_finite
+
+    step_losses = torch.tensor([0.5, 0.4, float("inf"), float("nan")])
+    with pytest.raises(NonFiniteLossError, match=r"became inf at epoch 7 \(step 3 of 4\)"):
+        raise_if_not_finite(torch.tensor([float("nan"), 1.0]), step_losses, 4, 7)
+    raise_if_not_finite(torch.tensor([1.0, 2.0]), step_losses, 4, 7)  # finite sums: no per-step read, no error
+
+
+def test_host_reads_every_step_or_once_per_epoch_give_the_same_metrics():
+    from dlfm.training.loop import build_context, train_one_epoch
+
+    config = TrainConfig(objective="multitask", encoder="conv4", epochs=1, batch_size=8)
+    results = []
+    for read_every in (1, 0):
+        ctx = build_context(config, 3, 3, progress=False)
+        ctx.read_every = read_every
+        results.append(train_one_epoch(ctx, random_splits()["train"], 1))
+    assert results[0] == results[1]
+
+
+def test_compile_wraps_the_training_forward_and_keeps_the_results(monkeypatch):
+    from dlfm.training import runtime
+
+    monkeypatch.setattr(runtime, "COMPILE_BACKEND", "eager")  # the wiring, without minutes of code generation
+    base = TrainConfig(objective="mae", encoder="conv4", epochs=2, batch_size=8, seed=1)
+    plain = fit(base, random_splits(), CLASSES, progress=False)
+    compiled = fit(replace(base, compile=True), random_splits(), CLASSES, progress=False)
+    assert compiled.history == plain.history
+    assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()  # no _orig_mod. prefix in artifacts

@@ -116,4 +116,4 @@ class PatchMasker(nn.Module):
         cells = torch.zeros(batch, n_patches).scatter_(1, order, 1.0).view(batch, 1, rows, cols)
         mask = cells.repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
         mask = nn.functional.pad(mask, (0, width - mask.shape[-1], 0, height - mask.shape[-2]))
-        return mask.to(images.device)
+        return mask.to(images.device, non_blocking=True)  # no wait for the device (the mask is drawn on the host)

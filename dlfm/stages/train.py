@@ -191,6 +191,7 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
                          runtime=runtime, progress=progress, stop=stop, probe_splits=splits)
     finally:
         distributed.destroy_process_group()
+    tracking.set_tags({"dlfm.data_placement": result.data_placement})  # device | pinned | host: where the splits lived
     # Logged once (step 0), not at the last epoch's step: val/… and test/… are the best weights' values.
     tracking.log_metrics({"best_epoch": result.best_epoch, "train/images_per_second": result.images_per_second}, step=0)
     log_training_figures(result, dataset.class_names)

@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
+    compile: bool = False  # wrap the model's training forward in torch.compile (compiles on the first steps; off until measured to pay)
     nproc: int = 1  # processes under torchrun DDP (one per GPU); the global batch is batch_size × nproc
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300

@@ -1,4 +1,4 @@
-"""Graceful stops: SIGINT/SIGTERM set a flag that the loop checks after each optimiser step.
+"""Graceful stops: SIGINT/SIGTERM set a flag that the loop checks after each optimiser step (every few under DDP).
 
 The loop then raises ``TrainingInterrupted``; the last *completed* epoch is already checkpointed
 (the partial epoch is discarded), so a resume continues at the next epoch and reproduces an
@@ -39,7 +39,7 @@ class StopRequest:
         self.signal_name = signal_name
 
     def requested(self, world_size: int = 1, device: torch.device | None = None) -> bool:
-        """Whether any rank got a stop signal (one tiny all-reduce per step under DDP)."""
+        """Whether any rank got a stop signal (one tiny all-reduce under DDP, so the loop asks every few steps there)."""
         local = self.signal_name is not None
         if world_size == 1:
             return local

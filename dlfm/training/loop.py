@@ -18,15 +18,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlfm.models.composite import LensModel, build_model
+from dlfm.objectives import PARTS
 from dlfm.training.config import TrainConfig
 from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
 from dlfm.training.objectives import Objective, masked_mse
-from dlfm.training.runtime import Runtime, make_runtime, seed_everything
+from dlfm.training.placement import FEEDERS, PLACEMENTS, choose_placement, free_device_memory, place_tensor, split_bytes
+from dlfm.training.runtime import Runtime, compile_model, make_runtime, prefers_channels_last, seed_everything
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+# Steps between mid-epoch host reads of the running loss sums, when something needs them: the progress bar's
+# figure, an early non-finite check, and the stop vote of DDP ranks (an all-reduce). Each read waits for the
+# device; without a bar on one process the only read is the one at the epoch's end.
+HOST_READ_EVERY = 25
 
 
 @dataclass
@@ -48,12 +56,30 @@ class TrainingContext:
     generator: torch.Generator  # shuffling and augmentation
     progress: bool = True
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
-    stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step
+    stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step (each read point under DDP)
     mean_image: torch.Tensor | None = None  # (1, 1, H, W) mean train image: the reconstruction baseline
+    compiled: nn.Module | None = None  # torch.compile of the (DDP-wrapped) model, with config.compile
+    placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
+    read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
+    feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
 
     @property
     def forward_model(self) -> nn.Module:
+        if self.compiled is not None:
+            return self.compiled
         return self.ddp_model if self.ddp_model is not None else self.model
+
+    def batches(self, data: SplitTensors, order: list[torch.Tensor]):
+        """(host index, images, labels) of each batch of ``order``, images and labels on the device."""
+        if id(data) not in self.feeders:  # the split is kept alongside, so its id cannot be reused meanwhile
+            self.feeders[id(data)] = (data, FEEDERS[self.placement](data.images, data.labels, self.runtime.device))
+        return self.feeders[id(data)][1].batches(order)
+
+    def mid_epoch_reads(self, show_bar: bool) -> int:
+        """Steps between mid-epoch host reads of the running sums (0: only at the epoch's end)."""
+        if self.read_every is not None:
+            return self.read_every
+        return HOST_READ_EVERY if show_bar or self.runtime.world_size > 1 else 0
 
 
 @dataclass
@@ -74,19 +100,23 @@ class FitResult:
     test: EvalOutput
     reconstructions: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None  # (originals, reconstructions, masks) of a few val images
     images_per_second: float = 0.0
+    data_placement: str = "host"  # where the splits lived: device | pinned | host (dlfm.training.placement)
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random rot90 (k = 0..3) and horizontal flip per image: the dihedral symmetries of a lens image."""
     n = images.shape[0]
-    turns = torch.randint(0, 4, (n,), generator=generator).to(images.device)
-    flips = torch.rand(n, generator=generator).to(images.device) < 0.5
+    # Drawn on the host (the generator lives there) and turned into index lists there, so that a batch on
+    # the device is augmented without a device → host read (a boolean-mask index would need one).
+    turns = torch.randint(0, 4, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
     out = images.clone()
     for k in range(1, 4):
-        chosen = turns == k
-        if chosen.any():
+        chosen = (turns == k).nonzero().squeeze(1)
+        if len(chosen):
+            chosen = chosen.to(images.device, non_blocking=True)
             out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
-    return torch.where(flips[:, None, None, None], out.flip(-1), out)
+    return torch.where(flips.to(images.device, non_blocking=True)[:, None, None, None], out.flip(-1), out)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
@@ -98,26 +128,49 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, ra
     return list(order.split(batch_size))
 
 
+def loss_names(objective: Objective) -> list[str]:
+    """The objective's total and its parts, in the order of the running sums."""
+    return [objective.spec.total_metric, *(PARTS[part] for part in objective.spec.parts)]
+
+
+def raise_if_not_finite(sums: torch.Tensor, step_losses: torch.Tensor, steps: int, epoch: int) -> None:
+    """NonFiniteLossError naming the first non-finite step's loss, when the running sums are not all finite.
+
+    The sums are checked once (a read the epoch makes anyway); the per-step detail is read only on failure.
+    """
+    if bool(torch.isfinite(sums).all()):
+        return
+    bad = (~torch.isfinite(step_losses[:steps])).nonzero()
+    step = int(bad[0]) if len(bad) else steps - 1  # a finite loss with a non-finite part: name the last step
+    value = float(step_losses[step])
+    raise NonFiniteLossError(f"training loss became {value} at epoch {epoch} (step {step + 1} of {len(step_losses)}); "
+                             "lower lr or recon_weight")
+
+
 def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dict[str, float]:
-    """One pass over the train split; returns train/loss_<objective> and its parts, averaged over images."""
+    """One pass over the train split; returns train/loss_<objective> and its parts, averaged over images.
+
+    The running sums stay on the device and are read at the epoch's end (and every few steps only when a
+    progress bar or DDP's stop vote needs them), so no step waits for the device.
+    """
     ctx.model.train()
     ctx.objective.train()
-    total_name = ctx.objective.spec.total_metric
-    totals: dict[str, float] = {total_name: 0.0}
+    names = loss_names(ctx.objective)
+    order = batch_indices(len(data.labels), ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
+    device, world_size = ctx.runtime.device, ctx.runtime.world_size
+    sums = torch.zeros(len(names), dtype=sum_dtype(device), device=device)  # loss × images, summed
+    step_losses = torch.zeros(len(order), device=device)  # read only to name the step of a non-finite loss
+    show_bar = ctx.progress and sys.stderr.isatty()
+    read_every = ctx.mid_epoch_reads(show_bar)
+    bar = tqdm(total=len(order), desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     seen = 0
-    batches = batch_indices(len(data.labels), ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
-    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not (ctx.progress and sys.stderr.isatty()))
-    for index in bar:
-        images = data.images[index].to(ctx.runtime.device, non_blocking=True)
-        labels = data.labels[index].to(ctx.runtime.device, non_blocking=True)
+    for step, (index, images, labels) in enumerate(ctx.batches(data, order)):
         if ctx.config.augment:
             images = augment_batch(images, ctx.generator)
         mask = ctx.objective.make_mask(images, ctx.generator)
         with ctx.runtime.autocast():
             output = ctx.forward_model(images, mask)
             loss, parts = ctx.objective(output, images, labels, mask)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}; lower lr or recon_weight")
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.runtime.scaler.scale(loss).backward()
         if ctx.config.grad_clip > 0:
@@ -128,15 +181,30 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
         ctx.scheduler.step()
         batch = len(index)
         seen += batch
-        totals[total_name] += loss.item() * batch
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value.item() * batch
-        bar.set_postfix(loss=f"{totals[total_name] / seen:.4f}")
-        if ctx.stop.requested(ctx.runtime.world_size, ctx.runtime.device):
+        values = torch.stack([loss.detach(), *(parts[name] for name in names[1:])]).float()
+        sums += values.to(sums.dtype) * batch
+        step_losses[step] = values[0]
+        bar.update(1)
+        read_point = read_every > 0 and (step + 1) % read_every == 0
+        if read_point and world_size == 1:  # DDP ranks check after summing across ranks, so all of them raise together
+            raise_if_not_finite(sums, step_losses, step + 1, epoch)
+        if read_point and show_bar:
+            bar.set_postfix(loss=f"{float(sums[0]) / seen:.4f}")
+        # One process reads a flag (free); DDP ranks vote with an all-reduce, so only at the read points.
+        if (world_size == 1 or read_point) and ctx.stop.requested(world_size, device):
             # The partial epoch is dropped: resuming from the last completed epoch reproduces an uninterrupted run.
             raise TrainingInterrupted(ctx.stop.signal_name, epoch - 1)
-    metrics = {f"train/{name}": value / seen for name, value in totals.items()}
-    return average_across_ranks(metrics, ctx.runtime)
+    bar.close()
+    if world_size > 1:
+        torch.distributed.all_reduce(sums)  # every rank then sees a non-finite loss of any rank, and raises with it
+        seen *= world_size
+    raise_if_not_finite(sums, step_losses, len(order), epoch)
+    return {f"train/{name}": value / seen for name, value in zip(names, sums.tolist())}
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for running sums (as the Python floats they replace), float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def average_across_ranks(metrics: dict[str, float], runtime: Runtime) -> dict[str, float]:
@@ -164,38 +232,39 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     ctx.objective.eval()
     spec = ctx.objective.spec
     part = spec.recon_metric
-    loss_sum, recon_sum, baseline_sum = 0.0, 0.0, 0.0
+    sums = torch.zeros(3, dtype=sum_dtype(ctx.runtime.device), device=ctx.runtime.device)  # loss, recon, baseline (× images)
+    zero = torch.zeros((), device=ctx.runtime.device)
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
-    for index in batch_indices(len(data.labels), max(ctx.config.batch_size, 128), None):
-        images = data.images[index].to(ctx.runtime.device)
-        labels = data.labels[index].to(ctx.runtime.device)
+    order = batch_indices(len(data.labels), max(ctx.config.batch_size, 128), None)
+    for index, images, labels in ctx.batches(data, order):
         mask = ctx.objective.make_mask(images, mask_generator)
         with ctx.runtime.autocast():
             output = ctx.model(images, mask)
             loss, parts = ctx.objective(output, images, labels, mask)
             if embed:
-                embeddings.append((output.embedding if mask is None else ctx.model.encoder(images)).float().cpu())
-        loss_sum += loss.item() * len(index)
+                embeddings.append((output.embedding if mask is None else ctx.model.encoder(images)).float())
+        recon, baseline_mse = zero, zero
         if spec.decodes:
-            recon_sum += parts[part].item() * len(index)
+            recon = parts[part]
             baseline = ctx.mean_image.expand_as(images)
             baseline_mse = masked_mse(baseline, images, mask) if mask is not None else torch.mean((baseline - images) ** 2)
-            baseline_sum += baseline_mse.item() * len(index)
+        sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float()]).to(sums.dtype) * len(index)
         if output.logits is not None:
-            probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
+            probs.append(torch.softmax(output.logits.float(), dim=1))
     n = len(data.labels)
+    loss_sum, recon_sum, baseline_sum = sums.tolist()  # the one read of this pass
     metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
         name = f"{prefix}/{spec.recon_metric}"
         metrics[name] = recon_sum / n
         metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
         metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
-    labels_np = data.labels.numpy()
-    probs_np = torch.cat(probs).numpy() if probs else None
+    labels_np = data.labels.cpu().numpy()
+    probs_np = torch.cat(probs).cpu().numpy() if probs else None
     if probs_np is not None:
         metrics.update(classification_metrics(probs_np, labels_np, class_names, prefix))
-    return EvalOutput(metrics, probs_np, labels_np, torch.cat(embeddings).numpy() if embed else None)
+    return EvalOutput(metrics, probs_np, labels_np, torch.cat(embeddings).cpu().numpy() if embed else None)
 
 
 def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: tuple[str, ...], seed: int) -> dict[str, EvalOutput]:
@@ -251,6 +320,8 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     runtime = runtime or make_runtime(config.device)
     generator = seed_everything(config.seed)
     model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
+    if runtime.channels_last and prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)  # NHWC convolution kernels (tensor cores on CUDA)
     objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
                           config.patch_size, config.mask_ratio).to(runtime.device)
     parameters = list(model.parameters()) + list(objective.parameters())
@@ -264,7 +335,10 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     if runtime.world_size > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+    ctx = TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+    # The training forward only: evaluation runs the plain model (eval mode and its batch sizes would recompile).
+    ctx.compiled = compile_model(ddp_model or model) if config.compile else None
+    return ctx
 
 
 def format_duration(seconds: float) -> str:
@@ -344,6 +418,7 @@ def fit(
     progress: bool = True,
     stop: StopRequest | None = None,
     probe_splits: dict[str, SplitTensors] | None = None,
+    placement: str | None = None,
 ) -> FitResult:
     """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
 
@@ -353,14 +428,18 @@ def fit(
     ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
     A probed (self-supervised) objective trains on ``splits`` and gets its classification
     metrics from a linear probe on ``probe_splits`` (the labelled downstream set; default ``splits``).
+    The splits are placed once (``placement``: device | pinned | host; None chooses by size and free
+    device memory) and ``FitResult.data_placement`` says where.
     """
     import time
 
-    train = splits["train"]
     runtime = runtime or make_runtime(config.device)
+    splits, probe_splits, placement = place_splits(splits, probe_splits or splits, runtime, placement)
+    train = splits["train"]
     steps = len(batch_indices(len(train.labels), config.batch_size, None, runtime.rank, runtime.world_size))
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()
+    ctx.placement = placement
     ctx.mean_image = train.images.mean(dim=0, keepdim=True).to(runtime.device)
     if ctx.model.decoder is not None:
         ctx.model.decoder.set_baseline(ctx.mean_image)  # before a resume restores the saved one
@@ -402,9 +481,9 @@ def fit(
     val = evaluate(ctx, splits["val"], class_names, "val")  # FitResult carries the final embeddings
     test = evaluate(ctx, splits["test"], class_names, "test")
     if ctx.objective.spec.probed:
-        val, test = probe_metrics(ctx, splits, probe_splits or splits, val, test, class_names)
+        val, test = probe_metrics(ctx, splits, probe_splits, val, test, class_names)
     else:  # the head's metrics stay val/…; the probe's go beside them, measured as for a probed objective
-        probed = run_probe(ctx, splits, probe_splits or splits, val, test, class_names)
+        probed = run_probe(ctx, splits, probe_splits, val, test, class_names)
         for split, out in (("val", val), ("test", test)):
             out.metrics.update(probe_named({split: probed[split]}))
     reconstructions = None
@@ -416,4 +495,19 @@ def fit(
             reconstructions = (sample.cpu().numpy(), reconstruction, None if mask is None else mask.cpu().numpy())
     final = {**val.metrics, **test.metrics}
     speed = train_images / train_seconds if train_seconds else 0.0
-    return FitResult(ctx.model, history, best_epoch, final, val, test, reconstructions, speed)
+    return FitResult(ctx.model, history, best_epoch, final, val, test, reconstructions, speed, placement)
+
+
+def place_splits(splits: dict[str, SplitTensors], probe_splits: dict[str, SplitTensors], runtime: Runtime,
+                 placement: str | None = None) -> tuple[dict, dict, str]:
+    """``splits`` and ``probe_splits`` placed together (shared splits stay shared), and the placement chosen."""
+    unique = {id(split): split for split in [*splits.values(), *probe_splits.values()]}
+    if placement is None:
+        placement = choose_placement(split_bytes(unique.values()), runtime.device.type, free_device_memory(runtime.device))
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    placed = {key: SplitTensors(place_tensor(split.images, runtime.device, placement),
+                                place_tensor(split.labels, runtime.device, placement)) for key, split in unique.items()}
+    new_splits = {name: placed[id(split)] for name, split in splits.items()}
+    new_probe = new_splits if probe_splits is splits else {name: placed[id(split)] for name, split in probe_splits.items()}
+    return new_splits, new_probe, placement

@@ -10,6 +10,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 import torch
+from torch import nn
 
 from dlfm.errors import ConfigError
 from dlfm.training.config import PRECISIONS  # the `precision` param of every training stage and evaluate
@@ -23,6 +24,7 @@ class Runtime:
     amp_dtype: str  # the resolved precision: "bf16", "fp16" (CUDA without bf16, with a GradScaler) or "fp32"
     rank: int = 0
     world_size: int = 1
+    channels_last: bool = False  # convolutional models in NHWC memory format (on CUDA: faster kernels, tensor cores)
 
     @property
     def is_main_process(self) -> bool:
@@ -111,7 +113,26 @@ def make_runtime(requested_device: str, precision: str = "auto") -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     resolved = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=resolved == "fp16")
-    return Runtime(device, autocast_for(device, resolved), scaler, resolved, rank, world_size)
+    # NHWC convolutions: tensor-core kernels on CUDA; on a 2-core AVX2 CPU (oneDNN) 6-8 % fewer CPU-seconds per
+    # ResNet18 train step at batch 64 (docs/results.md, issue 20). MPS keeps NCHW (not measured there).
+    return Runtime(device, autocast_for(device, resolved), scaler, resolved, rank, world_size,
+                   channels_last=device.type in CHANNELS_LAST_DEVICES)
+
+
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether the model is convolutional: more than one Conv2d (a ViT has one, its patch embedding)."""
+    return sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 1
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's default; tests swap in "eager" to check the wiring without codegen
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``: the compiled forward shares the model's parameters and state_dict."""
+    return torch.compile(model, backend=COMPILE_BACKEND)
 
 
 def seed_everything(seed: int) -> torch.Generator:

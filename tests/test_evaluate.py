@@ -163,6 +163,7 @@ def test_budget_larger_than_the_pool_is_one_error_line(production_version, tmp_p
     ("seeds", "0,x", "seeds must be comma-separated integers"),
     ("encoder_lr", 0.0, "encoder_lr must be a positive number"),
     ("encoder_uri", "runs:/abc/encoder", "models:/dlfm-encoder/<version>"),
+    ("finetune_budgets", "50", "finetune_budgets must be among budgets"),
 ])
 def test_bad_params_name_the_problem(field, value, message):
     from dlfm.errors import ConfigError
@@ -247,3 +248,27 @@ def test_every_arm_runs_under_bf16_autocast_with_finite_metrics(tiny_tasks):
 def test_unknown_precision_is_refused():
     with pytest.raises(Exception, match="unknown precision 'fp16'"):
         EvaluateConfig(precision="fp16").validate()
+
+
+def test_finetune_budgets_limit_only_the_fine_tune_arms(tiny_tasks):
+    config = EvaluateConfig(budgets="2,5,all", finetune_budgets="5", seeds="0,1")
+    config.validate()
+    arms_at = {}
+    for cell, _ in plan(config, tiny_tasks):
+        arms_at.setdefault((cell.task, cell.budget), set()).add(cell.arm)
+    frozen = {"pretrained-frozen", "random-frozen"}
+    for task in tiny_tasks:
+        assert arms_at[(task, 2)] == arms_at[(task, "all")] == frozen
+        assert arms_at[(task, 5)] == set(config.arm_list)
+    assert EvaluateConfig(budgets="2,all").finetune_budget_list == [2, "all"]  # empty: every budget
+
+
+def test_markdown_shows_a_dash_for_an_arm_absent_at_the_largest_budget():
+    from dlfm.evaluation import summary
+    from dlfm.evaluation.grid import Cell, CellResult
+
+    results = [CellResult(Cell("regression", budget, arm, seed, 24, 24), {"test/rel_mae": 0.9 + 0.01 * seed}, [], None)
+               for seed in (0, 1) for budget, arms in ((2, ("pretrained-frozen", "pretrained-finetune")), ("all", ("pretrained-frozen",)))
+               for arm in arms]
+    text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
+    assert "| 24 (all) | 0.905 ± 0.007 | — |" in text and "### regression per parameter at 24 labelled images (all)" in text

@@ -12,7 +12,8 @@ from dlfm.objectives import OBJECTIVES
 TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_train", "24", "--regression_n_val", "12",
         "--regression_n_test", "12", "--pretrain_n_train", "12", "--pretrain_n_val", "6", "--pretrain_n_test", "6",
         "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--eval_n_train", "12",
-        "--eval_n_test", "6", "--eval_budgets", "2,all", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test"]
+        "--eval_n_test", "6", "--eval_budgets", "2,all", "--eval_arms", "pretrained-frozen,random-frozen,pretrained-finetune,scratch",
+        "--eval_finetune_budgets", "2", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test"]
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast

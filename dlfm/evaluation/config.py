@@ -29,6 +29,7 @@ class EvaluateConfig:
     regression_dataset: str = "regression"  # preset or a dataset dir with varying lens parameters
     budgets: str = "25,100,400,all"  # labelled train images: per class for classification, in total for regression
     arms: str = ",".join(ARM_NAMES)  # which of pretrained-frozen, random-frozen, pretrained-finetune, scratch to run
+    finetune_budgets: str = ""  # budgets (of `budgets`) at which the fine-tune arms run; empty: every budget (fine-tuning is the grid's cost)
     seeds: str = "0,1,2"  # each seed draws its own label subset (shared by every arm), head init and random encoder
     epochs: int = 20  # passes over the labelled subset, identical for every arm
     min_steps: int = 50  # optimiser steps at least, so tiny budgets still train (same rule for every arm)
@@ -83,6 +84,17 @@ class EvaluateConfig:
             numbers.append(int(budget))
         return sorted(numbers) + ([ALL] if ALL in budgets else [])
 
+    @property
+    def finetune_budget_list(self) -> list[int | str]:
+        """The budgets at which pretrained-finetune and scratch run (every budget when finetune_budgets is empty)."""
+        if not str(self.finetune_budgets).strip():
+            return self.budget_list
+        wanted = _parse_list("finetune_budgets", self.finetune_budgets, "100")
+        unknown = [b for b in wanted if b not in [str(x) for x in self.budget_list]]
+        if unknown:
+            raise ConfigError(f"finetune_budgets must be among budgets ({self.budgets}), got {unknown[0]!r}")
+        return [b for b in self.budget_list if str(b) in wanted]
+
     def validate(self) -> None:
         """Raise ConfigError for any bad value before any work."""
         for name in ("epochs", "batch_size", "sim_n_train", "sim_n_val", "sim_n_test"):
@@ -101,7 +113,7 @@ class EvaluateConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.encoder_uri and not self.encoder_uri.startswith("models:/"):
             raise ConfigError(f"encoder_uri must be a models:/dlfm-encoder/<version> URI, got {self.encoder_uri!r}")
-        self.task_list, self.arm_list, self.seed_list, self.budget_list  # noqa: B018 - each parses and checks
+        self.task_list, self.arm_list, self.seed_list, self.budget_list, self.finetune_budget_list  # noqa: B018 - each parses and checks
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -158,13 +158,15 @@ def plan(config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[tuple[Cell,
     for seed in config.seed_list:
         for name, data in tasks.items():
             same = same_subset_budgets(config.budget_list, TASKS[name].pool_sizes(data))
+            finetune = {same.get(b, b) for b in config.finetune_budget_list}  # asked at a twin: run at the budget that runs
             for budget in config.budget_list:
                 if budget in same:
                     continue
                 index = TASKS[name].subset(data, budget, seed)
                 size = len(index) // len(data.class_names)  # regression has the one class "lens"
                 for arm in config.arm_list:
-                    cells.append((Cell(name, budget, arm, seed, len(index), size), index))
+                    if ARMS[arm].frozen or budget in finetune:
+                        cells.append((Cell(name, budget, arm, seed, len(index), size), index))
     return cells
 
 

@@ -145,7 +145,8 @@ def markdown(rows: list[dict], verdict_rows: list[dict], mean_predictor: dict[st
         lines += [f"- {v['sentence']}" for v in verdict_rows if v["task"] == task_name]
         if task_name == "regression":
             size, budget = budgets[-1]
-            largest = {a: next(r for r in task_rows if r["budget"] == budget and r["arm"] == a) for a in arms}
+            # an arm absent at the largest budget (finetune_budgets) shows "—"
+            largest = {a: next((r for r in task_rows if r["budget"] == budget and r["arm"] == a), None) for a in arms}
             lines += ["", f"### regression per parameter at {size} labelled images ({budget}): test MAE", "",
                       "| parameter | " + " | ".join(arms) + " | mean predictor |", "|---|" + "---|" * (len(arms) + 1)]
             for name in REPORTED:

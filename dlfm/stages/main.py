@@ -57,10 +57,14 @@ class MainConfig:
     n_trials: int = 6  # tune: trials
     eval_n_train: int = 300  # held-out model_ii images (seed + 1, never trained on) that evaluate's budgets draw from
     eval_n_test: int = 150  # held-out model_ii images evaluate scores classification on
-    eval_budgets: str = "10,50"  # evaluate label budgets (demo: keeps the evaluate step near 2 min on 2 CPU cores)
-    eval_epochs: int = 2  # evaluate epochs of every arm (with eval_min_steps: a toy fine-tune schedule, demo only)
-    eval_min_steps: int = 6  # evaluate: optimiser steps at least per cell
-    seeds: str = "0,1"  # evaluate seeds (two give a spread; the reference config uses three)
+    eval_budgets: str = "10,50,all"  # evaluate label budgets (per class for classification: all = eval_n_train / 3)
+    # Demo: frozen arms only. Their heads train on cached embeddings, so hundreds of steps cost seconds; the
+    # fine-tune arms need ~50+ steps of a ResNet18 per cell to leave chance, minutes each on 2 CPU cores.
+    eval_arms: str = "pretrained-frozen,random-frozen"  # evaluate arms (add pretrained-finetune,scratch on a GPU)
+    eval_finetune_budgets: str = ""  # the eval_budgets at which the fine-tune arms run, when eval_arms has them (empty: all)
+    eval_epochs: int = 20  # evaluate epochs of every arm over its labelled subset
+    eval_min_steps: int = 200  # evaluate: optimiser steps at least per cell (frozen heads: seconds)
+    seeds: str = "0,1,2"  # evaluate seeds: three, so a verdict's 95% CI (t with 2 dof: ±2.5 sd) can exclude 0
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/probe_macro_auc)
     device: str = "auto"  # every training step and evaluate: auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
@@ -107,7 +111,8 @@ class MainConfig:
                              seed=self.seed + 1),
             *(TrainConfig(objective=name, **({"recon_weight": self.recon_weight} if spec.weighted else {}), **common)
               for name, spec in OBJECTIVES.items()),
-            EvaluateConfig(encoder_uri=f"models:/{registry.MODEL_NAME}/1", budgets=self.eval_budgets, seeds=self.seeds,
+            EvaluateConfig(encoder_uri=f"models:/{registry.MODEL_NAME}/1", budgets=self.eval_budgets,
+                           arms=self.eval_arms, finetune_budgets=self.eval_finetune_budgets, seeds=self.seeds,
                            epochs=self.eval_epochs, min_steps=self.eval_min_steps, device=self.device,
                            experiment_name=self.experiment_name),
         ]
@@ -174,6 +179,7 @@ def run_main_stage(config: MainConfig) -> dict:
         evaluate_run = step("evaluate", {"encoder_uri": f"models:/{registry.MODEL_NAME}/{promoted}",
                                          "classification_dataset": held_out.data.tags["dlfm.dataset_dir"],
                                          "regression_dataset": regression_dir, "budgets": config.eval_budgets,
+                                         "arms": config.eval_arms, "finetune_budgets": config.eval_finetune_budgets,
                                          "seeds": config.seeds, "epochs": config.eval_epochs,
                                          "min_steps": config.eval_min_steps, "device": config.device,
                                          "precision": config.precision})
@@ -245,7 +251,8 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, eval
               "not one quantity, so it does not rank.", "",
               f"- best by {PROMOTION_METRIC}: {best['stage']} (version {promoted}, {best[PROMOTION_METRIC]:.4f})",
               f"- {outcome.message}", f"- `{config.promote_stage}` now holds version {holder}", "",
-              f"## Evaluation of version {promoted} (budgets {config.eval_budgets}, seeds {config.seeds})", ""]
+              f"## Evaluation of version {promoted} (budgets {config.eval_budgets}, arms {config.eval_arms}, seeds {config.seeds})",
+              ""]
     table_path = tracking.download_run_artifacts(evaluate_run.info.run_id, "evaluation.md", out)
     lines.append(Path(table_path).read_text().strip().replace("# Label-efficiency evaluation", "", 1).replace("\n## ", "\n### "))
     for figure in ("label_efficiency.png", "label_efficiency_regression.png"):

@@ -128,7 +128,8 @@ def random_encoder_like(encoder, seed: int):
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256,
-          autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> np.ndarray:
+          autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+          safe_point: Callable[[], None] = lambda: None) -> np.ndarray:
     """Float32 embeddings of all images by a frozen encoder in eval mode (BatchNorm uses running stats)."""
     encoder.eval().to(device)
     out = []
@@ -136,6 +137,7 @@ def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_si
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
         with autocast():
             out.append(encoder(batch).float().cpu())
+        safe_point()  # a stop request raises between batches
     return torch.cat(out).numpy()
 
 

@@ -21,7 +21,8 @@ from dlfm.evaluation.config import EvaluateConfig
 from dlfm.evaluation.fit import Schedule, fit, predict
 from dlfm.evaluation.tasks import TASKS, TaskData
 from dlfm.training.interrupt import StopRequest
-from dlfm.transfer import Standardizer, embed, random_encoder_like
+from dlfm.evaluation.embedding import embed, random_encoder_like
+from dlfm.evaluation.regression import Standardizer
 
 
 @dataclass(frozen=True)

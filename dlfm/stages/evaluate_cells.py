@@ -27,7 +27,7 @@ from dlfm.evaluation.grid import Cell, CellResult, cell_key, owners, plan
 from dlfm.tracking import cells as store
 from dlfm.tracking.runs import RESUME_HINT_TAG
 from dlfm.training.interrupt import GridInterrupted, StopRequest, graceful_stop
-from dlfm.transfer import random_init_seed
+from dlfm.evaluation.embedding import random_init_seed
 
 PREDICTIONS = "predictions.npy"  # a child run's test predictions (class probabilities, or parameters in physical units)
 PARENT_ENV, RANK_ENV, WORKERS_ENV = "DLFM_EVALUATE_PARENT", "DLFM_WORKER_RANK", "DLFM_WORKERS"  # worker processes' inputs

@@ -172,7 +172,7 @@ def wait_for_cells(process: subprocess.Popen, n: int, timeout: float = 300) -> l
 
 def grid_params(cls_dir) -> dict:
     return {"tasks": "classification", "classification_dataset": str(cls_dir), "budgets": "2,all", "seeds": "0,1",
-            "arms": "pretrained-finetune,scratch", "epochs": "3", "min_steps": "40", "batch_size": "4", "device": "cpu",
+            "arms": "pretrained-finetune,scratch", "epochs": "2", "min_steps": "20", "batch_size": "4", "device": "cpu",
             "precision": "fp32"}
 
 

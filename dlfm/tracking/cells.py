@@ -44,13 +44,14 @@ def child_runs(parent_run_id: str, tags: dict[str, str] | None = None, status: s
 
 
 def runs_with_tag(key: str, value: str) -> list:
-    """Every run (any experiment) tagged ``key = value``; e.g. the parent run a torchrun job's rank 0 opened."""
+    """Every RUNNING run (any experiment) tagged ``key = value``; e.g. the parent run a torchrun job's rank 0 opened."""
     from mlflow.entities import ViewType
 
     configure_tracking()
     client = _client()
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    return list(client.search_runs(experiments, f"tags.`{key}` = '{value}'", max_results=PAGE)) if experiments else []
+    return list(client.search_runs(experiments, f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'",
+                                   max_results=PAGE)) if experiments else []
 
 
 def wait_for_run_with_tag(key: str, value: str, timeout_s: float, poll_s: float = 1.0):
@@ -87,12 +88,3 @@ def load_array(run_id: str, name: str) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="dlfm-array-") as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
         return np.load(local, allow_pickle=False)
-
-
-def end_run(run_id: str, status: str, tags: dict | None = None) -> None:
-    """Tag ``run_id`` and end it with ``status`` (a run this process opened but no longer has active)."""
-    configure_tracking()
-    client = _client()
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, str(value))
-    client.set_terminated(run_id, status)

@@ -136,8 +136,14 @@ def collect(share: Share, tasks: dict, computed: dict) -> list[CellResult]:
 
 
 def threads_per_worker(world: int) -> int:
-    """A CPU worker's share of this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // world)
+    """A CPU worker's share of this machine's cores; OMP_NUM_THREADS, when set, wins.
+
+    The thread count changes the order of CPU float reductions (conv backward), so a cell is
+    bit-identical across worker counts only at the same threads per process: pin OMP_NUM_THREADS
+    to compare runs with different ``workers`` bit for bit.
+    """
+    pinned = os.environ.get("OMP_NUM_THREADS", "")
+    return int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // world)
 
 
 def worker_env(share: Share, rank: int, cuda_devices: list[str]) -> dict:

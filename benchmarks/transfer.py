@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 from dlfm.models import create_encoder  # noqa: E402
 from dlfm.models.heads import RegressionHead  # noqa: E402
 from dlfm.evaluation.fit import Schedule, fit  # noqa: E402
-from dlfm.transfer import embed  # noqa: E402
+from dlfm.evaluation.embedding import embed  # noqa: E402
 
 
 def per_epoch_encoder(encoder, images, targets, epochs: int, batch_size: int) -> float:

@@ -17,5 +17,9 @@ class ConfigError(DlfmError):
     """A parameter value is out of range or unknown."""
 
 
+class SecretInParams(ConfigError):
+    """A param value carries a secret (a password in a URL); under ``mlflow run`` it is already stored as a param."""
+
+
 class RegistryError(DlfmError):
     """A registry request names something that does not exist or cannot be done."""

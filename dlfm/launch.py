@@ -23,6 +23,30 @@ def mlflow_run_argv(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "mlflow", "run", *args, "--env-manager", "local"]
 
 
+def param_values(args: list[str]) -> list[tuple[str, str]]:
+    """The (name, value) pairs of ``-P name=value`` / ``--param-list name=value`` in ``mlflow run`` arguments."""
+    pairs, take = [], False
+    for arg in args:
+        if take or arg.startswith(("-P", "--param-list=")) and arg not in ("-P", "--param-list"):
+            text = arg if take else arg.split("=", 1)[1] if arg.startswith("--param-list=") else arg[2:]
+            name, _, value = text.partition("=")
+            pairs.append((name, value))
+        take = arg in ("-P", "--param-list")
+    return pairs
+
+
+def check_no_secret_params(args: list[str]) -> None:
+    """Refuse a ``-P`` value that carries a password before ``mlflow run`` stores it as a param (and prints it)."""
+    from dlfm.errors import SecretInParams
+    from dlfm.redact import redact_uri, uri_password
+
+    for name, value in param_values(args):
+        if uri_password(value):
+            raise SecretInParams(f"-P {name}={redact_uri(value)} carries a password, which mlflow run would store as a "
+                                 f"param and print; export the URL in an environment variable and pass its name instead "
+                                 f"(tune: -P storage=env:OPTUNA_STORAGE), or drop the password and export PGPASSWORD")
+
+
 def launch(args: list[str]) -> None:
     """Check the tracking store, then replace this process with ``mlflow run args`` (never returns on success)."""
     from dlfm.errors import ConfigError
@@ -31,6 +55,7 @@ def launch(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         raise ConfigError("usage: dlfm run [PROJECT] -e ENTRY [-P name=value ...]: the arguments of `mlflow run`, "
                           "e.g. dlfm run . -e multitask -P epochs=2")
+    check_no_secret_params(args)  # before anything is stored
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     uri = resolve_tracking_uri()  # an http(s) store must answer within 10 s, with our credentials

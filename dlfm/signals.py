@@ -17,8 +17,9 @@ def sigterm_raises_keyboard_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def stop_when_parent_dies() -> None:
-    """Under ``mlflow run``, get SIGTERM when the launcher dies, so the run stops KILLED instead of running on orphaned.
+def stop_when_parent_dies(always: bool = False) -> None:
+    """Under ``mlflow run`` (or ``always``: a worker process), get SIGTERM when the parent dies, so the run stops KILLED
+    instead of running on orphaned.
 
     ``mlflow run`` dies at once on SIGTERM (Python's default action) without passing the signal to
     the entry point, which would keep training, unseen, and later end FINISHED. Linux's
@@ -28,7 +29,7 @@ def stop_when_parent_dies() -> None:
     import os
     import sys
 
-    if not sys.platform.startswith("linux") or "MLFLOW_RUN_ID" not in os.environ:
+    if not sys.platform.startswith("linux") or not (always or "MLFLOW_RUN_ID" in os.environ):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)

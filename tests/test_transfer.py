@@ -13,7 +13,9 @@ from dlfm.errors import DatasetError
 from dlfm.models import create_encoder
 from dlfm.stages.transfer import run_transfer_stage
 from dlfm.tracking import registry, stage_run
-from dlfm.transfer import REPORTED, TransferConfig, circular_abs_diff, mae_per_parameter, random_encoder_like
+from dlfm.evaluation.embedding import random_encoder_like
+from dlfm.evaluation.regression import REPORTED, circular_abs_diff, mae_per_parameter
+from dlfm.transfer import TransferConfig
 
 
 def test_circular_difference_has_period_pi():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 from dlfm.errors import ConfigError
 from dlfm.training.config import PRECISIONS
@@ -11,6 +13,7 @@ from dlfm.training.config import PRECISIONS
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
 TASK_NAMES = ("classification", "regression")
 ALL = "all"  # the budget that uses every labelled train image
+RESUME_IGNORED = ("resume", "workers", "device", "experiment_name")  # may differ between a run and its resume
 
 
 def _parse_list(name: str, text: str, example: str) -> list[str]:
@@ -43,6 +46,8 @@ class EvaluateConfig:
     sim_n_val: int = 300
     sim_n_test: int = 300
     sim_seed: int = 1  # preset datasets: simulation seed; not the pretraining seed (0), so the sets are held out
+    resume: str = ""  # id of a KILLED/FAILED evaluate run to continue: its FINISHED cells are reused, the rest recomputed
+    workers: int = 1  # processes sharing the cells on this machine (each its own GPU, or its share of the CPU threads)
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
 
     @property
@@ -97,7 +102,7 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for any bad value before any work."""
-        for name in ("epochs", "batch_size", "sim_n_train", "sim_n_val", "sim_n_test"):
+        for name in ("epochs", "batch_size", "workers", "sim_n_train", "sim_n_val", "sim_n_test"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -117,3 +122,35 @@ class EvaluateConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def cell_digest(self) -> str:
+        """What every cell of this grid was computed under: the config less the fields a resume may change."""
+        kept = {k: v for k, v in sorted(self.to_dict().items()) if k not in RESUME_IGNORED}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+    def resumed_from(self, saved: dict[str, str]) -> "EvaluateConfig":
+        """This config continuing the run whose params are ``saved`` (strings, as MLflow returns them).
+
+        ``mlflow run -P resume=<id>`` passes every other param at its default, so a field left at its
+        default takes the run's value; any other difference is refused in one line that names it.
+        """
+        merged, differing = {}, []
+        for spec in fields(self):
+            if spec.name in RESUME_IGNORED or spec.name not in saved:
+                continue
+            mine, theirs = getattr(self, spec.name), _typed(spec.default, saved[spec.name])
+            if mine == theirs or mine == spec.default:
+                merged[spec.name] = theirs
+            else:
+                differing.append(f"{spec.name}={mine!r} (run {self.resume}: {theirs!r})")
+        if differing:
+            raise ConfigError(f"resume={self.resume} was evaluated with another config: {', '.join(differing)}; "
+                              "resume with the same params (workers and device may change) or start a new run")
+        return replace(self, **merged)
+
+
+def _typed(default, text: str):
+    """A param string back in the type of its field's default."""
+    if isinstance(default, bool):
+        return text.lower() == "true"
+    return type(default)(text)

@@ -33,10 +33,12 @@ class Schedule:
 
 def fit(model: nn.Module, param_groups: list[dict], inputs: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule, seed: int,
-        device: torch.device, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> list[float]:
+        device: torch.device, autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+        safe_point: Callable[[], None] = lambda: None) -> list[float]:
     """Train ``model`` in place for ``schedule.steps(len(inputs))`` steps; return the mean loss of each epoch.
 
     ``autocast`` is the resolved precision's context factory (``Runtime.autocast``): forward and loss run in it.
+    ``safe_point`` runs after every step: a stop request raises there, never inside a store write.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(param_groups, weight_decay=schedule.weight_decay)
@@ -59,16 +61,21 @@ def fit(model: nn.Module, param_groups: list[dict], inputs: torch.Tensor, target
             scheduler.step()
             losses.append(loss.item())
             step += 1
+            safe_point()
         history.append(float(np.mean(losses)))
     return history
 
 
 @torch.no_grad()
 def predict(model: nn.Module, inputs: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256,
-            autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> np.ndarray:
+            autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+            safe_point: Callable[[], None] = lambda: None) -> np.ndarray:
     """Outputs of ``model`` in eval mode (BatchNorm on running statistics), batched, as float32."""
     model.to(device).eval()
     inputs = torch.as_tensor(inputs)
-    with autocast():
-        return torch.cat([model(inputs[s:s + batch_size].to(device)).float().cpu()
-                          for s in range(0, len(inputs), batch_size)]).numpy()
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        with autocast():
+            outputs.append(model(inputs[start:start + batch_size].to(device)).float().cpu())
+        safe_point()
+    return torch.cat(outputs).numpy()

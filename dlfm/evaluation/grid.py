@@ -20,7 +20,9 @@ from torch import nn
 from dlfm.evaluation.config import ALL, EvaluateConfig
 from dlfm.evaluation.fit import Schedule, fit, predict
 from dlfm.evaluation.tasks import TASKS, TaskData
-from dlfm.transfer import Standardizer, embed, random_encoder_like
+from dlfm.training.interrupt import StopRequest
+from dlfm.evaluation.embedding import embed, random_encoder_like
+from dlfm.evaluation.regression import Standardizer
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class EmbeddingCache:
     device: torch.device
     enabled: bool = True
     autocast: Callable[[], ContextManager] = contextlib.nullcontext  # the resolved precision (Runtime.autocast)
+    safe_point: Callable[[], None] = lambda: None  # runs between embedding batches: a stop request raises there
     store: dict = field(default_factory=dict)
     embedded: Counter = field(default_factory=Counter)  # images pushed through each encoder key (for tests, benchmarks)
 
@@ -67,7 +70,8 @@ class EmbeddingCache:
         """{"train", "test"} features of ``data`` by ``encoder``; the scaler is fitted on the unlabelled train pool."""
         if self.enabled and (data.task, key) in self.store:
             return self.store[(data.task, key)]
-        raw = {split: embed(encoder, getattr(data, split).images, self.device, autocast=self.autocast) for split in ("train", "test")}
+        raw = {split: embed(encoder, getattr(data, split).images, self.device, autocast=self.autocast,
+                            safe_point=self.safe_point) for split in ("train", "test")}
         self.embedded[(data.task, key)] += sum(len(v) for v in raw.values())
         scaler = Standardizer.fit(raw["train"])
         features = {split: scaler.forward(values).astype(np.float32) for split, values in raw.items()}
@@ -107,7 +111,8 @@ def head_init_seed(seed: int) -> int:
 
 def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, cache: EmbeddingCache,
              config: EvaluateConfig, device: torch.device,
-             autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> CellResult:
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+             safe_point: Callable[[], None] = lambda: None) -> CellResult:
     """Train one arm on one label subset with the shared loop; score it on the test split."""
     task, arm = TASKS[cell.task], ARMS[cell.arm]
     schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
@@ -127,8 +132,8 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
         inputs = torch.from_numpy(np.ascontiguousarray(data.train.images[index]))
         groups = [{"params": list(encoder.parameters()), "lr": config.encoder_lr},
                   {"params": list(head.parameters()), "lr": config.lr}]
-    history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device, autocast)
-    predictions = task.decode(predict(model, test_inputs, device, autocast=autocast), targets)
+    history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device, autocast, safe_point)
+    predictions = task.decode(predict(model, test_inputs, device, autocast=autocast, safe_point=safe_point), targets)
     return CellResult(cell, task.metrics(predictions, data), history, predictions)
 
 
@@ -170,23 +175,60 @@ def plan(config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[tuple[Cell,
     return cells
 
 
+def cell_key(cell: Cell) -> tuple[str, str, str, int]:
+    """(task, arm, budget, seed): what names a cell across runs (the budget as logged: "25" or "all")."""
+    return cell.task, cell.arm, str(cell.budget), int(cell.seed)
+
+
+def cell_cost(cell: Cell, config: EvaluateConfig) -> float:
+    """Relative work of a cell (images through a network), for sharing cells out evenly; only ratios matter."""
+    schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
+    images = schedule.steps(cell.n_labels) * min(config.batch_size, cell.n_labels)
+    return images if not ARMS[cell.arm].frozen else 0.02 * images  # a head on embeddings is ~50x cheaper per sample
+
+
+def owners(cells: list[Cell], config: EvaluateConfig, workers: int) -> list[int]:
+    """The worker (0..workers-1) of each cell: longest first to the least loaded, ties by grid order.
+
+    Depends only on the grid and ``workers``, so every worker (or torchrun rank) computes the same split
+    without talking to the others; each cell has exactly one owner.
+    """
+    load, owner = [0.0] * workers, [0] * len(cells)
+    for i in sorted(range(len(cells)), key=lambda i: (-cell_cost(cells[i], config), i)):
+        owner[i] = min(range(workers), key=lambda w: (load[w], w))
+        load[owner[i]] += cell_cost(cells[i], config)
+    return owner
+
+
 def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.Module, device: torch.device,
              on_cell: Callable[[Cell, Callable[[], CellResult]], CellResult] | None = None,
              cache: EmbeddingCache | None = None,
-             autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> list[CellResult]:
-    """Run every cell; ``on_cell(cell, compute)`` wraps each (the stage opens a child run there).
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+             stop: StopRequest | None = None,
+             cells: list[tuple[Cell, np.ndarray]] | None = None) -> list[CellResult]:
+    """Run ``cells`` (default: every cell of the plan); ``on_cell(cell, compute)`` wraps each (the stage opens a child run there).
 
     ``autocast`` (``Runtime.autocast`` of the resolved precision) wraps every forward pass: embedding,
-    head and fine-tune training, prediction.
+    head and fine-tune training, prediction. ``stop`` is checked between cells and after every batch:
+    a requested stop raises GridInterrupted there (a KeyboardInterrupt), never in the middle of a store write.
     """
+    stop = stop or StopRequest()
+    full_plan = cells is None  # a worker's share leaves the renamed copies to whoever collects every cell
+    cells = plan(config, tasks) if cells is None else cells
     encoders = Encoders(pretrained)
+    results: list[CellResult] = []
+
+    def safe_point() -> None:
+        stop.check(len(results), len(cells))
+
     cache = cache if cache is not None else EmbeddingCache(device, autocast=autocast)
+    cache.safe_point = safe_point
     on_cell = on_cell or (lambda cell, compute: compute())
-    results = []
-    for cell, index in plan(config, tasks):
+    for cell, index in cells:
+        safe_point()
         results.append(on_cell(cell, lambda c=cell, i=index: run_cell(c, i, tasks[c.task], encoders, cache, config, device,
-                                                                                  autocast)))
-    return results + reported_twice(results, config, tasks)
+                                                                      autocast, safe_point)))
+    return results + reported_twice(results, config, tasks) if full_plan else results
 
 
 def reported_twice(results: list[CellResult], config: EvaluateConfig, tasks: dict[str, TaskData]) -> list[CellResult]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlfm.evaluation.config import ALL, ARM_NAMES
 from dlfm.evaluation.tasks import TASKS
-from dlfm.transfer import REPORTED, unit_label
+from dlfm.evaluation.regression import REPORTED, unit_label
 
 # (treated, control): the two questions a researcher asks of a pretrained encoder.
 PAIRS = (("pretrained-finetune", "scratch"), ("pretrained-frozen", "random-frozen"))

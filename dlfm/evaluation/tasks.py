@@ -14,7 +14,7 @@ from torch import nn
 from dlfm.errors import ConfigError
 from dlfm.evaluation.config import ALL
 from dlfm.models.heads import ClassificationHead, RegressionHead
-from dlfm.transfer import (
+from dlfm.evaluation.regression import (
     REPORTED,
     Standardizer,
     check_lens_parameters_vary,
@@ -30,7 +30,7 @@ class Split:
     """Normalised images and their targets (class indices, or the 7 learned lens parameters in physical units)."""
 
     images: np.ndarray  # (n, 1, H, W) float32, min-max normalised per image
-    targets: np.ndarray  # classification: (n,) int64; regression: (n, 7) float64, dlfm.transfer.TARGETS order
+    targets: np.ndarray  # classification: (n,) int64; regression: (n, 7) float64, dlfm.evaluation.regression.TARGETS order
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from dlfm.evaluation.config import ARM_NAMES  # noqa: E402
 from dlfm.evaluation.summary import CONFIDENCE  # noqa: E402
 from dlfm.evaluation.tasks import TASKS  # noqa: E402
-from dlfm.transfer import REPORTED, UNITS  # noqa: E402
+from dlfm.evaluation.regression import REPORTED, UNITS  # noqa: E402
 
 STYLE = {"pretrained-frozen": ("tab:blue", "-"), "random-frozen": ("tab:grey", "-"),
          "pretrained-finetune": ("tab:orange", "--"), "scratch": ("k", "--")}

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dlfm.transfer import UNITS  # noqa: E402
+from dlfm.evaluation.regression import UNITS  # noqa: E402
 
 
 def mae_bars_figure(table: list[dict]):

@@ -11,7 +11,8 @@ import numpy as np
 
 from dlfm import tracking
 from dlfm.stages.evaluate import run_evaluate_stage
-from dlfm.transfer import REPORTED, TransferConfig, physical_parameters, unit_label
+from dlfm.evaluation.regression import REPORTED, physical_parameters, unit_label
+from dlfm.transfer import TransferConfig
 
 
 def comparison_table(results: dict[str, list[dict]], mean_predictor: dict[str, float]) -> list[dict]:

@@ -8,11 +8,12 @@ from collections import Counter
 
 from dlfm import tracking
 from dlfm.data.resolve import resolve_dataset
-from dlfm.errors import DlfmError
+from dlfm.errors import DlfmError, SecretInParams
 from dlfm.plots import tune as plots
 from dlfm.stages.train import check_trainable
 from dlfm.tracking import registry
 from dlfm.stages.common import announce_device
+from dlfm.tracking.status_guard import purge_launcher_run
 from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
 from dlfm.tune.results import download_best_encoder, trial_records
@@ -23,7 +24,10 @@ from dlfm.tune.workers import run_workers
 
 def run_tune_stage(config: TuneConfig) -> dict:
     """Check params and storage, run the trials (here or in worker processes), log the study, register the best."""
-    config.validate()
+    try:
+        config.validate()
+    except SecretInParams as error:  # mlflow run has stored the -P value already: that run must not survive
+        raise SecretInParams(f"{error}{purge_launcher_run()}") from None
     runtime = make_runtime(config.train.device, config.train.precision)  # an absent cuda/mps is a ConfigError before any trial
     announce_device(runtime, config.train.device)
     storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL

@@ -1,4 +1,5 @@
-"""Graceful stops: SIGINT/SIGTERM set a flag that the loop checks after each optimiser step (every few under DDP).
+"""Graceful stops: SIGINT/SIGTERM set a flag that the loop checks after each optimiser step (every few under DDP;
+evaluate also between cells).
 
 The loop then raises ``TrainingInterrupted``; the last *completed* epoch is already checkpointed
 (the partial epoch is discarded), so a resume continues at the next epoch and reproduces an
@@ -29,6 +30,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"{signal_name} received; stopped after epoch {last_epoch} (its checkpoint is the last one)")
 
 
+class GridInterrupted(KeyboardInterrupt):
+    """An evaluate grid stopped on a signal at a safe point (between batches or cells); finished cells stay FINISHED."""
+
+    def __init__(self, signal_name: str, done: int, total: int):
+        self.signal_name = signal_name
+        self.done = done  # cells with a FINISHED child run
+        self.total = total  # cells in the grid
+        self.signal_number = int(getattr(signal, signal_name, signal.SIGINT))
+        super().__init__(f"{signal_name} received; stopped with {done} of {total} cells finished (they are kept)")
+
+
 class StopRequest:
     """The flag a signal handler sets; ``requested`` agrees across DDP ranks so no rank waits on another."""
 
@@ -37,6 +49,11 @@ class StopRequest:
 
     def set(self, signal_name: str) -> None:
         self.signal_name = signal_name
+
+    def check(self, done: int = 0, total: int = 0) -> None:
+        """A safe point of an evaluate grid: raise GridInterrupted if a stop was requested."""
+        if self.signal_name is not None:
+            raise GridInterrupted(self.signal_name, done, total)
 
     def requested(self, world_size: int = 1, device: torch.device | None = None) -> bool:
         """Whether any rank got a stop signal (one tiny all-reduce under DDP, so the loop asks every few steps there)."""

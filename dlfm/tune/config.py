@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from dlfm.errors import ConfigError
+from dlfm.errors import ConfigError, SecretInParams
 from dlfm.training import TrainConfig
 from dlfm.redact import redact_uri as mask_password
 from dlfm.redact import uri_password
@@ -63,9 +63,10 @@ class TuneConfig:
         need(bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,127}", self.study_name)),
              f"study_name must be letters, digits, '.', '-' or '_' (or auto), got {self.study_name!r}")
         # mlflow run stores -P values as params and prints its command line, so no password may travel in one.
-        need(not uri_password(self.storage),
-             f"storage {mask_password(self.storage)!r} carries a password, which MLflow would store and print; export "
-             "OPTUNA_STORAGE=<the URL> and pass -P storage=env:OPTUNA_STORAGE, or drop the password and export PGPASSWORD")
+        if uri_password(self.storage):
+            raise SecretInParams(f"storage {mask_password(self.storage)!r} carries a password, which MLflow would store and "
+                                 "print; export OPTUNA_STORAGE=<the URL> and pass -P storage=env:OPTUNA_STORAGE, or drop the "
+                                 "password and export PGPASSWORD")
         url = self.storage_url()
         need("://" in url, f"storage must be an Optuna RDB URL such as {DEFAULT_STORAGE} or "
                            f"postgresql://user@host/db, got {mask_password(url)!r}")

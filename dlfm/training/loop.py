@@ -21,7 +21,7 @@ from dlfm.models.composite import LensModel, build_model
 from dlfm.training.config import TrainConfig
 from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
-from dlfm.training.objectives import Objective, masked_mse
+from dlfm.training.objectives import Objective
 from dlfm.training.runtime import Runtime, make_runtime, seed_everything
 
 
@@ -163,7 +163,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     ctx.model.eval()
     ctx.objective.eval()
     spec = ctx.objective.spec
-    part = spec.recon_metric
+    part = ctx.objective.recon_metric
     loss_sum, recon_sum, baseline_sum = 0.0, 0.0, 0.0
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
@@ -180,14 +180,14 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
         if spec.decodes:
             recon_sum += parts[part].item() * len(index)
             baseline = ctx.mean_image.expand_as(images)
-            baseline_mse = masked_mse(baseline, images, mask) if mask is not None else torch.mean((baseline - images) ** 2)
+            baseline_mse = ctx.objective.reconstruction_error(baseline, images, mask)
             baseline_sum += baseline_mse.item() * len(index)
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
     n = len(data.labels)
     metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
-        name = f"{prefix}/{spec.recon_metric}"
+        name = f"{prefix}/{part}"
         metrics[name] = recon_sum / n
         metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
         metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
@@ -233,7 +233,7 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     generator = seed_everything(config.seed)
     model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
     objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
-                          config.patch_size, config.mask_ratio).to(runtime.device)
+                          config.patch_size, config.mask_ratio, config.encoder_kind).to(runtime.device)
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * steps_per_epoch)
@@ -261,7 +261,7 @@ def format_duration(seconds: float) -> str:
 def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], monitor: str, seconds: float, eta: float) -> str:
     """One line per epoch that stays in logs (CI, tee, nohup): the train total, key val metrics, time and ETA."""
     train = [(k, v) for k, v in metrics.items() if k.startswith("train/loss_")][:1]  # the objective's total
-    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse")
+    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse", "val/masked_norm_mse")
     val = [(k, metrics[k]) for k in dict.fromkeys(wanted) if k in metrics]
     parts = [f"{name} {value:.4f}" for name, value in train + val]
     width = len(str(epochs))

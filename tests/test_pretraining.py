@@ -216,3 +216,18 @@ def test_mae_through_mlflow_run_pretrains_on_the_corpus_and_registers(tracking_u
     assert version.tags["dataset_digest"] == run.data.tags["dlfm.pretrain_dataset_digest"]
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert "figures/reconstructions.png" in figures
+
+
+def test_vit_mae_through_mlflow_run_logs_the_normalised_loss_and_registers(tracking_uri, tiny_classification_dir, tmp_path):
+    result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "mae", "--env-manager", "local", "--experiment-name", "vit-mae",
+                         "-P", f"dataset={tiny_classification_dir}", "-P", "encoder=vit_tiny", "-P", "epochs=1",
+                         "-P", "batch_size=8", "-P", "mask_ratio=0.9"],
+                        cwd=tmp_path, env_extra={"PATH": f"{REPO / '.venv' / 'bin'}:" + os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`dlfm.stage` = 'mae'")
+    assert run.info.status == "FINISHED" and run.data.params["encoder"] == "vit_tiny"
+    for name in ("val/masked_norm_mse", "val/masked_norm_mse_vs_mean_image", "val/macro_auc", "train/masked_norm_mse"):
+        assert name in run.data.metrics, name
+    version = client.get_model_version("dlfm-encoder", run.data.tags["dlfm.registered_version"])
+    assert version.tags["objective"] == "mae"

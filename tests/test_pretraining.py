@@ -218,6 +218,7 @@ def test_mae_through_mlflow_run_pretrains_on_the_corpus_and_registers(tracking_u
     assert "figures/reconstructions.png" in figures
 
 
+@pytest.mark.slow  # about 4 min on the loaded 2-core box: run by make test, not make test-fast
 def test_vit_mae_through_mlflow_run_logs_the_normalised_loss_and_registers(tracking_uri, tiny_classification_dir, tmp_path):
     result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "mae", "--env-manager", "local", "--experiment-name", "vit-mae",
                          "-P", f"dataset={tiny_classification_dir}", "-P", "encoder=vit_tiny", "-P", "epochs=1",

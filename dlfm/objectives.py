@@ -15,6 +15,29 @@ PARTS = {
     "cls": "loss_cls",  # classification head, cross-entropy on the class labels (train: with label smoothing)
     "recon": "recon_mse",  # decoder, MSE over the whole normalised image
     "masked": "masked_mse",  # random patches of the input hidden; decoder MSE on the hidden patches only
+    # ViT MAE: MSE on the hidden patches only, each target patch normalised by its own pixel mean and
+    # std (MAE's norm_pix_loss), so it is in units of each patch's variance: another quantity, another name
+    "masked_norm": "masked_norm_mse",
+}
+
+
+@dataclass(frozen=True)
+class MaskingSpec:
+    """One way for a masking objective to hide input, chosen by the encoder's kind (its registry row)."""
+
+    part: str  # the PARTS key of its reconstruction loss
+    mask_ratio: tuple[float, float]  # allowed mask_ratio range, ends included (and always strictly inside (0, 1))
+    drops_tokens: bool  # True: hidden tokens never enter the encoder (MAE); False: hidden pixels are zeroed (SparK)
+    description: str
+
+
+MASKINGS: dict[str, MaskingSpec] = {
+    # encoder kind (dlfm.models.encoders.ENCODER_KINDS) -> its way to mask
+    "cnn": MaskingSpec("masked", (0.0, 1.0), drops_tokens=False,
+                       description="SparK: hidden pixels zeroed, a dense CNN and the stride-8 decoder, MSE on hidden pixels"),
+    "vit": MaskingSpec("masked_norm", (0.5, 0.95), drops_tokens=True,
+                       description="MAE: hidden tokens dropped before the encoder, a light transformer decoder with mask "
+                                   "tokens, MSE on the normalised pixels of hidden patches"),
 }
 
 
@@ -57,10 +80,21 @@ class ObjectiveSpec:
 
     @property
     def recon_metric(self) -> str | None:
-        """Name (without split prefix) of the reconstruction metric, or None without a decoder."""
+        """Name (without split prefix) of the reconstruction metric with a CNN, or None without a decoder."""
+        return self.recon_metric_for("cnn")
+
+    def recon_metric_for(self, kind: str) -> str | None:
+        """Name (without split prefix) of the reconstruction metric with an encoder of ``kind``."""
         if self.masks_input:
-            return "masked_mse"
+            return PARTS[MASKINGS[kind].part]
         return "recon_mse" if self.decodes else None
+
+    def monitor_for(self, kind: str) -> tuple[str, str]:
+        """``monitor`` with an encoder of ``kind``: a monitored reconstruction metric follows the way to mask."""
+        name, mode = self.monitor
+        if name == f"val/{self.recon_metric}":
+            return f"val/{self.recon_metric_for(kind)}", mode
+        return name, mode
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -69,7 +103,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         ObjectiveSpec("autoencoder", ("recon",), ("val/recon_mse", "min"), probed=True,
                       description="reconstruct the whole image through the encoder's stride-8 latent (no labels)"),
         ObjectiveSpec("mae", ("masked",), ("val/masked_mse", "min"), probed=True,
-                      description="masked-image modelling (SparK style): reconstruct hidden patches from the visible ones (no labels)"),
+                      description="masked-image modelling: reconstruct hidden patches from the visible ones (no labels); "
+                                  "SparK-style with a CNN, MAE-style with a ViT (MASKINGS)"),
         ObjectiveSpec("supervised", ("cls",), ("val/macro_auc", "max"), probed=False,
                       description="cross-entropy on the substructure class"),
         ObjectiveSpec("multitask", ("cls", "recon"), ("val/macro_auc", "max"), probed=False,

@@ -47,7 +47,8 @@ TRAIN = "dlfm.training.config:TrainConfig"
 # Training fields that the scripts accept (`-P grad_clip=0.5` reaches them: MLflow passes undeclared
 # params as --name value) but that MLproject leaves undeclared, to keep the UI's param list short.
 TRAIN_ADVANCED = ("grad_clip", "label_smoothing")
-SINGLE_LOSS = ("objective", "recon_weight", "loss_balance")  # tune fixes these itself
+# tune fixes these itself (its trials' objective is TuneConfig.objective, a param; TrainConfig.objective has no default)
+SINGLE_LOSS = ("recon_weight", "loss_balance")
 # Accepted by every script (a direct `python pipelines/x.py --experiment_name …`) but never declared: under
 # `mlflow run` the run is filed by --experiment-name / MLFLOW_EXPERIMENT_NAME before the script starts, so a
 # declared param would claim an experiment the run may not be in.

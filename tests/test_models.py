@@ -59,3 +59,21 @@ def test_encoder_round_trips_weights_only(tmp_path):
     images = torch.rand(3, 1, 64, 64)
     encoder.eval(), loaded.eval()
     assert torch.equal(encoder(images), loaded(images))
+
+
+def test_a_vit_serves_embeddings_and_rebuilds_for_the_random_arm(tmp_path):
+    import numpy as np
+
+    from dlfm.data.dataset import normalize_images
+    from dlfm.tracking.pyfunc_encoder import _load_pyfunc, example_images
+    from dlfm.evaluation.embedding import random_encoder_like
+
+    encoder = create_encoder("vit_tiny_p4").eval()
+    save_encoder(encoder, tmp_path, image_size=64, objective="mae")
+    images = example_images(64)
+    served = _load_pyfunc(str(tmp_path)).predict(images)  # what `mlflow models serve` answers
+    with torch.no_grad():
+        assert np.allclose(served, encoder(torch.from_numpy(normalize_images(images))).numpy(), atol=1e-5)
+    random = random_encoder_like(encoder, seed=0)  # evaluate's random-frozen and scratch arms
+    assert random.name == "vit_tiny_p4" and random.patch_size == 4
+    assert not torch.equal(random.patch_embed.weight, encoder.patch_embed.weight)

@@ -1,4 +1,5 @@
-"""Issue 12: the objectives table, the masked-image objective, the stride-8 decoder and the pretraining corpus."""
+"""Issues 12 and 21: the objectives table, the masked-image objective (SparK with CNNs, MAE with ViTs), the stride-8
+decoder and the pretraining corpus."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from conftest import REPO, run_script
 from dlfm.errors import ConfigError
 from dlfm.models import build_model, create_encoder, list_encoders
 from dlfm.models.encoders import RESNET_STEMS
-from dlfm.models.heads import DECODE_REDUCTION, PatchMasker
-from dlfm.objectives import OBJECTIVES, PARTS
+from dlfm.models.encoders import ENCODERS
+from dlfm.models.heads import DECODE_REDUCTION, Decoder, MaskedTokenDecoder, PatchMasker
+from dlfm.objectives import MASKINGS, OBJECTIVES, PARTS
 from dlfm.training import TrainConfig
 from dlfm.training.objectives import Objective
 
@@ -86,7 +88,8 @@ def test_masked_input_hides_the_pixels_from_the_encoder():
         assert torch.equal(model(images, mask).reconstruction, model(noisy, mask).reconstruction)
 
 
-@pytest.mark.parametrize("encoder,kwargs", [("conv4", {})] + [("resnet18", {"stem": stem}) for stem in RESNET_STEMS])
+@pytest.mark.parametrize("encoder,kwargs", [("conv4", {}), ("vit_tiny", {}), ("vit_tiny_p4", {})]
+                         + [("resnet18", {"stem": stem}) for stem in RESNET_STEMS])
 def test_decoders_read_a_stride_8_map(encoder, kwargs):
     assert encoder in list_encoders()
     model = build_model("autoencoder", encoder, 3, kwargs).eval()
@@ -97,6 +100,63 @@ def test_decoders_read_a_stride_8_map(encoder, kwargs):
         assert torch.equal(levels[-1], model.encoder.forward_features(images))  # the pooled embedding is unchanged
     assert [(m.shape[1], 64 // m.shape[-1]) for m in levels] == [tuple(level) for level in model.encoder.levels]
     assert create_encoder(encoder, **kwargs).embed_dim == levels[-1].shape[1]
+
+
+@pytest.mark.parametrize("encoder,decoder", [("conv4", Decoder), ("vit_tiny", MaskedTokenDecoder)])
+def test_the_way_to_mask_follows_the_encoder_kind(encoder, decoder):
+    kind = ENCODERS[encoder].kind
+    assert isinstance(build_model("mae", encoder, 3).decoder, decoder)
+    assert isinstance(build_model("autoencoder", encoder, 3).decoder, Decoder)  # only the masking objective changes
+    metric = PARTS[MASKINGS[kind].part]
+    assert TrainConfig(objective="mae", encoder=encoder).monitor == (f"val/{metric}", "min")
+    objective = Objective("mae", kind=kind)
+    images = torch.rand(2, 1, 64, 64)
+    mask = objective.make_mask(images, torch.Generator().manual_seed(0))
+    _, parts = objective(build_model("mae", encoder, 3)(images, mask), images, torch.zeros(2, dtype=torch.long), mask)
+    assert set(parts) == {metric}
+
+
+def test_vit_mae_encoder_sees_only_the_visible_tokens():
+    model = build_model("mae", "vit_tiny", 3).eval()
+    seen = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    images = torch.rand(2, 1, 64, 64)
+    mask = PatchMasker(8, 0.75)(images, torch.Generator().manual_seed(1))
+    noisy = images + 10.0 * mask * torch.rand_like(images)  # differs from `images` on hidden pixels only
+    with torch.no_grad():
+        assert torch.equal(model(images, mask).embedding, model(noisy, mask).embedding)
+        model.encoder(images)  # the embedding for probes and heads sees every token
+    assert seen == [(2, 16, 192), (2, 16, 192), (2, 64, 192)]  # 25% of the 8x8 tokens kept, then all 64
+
+
+def test_vit_mae_loss_is_mse_of_normalised_pixels_on_hidden_patches_only():
+    model, objective = build_model("mae", "vit_tiny", 3), Objective("mae", patch_size=8, mask_ratio=0.75, kind="vit")
+    images, labels = torch.rand(2, 1, 64, 64), torch.zeros(2, dtype=torch.long)
+    mask = objective.make_mask(images, torch.Generator().manual_seed(0))
+    output = model(images, mask)
+    loss, _ = objective(output, images, labels, mask)
+
+    def patches(x):  # MAE's patchify: (B, L, p*p)
+        return x.unfold(2, 8, 8).unfold(3, 8, 8).reshape(2, 64, 64)
+
+    target, hidden = patches(images), patches(mask)[..., 0]
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True, unbiased=False)
+    normalised_target = (target - mean) / (var + 1e-6) ** 0.5
+    prediction = (patches(output.reconstruction) - mean) / (var + 1e-6) ** 0.5  # the decoder's normalised output
+    per_patch = ((prediction - normalised_target) ** 2).mean(-1)
+    assert torch.allclose(loss, (per_patch * hidden).sum() / hidden.sum(), rtol=1e-4)
+    visible_changed = output._replace(reconstruction=output.reconstruction + 5.0 * (1 - mask))
+    assert torch.equal(objective(visible_changed, images, labels, mask)[0], loss)
+
+
+def test_vit_mae_takes_a_high_mask_ratio_of_whole_tokens():
+    TrainConfig(objective="mae", encoder="vit_small", mask_ratio=0.95).validate()
+    TrainConfig(objective="mae", encoder="vit_tiny_p4", patch_size=4).validate()
+    with pytest.raises(ConfigError, match=r"mask_ratio must be in \[0.5, 0.95\] with a vit encoder"):
+        TrainConfig(objective="mae", encoder="vit_tiny", mask_ratio=0.3).validate()
+    with pytest.raises(ConfigError, match="patch_size must be its token size 4"):
+        TrainConfig(objective="mae", encoder="vit_tiny_p4").validate()
+    TrainConfig(objective="mae", encoder="conv4", mask_ratio=0.3).validate()  # SparK with a CNN: as before
 
 
 def test_pretrain_dataset_is_refused_for_objectives_that_read_labels():
@@ -156,3 +216,19 @@ def test_mae_through_mlflow_run_pretrains_on_the_corpus_and_registers(tracking_u
     assert version.tags["dataset_digest"] == run.data.tags["dlfm.pretrain_dataset_digest"]
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert "figures/reconstructions.png" in figures
+
+
+@pytest.mark.slow  # about 4 min on the loaded 2-core box: run by make test, not make test-fast
+def test_vit_mae_through_mlflow_run_logs_the_normalised_loss_and_registers(tracking_uri, tiny_classification_dir, tmp_path):
+    result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "mae", "--env-manager", "local", "--experiment-name", "vit-mae",
+                         "-P", f"dataset={tiny_classification_dir}", "-P", "encoder=vit_tiny", "-P", "epochs=1",
+                         "-P", "batch_size=8", "-P", "mask_ratio=0.9"],
+                        cwd=tmp_path, env_extra={"PATH": f"{REPO / '.venv' / 'bin'}:" + os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`dlfm.stage` = 'mae'")
+    assert run.info.status == "FINISHED" and run.data.params["encoder"] == "vit_tiny"
+    for name in ("val/masked_norm_mse", "val/masked_norm_mse_vs_mean_image", "val/macro_auc", "train/masked_norm_mse"):
+        assert name in run.data.metrics, name
+    version = client.get_model_version("dlfm-encoder", run.data.tags["dlfm.registered_version"])
+    assert version.tags["objective"] == "mae"

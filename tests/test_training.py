@@ -79,6 +79,17 @@ def test_the_probe_is_measured_the_same_way_for_a_head_and_a_self_supervised_obj
     assert 0.0 <= supervised.final_metrics["test/probe_macro_auc"] <= 1.0
 
 
+def test_fit_vit_mae_logs_the_normalised_pixel_loss_beside_its_mean_image_baseline():
+    config = TrainConfig(objective="mae", encoder="vit_tiny", epochs=1, batch_size=8)
+    result = fit(config, random_splits(), CLASSES, progress=False)
+    for prefix in ("val", "test"):
+        for name in ("masked_norm_mse", "masked_norm_mse_mean_image", "masked_norm_mse_vs_mean_image", "macro_auc"):
+            assert f"{prefix}/{name}" in result.final_metrics
+        assert f"{prefix}/masked_mse" not in result.final_metrics  # another quantity, another name
+    assert set(result.history[0]) >= {"train/loss_mae", "train/masked_norm_mse", "val/masked_norm_mse"}
+    assert result.reconstructions[1].shape == (8, 1, 32, 32)
+
+
 def test_same_seed_gives_the_same_result():
     config = TrainConfig(objective="supervised", encoder="conv4", epochs=2, batch_size=8, seed=3)
     first = fit(config, random_splits(), CLASSES, progress=False).history

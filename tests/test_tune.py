@@ -69,6 +69,27 @@ def test_search_space_covers_recon_weight_and_optionally_lr():
         study.tell(trial, 0.5)
 
 
+def test_search_spaces_are_one_row_per_objective():
+    from dlfm.tune.space import SEARCH_SPACES
+
+    config = search_space(optuna.trial.FixedTrial({"mask_ratio": 0.9}), TrainConfig(objective="mae", encoder="vit_tiny"),
+                          tune_lr=False)
+    assert (config.objective, config.mask_ratio, config.encoder) == ("mae", 0.9, "vit_tiny")
+    assert SEARCH_SPACES["mae"].bounds == (0.5, 0.95) and SEARCH_SPACES["mae"].epoch_score is None  # a probe: after training
+    for objective, space in SEARCH_SPACES.items():
+        TuneConfig(train=TrainConfig(objective=objective, encoder="vit_tiny"), objective=objective).validate()
+        assert space.param in TrainConfig.field_names() and space.score == "val/macro_auc"
+    with pytest.raises(ConfigError, match="tune searches the objectives multitask, mae, got objective='supervised'"):
+        TuneConfig(train=TrainConfig(objective="supervised"), objective="supervised").validate()
+    with pytest.raises(ConfigError, match="drop pretrain_dataset"):
+        TuneConfig(train=TrainConfig(objective="mae", pretrain_dataset="pretrain"), objective="mae").validate()
+    mae = TuneConfig(train=TrainConfig(objective="mae", encoder="conv4", epochs=3), objective="mae")
+    assert mae.resolved_study_name().startswith("tune-mae-conv4-model_ii-3ep-")
+    # the searched mask_ratio does not split the study; the multitask study names are what they were
+    assert mae.resolved_study_name() == TuneConfig(train=TrainConfig(objective="mae", encoder="conv4", epochs=3,
+                                                                     mask_ratio=0.6), objective="mae").resolved_study_name()
+
+
 def test_pruner_choices_and_password_masking():
     base = TuneConfig(train=TrainConfig(objective="multitask"))
     assert isinstance(make_pruner(base), optuna.pruners.NopPruner)  # the default (benchmarks/tune_pruning.py)
@@ -104,6 +125,28 @@ def test_auto_study_name_follows_the_trial_settings():
 
 
 # ---------------------------------------------------------------- one process
+
+
+@pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast
+def test_mae_study_searches_the_mask_ratio_and_scores_the_probe(tracking_uri, tiny_classification_dir, tmp_path, capsys):
+    from dlfm.stages.tune import run_tune_stage
+    from dlfm.tracking.registry import get_version
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    train = TrainConfig(**{**TINY, "objective": "mae", "epochs": 1, "dataset": str(tiny_classification_dir)})
+    config = TuneConfig(train=train, objective="mae", storage=storage, study_name="masks", n_trials=2, pruner="median")
+    summary = run_tune_stage(config)
+    study = optuna.load_study(study_name="masks", storage=storage)
+    parent, children = runs_of(summary["run_id"])
+    assert len(children) == 2 and all(0.5 <= t.params["mask_ratio"] <= 0.95 for t in study.trials)
+    assert all(t.intermediate_values == {} for t in study.trials)  # the probe score exists only after training
+    for child in children:
+        assert child.data.tags["dlfm.objective"] == "mae"
+        assert {"val/macro_auc", "val/masked_mse"} <= set(child.data.metrics)  # the score, the reconstruction beside
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert "figures/optuna_mask_ratio.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "figures")}
+    assert get_version(summary["version"]).tags["objective"] == "mae"
+    assert "val/masked_mse" in capsys.readouterr().out  # each trial's line shows the reconstruction cost
 
 
 @pytest.mark.slow  # minutes of training in-process: run by make test, not make test-fast

@@ -7,9 +7,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dlfm.models.encoders import Encoder, create_encoder
-from dlfm.models.heads import ClassificationHead, Decoder
-from dlfm.objectives import get_objective
+from dlfm.models.encoders import Encoder, create_encoder, encoder_row
+from dlfm.models.heads import ClassificationHead, Decoder, MaskedTokenDecoder
+from dlfm.objectives import MASKINGS, get_objective
 
 
 class ModelOutput(NamedTuple):
@@ -19,16 +19,26 @@ class ModelOutput(NamedTuple):
 
 
 class LensModel(nn.Module):
-    """Shared encoder with a classification head and/or a decoder reading its stride-8 maps."""
+    """Shared encoder with a classification head and/or a decoder reading its stride-8 maps.
 
-    def __init__(self, encoder: Encoder, num_classes: int | None, reconstruct: bool):
+    With ``drop_tokens`` (a ViT under a masking objective) the decoder is MAE's instead: hidden
+    tokens never reach the encoder, and a light transformer decoder fills them with mask tokens.
+    """
+
+    def __init__(self, encoder: Encoder, num_classes: int | None, reconstruct: bool, drop_tokens: bool = False):
         super().__init__()
         self.encoder = encoder
         self.head = ClassificationHead(encoder.embed_dim, num_classes) if num_classes else None
-        self.decoder = Decoder(encoder.levels) if reconstruct else None
+        self.drop_tokens = drop_tokens
+        if drop_tokens:
+            self.decoder = MaskedTokenDecoder(encoder.embed_dim, encoder.patch_size)
+        else:
+            self.decoder = Decoder(encoder.levels) if reconstruct else None
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
-        """``mask`` (B, 1, H, W; 1 = hidden) zeroes the hidden pixels before the encoder sees them."""
+        """``mask`` (B, 1, H, W; 1 = hidden) zeroes the hidden pixels before the encoder sees them (or drops their tokens)."""
+        if self.drop_tokens:
+            return self.forward_kept_tokens(images, mask)
         inputs = images if mask is None else images * (1.0 - mask)
         if self.decoder is None:
             levels = [self.encoder.forward_features(inputs)]
@@ -39,9 +49,35 @@ class LensModel(nn.Module):
         reconstruction = self.decoder(levels, images.shape[-2:]) if self.decoder is not None else None
         return ModelOutput(logits, reconstruction, embedding)
 
+    def forward_kept_tokens(self, images: torch.Tensor, mask: torch.Tensor | None) -> ModelOutput:
+        """MAE's forward: encode the visible tokens only, decode every token.
+
+        The pixel mask (whole token cells, exactly the same count hidden per image: ``PatchMasker``,
+        an argsort of uniform noise) becomes MAE's ``ids_keep`` / ``ids_restore``: a stable argsort
+        puts each image's visible tokens first, in grid order, and its inverse unshuffles them.
+        """
+        patch = self.encoder.patch_size
+        rows, cols = images.shape[-2] // patch, images.shape[-1] // patch
+        if mask is None:
+            hidden = torch.zeros(images.shape[0], rows * cols, device=images.device)
+        else:
+            hidden = mask[:, 0, patch // 2 :: patch, patch // 2 :: patch][:, :rows, :cols].reshape(images.shape[0], -1)
+        n_hidden = hidden.sum(dim=1)
+        fewest, most = torch.stack([n_hidden.min(), n_hidden.max()]).tolist()  # one host read per step: the slice needs it
+        if fewest != most:
+            raise ValueError("every image needs the same number of hidden tokens to drop them (MAE)")
+        ids_shuffle = torch.argsort(hidden, dim=1, stable=True)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        keep = ids_shuffle[:, : rows * cols - int(most)]
+        latent, grid = self.encoder.forward_tokens(images, keep)
+        embedding = latent.mean(dim=1)
+        logits = self.head(embedding) if self.head is not None else None
+        return ModelOutput(logits, self.decoder(latent, ids_restore, grid, images), embedding)
+
 
 def build_model(objective: str, encoder_name: str, num_classes: int, encoder_kwargs: dict | None = None) -> LensModel:
     """Model for one objective (its parts from the objectives table); the encoder has random weights."""
     spec = get_objective(objective)
     encoder = create_encoder(encoder_name, in_chans=1, **(encoder_kwargs or {}))
-    return LensModel(encoder, num_classes if spec.classifies else None, spec.decodes)
+    drop_tokens = spec.masks_input and MASKINGS[encoder_row(encoder_name).kind].drops_tokens
+    return LensModel(encoder, num_classes if spec.classifies else None, spec.decodes, drop_tokens)

@@ -7,6 +7,8 @@ so that a decoder can draw from a map fine enough to keep the arcs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -48,17 +50,38 @@ class Encoder(nn.Module):
             )
 
 
-ENCODERS: dict[str, Callable[..., Encoder]] = {}
+ENCODER_KINDS = ("cnn", "vit")  # cnn: dense feature maps (mae hides pixels, SparK) | vit: tokens (mae drops them, MAE)
 
 
-def register_encoder(name: str):
-    """Decorator that adds an encoder factory to the registry under ``name``."""
+@dataclass(frozen=True)
+class EncoderRow:
+    """One registry row: how to build the encoder and the facts other modules read without building it."""
+
+    factory: Callable[..., Encoder]
+    kind: str  # one of ENCODER_KINDS; picks the objectives' way to mask (dlfm.objectives.MASKINGS)
+    token_size: int | None = None  # vit: side of a token patch (px); None for cnn
+
+
+ENCODERS: dict[str, EncoderRow] = {}
+
+
+def register_encoder(name: str, kind: str = "cnn", token_size: int | None = None):
+    """Decorator that adds an encoder factory to the registry under ``name``, with its kind (cnn | vit)."""
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"unknown encoder kind {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
 
     def decorate(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        ENCODERS[name] = factory
+        ENCODERS[name] = EncoderRow(factory, kind, token_size)
         return factory
 
     return decorate
+
+
+def encoder_row(name: str) -> EncoderRow:
+    """The registry row of ``name``; ConfigError naming the choices when unknown."""
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; choose one of {', '.join(list_encoders())}")
+    return ENCODERS[name]
 
 
 def list_encoders() -> list[str]:
@@ -68,9 +91,7 @@ def list_encoders() -> list[str]:
 
 def create_encoder(name: str, in_chans: int = 1, **kwargs) -> Encoder:
     """Build a registered encoder with random weights (nothing is downloaded)."""
-    if name not in ENCODERS:
-        raise ConfigError(f"unknown encoder {name!r}; choose one of {', '.join(list_encoders())}")
-    encoder = ENCODERS[name](in_chans=in_chans, **kwargs)
+    encoder = encoder_row(name).factory(in_chans=in_chans, **kwargs)
     encoder.name = name
     encoder.arch_config = {"name": name, "in_chans": in_chans, **kwargs}
     return encoder
@@ -160,3 +181,96 @@ def resnet18(in_chans: int = 1, stem: str = "imagenet") -> Encoder:
 def conv4(in_chans: int = 1, width: int = 16) -> Encoder:
     """The seed's 4-layer convolutional encoder."""
     return Conv4Encoder(in_chans=in_chans, width=width)
+
+
+def sincos_position_embedding(dim: int, rows: int, cols: int, device=None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding (1, rows*cols, dim), as MAE's ``get_2d_sincos_pos_embed``.
+
+    Half the channels encode the row, half the column. Being a function of the grid, it needs no
+    interpolation when the grid changes (150-px images, patch 4): it is simply computed for that grid.
+    """
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embedding needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
+    row, col = torch.meshgrid(torch.arange(rows, dtype=torch.float64, device=device),
+                              torch.arange(cols, dtype=torch.float64, device=device), indexing="ij")
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(col), encode(row)], dim=1).float()[None]
+
+
+def transformer_blocks(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.ModuleList:
+    """``depth`` pre-norm transformer blocks (attention + GELU MLP), the ViT/MAE block, no dropout."""
+    return nn.ModuleList(
+        nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout=0.0, activation="gelu",
+                                   batch_first=True, norm_first=True)
+        for _ in range(depth)
+    )
+
+
+VIT_PATCH_SIZES = (4, 8)  # token side (px): 8 gives an 8x8 grid at 64 px, 4 a 16x16 grid (4x the tokens)
+
+
+class VisionTransformerEncoder(Encoder):
+    """A plain ViT (Dosovitskiy et al. 2021) for small single-channel images, random init, no class token.
+
+    Patches of ``patch_size`` px are embedded by one strided convolution, get fixed sine-cosine
+    positions and pass ``depth`` pre-norm blocks and a final LayerNorm. The token grid reshaped to
+    (dim, rows, cols) is the feature map; with 4-px patches it is average-pooled 2x2 so that the map
+    the decoders read (and the one pooled into the embedding) is at stride 8, like the CNNs'.
+    The embedding is the mean token (global average pooling, which MAE fine-tunes with).
+    ``forward_tokens(images, keep)`` runs only the kept tokens: the MAE encoder (He et al. 2022).
+    """
+
+    def __init__(self, in_chans: int = 1, patch_size: int = 8, dim: int = 192, depth: int = 12, heads: int = 3):
+        super().__init__()
+        if patch_size not in VIT_PATCH_SIZES:
+            raise ConfigError(f"vit patch_size must be one of {VIT_PATCH_SIZES}, got {patch_size!r}")
+        from dlfm.models.heads import DECODE_REDUCTION  # the stride the reconstruction decoder reads
+
+        self.patch_size = patch_size
+        self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.blocks = transformer_blocks(dim, depth, heads)
+        self.norm = nn.LayerNorm(dim)
+        self.pool = max(1, DECODE_REDUCTION // patch_size)  # token cells averaged into one feature-map cell
+        self.feature_channels = dim
+        self.reduction = patch_size * self.pool
+        self.min_image_size = self.reduction
+        self.levels = ((dim, patch_size),) * (self.pool > 1) + ((dim, self.reduction),)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))  # as MAE: the patch embedding is a linear layer
+
+    def forward_tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Encoded tokens (B, n, dim) in row-major grid order, or of the ``keep`` indices (B, n_keep) only; and the grid."""
+        x = self.patch_embed(images)
+        batch, dim, rows, cols = x.shape
+        x = x.flatten(2).transpose(1, 2) + sincos_position_embedding(dim, rows, cols, x.device).to(x.dtype)
+        if keep is not None:
+            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, dim))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x), (rows, cols)
+
+    def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        tokens, (rows, cols) = self.forward_tokens(images)
+        grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, rows, cols)
+        return [grid, nn.functional.avg_pool2d(grid, self.pool)] if self.pool > 1 else [grid]
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_levels(images)[-1]
+
+
+VIT_SIZES = {
+    # name: (width, depth, heads), the DeiT/timm tiny and small widths
+    "tiny": (192, 12, 3),  # about 5.5 M parameters
+    "small": (384, 12, 6),  # about 21 M parameters
+}
+VIT_PATCH_SUFFIXES = {"": 8, "_p4": 4}  # vit_tiny: 8-px tokens (default); vit_tiny_p4: 4-px tokens
+
+for _size, (_dim, _depth, _heads) in VIT_SIZES.items():
+    for _suffix, _patch in VIT_PATCH_SUFFIXES.items():
+        register_encoder(f"vit_{_size}{_suffix}", kind="vit", token_size=_patch)(
+            partial(VisionTransformerEncoder, patch_size=_patch, dim=_dim, depth=_depth, heads=_heads))

@@ -117,3 +117,71 @@ class PatchMasker(nn.Module):
         mask = cells.repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
         mask = nn.functional.pad(mask, (0, width - mask.shape[-1], 0, height - mask.shape[-2]))
         return mask.to(images.device, non_blocking=True)  # no wait for the device (the mask is drawn on the host)
+
+
+PIXEL_NORM_EPS = 1e-6  # added to each patch's pixel variance before normalising by it (MAE's norm_pix_loss)
+
+
+def patch_statistics(images: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch pixel mean and std (B, C, rows, cols) of the whole ``patch_size`` cells of ``images``."""
+    rows, cols = images.shape[-2] // patch_size, images.shape[-1] // patch_size
+    cells = images[..., : rows * patch_size, : cols * patch_size].float()
+    cells = cells.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # (B, C, rows, cols, p, p)
+    mean = cells.mean(dim=(-1, -2))
+    var = cells.var(dim=(-1, -2), unbiased=False)
+    return mean, (var + PIXEL_NORM_EPS).sqrt()
+
+
+def expand_cells(values: torch.Tensor, patch_size: int, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, rows, cols) per-cell values repeated to pixels and padded (edge replicated) to ``size``."""
+    pixels = values.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    pad = (0, size[1] - pixels.shape[-1], 0, size[0] - pixels.shape[-2])
+    return nn.functional.pad(pixels, pad, mode="replicate") if any(pad) else pixels
+
+
+class MaskedTokenDecoder(nn.Module):
+    """MAE's light decoder (He et al. 2022, ``models_mae.py``): encoded visible tokens + mask tokens → pixels.
+
+    The visible tokens are projected to ``width``, a shared learned mask token fills every hidden
+    slot, ``ids_restore`` unshuffles them to grid order, fixed sine-cosine positions are added, and
+    ``depth`` transformer blocks and a linear layer predict each token's ``patch_size``² pixels,
+    normalised by that patch's own mean and std (norm_pix_loss). The reconstruction returned is in
+    image units: the prediction de-normalised with the target patch's statistics (as MAE's figures
+    are), so only its normalised shape is learned; the loss (``masked_norm_mse``) cancels them out.
+    """
+
+    def __init__(self, encoder_dim: int, patch_size: int, out_chans: int = 1, width: int = 128, depth: int = 2, heads: int = 4):
+        super().__init__()
+        from dlfm.models.encoders import transformer_blocks
+
+        self.patch_size, self.out_chans = patch_size, out_chans
+        self.embed = nn.Linear(encoder_dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.blocks = transformer_blocks(width, depth, heads)
+        self.norm = nn.LayerNorm(width)
+        self.predict = nn.Linear(width, patch_size * patch_size * out_chans)
+
+    def set_baseline(self, mean_image: torch.Tensor) -> None:
+        """No-op: normalised patches have no mean image to start from (the Decoder's residual start)."""
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int], images: torch.Tensor) -> torch.Tensor:
+        """Reconstruction (B, C, H, W) of ``images`` from ``latent`` (B, n_keep, encoder_dim) of the kept tokens."""
+        from dlfm.models.encoders import sincos_position_embedding
+
+        x = self.embed(latent)
+        batch, kept, width = x.shape
+        n_tokens = ids_restore.shape[1]
+        x = torch.cat([x, self.mask_token.to(x.dtype).expand(batch, n_tokens - kept, width)], dim=1)
+        x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, width))
+        x = x + sincos_position_embedding(width, *grid, device=x.device).to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        patches = self.predict(self.norm(x))  # (B, rows*cols, p*p*C), normalised pixels
+        rows, cols, p = *grid, self.patch_size
+        normalised = patches.reshape(batch, rows, cols, p, p, self.out_chans).permute(0, 5, 1, 3, 2, 4)
+        normalised = normalised.reshape(batch, self.out_chans, rows * p, cols * p)
+        size = images.shape[-2:]
+        normalised = nn.functional.pad(normalised, (0, size[1] - cols * p, 0, size[0] - rows * p))
+        mean, std = patch_statistics(images, p)
+        return normalised * expand_cells(std, p, size) + expand_cells(mean, p, size)

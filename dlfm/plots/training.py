@@ -60,7 +60,7 @@ def learning_curves_figure(history: list[dict[str, float]]):
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     # The objective's total (train|val/loss_<objective>) and the train parts; the names say which is which.
     names = [n for n in history[0] if n.split("/")[0] in ("train", "val") and n.split("/")[-1].startswith("loss_")]
-    names += [n for n in ("train/recon_mse", "train/masked_mse") if n in history[0]]
+    names += [n for n in ("train/recon_mse", "train/masked_mse", "train/masked_norm_mse") if n in history[0]]
     for name in names:
         if name in history[0]:
             axes[0].plot(epochs, [h[name] for h in history], marker="o", label=name)
@@ -69,7 +69,7 @@ def learning_curves_figure(history: list[dict[str, float]]):
     for name in ("val/accuracy", "val/macro_auc"):
         if name in history[0]:
             axes[1].plot(epochs, [h[name] for h in history], marker="o", label=name)
-    for name in ("val/recon_mse", "val/masked_mse"):
+    for name in ("val/recon_mse", "val/masked_mse", "val/masked_norm_mse"):
         if name in history[0] and "val/accuracy" not in history[0]:
             axes[1].plot(epochs, [h[name] for h in history], marker="o", label=name)
             axes[1].plot(epochs, [h[f"{name}_mean_image"] for h in history], ls="--", label=f"{name} of the mean image")

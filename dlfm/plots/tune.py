@@ -48,8 +48,8 @@ def optimisation_history_figure(records: list[dict], metric: str = "val/macro_au
     return figure
 
 
-def param_vs_objective_figure(records: list[dict], param: str = "recon_weight", metric: str = "val/macro_auc"):
-    """The searched parameter (log axis) against the objective; pruned trials at their last epoch."""
+def param_vs_objective_figure(records: list[dict], param: str = "recon_weight", metric: str = "val/macro_auc", log: bool = True):
+    """The searched parameter (log axis unless ``log`` is False) against the objective; pruned trials at their last epoch."""
     figure, axis = plt.subplots(figsize=(6, 4))
     for state, (colour, marker) in STATE_STYLE.items():
         points = [(r["params"][param], _last_value(r)) for r in records
@@ -57,7 +57,12 @@ def param_vs_objective_figure(records: list[dict], param: str = "recon_weight", 
         if points:
             xs, ys = zip(*points)
             axis.scatter(xs, ys, color=colour, marker=marker, label=state.lower())
-    axis.set(xscale="log", xlabel=f"{param} (log scale)", ylabel=metric, title=f"{param} vs {metric}")
+    axis.set(xlabel=param, ylabel=metric, title=f"{param} vs {metric}")
+    if not log:  # a fraction such as mask_ratio: a plain linear axis
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        return figure
+    axis.set(xscale="log", xlabel=f"{param} (log scale)")
     # Plain decimals (0.01, 0.1, 1) rather than 10^k, plus labelled 2× and 5× ticks in each decade, so a
     # searched value can be read off the axis without the crowding of every minor tick.
     axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))

@@ -15,7 +15,9 @@ from dlfm.tracking import registry
 from dlfm.stages.common import announce_device
 from dlfm.tracking.status_guard import purge_launcher_run
 from dlfm.training.runtime import make_runtime
-from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
+from dlfm.training.config import objective_excluded_params
+from dlfm.tune.config import TuneConfig
+from dlfm.tune.space import SEARCH_SPACES
 from dlfm.tune.results import download_best_encoder, trial_records
 from dlfm.tune.storage import open_storage
 from dlfm.tune.study import describe_study, load_or_create_study
@@ -32,15 +34,18 @@ def run_tune_stage(config: TuneConfig) -> dict:
     announce_device(runtime, config.train.device)
     storage = open_storage(config)  # unreachable storage: ConfigError naming the masked URL
     study_name = config.resolved_study_name()
-    train = config.train
-    tags = {"dlfm.objective": "multitask", "dlfm.encoder": train.encoder, "dlfm.study_name": study_name,
+    train, space = config.train, SEARCH_SPACES[config.objective]
+    OBJECTIVE_METRIC = space.score  # noqa: N806 - the name the lines below always used for the score
+    tags = {"dlfm.objective": config.objective, "dlfm.encoder": train.encoder, "dlfm.study_name": study_name,
             "dlfm.optuna_storage": config.params()["storage"], "dlfm.pruner": config.pruner}
-    description = (f"Optuna study {study_name!r}: {config.n_trials} trials of the multitask objective ({train.encoder}, "
-                   f"{train.epochs} epochs each) on {train.dataset}, maximising {OBJECTIVE_METRIC}; one child run per trial.")
+    description = (f"Optuna study {study_name!r}: {config.n_trials} trials of the {config.objective} objective ({train.encoder}, "
+                   f"{train.epochs} epochs each) on {train.dataset}, searching {space.description}; maximising "
+                   f"{OBJECTIVE_METRIC}; one child run per trial.")
     with tracking.stage_run("tune", f"tune-{study_name}", train.experiment_name, tags=tags,
                             description=description) as run_id:
         study = load_or_create_study(config, storage)
-        excluded = ("objective", "recon_weight", "loss_balance") + (("lr",) if config.tune_lr else ())
+        excluded = ((space.param, *objective_excluded_params(config.objective), *dict(space.fixed))
+                    + (("lr",) if config.tune_lr else ()))
         tracking.log_params({**{k: v for k, v in train.to_dict().items() if k not in excluded}, **config.params()})
         dataset = resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test)
         check_trainable(train, dataset)
@@ -62,7 +67,8 @@ def run_tune_stage(config: TuneConfig) -> dict:
         tracking.log_metrics({"tune/n_complete": states["COMPLETE"], "tune/n_pruned": states["PRUNED"],
                               "tune/n_fail": states["FAIL"], "tune/epochs_spent": epochs_spent})
         tracking.log_figure(plots.optimisation_history_figure(records), "figures/optuna_history.png")
-        tracking.log_figure(plots.param_vs_objective_figure(records), "figures/optuna_recon_weight.png")
+        tracking.log_figure(plots.param_vs_objective_figure(records, space.param, OBJECTIVE_METRIC, log=space.log),
+                            f"figures/optuna_{space.param}.png")
         tracking.log_figure(plots.intermediate_values_figure(records), "figures/optuna_intermediate.png")
         tracking.log_dict({"study_name": study_name, "storage": config.params()["storage"], "trials": records},
                           "optuna/trials.json")

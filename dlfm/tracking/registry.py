@@ -26,7 +26,8 @@ PYFUNC_ARTIFACT = "encoder_model"
 LOADER_MODULE = "dlfm.tracking.pyfunc_encoder"  # what every dlfm-made version's MLmodel names
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib")
 VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "val/probe_macro_auc", "test/accuracy", "test/macro_auc",
-                       "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image")  # ratios: < 1 draws each image
+                       "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image",
+                       "test/masked_norm_mse_vs_mean_image")  # ratios: < 1 draws each image
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 ONCE_TAG = "registered_for"  # version tag: what a once-only registration stands for (a tune study's best trial run)
 

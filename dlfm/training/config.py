@@ -36,8 +36,8 @@ class TrainConfig:
     label_smoothing: float = 0.1  # cross-entropy label smoothing (same for supervised and multitask)
     recon_weight: float = 1.0  # multitask: loss = CE + recon_weight * MSE (fixed balance)
     loss_balance: str = "fixed"  # multitask: fixed | uncertainty (learned log-variance weights, Kendall et al. 2018)
-    mask_ratio: float = 0.6  # mae: fraction of patches hidden from the encoder (SparK default 0.6)
-    patch_size: int = 8  # mae: side of a masked patch (pixels); 8 px = the stride of the decoded latent
+    mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder (MAE's 0.75; SparK used 0.6); vit: 0.5-0.95
+    patch_size: int = 8  # mae: side of a masked patch (pixels); 8 px = the stride of the decoded latent; vit: its token size
     augment: bool = True  # random flips and rot90 (lensing images are symmetric under them)
     patience: int = 4  # early stopping: epochs without improvement of the monitored val metric
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
@@ -59,8 +59,15 @@ class TrainConfig:
 
     @property
     def monitor(self) -> tuple[str, str]:
-        """The val metric early stopping watches and its direction."""
-        return get_objective(self.objective).monitor
+        """The val metric early stopping watches and its direction (a masked objective's follows the encoder kind)."""
+        return get_objective(self.objective).monitor_for(self.encoder_kind)
+
+    @property
+    def encoder_kind(self) -> str:
+        """cnn | vit: the encoder's registry row, which picks the way a masked objective hides input."""
+        from dlfm.models.encoders import encoder_row
+
+        return encoder_row(self.encoder).kind
 
     def validate(self) -> None:
         """Raise ConfigError for any out-of-range or unknown value, before any work starts."""
@@ -87,7 +94,18 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         need(self.loss_balance in LOSS_BALANCES, f"unknown loss_balance {self.loss_balance!r}; choose one of {', '.join(LOSS_BALANCES)}")
-        need(0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}; SparK uses 0.6, MAE 0.75")
+        if spec.masks_input:
+            from dlfm.models.encoders import encoder_row
+            from dlfm.objectives import MASKINGS
+
+            row = encoder_row(self.encoder)
+            low, high = MASKINGS[row.kind].mask_ratio
+            need(0 < self.mask_ratio < 1 and low <= self.mask_ratio <= high,
+                 f"mask_ratio must be in {'(0, 1)' if (low, high) == (0.0, 1.0) else f'[{low}, {high}]'} with a {row.kind} "
+                 f"encoder, got {self.mask_ratio!r}; SparK uses 0.6, MAE 0.75")
+            need(row.token_size is None or self.patch_size == row.token_size,
+                 f"with {self.encoder} mae masks whole tokens: patch_size must be its token size {row.token_size}, "
+                 f"got {self.patch_size}")
         need(not self.pretrain_dataset or spec.probed,
              f"pretrain_dataset applies to the self-supervised objectives ({', '.join(n for n, o in OBJECTIVES.items() if o.probed)}); "
              f"{self.objective} reads labels, so train it on `dataset` and drop pretrain_dataset")

@@ -22,7 +22,7 @@ from dlfm.objectives import PARTS
 from dlfm.training.config import TrainConfig
 from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
-from dlfm.training.objectives import Objective, masked_mse
+from dlfm.training.objectives import Objective
 from dlfm.training.placement import FEEDERS, PLACEMENTS, choose_placement, free_device_memory, place_tensor, split_bytes
 from dlfm.training.runtime import Runtime, compile_model, make_runtime, prefers_channels_last, seed_everything
 
@@ -129,8 +129,9 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, ra
 
 
 def loss_names(objective: Objective) -> list[str]:
-    """The objective's total and its parts, in the order of the running sums."""
-    return [objective.spec.total_metric, *(PARTS[part] for part in objective.spec.parts)]
+    """The objective's total and its parts (the names ``Objective.forward`` keys them by), in the running sums' order."""
+    return [objective.spec.total_metric, *([PARTS["cls"]] if objective.use_cls else []),
+            *([objective.recon_metric] if objective.use_recon else [])]
 
 
 def raise_if_not_finite(sums: torch.Tensor, step_losses: torch.Tensor, steps: int, epoch: int) -> None:
@@ -231,7 +232,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     ctx.model.eval()
     ctx.objective.eval()
     spec = ctx.objective.spec
-    part = spec.recon_metric
+    part = ctx.objective.recon_metric
     sums = torch.zeros(3, dtype=sum_dtype(ctx.runtime.device), device=ctx.runtime.device)  # loss, recon, baseline (× images)
     zero = torch.zeros((), device=ctx.runtime.device)
     probs, embeddings = [], []
@@ -248,7 +249,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
         if spec.decodes:
             recon = parts[part]
             baseline = ctx.mean_image.expand_as(images)
-            baseline_mse = masked_mse(baseline, images, mask) if mask is not None else torch.mean((baseline - images) ** 2)
+            baseline_mse = ctx.objective.reconstruction_error(baseline, images, mask)
         sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float()]).to(sums.dtype) * len(index)
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1))
@@ -256,7 +257,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     loss_sum, recon_sum, baseline_sum = sums.tolist()  # the one read of this pass
     metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
-        name = f"{prefix}/{spec.recon_metric}"
+        name = f"{prefix}/{part}"
         metrics[name] = recon_sum / n
         metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
         metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
@@ -323,7 +324,7 @@ def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, r
     if runtime.channels_last and prefers_channels_last(model):
         model = model.to(memory_format=torch.channels_last)  # NHWC convolution kernels (tensor cores on CUDA)
     objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
-                          config.patch_size, config.mask_ratio).to(runtime.device)
+                          config.patch_size, config.mask_ratio, config.encoder_kind).to(runtime.device)
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * steps_per_epoch)
@@ -354,7 +355,7 @@ def format_duration(seconds: float) -> str:
 def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], monitor: str, seconds: float, eta: float) -> str:
     """One line per epoch that stays in logs (CI, tee, nohup): the train total, key val metrics, time and ETA."""
     train = [(k, v) for k, v in metrics.items() if k.startswith("train/loss_")][:1]  # the objective's total
-    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse")
+    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse", "val/masked_norm_mse")
     val = [(k, metrics[k]) for k in dict.fromkeys(wanted) if k in metrics]
     parts = [f"{name} {value:.4f}" for name, value in train + val]
     width = len(str(epochs))

@@ -7,13 +7,25 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlfm.models.composite import ModelOutput
-from dlfm.models.heads import PatchMasker
-from dlfm.objectives import PARTS, get_objective
+from dlfm.models.heads import PatchMasker, expand_cells, patch_statistics
+from dlfm.objectives import MASKINGS, PARTS, get_objective
 
 
 def masked_mse(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over hidden pixels only (SparK: loss on the non-active patches)."""
     squared = (reconstruction.float() - images.float()) ** 2 * mask
+    return squared.sum() / (mask.sum() * images.shape[1]).clamp_min(1.0)
+
+
+def masked_norm_mse(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """MSE over hidden pixels in units of each target patch's std (MAE's norm_pix_loss on the hidden patches).
+
+    Equal to MAE's loss on normalised pixels, ((prediction - (x - mean) / std)², for a reconstruction
+    de-normalised with the target patch's mean and std, as ``MaskedTokenDecoder`` returns it.
+    """
+    _, std = patch_statistics(images, patch_size)
+    scale = expand_cells(std, patch_size, images.shape[-2:])
+    squared = ((reconstruction.float() - images.float()) / scale) ** 2 * mask
     return squared.sum() / (mask.sum() * images.shape[1]).clamp_min(1.0)
 
 
@@ -23,12 +35,17 @@ class Objective(nn.Module):
     With both a classification and a reconstruction part, loss = CE + recon_weight × MSE
     (fixed), or learned uncertainty weighting: following Kendall, Gal & Cipolla (2018) each term
     i is scaled by exp(-s_i) and s_i is added, with s_i = log σ_i² learned with the model.
+    A masking objective's reconstruction part follows the encoder's ``kind`` (``MASKINGS``): MSE on
+    hidden pixels (cnn, SparK) or on the normalised pixels of hidden patches (vit, MAE).
     """
 
     def __init__(self, objective: str, recon_weight: float = 1.0, loss_balance: str = "fixed", label_smoothing: float = 0.0,
-                 patch_size: int = 8, mask_ratio: float = 0.6):
+                 patch_size: int = 8, mask_ratio: float = 0.75, kind: str = "cnn"):
         super().__init__()
         self.spec = get_objective(objective)
+        self.patch_size = patch_size
+        self.recon_metric = self.spec.recon_metric_for(kind)  # the metric name of the reconstruction part, or None
+        self.normalised = self.spec.masks_input and MASKINGS[kind].part == "masked_norm"
         self.use_cls = self.spec.classifies
         self.use_recon = self.spec.decodes
         self.recon_weight = recon_weight if self.spec.weighted else 1.0
@@ -41,6 +58,14 @@ class Objective(nn.Module):
         """A fresh random patch mask for masked objectives, None for the others."""
         return self.masker(images, generator) if self.masker is not None else None
 
+    def reconstruction_error(self, reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The reconstruction part's quantity (``recon_metric``) for any prediction, e.g. the mean-image baseline."""
+        if mask is None:
+            return F.mse_loss(reconstruction.float(), images.float())
+        if self.normalised:
+            return masked_norm_mse(reconstruction, images, mask, self.patch_size)
+        return masked_mse(reconstruction, images, mask)
+
     def forward(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its detached parts, keyed by their ``PARTS`` metric names (loss_cls, recon_mse, masked_mse)."""
@@ -51,12 +76,8 @@ class Objective(nn.Module):
             parts[PARTS["cls"]] = loss_cls.detach()
             terms.append(loss_cls)
         if self.use_recon:
-            if self.masker is not None:
-                loss_recon = masked_mse(output.reconstruction, images, mask)
-                parts[PARTS["masked"]] = loss_recon.detach()
-            else:
-                loss_recon = F.mse_loss(output.reconstruction.float(), images.float())
-                parts[PARTS["recon"]] = loss_recon.detach()
+            loss_recon = self.reconstruction_error(output.reconstruction, images, mask)
+            parts[self.recon_metric] = loss_recon.detach()
             terms.append(loss_recon)
         if self.uncertainty:
             total = sum(torch.exp(-s) * term + s for s, term in zip(self.log_vars, terms))

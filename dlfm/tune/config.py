@@ -15,18 +15,20 @@ from dlfm.redact import redact_uri as mask_password
 from dlfm.redact import uri_password
 from dlfm.tune.storage import DEFAULT_STORAGE
 
-OBJECTIVE_METRIC = "val/macro_auc"  # maximised
+OBJECTIVE_METRIC = "val/macro_auc"  # maximised (every row of dlfm.tune.space.SEARCH_SPACES scores it today)
 PRUNERS = ("median", "hyperband", "none")
 STORAGE_ENV_PREFIX = "env:"  # storage=env:NAME reads the URL (password included) from environment variable NAME
 # Fields that change what a trial computes: the automatic study name digests them, so rerunning
 # the same command joins (resumes) the same study and a different set-up gets a new one.
 # precision is left out like device: auto resolves per machine, and workers on mixed hardware share one study.
-STUDY_KEY_EXCLUDES = ("device", "precision", "experiment_name", "recon_weight")
+# The searched parameter (SEARCH_SPACES[objective].param) is left out too: trials set it.
+STUDY_KEY_EXCLUDES = ("device", "precision", "experiment_name")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    train: TrainConfig  # the multitask settings every trial starts from; recon_weight (and lr with tune_lr) are searched
+    train: TrainConfig  # the settings every trial starts from; the objective's searched param (and lr with tune_lr) is sampled
+    objective: str = "multitask"  # a row of dlfm.tune.space.SEARCH_SPACES: multitask (searches recon_weight) | mae (mask_ratio)
     n_trials: int = 12  # finished trials (COMPLETE, PRUNED or FAIL) the study should hold; a rerun only adds the missing ones
     n_workers: int = 1  # worker processes on this machine, all on the same storage
     # an Optuna RDB URL without a password (sqlite:///..., postgresql://user@host/db with PGPASSWORD or
@@ -48,9 +50,20 @@ class TuneConfig:
             if not ok:
                 raise ConfigError(message)
 
-        need(self.train.objective == "multitask", f"tune searches the multitask objective, got {self.train.objective!r}")
-        need(self.train.loss_balance == "fixed", "tune searches recon_weight, which only acts with loss_balance=fixed")
+        from dlfm.tune.space import SEARCH_SPACES
+
+        need(self.objective in SEARCH_SPACES,
+             f"tune searches the objectives {', '.join(SEARCH_SPACES)}, got objective={self.objective!r}")
+        need(self.train.objective == self.objective,
+             f"tune's trials train objective {self.objective!r}, but its train config is {self.train.objective!r}")
+        need(not self.train.pretrain_dataset, "tune trains and probes on `dataset`; drop pretrain_dataset")
         self.train.validate()
+        space = SEARCH_SPACES[self.objective]
+        for name, value in space.fixed:
+            need(getattr(self.train, name) == value, f"tune {self.objective} trains with {name}={value}, got {getattr(self.train, name)!r}")
+        low, high = space.bounds
+        for value in (low, high):  # each end of the search range must be a config the trial can train
+            dataclasses.replace(self.train, **dict(space.fixed), **{space.param: value}).validate()
         for name in ("n_trials", "n_workers", "heartbeat_interval", "grace_period"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
@@ -86,12 +99,16 @@ class TuneConfig:
         """``study_name``, or for ``auto`` a name derived from everything that shapes a trial."""
         if self.study_name != "auto":
             return self.study_name
-        key = {k: v for k, v in self.train.to_dict().items() if k not in STUDY_KEY_EXCLUDES}
+        from dlfm.tune.space import SEARCH_SPACES
+
+        searched = SEARCH_SPACES[self.objective].param
+        key = {k: v for k, v in self.train.to_dict().items() if k not in STUDY_KEY_EXCLUDES and k != searched}
         key["tune_lr"] = self.tune_lr
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         # Readable first (optuna-dashboard lists studies by name), the digest keeps different settings apart.
         dataset = re.sub(r"[^\w.\-]+", "_", self.train.dataset.rstrip("/").rsplit("/", 1)[-1])[:40].strip("._-") or "data"
-        return f"tune-{self.train.encoder}-{dataset}-{self.train.epochs}ep-{digest[:8]}"
+        objective = "" if self.objective == "multitask" else f"{self.objective}-"  # multitask study names predate objective
+        return f"tune-{objective}{self.train.encoder}-{dataset}-{self.train.epochs}ep-{digest[:8]}"
 
     def params(self) -> dict:
         """The tune settings as MLflow params (the storage with its password masked)."""

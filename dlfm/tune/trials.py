@@ -1,7 +1,8 @@
-"""One Optuna trial = one MLflow child run around the multitask stage's ``fit``, reported each epoch.
+"""One Optuna trial = one MLflow child run around the training stage's ``fit``, reported each epoch.
 
-Trials report ``val/macro_auc`` every epoch so the pruner can stop them; the best-so-far trial
-logs its encoder (``encoder/``), which the tune stage registers as it is.
+Trials report their search space's ``epoch_score`` every epoch so the pruner can stop them (a
+probed score such as mae's exists only after training: those trials report nothing and run to the
+end); the best-so-far trial logs its encoder (``encoder/``), which the tune stage registers as it is.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from optuna.trial import TrialState
 
 from dlfm import tracking
 from dlfm.training import TrainConfig, fit
-from dlfm.tune.config import OBJECTIVE_METRIC, TuneConfig
+from dlfm.tune.config import TuneConfig
 from dlfm.tune.retry import STATE_TAG
-from dlfm.tune.space import search_space
+from dlfm.tune.space import SEARCH_SPACES, search_space
 
 
 @dataclass
@@ -34,7 +35,7 @@ class TrialSetup:
 
 
 class NonFiniteObjectiveError(RuntimeError):
-    """The trial's val/macro_auc came out NaN or infinite."""
+    """The trial's score came out NaN or infinite."""
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
@@ -86,7 +87,7 @@ def _retry_of(trial: optuna.Trial) -> int | None:
 def _run_trial(trial: optuna.Trial, setup: TrialSetup) -> float:
     config = search_space(trial, setup.config.train, setup.config.tune_lr)
     tags = {"dlfm.stage": "tune", "dlfm.trial_number": trial.number, "dlfm.study_name": trial.study.study_name,
-            STATE_TAG: "RUNNING", "dlfm.objective": "multitask", "dlfm.encoder": config.encoder}
+            STATE_TAG: "RUNNING", "dlfm.objective": config.objective, "dlfm.encoder": config.encoder}
     retry_of = _retry_of(trial)
     if retry_of is not None:
         tags["dlfm.retry_of_trial"] = retry_of
@@ -110,25 +111,28 @@ def _run_trial(trial: optuna.Trial, setup: TrialSetup) -> float:
 
 def _train(trial: optuna.Trial, config: TrainConfig, setup: TrialSetup) -> float:
     """``fit`` with per-epoch reports; the best-so-far trial logs its encoder for registration."""
+    space = SEARCH_SPACES[config.objective]
 
     def on_epoch_end(epoch: int, metrics: dict, make_checkpoint) -> None:
         tracking.log_epoch_metrics(metrics, epoch)
-        value = metrics[OBJECTIVE_METRIC]
+        if space.epoch_score is None:
+            return
+        value = metrics[space.epoch_score]
         trial.report(value, epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {OBJECTIVE_METRIC} {value:.4f}")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {space.epoch_score} {value:.4f}")
 
     result = fit(config, setup.splits, setup.class_names, on_epoch_end=on_epoch_end, runtime=setup.runtime, progress=False)
     tracking.log_final_metrics({**result.final_metrics, "best_epoch": result.best_epoch})
-    value = float(result.final_metrics[OBJECTIVE_METRIC])
+    value = float(result.final_metrics[space.score])
     if not math.isfinite(value):
-        raise NonFiniteObjectiveError(f"{OBJECTIVE_METRIC} is {value} at the best epoch")
+        raise NonFiniteObjectiveError(f"{space.score} is {value} at the best epoch")
     trial.set_user_attr("final_metrics", {k: float(v) for k, v in result.final_metrics.items()})
     trial.set_user_attr("best_epoch", result.best_epoch)
     # Only a trial at least as good as every completed one can end up best, so only it pays
     # for logging its weights; the final best trial always passes this test.
     completed = [t.value for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not completed or value >= max(completed):
-        tracking.log_encoder(result.model.encoder, setup.image_size, "multitask")
+        tracking.log_encoder(result.model.encoder, setup.image_size, config.objective)
         trial.set_user_attr("encoder_logged", True)
     return value

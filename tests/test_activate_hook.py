@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from dlfm.activate_hook import install, project_store_uri
+from dlfm.activate_hook import install, project_store_uri, without_hook
 
 
 
@@ -75,7 +75,8 @@ def newcomer_project(tmp_path: Path, hooked: bool) -> tuple[Path, Path]:
     venv = tmp_path / ".venv"
     (venv / "bin").mkdir(parents=True)
     activate = venv / "bin" / "activate"
-    shutil.copy(Path(sys.prefix) / "bin" / "activate", activate)
+    # the copy starts unhooked whatever this venv's own activate holds (a fresh `make venv` hooks it)
+    activate.write_text(without_hook((Path(sys.prefix) / "bin" / "activate").read_text()))
     with activate.open("a") as script:
         script.write(f"\nexport PYTHONPATH={REPO}\n")
     if hooked:

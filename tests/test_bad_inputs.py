@@ -27,7 +27,7 @@ from conftest import REPO, run_script
 CASES = [
     ("simulate-negative-size", ["pipelines/simulate.py", "--n_train", "-5"], "n_train must be positive", {}),
     ("simulate-non-numeric-size", ["pipelines/simulate.py", "--n_val", "lots"], "n_val must be an integer", {}),
-    ("simulate-unknown-preset", ["pipelines/simulate.py", "--preset", "model_iii"], "unknown simulation preset", {}),
+    ("simulate-unknown-preset", ["pipelines/simulate.py", "--preset", "model_iv"], "unknown simulation preset", {}),
     ("autoencoder-zero-epochs", ["pipelines/autoencoder.py", "{good}", "--epochs", "0"], "epochs must be a positive integer", {}),
     ("supervised-negative-lr", ["pipelines/supervised.py", "{good}", "--lr", "-0.001"], "lr must be a positive number", {}),
     ("multitask-nan-lr", ["pipelines/multitask.py", "{good}", "--lr", "nan"], "lr must be a positive number", {}),

@@ -238,3 +238,12 @@ def test_two_workers_give_the_cells_and_tables_of_one(production_version, tracki
         assert {k: v for k, v in metrics.items() if k.startswith("test/")} == \
             {k: v for k, v in other.items() if k.startswith("test/")}  # bit-identical at the same thread count
     assert one["markdown"] == two["markdown"]
+
+
+def test_a_resumed_config_reads_mlflow_runs_quoted_empty_params_as_empty():
+    """`mlflow run` stores an empty -P default as the shell's '' : a resume must read it back as empty."""
+    from dlfm.evaluation import EvaluateConfig
+
+    resumed = EvaluateConfig(resume="abc").resumed_from({"finetune_budgets": "''", "encoder_uri": "''", "budgets": "2,all"})
+    assert resumed.finetune_budgets == "" and resumed.encoder_uri == "" and resumed.budgets == "2,all"
+    resumed.validate()

@@ -153,4 +153,6 @@ def _typed(default, text: str):
     """A param string back in the type of its field's default."""
     if isinstance(default, bool):
         return text.lower() == "true"
+    if isinstance(default, str) and text in ("''", '""'):
+        return ""  # `mlflow run` stores an empty -P value as the shell's quoted empty string
     return type(default)(text)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dlfm.errors import ConfigError
+from dlfm.evaluation.config import parse_seeds
 
 # kind → the simulation preset that renders it (dlfm/simulation/presets.py says what is off, with units)
 ANOMALY_KINDS = {
@@ -58,13 +59,7 @@ class AnomalyConfig:
     @property
     def seed_list(self) -> list[int]:
         """The parsed seeds."""
-        try:
-            seeds = [int(s) for s in str(self.seeds).replace(" ", "").split(",") if s != ""]
-        except ValueError:
-            raise ConfigError(f"seeds must be comma-separated integers such as 0,1,2, got {self.seeds!r}") from None
-        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise ConfigError(f"seeds must be distinct non-negative integers such as 0,1,2, got {self.seeds!r}")
-        return seeds
+        return parse_seeds(self.seeds)
 
     def validate(self) -> None:
         """Raise ConfigError for out-of-range values before any work."""

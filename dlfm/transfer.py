@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from dlfm.errors import ConfigError
-from dlfm.evaluation.config import EvaluateConfig
+from dlfm.evaluation.config import EvaluateConfig, parse_seeds
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,7 @@ class TransferConfig:
     @property
     def seed_list(self) -> list[int]:
         """The parsed seeds."""
-        try:
-            seeds = [int(s) for s in str(self.seeds).replace(" ", "").split(",") if s != ""]
-        except ValueError:
-            raise ConfigError(f"seeds must be comma-separated integers such as 0,1,2, got {self.seeds!r}") from None
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ConfigError(f"seeds must be distinct comma-separated integers such as 0,1,2, got {self.seeds!r}")
-        return seeds
+        return parse_seeds(self.seeds)
 
     def validate(self) -> None:
         """Raise ConfigError for out-of-range values before any work."""

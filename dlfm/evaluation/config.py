@@ -16,6 +16,17 @@ ALL = "all"  # the budget that uses every labelled train image
 RESUME_IGNORED = ("resume", "workers", "device", "experiment_name")  # may differ between a run and its resume
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Distinct comma-separated integer seeds (``0,1,2``); ConfigError in one line otherwise."""
+    try:
+        seeds = [int(s) for s in str(text).replace(" ", "").split(",") if s != ""]
+    except ValueError:
+        raise ConfigError(f"seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct comma-separated integers such as 0,1,2, got {text!r}")
+    return seeds
+
+
 def _parse_list(name: str, text: str, example: str) -> list[str]:
     items = [item for item in str(text).replace(" ", "").split(",") if item]
     if not items or len(set(items)) != len(items):

@@ -4,7 +4,10 @@ With ``MLFLOW_TRACKING_URI`` unset, MLflow files an ``mlflow run`` in its own de
 not in ``mlruns/mlflow.db``, the store of ``make demo``, ``dlfm`` and the README's ``mlflow ui`` command.
 ``make venv`` calls this once; it adds to ``<venv>/bin/activate`` (bash/zsh) an export of the project's
 store, absolute so it holds from any directory, set only when the shell has no ``MLFLOW_TRACKING_URI``
-of its own, and unset again by ``deactivate``. Rerunning it replaces its own lines, nothing else.
+of its own, and unset again by ``deactivate``. Likewise ``MLFLOW_EXPERIMENT_NAME=deeplense-fm`` when the shell
+names no experiment (neither ``MLFLOW_EXPERIMENT_NAME`` nor ``MLFLOW_EXPERIMENT_ID``): ``mlflow run`` picks its
+experiment before any dlfm code runs, so without it a plain ``mlflow run`` files under MLflow's ``Default``,
+apart from ``make demo``'s runs. Rerunning it replaces its own lines, nothing else.
 
     python -m dlfm.activate_hook .venv .        # <venv> <project root>
 """
@@ -15,9 +18,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from dlfm.constants import DEFAULT_EXPERIMENT
+
 BEGIN = "# >>> dlfm: the project's tracking store (python -m dlfm.activate_hook, run by make venv) >>>"
 END = "# <<< dlfm <<<"
 SET_FLAG = "_DLFM_SET_TRACKING_URI"  # set when activate set the URI, so deactivate unsets only its own value
+EXPERIMENT_FLAG = "_DLFM_SET_EXPERIMENT_NAME"  # likewise for the experiment name
 DEACTIVATE = "deactivate () {"  # how python -m venv's activate opens its deactivate function
 
 
@@ -35,9 +41,15 @@ def hook_lines(project: Path) -> tuple[str, str]:
               f"    export MLFLOW_TRACKING_URI\n"
               f"    {SET_FLAG}=1\n"
               f"fi\n"
+              f'if [ -z "${{MLFLOW_EXPERIMENT_NAME:-}}" ] && [ -z "${{MLFLOW_EXPERIMENT_ID:-}}" ] ; then\n'
+              f"    MLFLOW_EXPERIMENT_NAME={shlex.quote(DEFAULT_EXPERIMENT)}\n"
+              f"    export MLFLOW_EXPERIMENT_NAME\n"
+              f"    {EXPERIMENT_FLAG}=1\n"
+              f"fi\n"
               f"{END}\n")
     unset = (f"    {BEGIN}\n"
              f'    if [ -n "${{{SET_FLAG}:-}}" ] ; then unset MLFLOW_TRACKING_URI {SET_FLAG} ; fi\n'
+             f'    if [ -n "${{{EXPERIMENT_FLAG}:-}}" ] ; then unset MLFLOW_EXPERIMENT_NAME {EXPERIMENT_FLAG} ; fi\n'
              f"    {END}\n")
     return export, unset
 
@@ -70,4 +82,5 @@ def install(venv: Path, project: Path) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit("usage: python -m dlfm.activate_hook <venv> <project root>")
-    print(f"dlfm: {install(Path(sys.argv[1]), Path(sys.argv[2]))} now sets MLFLOW_TRACKING_URI={project_store_uri(Path(sys.argv[2]))} when unset")
+    print(f"dlfm: {install(Path(sys.argv[1]), Path(sys.argv[2]))} now sets MLFLOW_TRACKING_URI={project_store_uri(Path(sys.argv[2]))} "
+          f"and MLFLOW_EXPERIMENT_NAME={DEFAULT_EXPERIMENT} when unset")

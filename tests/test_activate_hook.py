@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from dlfm.activate_hook import install, project_store_uri, without_hook
+from dlfm.constants import DEFAULT_EXPERIMENT
 
 
 
@@ -58,6 +59,18 @@ def test_activate_sets_the_project_store_only_when_unset_and_deactivate_restores
     assert twice.stdout.split() == [project_store_uri(project)]
 
 
+def test_activate_names_the_demo_experiment_only_when_the_shell_names_none(fresh_venv, tmp_path):
+    activate = install(fresh_venv, tmp_path / "project")
+    show = 'echo "${MLFLOW_EXPERIMENT_NAME-unset}"'
+    plain = bash(f"source {activate}; {show}; deactivate; {show}", cwd=tmp_path, home=tmp_path).stdout.split()
+    assert plain == [DEFAULT_EXPERIMENT, "unset"]
+    own = bash(f"export MLFLOW_EXPERIMENT_NAME=mine; source {activate}; {show}; deactivate; {show}",
+               cwd=tmp_path, home=tmp_path).stdout.split()
+    assert own == ["mine", "mine"], "the shell's own experiment wins and survives deactivate"
+    by_id = bash(f"export MLFLOW_EXPERIMENT_ID=7; source {activate}; {show}", cwd=tmp_path, home=tmp_path).stdout.split()
+    assert by_id == ["unset"], "an experiment id of the shell's own must not be contradicted by a name"
+
+
 def newcomer_project(tmp_path: Path, hooked: bool) -> tuple[Path, Path]:
     """A copy of the project (its own empty mlruns/) and a copy of this venv's activate, hooked or not.
 
@@ -90,12 +103,13 @@ def newcomer_runs(project: Path, activate: Path, home: Path) -> subprocess.Compl
                 "-P n_train=3 -P n_val=3 -P n_test=3 -P workers=1", cwd=project, home=home, timeout=600)
 
 
-def finished_simulate_runs(uri: str) -> list:
+def finished_simulate_runs(uri: str, experiment: str | None = None) -> list:
+    """FINISHED simulate runs in the store at ``uri`` (in ``experiment`` only, when given)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return [r for r in client.search_runs(ids) if r.data.tags.get("dlfm.stage") == "simulate" and r.info.status == "FINISHED"]
+    ids = [e.experiment_id for e in client.search_experiments() if experiment in (None, e.name)]
+    return [r for r in client.search_runs(ids) if r.data.tags.get("dlfm.stage") == "simulate" and r.info.status == "FINISHED"] if ids else []
 
 
 @pytest.mark.slow  # a real `mlflow run` in a clean shell
@@ -104,9 +118,10 @@ def test_newcomer_mlflow_run_lands_in_the_readme_store(tmp_path, monkeypatch):
     result = newcomer_runs(project, activate, home=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.chdir(project)  # the README's command is typed in the project root
-    assert len(finished_simulate_runs(readme_store())) == 1
+    assert len(finished_simulate_runs(readme_store(), experiment=DEFAULT_EXPERIMENT)) == 1, "filed beside make demo's runs"
     assert not (project / "mlflow.db").exists(), "MLflow's own default store must stay unused"
     assert "MLflow's default store" not in result.stderr
+    assert "'Default' experiment" not in result.stderr
 
 
 @pytest.mark.slow  # a real `mlflow run` in a clean shell

@@ -5,10 +5,11 @@
 # scratch rows are the `scratch` arm of the ViT and ResNet18 evaluations (same architecture, random init,
 # fine-tuned on the same labels). Run from the repo root on a GPU machine with .venv on PATH; it uses the
 # current MLFLOW_TRACKING_URI and writes nothing else. Hours on one H200; not run on the 2-core CPU box.
-# Super-resolution columns need evaluate's `superres` task: add it to TASKS once that task exists.
+# The SR columns are evaluate's `superres` task on the same held-out Model II set (16 -> 64 px, test/psnr, test/ssim,
+# with test/bicubic_psnr and test/bicubic_ssim beside them).
 set -euo pipefail
 exp=${EXPERIMENT:-deeplense-fm-anchor}
-TASKS=${TASKS:-classification}
+TASKS=${TASKS:-classification,superres}
 PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=20000 -P pretrain_n_val=1000 -P pretrain_n_test=1000
           -P sim_n_train=15000 -P sim_n_val=1000 -P sim_n_test=1000 -P epochs=${PRETRAIN_EPOCHS:-100} -P patience=10
           -P batch_size=256 -P device=cuda)

@@ -107,6 +107,21 @@ def test_frozen_arm_leaves_the_encoder_unchanged_and_every_cell_logs_psnr_ssim_a
         assert result.predictions[:, 0].mean() == pytest.approx(result.metrics["test/psnr"], rel=1e-5)
 
 
+def test_every_arm_runs_under_bf16_autocast_and_the_bicubic_base_stays_fp32(sr_data):
+    from dlfm.training.runtime import autocast_for
+
+    autocast = autocast_for(torch.device("cpu"), "bf16")
+    encoder = create_encoder("conv4")
+    net = SuperResolutionNet(FrozenEncoder(encoder), SuperResolutionHead(encoder.levels)).eval()
+    upsampled = torch.rand(2, 1, 64, 64)
+    with autocast():
+        out = net(upsampled)
+    assert out.dtype == torch.float32 and torch.equal(out, upsampled)  # a bf16 residual never rounds the bicubic image
+    torch.manual_seed(0)
+    results = run_grid(sr_config(precision="bf16"), {"superres": sr_data}, encoder, torch.device("cpu"), autocast=autocast)
+    assert len(results) == 4 and all(np.isfinite(list(r.metrics.values())).all() for r in results)
+
+
 def test_a_dataset_without_a_preset_is_refused_in_one_line(tiny_classification_dir):
     dataset = load_dataset(tiny_classification_dir)
     dataset.manifest = {k: v for k, v in dataset.manifest.items() if k != "preset"}

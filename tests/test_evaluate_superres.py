@@ -163,3 +163,26 @@ def test_the_evaluate_stage_runs_superres_end_to_end(production_version, trackin
     assert "test/bicubic_psnr:" in summary["markdown"] and "test/ssim:" in summary["markdown"]
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "figures")}
     assert "figures/label_efficiency.png" in artifacts
+
+
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
+def test_mlflow_run_evaluate_with_tasks_superres(production_version, tracking_uri, tmp_path, tiny_classification_dir):
+    import os
+
+    from conftest import REPO, run_script
+
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + os.environ["PATH"]}
+    params = {"tasks": "superres", "superres_dataset": tiny_classification_dir, "budgets": "4", "seeds": "0",
+              "arms": "pretrained-frozen,scratch", "epochs": "1", "min_steps": "2", "batch_size": "8", "device": "cpu"}
+    args = ["-m", "mlflow", "run", str(REPO), "-e", "evaluate", "--env-manager", "local", "--experiment-name", "sr-run"]
+    for name, value in params.items():
+        args += ["-P", f"{name}={value}"]
+    done = run_script(args, cwd=tmp_path, env_extra=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("sr-run").experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.data.params["superres_dataset"] == str(tiny_classification_dir)
+    assert sorted(c.data.tags["dlfm.arm"] for c in children) == ["pretrained-frozen", "scratch"]
+    assert all(SR_METRICS <= set(c.data.metrics) for c in children)

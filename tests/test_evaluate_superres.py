@@ -60,6 +60,14 @@ def test_degradation_sums_4x4_blocks_and_adds_the_presets_noise_at_the_coarse_pi
     assert abs(pulls.mean()) < 0.15 and pulls.std() == pytest.approx(1.0, abs=0.1)  # 768 draws: sd of the sd ≈ 0.026
 
 
+def test_the_background_poisson_model_scales_its_background_rms_with_the_pixel_side():
+    preset = PRESETS["model_i"]  # 0.01 counts/s per 0.05″ pixel; sky-limited: rms ∝ √area = pixel side
+    low = superres.low_res_instrument(preset.instrument)
+    assert low.background_rms == pytest.approx(4 * preset.instrument.background_rms) and low.pixel_scale == pytest.approx(0.2)
+    observed = superres.degrade(np.zeros((4, 1, 64, 64), np.float32), preset, np.random.default_rng(0))  # no source: background only
+    assert observed.shape == (4, 1, 16, 16) and observed.std() == pytest.approx(low.background_rms, rel=0.1)
+
+
 def test_degradation_is_deterministic_per_seed_and_split(tiny_classification_dir):
     dataset = load_dataset(tiny_classification_dir)
     flux, preset = dataset.images[dataset.indices("test")], PRESETS["model_ii"]
@@ -127,6 +135,15 @@ def test_a_dataset_without_a_preset_is_refused_in_one_line(tiny_classification_d
     dataset.manifest = {k: v for k, v in dataset.manifest.items() if k != "preset"}
     with pytest.raises(ConfigError, match=r"^superres_dataset 'mine' names no simulation preset"):
         TASKS["superres"].load(dataset, "mine")
+
+
+def test_images_that_do_not_divide_by_4_are_refused_naming_the_field(tiny_classification_dir):
+    from dataclasses import replace
+
+    dataset = load_dataset(tiny_classification_dir)
+    odd = replace(dataset, images=np.zeros((len(dataset), 1, 30, 30), np.float32))
+    with pytest.raises(ConfigError, match=r"^superres_dataset 'odd' has 30-px images, which do not divide by 4"):
+        TASKS["superres"].load(odd, "odd")
 
 
 def test_unknown_task_lists_superres():

@@ -217,6 +217,9 @@ class SuperResolutionTask:
         if preset is None:
             raise ConfigError(f"superres_dataset {spec!r} names no simulation preset in its manifest, so its instrument's "
                               f"noise is unknown; pass a preset ({', '.join(PRESETS)}) or a dataset dir dlfm simulated")
+        if dataset.image_size % superres.SCALE:
+            raise ConfigError(f"superres_dataset {spec!r} has {dataset.image_size}-px images, which do not divide by "
+                              f"{superres.SCALE}; pass a 64-px preset such as model_ii or model_iii")
         seed = int(dataset.manifest.get("seed", 0))
         splits = {s: Split(superres.degrade_split(dataset.images[dataset.indices(s)], preset, seed, s), dataset.get_images(s))
                   for s in ("train", "test")}

@@ -4,7 +4,8 @@
 # Rows: ViT-MAE at mask 0.75 and 0.9, ResNet18 autoencoder, ResNet18 MAE (SparK-style); the scratch rows are
 # the `scratch` arm (same architecture, random init, fine-tuned on the same labels), run once per
 # architecture: the random encoder of a seed depends only on the architecture and the seed, so a second
-# evaluation of the same architecture would repeat those cells exactly.
+# evaluation of the same architecture would repeat those cells exactly. The SR columns are evaluate's `superres`
+# task on the same held-out Model II set (16 -> 64 px: test/psnr, test/ssim, with test/bicubic_psnr/ssim beside).
 #
 #   SIZE=gpu (default): a 20000-image pretraining corpus (every class, lens varied), 15000-image held-out
 #                       Model II evaluation sets, vit_small; hours on one H200.

@@ -1,7 +1,8 @@
 """Entry point `mlflow run . -e evaluate`: label efficiency of a registered encoder.
 
 Reads: models:/dlfm-encoder@<encoder_stage> (or encoder_uri), resolved to one version; a held-out
-model_ii set and a regression set (presets are simulated with sim_seed and cached).
+model_ii set, a regression set and (tasks=...,superres) a 64-px set to degrade (presets are simulated with
+sim_seed and cached).
 Writes: one child run per (task, budget, arm, seed); on the parent evaluation.md,
 evaluation_summary.csv, evaluation_cells.csv, evaluation.json, figures/label_efficiency.png and
 figures/label_efficiency_regression.png, verdict tags and the resolved version tag.

@@ -95,3 +95,38 @@ def test_promotion_without_the_probe_metric_is_one_clear_error():
 
     with pytest.raises(RegistryError, match="no candidate of this run logged val/probe_macro_auc"):
         best_candidate([{"stage": "supervised", "version": "3", "val/macro_auc": 0.9}])
+
+
+@pytest.mark.parametrize("encoder, patch", [("vit_tiny_p4", 4), ("vit_small_p4", 4), ("vit_tiny", 8), ("conv4", None)])
+def test_main_gives_the_mae_step_a_vits_token_size_as_its_patch(encoder, patch, tracking_uri, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dlfm.errors import RegistryError
+    from dlfm.stages import main
+    from dlfm.training.config import TrainConfig
+
+    configs = main.MainConfig(encoder=encoder, report_dir=str(tmp_path / "report")).step_configs()
+    for config in configs:
+        config.validate()  # vit_tiny_p4 failed here: mae got TrainConfig's 8-px patch, not its 4-px tokens
+    [mae] = [c for c in configs if getattr(c, "objective", "") == "mae"]
+    assert mae.patch_size == (patch or TrainConfig(objective="mae").patch_size)
+
+    launched = []  # the steps run_main_stage launches, without running them
+
+    def run_step(root, entry, params, experiment, version):
+        launched.append((entry, params))
+        tags = {"dlfm.dataset_dir": str(tmp_path), "dlfm.registered_version": ""}
+        return SimpleNamespace(info=SimpleNamespace(run_id="0123456789"), data=SimpleNamespace(tags=tags, metrics={})), False
+
+    monkeypatch.setattr(main.steps, "run_step", run_step)
+    with pytest.raises(RegistryError):  # no candidate logged the promotion metric: the fake steps logged nothing
+        main.run_main_stage(main.MainConfig(encoder=encoder, report_dir=str(tmp_path / "report"), experiment_name="p4"))
+    params = {entry: p for entry, p in launched if entry in OBJECTIVES}
+    assert params["mae"].get("patch_size") == patch
+    assert all("patch_size" not in p for entry, p in params.items() if entry != "mae")
+
+
+def test_the_summary_table_shows_the_mae_objectives_normalised_pixel_metric():
+    from dlfm.stages.main import SUMMARY_METRICS
+
+    assert "test/masked_norm_mse_vs_mean_image" in SUMMARY_METRICS  # what a ViT's mae logs (normalised pixels)

@@ -1,7 +1,8 @@
 """Label-efficiency evaluation of an encoder (pure torch/numpy; no MLflow).
 
 ``config`` holds the frozen EvaluateConfig, ``tasks`` the downstream tasks and their typed data,
-``regression`` the lens-parameter targets, MAE and standardiser, ``embedding`` the random encoder and the frozen pass,
+``regression`` the lens-parameter targets, MAE and standardiser, ``superres`` the super-resolution degradation and
+PSNR/SSIM, ``embedding`` the random encoder and the frozen pass,
 ``fit`` the one training loop every arm uses, ``grid`` the (task, budget, arm, seed) grid with its
 embedding cache, and ``summary`` the mean ± sd tables and the verdicts.
 """

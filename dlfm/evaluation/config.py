@@ -11,7 +11,7 @@ from dlfm.errors import ConfigError
 from dlfm.training.config import PRECISIONS
 
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
-TASK_NAMES = ("classification", "regression")
+TASK_NAMES = ("classification", "regression", "superres")
 ALL = "all"  # the budget that uses every labelled train image
 RESUME_IGNORED = ("resume", "workers", "device", "experiment_name")  # may differ between a run and its resume
 
@@ -38,10 +38,11 @@ def _parse_list(name: str, text: str, example: str) -> list[str]:
 class EvaluateConfig:
     encoder_stage: str = "production"  # registry alias to evaluate: models:/dlfm-encoder@<stage>
     encoder_uri: str = ""  # any models:/dlfm-encoder/<version> (or @alias) URI; overrides encoder_stage
-    tasks: str = "classification,regression"  # comma-separated: classification (model_ii), regression (lens parameters)
+    tasks: str = "classification,regression"  # comma-separated: classification (model_ii), regression (lens parameters), superres (16 -> 64 px)
     classification_dataset: str = "model_ii"  # preset (simulated with sim_seed, held out from pretraining) or a dataset dir
     regression_dataset: str = "regression"  # preset or a dataset dir with varying lens parameters
-    budgets: str = "25,100,400,all"  # labelled train images: per class for classification, in total for regression
+    superres_dataset: str = "model_ii"  # a 64-px preset (or a dataset dir dlfm simulated): its images degraded by its own instrument
+    budgets: str = "25,100,400,all"  # labelled train images: per class for classification, in total for regression and superres
     arms: str = ",".join(ARM_NAMES)  # which of pretrained-frozen, random-frozen, pretrained-finetune, scratch to run
     finetune_budgets: str = ""  # budgets (of `budgets`) at which the fine-tune arms run; empty: every budget (fine-tuning is the grid's cost)
     seeds: str = "0,1,2"  # each seed draws its own label subset (shared by every arm), head init and random encoder
@@ -64,7 +65,7 @@ class EvaluateConfig:
     @property
     def task_list(self) -> list[str]:
         """The parsed tasks, in TASK_NAMES order."""
-        tasks = _parse_list("tasks", self.tasks, "classification,regression")
+        tasks = _parse_list("tasks", self.tasks, "classification,regression,superres")
         unknown = [t for t in tasks if t not in TASK_NAMES]
         if unknown:
             raise ConfigError(f"unknown task {unknown[0]!r}; tasks are {', '.join(TASK_NAMES)}")

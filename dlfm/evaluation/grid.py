@@ -2,7 +2,9 @@
 
 Cost rules (issue 13): a frozen arm never re-embeds per budget or seed: each encoder embeds each
 image once (``EmbeddingCache``); the random encoder of a seed is built once and serves both
-random-frozen and scratch; fine-tune arms run only at the budgets asked for.
+random-frozen and scratch; fine-tune arms run only at the budgets asked for. A task whose head
+reads feature maps (superres, ``head_input = "levels"``) is the exception: its frozen arms run
+the frozen encoder forward at every step, since caching maps would cost up to ~50 kB an image.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dlfm.evaluation.tasks import TASKS, TaskData
 from dlfm.training.interrupt import StopRequest
 from dlfm.evaluation.embedding import embed, random_encoder_like
 from dlfm.evaluation.regression import Standardizer
+from dlfm.models.heads import FrozenEncoder
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Arm:
 
     name: str
     encoder: str  # "pretrained" (the registry version) or "random" (same architecture, fresh seeded init)
-    frozen: bool  # true: head on cached embeddings (encoder in eval mode, never updated); false: end to end
+    frozen: bool  # true: the encoder in eval mode, never updated (a head on cached embeddings or on its maps); false: end to end
 
 
 ARMS = {arm.name: arm for arm in (
@@ -101,7 +104,8 @@ class CellResult:
     cell: Cell
     metrics: dict[str, float]  # test/… metrics
     history: list[float]  # mean training loss per epoch
-    predictions: np.ndarray  # test predictions: class probabilities, or lens parameters in physical units
+    predictions: np.ndarray  # test predictions as the task keeps them (``keep``): class probabilities, lens parameters
+    # in physical units, or per-image super-resolution scores
 
 
 def head_init_seed(seed: int) -> int:
@@ -121,20 +125,21 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
     if not arm.frozen:
         encoder = copy.deepcopy(encoder)  # the cached original stays untouched for the other arms
     torch.manual_seed(head_init_seed(cell.seed))
-    head = task.head(encoder.embed_dim, data)
-    if arm.frozen:
+    head = task.head(encoder, data)
+    groups = [{"params": list(head.parameters()), "lr": config.lr}]
+    if arm.frozen and task.head_input == "embedding":  # a head on pooled embeddings: computed once per encoder (cache)
         features = cache.features(data, key, encoder)
         model, test_inputs = head, features["test"]
         inputs = torch.from_numpy(features["train"][index])
-        groups = [{"params": list(head.parameters()), "lr": config.lr}]
-    else:
-        model, test_inputs = nn.Sequential(encoder, head), data.test.images
+    else:  # images in: end to end, or (a head on feature maps, too large to cache) the frozen encoder at every step
+        model = task.network(FrozenEncoder(encoder) if arm.frozen else encoder, head)
+        test_inputs = data.test.images
         inputs = torch.from_numpy(np.ascontiguousarray(data.train.images[index]))
-        groups = [{"params": list(encoder.parameters()), "lr": config.encoder_lr},
-                  {"params": list(head.parameters()), "lr": config.lr}]
+        if not arm.frozen:
+            groups.insert(0, {"params": list(encoder.parameters()), "lr": config.encoder_lr})
     history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device, autocast, safe_point)
     predictions = task.decode(predict(model, test_inputs, device, autocast=autocast, safe_point=safe_point), targets)
-    return CellResult(cell, task.metrics(predictions, data), history, predictions)
+    return CellResult(cell, task.metrics(predictions, data), history, task.keep(predictions, data))
 
 
 def same_subset_budgets(budgets: list[int | str], pool_sizes: tuple[int, ...]) -> dict[int | str, int | str]:
@@ -184,7 +189,7 @@ def cell_cost(cell: Cell, config: EvaluateConfig) -> float:
     """Relative work of a cell (images through a network), for sharing cells out evenly; only ratios matter."""
     schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
     images = schedule.steps(cell.n_labels) * min(config.batch_size, cell.n_labels)
-    return images if not ARMS[cell.arm].frozen else 0.02 * images  # a head on embeddings is ~50x cheaper per sample
+    return images if not ARMS[cell.arm].frozen else TASKS[cell.task].frozen_cost * images
 
 
 def owners(cells: list[Cell], config: EvaluateConfig, workers: int) -> list[int]:

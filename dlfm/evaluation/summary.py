@@ -139,6 +139,11 @@ def markdown(rows: list[dict], verdict_rows: list[dict], mean_predictor: dict[st
         for size, budget in budgets:
             cells = [_cell(next((r for r in task_rows if r["budget"] == budget and r["arm"] == a), None), task.headline) for a in arms]
             lines.append(f"| {size} ({budget}) | " + " | ".join(cells) + " |")
+        for metric in task.beside:  # the task's other scores (superres: SSIM and the bicubic baseline), same layout
+            lines += ["", f"{metric}:", "", f"| budget ({task.budget_unit}) | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+            for size, budget in budgets:
+                cells = [_cell(next((r for r in task_rows if r["budget"] == budget and r["arm"] == a), None), metric) for a in arms]
+                lines.append(f"| {size} ({budget}) | " + " | ".join(cells) + " |")
         lines += [f"\nBudget {budget} draws the same labels as budget {same}: its cells ran once and are reported under both."
                   for budget, same in sorted({(r["budget"], r["same_labels_as"]) for r in task_rows if r["same_labels_as"]})]
         lines += ["", f"Verdicts ({RULE}):", ""]

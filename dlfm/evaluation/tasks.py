@@ -29,8 +29,9 @@ SUBSET_STREAM = 0x5EED  # the label subsets' own seed stream, apart from head in
 class Split:
     """Normalised images and their targets (class indices, or the 7 learned lens parameters in physical units)."""
 
-    images: np.ndarray  # (n, 1, H, W) float32, min-max normalised per image
-    targets: np.ndarray  # classification: (n,) int64; regression: (n, 7) float64, dlfm.evaluation.regression.TARGETS order
+    images: np.ndarray  # (n, 1, H, W) float32, min-max normalised per image (superres: the bicubic-upsampled degraded image)
+    targets: np.ndarray  # classification: (n,) int64; regression: (n, 7) float64, dlfm.evaluation.regression.TARGETS order;
+    # superres: (n, 1, H, W) float32, the high-resolution images min-max normalised per image
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,15 @@ class TaskData:
     digest: str  # the dataset digest
     train: Split  # the labelled pool that budgets draw from
     test: Split  # held-out split every cell is scored on
-    class_names: tuple[str, ...]  # classification classes; ("lens",) for regression
-    mean_predictor: dict[str, float]  # regression: test MAE of predicting the train mean (the no-skill baseline)
+    class_names: tuple[str, ...]  # classification classes; one name for the tasks whose budgets count images in total
+    baseline: dict[str, float]  # the no-skill baseline's test metrics: regression, MAE of the train mean; superres, bicubic
 
 
 @dataclass(frozen=True)
 class Targets:
     """Training targets of one labelled subset, and how to turn outputs back into physical values."""
 
-    values: torch.Tensor  # what the loss compares against (class indices, or standardised parameters)
+    values: torch.Tensor  # what the loss compares against (class indices, standardised parameters, or images)
     scaler: Standardizer | None  # regression: fitted on the subset only (its labels are all the arm may see)
 
 
@@ -80,6 +81,10 @@ class ClassificationTask:
     headline = "test/macro_auc"  # the metric of figures and verdicts
     higher_is_better = True
     budget_unit = "labelled images per class"
+    head_input = "embedding"  # what the head reads: the pooled embedding (frozen arms: cached once) or the encoder's "levels"
+    frozen_cost = 0.02  # a frozen arm's work per sample relative to fine-tuning (a head on cached embeddings: ~50x cheaper)
+    beside: tuple[str, ...] = ()  # metrics evaluation.md tables beside the headline
+    reference = ""  # a baseline metric (in TaskData.baseline) drawn as a line in the headline's panel
 
     def load(self, dataset, spec: str) -> TaskData:
         """Typed train/test data of a classification dataset."""
@@ -99,8 +104,16 @@ class ClassificationTask:
         """Labelled train images per class, in the order ``draw_subset`` walks the classes."""
         return tuple(int(n) for n in np.unique(data.train.targets, return_counts=True)[1])
 
-    def head(self, embed_dim: int, data: TaskData) -> nn.Module:
-        return ClassificationHead(embed_dim, len(data.class_names))
+    def head(self, encoder: nn.Module, data: TaskData) -> nn.Module:
+        return ClassificationHead(encoder.embed_dim, len(data.class_names))
+
+    def network(self, encoder: nn.Module, head: nn.Module) -> nn.Module:
+        """The end-to-end model of the fine-tune arms: images → embedding → head."""
+        return nn.Sequential(encoder, head)
+
+    def keep(self, predictions: np.ndarray, data: TaskData) -> np.ndarray:
+        """What a cell keeps of its test predictions (predictions.npy): all of them, they are small."""
+        return predictions
 
     def targets(self, data: TaskData, index: np.ndarray) -> Targets:
         return Targets(torch.as_tensor(data.train.targets[index], dtype=torch.long), None)
@@ -127,6 +140,10 @@ class RegressionTask:
     headline = "test/rel_mae"  # mean over parameters of MAE / MAE of predicting the train mean (1 = no skill)
     higher_is_better = False
     budget_unit = "labelled images"
+    head_input = "embedding"
+    frozen_cost = 0.02
+    beside: tuple[str, ...] = ()  # per-parameter MAEs have their own table (summary.markdown)
+    reference = ""
 
     def load(self, dataset, spec: str) -> TaskData:
         """Typed train/test data of a dataset whose lens parameters vary."""
@@ -146,8 +163,11 @@ class RegressionTask:
         """The one pool that budgets count in."""
         return (len(data.train.targets),)
 
-    def head(self, embed_dim: int, data: TaskData) -> nn.Module:
-        return RegressionHead(embed_dim, data.train.targets.shape[1])
+    def head(self, encoder: nn.Module, data: TaskData) -> nn.Module:
+        return RegressionHead(encoder.embed_dim, data.train.targets.shape[1])
+
+    network = ClassificationTask.network
+    keep = ClassificationTask.keep
 
     def targets(self, data: TaskData, index: np.ndarray) -> Targets:
         scaler = Standardizer.fit(data.train.targets[index])
@@ -163,9 +183,85 @@ class RegressionTask:
     def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
         """test/mae_<param> in physical units (circular for angles) and their no-skill-relative mean."""
         metrics = mae_per_parameter(predictions, data.test.targets, "test")
-        ratios = [metrics[f"test/mae_{p}"] / max(data.mean_predictor[f"test/mae_{p}"], 1e-12) for p in REPORTED]
+        ratios = [metrics[f"test/mae_{p}"] / max(data.baseline[f"test/mae_{p}"], 1e-12) for p in REPORTED]
         metrics["test/rel_mae"] = float(np.mean(ratios))
         return metrics
 
 
-TASKS = {task.name: task for task in (ClassificationTask(), RegressionTask())}
+class SuperResolutionTask:
+    """16 → 64 px super-resolution of held-out images degraded by their own instrument (``dlfm.evaluation.superres``).
+
+    The head reads the encoder's feature maps, not the pooled embedding, so it consumes
+    ``forward_levels``: frozen arms run the frozen encoder (eval mode, no gradient) at every step
+    instead of a cache (the maps of a stride-4 ViT are ~50 kB an image), fine-tune arms train
+    encoder and head end to end. The encoder takes the bicubic-upsampled 64-px input; the head adds
+    a residual to that bicubic image, so its untrained output is the bicubic baseline.
+    """
+
+    name = "superres"
+    dataset_field = "superres_dataset"
+    headline = "test/psnr"  # mean over test images of the per-image PSNR (dB), data range 1
+    higher_is_better = True
+    budget_unit = "training images"  # low/high-resolution pairs, in total
+    head_input = "levels"
+    frozen_cost = 0.35  # a frozen arm still runs the encoder forward each step (no backward): about a third
+    beside = ("test/ssim", "test/bicubic_psnr", "test/bicubic_ssim")
+    reference = "test/bicubic_psnr"
+
+    def load(self, dataset, spec: str) -> TaskData:
+        """Degraded inputs and 64-px targets of a simulated dataset, and the bicubic baseline's test scores."""
+        from dlfm.evaluation import superres
+        from dlfm.simulation import PRESETS
+
+        preset = PRESETS.get(dataset.manifest.get("preset", ""))
+        if preset is None:
+            raise ConfigError(f"superres_dataset {spec!r} names no simulation preset in its manifest, so its instrument's "
+                              f"noise is unknown; pass a preset ({', '.join(PRESETS)}) or a dataset dir dlfm simulated")
+        if dataset.image_size % superres.SCALE:
+            raise ConfigError(f"superres_dataset {spec!r} has {dataset.image_size}-px images, which do not divide by "
+                              f"{superres.SCALE}; pass a 64-px preset such as model_ii or model_iii")
+        seed = int(dataset.manifest.get("seed", 0))
+        splits = {s: Split(superres.degrade_split(dataset.images[dataset.indices(s)], preset, seed, s), dataset.get_images(s))
+                  for s in ("train", "test")}
+        bicubic = superres.mean_scores(superres.image_scores(splits["test"].images, splits["test"].targets), "test/bicubic_")
+        return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], ("image",), bicubic)
+
+    subset = RegressionTask.subset
+    available = RegressionTask.available
+    pool_sizes = RegressionTask.pool_sizes
+
+    def head(self, encoder: nn.Module, data: TaskData) -> nn.Module:
+        from dlfm.models.heads import SuperResolutionHead
+
+        return SuperResolutionHead(encoder.levels)
+
+    def network(self, encoder: nn.Module, head: nn.Module) -> nn.Module:
+        """Bicubic image → encoder levels → head: the same for frozen (a ``FrozenEncoder``) and fine-tune arms."""
+        from dlfm.models.heads import SuperResolutionNet
+
+        return SuperResolutionNet(encoder, head)
+
+    def targets(self, data: TaskData, index: np.ndarray) -> Targets:
+        return Targets(torch.from_numpy(np.ascontiguousarray(data.train.targets[index])), None)
+
+    def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(outputs, values)
+
+    def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
+        """Network outputs → images in the data range [0, 1]."""
+        return np.clip(outputs, 0.0, 1.0)
+
+    def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
+        """test/psnr (dB), test/ssim, and beside them the bicubic baseline's test/bicubic_psnr, test/bicubic_ssim."""
+        from dlfm.evaluation import superres
+
+        return {**superres.mean_scores(superres.image_scores(predictions, data.test.targets)), **data.baseline}
+
+    def keep(self, predictions: np.ndarray, data: TaskData) -> np.ndarray:
+        """Per test image (n, 2) float32 PSNR (dB) and SSIM, not the 64-px images (~5 MB a cell at 300 images)."""
+        from dlfm.evaluation import superres
+
+        return superres.image_scores(predictions, data.test.targets).astype(np.float32)
+
+
+TASKS = {task.name: task for task in (ClassificationTask(), RegressionTask(), SuperResolutionTask())}

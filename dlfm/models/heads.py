@@ -47,12 +47,13 @@ class Decoder(nn.Module):
     demo-size run (tens of steps) cannot afford to spend on learning the mean ring first.
     """
 
-    def __init__(self, levels: tuple[tuple[int, int], ...], out_chans: int = 1, width: int = 128):
+    def __init__(self, levels: tuple[tuple[int, int], ...], out_chans: int = 1, width: int = 128,
+                 min_reduction: int = DECODE_REDUCTION):
         super().__init__()
         used = [(index, channels, reduction) for index, (channels, reduction) in enumerate(levels)
-                if reduction >= DECODE_REDUCTION]
+                if reduction >= min_reduction]
         if not used:
-            raise ValueError(f"decoder needs an encoder level at stride >= {DECODE_REDUCTION}, got {levels}")
+            raise ValueError(f"decoder needs an encoder level at stride >= {min_reduction}, got {levels}")
         self.level_indices = [index for index, _, _ in used]
         self.reduction = min(reduction for _, _, reduction in used)
         n_up = int(round(math.log2(self.reduction)))
@@ -89,6 +90,54 @@ class Decoder(nn.Module):
         if baseline.shape[-2:] != output_size and baseline.shape[-1] != 1:
             baseline = nn.functional.interpolate(baseline, size=output_size, mode="bilinear", align_corners=False)
         return out + baseline
+
+
+SUPERRES_REDUCTION = 4  # finest stride the super-resolution head reads: the low-resolution pixel (4 px of 64)
+
+
+class SuperResolutionHead(nn.Module):
+    """Encoder maps + the bicubic image → the high-resolution image: bicubic plus a ``Decoder`` residual.
+
+    The same head for every arm: a ``Decoder`` over the encoder levels at stride >= 4 (the
+    low-resolution pixel; the autoencoder's stride-8 bottleneck is no aim here), its last layer at
+    zero, so an untrained head returns the bicubic image exactly and training learns the residual.
+    """
+
+    def __init__(self, levels: tuple[tuple[int, int], ...], width: int = 128):
+        super().__init__()
+        self.decoder = Decoder(levels, out_chans=1, width=width, min_reduction=SUPERRES_REDUCTION)
+
+    def forward(self, levels: list[torch.Tensor], upsampled: torch.Tensor) -> torch.Tensor:
+        return upsampled + self.decoder(levels, upsampled.shape[-2:])
+
+
+class FrozenEncoder(nn.Module):
+    """An encoder that never trains: eval mode (BatchNorm on running statistics) and no gradient, whatever ``train()`` says."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.levels = encoder.levels
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    @torch.no_grad()
+    def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder.forward_levels(images)
+
+
+class SuperResolutionNet(nn.Module):
+    """Bicubic 64-px image → encoder levels → ``SuperResolutionHead``: the model of every super-resolution arm."""
+
+    def __init__(self, encoder: nn.Module, head: SuperResolutionHead):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, upsampled: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.forward_levels(upsampled), upsampled)
 
 
 class PatchMasker(nn.Module):

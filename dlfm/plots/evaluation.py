@@ -52,6 +52,10 @@ def label_efficiency_figure(rows: list[dict], verdict_rows: list[dict] = ()):
     for axis, name in zip(axes.flat, tasks):
         task = TASKS[name]
         _curve(axis, [r for r in rows if r["task"] == name], task.headline)
+        references = [r[f"{task.reference}_mean"] for r in rows if r["task"] == name and f"{task.reference}_mean" in r]
+        if references:  # a baseline every cell shares (superres: bicubic upsampling), one dotted line
+            axis.axhline(references[0], color="tab:red", ls=":", lw=1, label=task.reference.split("/")[-1])
+            axis.legend(fontsize=7)
         better = "higher" if task.higher_is_better else "lower"
         axis.set(xlabel=f"{task.budget_unit} (log)", ylabel=task.headline,
                  title=f"{name} ({better} is better; bands ±1 sd)")

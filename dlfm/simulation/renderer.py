@@ -65,6 +65,10 @@ class _BackgroundPoissonNoise:
         return counts / exposure_time + background, {"exposure_time": exposure_time}
 
 
+NOISE_MODELS = {"ccd": _CCDNoise, "background_poisson": _BackgroundPoissonNoise}  # Instrument.noise_model -> its noise
+"""Each noise model built from a preset: ``NOISE_MODELS[name](preset)(rng, flux) -> (noisy flux, params)``."""
+
+
 class LensRenderer:
     """Renders one preset's images. Build once per process; ``render`` per image."""
 
@@ -95,7 +99,6 @@ class LensRenderer:
                 kwargs_model={"lens_model_list": ["SIE", "SHEAR"], "source_light_model_list": ["SERSIC_ELLIPSE"]},
             )
             data_class, psf_class = sim.data_class, sim.psf_class
-            self._noise = _CCDNoise(preset)
         elif instrument.noise_model == "background_poisson":
             kwargs_data = simulation_util.data_configure_simple(
                 instrument.num_pix, instrument.pixel_scale, background_rms=instrument.background_rms
@@ -107,9 +110,9 @@ class LensRenderer:
                 pixel_size=instrument.pixel_scale,
                 truncation=instrument.psf_truncation,
             )
-            self._noise = _BackgroundPoissonNoise(preset)
         else:
             raise ValueError(f"unknown noise model {instrument.noise_model!r}")
+        self._noise = NOISE_MODELS[instrument.noise_model](preset)
         # The reference lenstronomy image model; its numerics (grid + PSF convolution) are reused.
         self.image_model = ImageModel(
             data_class,

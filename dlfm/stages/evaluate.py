@@ -114,7 +114,7 @@ def log_summary(results, tasks: dict) -> tuple[list[dict], list[dict], str]:
 
     rows, verdict_rows = summaries.aggregate(results), summaries.verdicts(results)
     regression = tasks.get("regression")
-    text = summaries.markdown(rows, verdict_rows, regression.mean_predictor if regression else None)
+    text = summaries.markdown(rows, verdict_rows, regression.baseline if regression else None)
     tracking.log_text(text, "evaluation.md")
     tracking.log_text(pd.DataFrame(rows).to_csv(index=False), "evaluation_summary.csv")
     tracking.log_text(pd.DataFrame(summaries.cells_table(results)).to_csv(index=False), "evaluation_cells.csv")

@@ -29,7 +29,8 @@ from dlfm.tracking.runs import RESUME_HINT_TAG
 from dlfm.training.interrupt import GridInterrupted, StopRequest, graceful_stop
 from dlfm.evaluation.embedding import random_init_seed
 
-PREDICTIONS = "predictions.npy"  # a child run's test predictions (class probabilities, or parameters in physical units)
+PREDICTIONS = "predictions.npy"  # a child run's test predictions as its task keeps them (TASKS[...].keep): class
+# probabilities, parameters in physical units, or per-image PSNR (dB) and SSIM for superres
 PARENT_ENV, RANK_ENV, WORKERS_ENV = "DLFM_EVALUATE_PARENT", "DLFM_WORKER_RANK", "DLFM_WORKERS"  # worker processes' inputs
 TORCHRUN_TAG = "dlfm.torchrun_job"  # on the parent: torchrun's job id, how ranks > 0 find the parent rank 0 opened
 WORKER_GRACE_S = 60.0  # after a stop, how long workers get to end their child runs KILLED (s)
@@ -74,7 +75,8 @@ def child_run(share: Share):
                 if share.hint:
                     tracking.set_tags({RESUME_HINT_TAG: share.hint})
                 raise
-            # The head's loss is CE (classification) or MSE on standardised parameters (regression): one name each.
+            # The head's loss is CE (classification), MSE on standardised parameters (regression) or MSE on
+            # normalised pixels (superres): one name each.
             for epoch, loss in enumerate(result.history, start=1):
                 tracking.log_metrics({f"train/loss_{cell.task}": loss}, step=epoch)
             tracking.log_metrics(result.metrics)

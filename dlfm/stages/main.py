@@ -29,7 +29,19 @@ PROMOTION_RULE = (f"this run's candidates are ranked on {PROMOTION_METRIC} (logi
                   "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
-                   "test/masked_mse_vs_mean_image")
+                   "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image")
+
+
+def objective_params(objective: str, encoder: str) -> dict:
+    """What a training step of ``objective`` takes beyond the shared params: a ViT's masking patch is its token size.
+
+    MAE hides whole tokens, so TrainConfig refuses a patch_size other than the encoder's token size
+    (8 px for vit_tiny, 4 px for vit_tiny_p4); CNNs keep TrainConfig's default patch.
+    """
+    from dlfm.models.encoders import encoder_row
+
+    token_size = encoder_row(encoder).token_size
+    return {"patch_size": token_size} if OBJECTIVES[objective].masks_input and token_size else {}
 
 
 HELD_OUT_N_VAL = 30  # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
@@ -109,7 +121,8 @@ class MainConfig:
                              n_test=self.pretrain_n_test, seed=self.pretrain_seed),
             SimulationConfig(preset="model_ii", n_train=self.eval_n_train, n_val=HELD_OUT_N_VAL, n_test=self.eval_n_test,
                              seed=self.seed + 1),
-            *(TrainConfig(objective=name, **({"recon_weight": self.recon_weight} if spec.weighted else {}), **common)
+            *(TrainConfig(objective=name, **({"recon_weight": self.recon_weight} if spec.weighted else {}),
+                          **objective_params(name, self.encoder), **common)
               for name, spec in OBJECTIVES.items()),
             EvaluateConfig(encoder_uri=f"models:/{registry.MODEL_NAME}/1", budgets=self.eval_budgets,
                            arms=self.eval_arms, finetune_budgets=self.eval_finetune_budgets, seeds=self.seeds,
@@ -156,6 +169,7 @@ def run_main_stage(config: MainConfig) -> dict:
         candidates = []
         for objective, spec in OBJECTIVES.items():
             extra = {"recon_weight": config.recon_weight} if spec.weighted else {}
+            extra.update(objective_params(objective, config.encoder))
             if spec.probed:  # self-supervised: learn from the corpus, probe on the held-out model_ii set
                 extra["pretrain_dataset"] = corpus_dir
             run = step(objective, {**train_params, **extra})

@@ -48,7 +48,7 @@ def transfer_views(config: TransferConfig):
         by_arm = {label: sorted((r for r in results if r.cell.arm == arm), key=lambda r: r.cell.seed)
                   for label, arm in (("pretrained", pretrained_arm), ("random", random_arm))}
         data = tasks["regression"]
-        table = comparison_table({label: [r.metrics for r in cells] for label, cells in by_arm.items()}, data.mean_predictor)
+        table = comparison_table({label: [r.metrics for r in cells] for label, cells in by_arm.items()}, data.baseline)
         metrics = {}
         for row in table:
             metrics[f"test/mae_{row['parameter']}_pretrained"] = row["pretrained_mean"]

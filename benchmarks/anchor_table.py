@@ -50,15 +50,18 @@ def main() -> None:
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(args.experiment)
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    frames, versions = {}, {}  # row label -> every evaluate run's summary (classification and superres may be two runs)
     for run in runs:
         name = run.data.tags.get("mlflow.runName", "")
-        if not name.startswith("anchor-eval-"):
-            continue
-        label = name.removeprefix("anchor-eval-")
-        frame = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation_summary.csv")))
-        lines.append(table_row(f"{label} (fine-tuned, version {run.data.tags.get('dlfm.encoder_version', '?')})",
-                               frame, "pretrained-finetune"))
+        if name.startswith("anchor-eval-"):
+            label = name.removeprefix("anchor-eval-")
+            summary = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation_summary.csv")))
+            frames.setdefault(label, []).append(summary)
+            versions[label] = run.data.tags.get("dlfm.encoder_version", "?")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for label, parts in frames.items():
+        frame = pd.concat(parts, ignore_index=True).drop_duplicates(["task", "budget", "arm"], keep="last")
+        lines.append(table_row(f"{label} (fine-tuned, version {versions[label]})", frame, "pretrained-finetune"))
         if (frame.arm == "scratch").any():
             lines.append(table_row(f"{label.split('-')[0]}-scratch", frame, "scratch"))
     lines.append(ANCHOR)

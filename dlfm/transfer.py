@@ -18,7 +18,7 @@ from dlfm.evaluation.config import EvaluateConfig, parse_seeds
 class TransferConfig:
     encoder_stage: str = "production"  # registry alias to load: models:/dlfm-encoder@<stage>
     encoder_uri: str = ""  # any models:/… URI; overrides encoder_stage when given
-    dataset: str = "regression"  # preset (simulated and cached if missing) or a dataset dir with lens parameters
+    dataset: str = "regression"  # preset (simulated and cached if missing), a dataset dir with lens parameters, or an imported set's numeric CSV columns
     epochs: int = 60  # head training epochs (cheap: the head trains on cached embeddings)
     lr: float = 1e-3  # AdamW learning rate of the head
     weight_decay: float = 1e-4  # AdamW weight decay

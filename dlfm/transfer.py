@@ -1,4 +1,4 @@
-"""The transfer config (pure config; no MLflow): the lens-parameter ablation as an evaluate grid.
+"""The transfer config (pure config; no MLflow): the regression ablation (lens parameters or CSV columns) as an evaluate grid.
 
 Transfer runs through dlfm.evaluation (one engine for frozen heads and fine-tuning; the regression
 targets, MAE and standardiser live in ``dlfm.evaluation.regression``, the random encoder and the

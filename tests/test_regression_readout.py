@@ -36,6 +36,8 @@ def _import_lenses(tmp_path, capsys, columns: dict[str, np.ndarray], seed: int =
         main(["dataset", "import", str(tmp_path / "images.npy"), "--params", str(tmp_path / "params.csv"), "--out", str(out)])
     except SystemExit as exit_info:
         assert exit_info.code == 0, capsys.readouterr().err
+    numeric = ", ".join(name for name in table.columns if table[name].dtype.kind == "f")
+    assert f"regress its columns {numeric}: mlflow run . -e evaluate" in capsys.readouterr().out
     return out, table
 
 

@@ -24,7 +24,7 @@ REPORTED = (  # MAE names, physical units: arcsec, arcsec, arcsec, -, -, -, -, -
 )
 UNITS = {"theta_E": "arcsec", "src_x": "arcsec", "src_y": "arcsec", "phi": "rad", "psi_ext": "rad"}
 BOOKKEEPING = ("split", "label", "class_name", "source_index", "file")  # params columns that are never targets
-COLUMN_UNIT = "unknown: the CSV's own"  # a user column's MAE is in whatever unit the column was written in
+COLUMN_UNIT = "CSV units, unknown to dlfm"  # a user column's MAE is in whatever unit the column was written in
 
 
 def unit_label(name: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from dlfm.cli import main
 from dlfm.data import load_dataset
 from dlfm.errors import DatasetError
-from dlfm.evaluation import TASKS, EvaluateConfig, run_grid
+from dlfm.evaluation import TASKS, EvaluateConfig, run_grid, summary
 from dlfm.evaluation.regression import COLUMN_UNIT, LENS, REPORTED, mae_per_parameter
 from dlfm.models import create_encoder
 from dlfm.stages.evaluate import run_evaluate_stage
@@ -80,18 +80,18 @@ def test_an_imported_csv_is_regressed_on_its_own_columns(tmp_path, capsys):
 
 def test_evaluate_and_transfer_stages_report_the_csv_columns(production_version, tmp_path, capsys):
     lenses, _ = _import_lenses(tmp_path, capsys, REAL)
-    summary = run_evaluate_stage(EvaluateConfig(tasks="regression", regression_dataset=str(lenses), budgets="all", seeds="0",
+    evaluated = run_evaluate_stage(EvaluateConfig(tasks="regression", regression_dataset=str(lenses), budgets="all", seeds="0",
                                                 arms="pretrained-frozen,random-frozen", epochs=1, min_steps=1,
                                                 experiment_name="regress-test"))
     client = mlflow.MlflowClient()
-    parent = client.get_run(summary["run_id"])
+    parent = client.get_run(evaluated["run_id"])
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2
     for child in children:
         assert {"test/mae_theta_E", "test/mae_sigma_v"} <= set(child.data.metrics)
         assert not any(f"test/mae_{name}" in child.data.metrics for name in ("q", "phi", "e1"))
         assert np.isfinite(child.data.metrics["test/rel_mae"])
-    assert f"| theta_E ({COLUMN_UNIT}) |" in summary["markdown"] and f"| sigma_v ({COLUMN_UNIT}) |" in summary["markdown"]
+    assert f"| theta_E ({COLUMN_UNIT}) |" in evaluated["markdown"] and f"| sigma_v ({COLUMN_UNIT}) |" in evaluated["markdown"]
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "figures/label_efficiency_regression.png" in figures
 
@@ -122,3 +122,5 @@ def test_a_simulated_regression_preset_keeps_the_twelve_lens_parameters(tiny_reg
     config = EvaluateConfig(tasks="regression", budgets="all", seeds="0", arms="pretrained-frozen", epochs=1, min_steps=1)
     [result] = run_grid(config, {"regression": data}, create_encoder("conv4"), torch.device("cpu"))
     assert set(result.metrics) == {f"test/mae_{name}" for name in REPORTED} | {"test/rel_mae"}
+    text = summary.markdown(summary.aggregate([result]), [], data)  # the per-parameter table, units from the readout
+    assert "| theta_E (arcsec) |" in text and "| psi_ext (rad) |" in text and text.count(" (dimensionless) |") == 7

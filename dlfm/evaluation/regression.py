@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from dlfm.data.user_arrays import CLASS_NAME_PATTERN, RESERVED_COLUMNS
 from dlfm.errors import DatasetError
 
 TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")  # learned, standardised
@@ -23,13 +24,8 @@ REPORTED = (  # MAE names, physical units: arcsec, arcsec, arcsec, -, -, -, -, -
     "theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2", "ellipticity", "q", "phi", "gamma_ext", "psi_ext",
 )
 UNITS = {"theta_E": "arcsec", "src_x": "arcsec", "src_y": "arcsec", "phi": "rad", "psi_ext": "rad"}
-BOOKKEEPING = ("split", "label", "class_name", "source_index", "file")  # params columns that are never targets
+BOOKKEEPING = ("split", "file", *RESERVED_COLUMNS)  # params columns that are never targets (the importer's own)
 COLUMN_UNIT = "CSV units, unknown to dlfm"  # a user column's MAE is in whatever unit the column was written in
-
-
-def unit_label(name: str) -> str:
-    """The unit of a reported lens parameter's MAE for tables: arcsec, rad, or dimensionless (e1, e2, q, shear, …)."""
-    return LENS.unit_label(name)
 
 
 def physical_parameters(targets: np.ndarray) -> dict[str, np.ndarray]:
@@ -115,8 +111,6 @@ LENS = Readout(
 
 def column_readout(params, manifest: dict, dataset_name: str) -> Readout:
     """The dataset's declared numeric target columns (manifest ``targets``, else every numeric column), one MAE each."""
-    from dlfm.data.user_arrays import CLASS_NAME_PATTERN  # what metric names accept: the columns become test/mae_<column>
-
     declared = manifest.get("targets")
     if declared is None:
         declared = [c for c in params.columns if np.issubdtype(params[c].dtype, np.number)]
@@ -127,7 +121,7 @@ def column_readout(params, manifest: dict, dataset_name: str) -> Readout:
         raise DatasetError(f"dataset {dataset_name!r} {what}; regression needs the regression preset, a dataset simulated "
                            "with vary_lens=true, or one imported with --params holding numeric columns")
     text = [c for c in columns if not np.issubdtype(params[c].dtype, np.number)]
-    odd = [c for c in columns if not CLASS_NAME_PATTERN.fullmatch(c)]
+    odd = [c for c in columns if not CLASS_NAME_PATTERN.fullmatch(c)]  # they become metric names: test/mae_<column>
     if text or odd:
         raise DatasetError(f"dataset {dataset_name!r} target column {(text or odd)[0]!r} "
                            + ("is not numeric; make it a number or drop it from the params CSV" if text else

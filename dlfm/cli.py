@@ -64,6 +64,14 @@ def registry_history(args) -> None:
                   f"(e.g. in the MLflow UI) after the last recorded promotion to {recorded}")
 
 
+IMPORT_HINTS = {  # by the imported set's task: what to run on it next
+    "classification": "use it with -P dataset={target}",
+    "regression": ("regress its columns {targets}: mlflow run . -e evaluate --env-manager local -P tasks=regression "
+                   "-P regression_dataset={target} (or -e transfer -P dataset={target})"),
+    "unlabelled": "use it as a pretraining corpus: mlflow run . -e autoencoder -P pretrain_dataset={target}",
+}
+
+
 def dataset_import(args) -> None:
     from dlfm.data.importer import import_dataset
     from dlfm.data.user_arrays import UserArrays
@@ -78,8 +86,8 @@ def dataset_import(args) -> None:
     sizes = ", ".join(f"{split} {len(dataset.indices(split))}" for split in ("train", "val", "test"))
     print(f"wrote {target}: {len(dataset)} {dataset.image_size}x{dataset.image_size} images, {dataset.task}, "
           f"classes {', '.join(dataset.class_names)} ({sizes}); digest {dataset.digest[:12]}")
-    print(f"use it with -P dataset={target}" if dataset.task != "unlabelled"
-          else f"use it as a pretraining corpus: mlflow run . -e autoencoder -P pretrain_dataset={target}")
+    targets = ", ".join(dataset.manifest.get("targets", ()))
+    print(IMPORT_HINTS[dataset.task].format(target=target, targets=targets))
 
 
 def add_dataset_parser(commands) -> None:

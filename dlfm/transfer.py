@@ -1,4 +1,4 @@
-"""The transfer config (pure config; no MLflow): the lens-parameter ablation as an evaluate grid.
+"""The transfer config (pure config; no MLflow): the regression ablation (lens parameters or CSV columns) as an evaluate grid.
 
 Transfer runs through dlfm.evaluation (one engine for frozen heads and fine-tuning; the regression
 targets, MAE and standardiser live in ``dlfm.evaluation.regression``, the random encoder and the
@@ -18,7 +18,7 @@ from dlfm.evaluation.config import EvaluateConfig, parse_seeds
 class TransferConfig:
     encoder_stage: str = "production"  # registry alias to load: models:/dlfm-encoder@<stage>
     encoder_uri: str = ""  # any models:/… URI; overrides encoder_stage when given
-    dataset: str = "regression"  # preset (simulated and cached if missing) or a dataset dir with lens parameters
+    dataset: str = "regression"  # preset (simulated and cached if missing), a dataset dir with lens parameters, or an imported set's numeric CSV columns
     epochs: int = 60  # head training epochs (cheap: the head trains on cached embeddings)
     lr: float = 1e-3  # AdamW learning rate of the head
     weight_decay: float = 1e-4  # AdamW weight decay

@@ -1,7 +1,8 @@
 """Entry point `mlflow run . -e transfer`: pretrained (by registry stage) vs random frozen encoder.
 
 evaluate's regression task at budget `all` with two arms (dlfm.stages.transfer).
-Reads: models:/dlfm-encoder@<encoder_stage> (or encoder_uri) and a lens-parameter dataset.
+Reads: models:/dlfm-encoder@<encoder_stage> (or encoder_uri) and a regression dataset (lens parameters,
+or an imported set's numeric CSV columns).
 Writes: one child run per arm and seed; on the parent everything evaluate writes plus
 transfer_table.md/.json, figures/mae_bars.png and figures/parity.png.
 """
@@ -14,7 +15,8 @@ def main() -> None:
     from dlfm.stages.transfer import run_transfer_stage
     from dlfm.transfer import TransferConfig
 
-    parser = ParamParser(prog="pipelines/transfer.py", description="Pretrained-vs-random transfer to lens parameters.")
+    parser = ParamParser(prog="pipelines/transfer.py",
+                         description="Pretrained-vs-random transfer to lens parameters (or an imported set's CSV columns).")
     add_entry_point_params(parser, "transfer")
     config = config_from_args(TransferConfig, parser.parse_args())
     summary = run_transfer_stage(config)

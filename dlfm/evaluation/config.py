@@ -38,9 +38,9 @@ def _parse_list(name: str, text: str, example: str) -> list[str]:
 class EvaluateConfig:
     encoder_stage: str = "production"  # registry alias to evaluate: models:/dlfm-encoder@<stage>
     encoder_uri: str = ""  # any models:/dlfm-encoder/<version> (or @alias) URI; overrides encoder_stage
-    tasks: str = "classification,regression"  # comma-separated: classification (model_ii), regression (lens parameters), superres (16 -> 64 px)
+    tasks: str = "classification,regression"  # comma-separated: classification (model_ii), regression (lens parameters or CSV columns), superres (16 -> 64 px)
     classification_dataset: str = "model_ii"  # preset (simulated with sim_seed, held out from pretraining) or a dataset dir
-    regression_dataset: str = "regression"  # preset or a dataset dir with varying lens parameters
+    regression_dataset: str = "regression"  # preset or a dataset dir: varying lens parameters, or an imported set's numeric CSV columns
     superres_dataset: str = "model_ii"  # a 64-px preset (or a dataset dir dlfm simulated): its images degraded by its own instrument
     budgets: str = "25,100,400,all"  # labelled train images: per class for classification, in total for regression and superres
     arms: str = ",".join(ARM_NAMES)  # which of pretrained-frozen, random-frozen, pretrained-finetune, scratch to run

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlfm.evaluation.config import ALL, ARM_NAMES
-from dlfm.evaluation.tasks import TASKS
-from dlfm.evaluation.regression import REPORTED, unit_label
+from dlfm.evaluation.tasks import TASKS, TaskData
 
 # (treated, control): the two questions a researcher asks of a pretrained encoder.
 PAIRS = (("pretrained-finetune", "scratch"), ("pretrained-frozen", "random-frozen"))
@@ -122,8 +121,17 @@ def _cell(row: dict | None, metric: str, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
-def markdown(rows: list[dict], verdict_rows: list[dict], mean_predictor: dict[str, float] | None = None) -> str:
-    """evaluation.md: per task a budget × arm table of the headline metric, the verdicts, and regression per parameter."""
+def reported_in(rows: list[dict]) -> tuple[str, ...]:
+    """The names of the test/mae_<name> metrics in aggregated rows (sorted): the table when no task data is at hand."""
+    return tuple(sorted({key[len("test/mae_"):-len("_mean")] for row in rows for key in row
+                         if key.startswith("test/mae_") and key.endswith("_mean")}))
+
+
+def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | None = None) -> str:
+    """evaluation.md: per task a budget × arm table of the headline metric, the verdicts, and regression per reported name.
+
+    ``regression`` (the loaded task data) names the reported MAEs, their units and the mean predictor.
+    """
     lines = ["# Label-efficiency evaluation", "",
              "Test metrics, mean ± sd over seeds. Every arm of a (budget, seed) shares the label subset, head init, "
              "optimiser and schedule.", ""]
@@ -154,9 +162,10 @@ def markdown(rows: list[dict], verdict_rows: list[dict], mean_predictor: dict[st
             largest = {a: next((r for r in task_rows if r["budget"] == budget and r["arm"] == a), None) for a in arms}
             lines += ["", f"### regression per parameter at {size} labelled images ({budget}): test MAE", "",
                       "| parameter | " + " | ".join(arms) + " | mean predictor |", "|---|" + "---|" * (len(arms) + 1)]
-            for name in REPORTED:
-                unit = f" ({unit_label(name)})"
-                base = (mean_predictor or {}).get(f"test/mae_{name}")
+            readout = regression.readout if regression else None
+            for name in readout.reported if readout else reported_in(task_rows):
+                unit = f" ({readout.unit_label(name)})" if readout else ""
+                base = (regression.baseline if regression else {}).get(f"test/mae_{name}")
                 lines.append(f"| {name}{unit} | " + " | ".join(_cell(largest[a], f"test/mae_{name}", 4) for a in arms)
                              + f" | {'—' if base is None else f'{base:.4f}'} |")
         lines.append("")

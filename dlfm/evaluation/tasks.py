@@ -14,23 +14,17 @@ from torch import nn
 from dlfm.errors import ConfigError
 from dlfm.evaluation.config import ALL
 from dlfm.models.heads import ClassificationHead, RegressionHead
-from dlfm.evaluation.regression import (
-    REPORTED,
-    Standardizer,
-    check_lens_parameters_vary,
-    mae_per_parameter,
-    regression_targets,
-)
+from dlfm.evaluation.regression import Readout, Standardizer, choose_readout
 
 SUBSET_STREAM = 0x5EED  # the label subsets' own seed stream, apart from head init and random encoders
 
 
 @dataclass(frozen=True)
 class Split:
-    """Normalised images and their targets (class indices, or the 7 learned lens parameters in physical units)."""
+    """Normalised images and their targets (class indices, or the regression readout's columns in their own units)."""
 
     images: np.ndarray  # (n, 1, H, W) float32, min-max normalised per image (superres: the bicubic-upsampled degraded image)
-    targets: np.ndarray  # classification: (n,) int64; regression: (n, 7) float64, dlfm.evaluation.regression.TARGETS order;
+    targets: np.ndarray  # classification: (n,) int64; regression: (n, k) float64 in TaskData.readout.columns order;
     # superres: (n, 1, H, W) float32, the high-resolution images min-max normalised per image
 
 
@@ -45,6 +39,7 @@ class TaskData:
     test: Split  # held-out split every cell is scored on
     class_names: tuple[str, ...]  # classification classes; one name for the tasks whose budgets count images in total
     baseline: dict[str, float]  # the no-skill baseline's test metrics: regression, MAE of the train mean; superres, bicubic
+    readout: Readout | None = None  # regression: which columns are learned and which MAEs are reported, in which units
 
 
 @dataclass(frozen=True)
@@ -133,11 +128,11 @@ class ClassificationTask:
 
 
 class RegressionTask:
-    """Lens-parameter regression: the seed's MLP head on standardised targets, MAE in physical units."""
+    """Regression: the seed's MLP head on standardised targets, MAE per reported name (the dataset's readout)."""
 
     name = "regression"
     dataset_field = "regression_dataset"
-    headline = "test/rel_mae"  # mean over parameters of MAE / MAE of predicting the train mean (1 = no skill)
+    headline = "test/rel_mae"  # mean over reported names of MAE / MAE of predicting the train mean (1 = no skill)
     higher_is_better = False
     budget_unit = "labelled images"
     head_input = "embedding"
@@ -146,12 +141,14 @@ class RegressionTask:
     reference = ""
 
     def load(self, dataset, spec: str) -> TaskData:
-        """Typed train/test data of a dataset whose lens parameters vary."""
-        y = {s: regression_targets(dataset.get_params(s), spec) for s in ("train", "test")}
-        check_lens_parameters_vary(y["train"], spec)
-        baseline = mae_per_parameter(np.repeat(y["train"].mean(0, keepdims=True), len(y["test"]), 0), y["test"], "test")
+        """Typed train/test data of a dataset whose targets vary; its readout is chosen here, once."""
+        params = {s: dataset.get_params(s) for s in ("train", "test")}
+        readout = choose_readout(params["train"], dataset.manifest, spec)
+        y = {s: readout.targets(params[s], spec) for s in ("train", "test")}
+        readout.check_vary(y["train"], spec)
+        baseline = readout.mae(np.repeat(y["train"].mean(0, keepdims=True), len(y["test"]), 0), y["test"], "test")
         splits = {s: Split(dataset.get_images(s), y[s]) for s in ("train", "test")}
-        return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], ("lens",), baseline)
+        return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], ("lens",), baseline, readout)
 
     def subset(self, data: TaskData, budget: int | str, seed: int) -> np.ndarray:
         return draw_subset(budget, seed, n=len(data.train.targets))
@@ -177,14 +174,13 @@ class RegressionTask:
         return nn.functional.mse_loss(outputs, values)
 
     def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
-        """Standardised outputs → the 7 learned parameters in physical units."""
+        """Standardised outputs → the learned columns in their own units."""
         return targets.scaler.inverse(outputs.astype(np.float64))
 
     def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
-        """test/mae_<param> in physical units (circular for angles) and their no-skill-relative mean."""
-        metrics = mae_per_parameter(predictions, data.test.targets, "test")
-        ratios = [metrics[f"test/mae_{p}"] / max(data.baseline[f"test/mae_{p}"], 1e-12) for p in REPORTED]
-        metrics["test/rel_mae"] = float(np.mean(ratios))
+        """test/mae_<name> per reported name (the readout's units) and their no-skill-relative mean."""
+        metrics = data.readout.mae(predictions, data.test.targets, "test")
+        metrics["test/rel_mae"] = data.readout.rel_mae(metrics, data.baseline)
         return metrics
 
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from dlfm.evaluation.config import ARM_NAMES  # noqa: E402
 from dlfm.evaluation.summary import CONFIDENCE  # noqa: E402
 from dlfm.evaluation.tasks import TASKS  # noqa: E402
-from dlfm.evaluation.regression import REPORTED, UNITS  # noqa: E402
+from dlfm.evaluation.regression import Readout  # noqa: E402
 
 STYLE = {"pretrained-frozen": ("tab:blue", "-"), "random-frozen": ("tab:grey", "-"),
          "pretrained-finetune": ("tab:orange", "--"), "scratch": ("k", "--")}
@@ -70,19 +70,20 @@ def label_efficiency_figure(rows: list[dict], verdict_rows: list[dict] = ()):
     return figure
 
 
-def regression_parameters_figure(rows: list[dict]):
-    """Test MAE (physical units) of every lens parameter against labelled images, in a small grid."""
+def regression_parameters_figure(rows: list[dict], readout: Readout):
+    """Test MAE of every name the readout reports against labelled images, in a small grid."""
     rows = [r for r in rows if r["task"] == "regression"]
-    cols = 4
-    figure, axes = plt.subplots(math.ceil(len(REPORTED) / cols), cols, figsize=(3.3 * cols, 2.7 * math.ceil(len(REPORTED) / cols)),
+    names = readout.reported
+    cols = min(4, len(names))
+    figure, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.3 * cols, 2.7 * math.ceil(len(names) / cols)),
                                 squeeze=False)
-    for axis, name in zip(axes.flat, REPORTED):
+    for axis, name in zip(axes.flat, names):
         _curve(axis, rows, f"test/mae_{name}")
-        unit = f" ({UNITS[name]})" if name in UNITS else ""
+        unit = f" ({readout.units[name]})" if name in readout.units else ""
         axis.set_title(f"MAE {name}{unit}", fontsize=9)
         axis.tick_params(labelsize=7)
         axis.grid(alpha=0.3, which="both")
-    for axis in list(axes.flat)[len(REPORTED):]:
+    for axis in list(axes.flat)[len(names):]:
         axis.set_axis_off()
     axes.flat[0].legend(fontsize=6)
     figure.supxlabel("labelled images (log)")

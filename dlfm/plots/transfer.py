@@ -8,11 +8,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dlfm.evaluation.regression import UNITS  # noqa: E402
 
-
-def mae_bars_figure(table: list[dict]):
-    """Per-parameter test MAE, mean ± sd over seeds, relative to the mean predictor (1 = no skill)."""
+def mae_bars_figure(table: list[dict], subject: str):
+    """Per reported name test MAE, mean ± sd over seeds, relative to the mean predictor (1 = no skill); ``subject`` titles it."""
     names = [row["parameter"] for row in table]
     x = np.arange(len(names))
     figure, axis = plt.subplots(figsize=(max(7, len(names) * 0.8), 4))
@@ -24,15 +22,16 @@ def mae_bars_figure(table: list[dict]):
         axis.bar(x + offset, means, width, yerr=sds, capsize=3, label=arm, color=color)
     axis.axhline(1.0, color="k", lw=0.8, ls="--", label="predict the train mean")
     axis.set_xticks(x, names, rotation=30, ha="right")
-    axis.set(ylabel="test MAE / MAE of the mean predictor", title="Frozen encoder → lens parameters (lower is better)")
+    axis.set(ylabel="test MAE / MAE of the mean predictor", title=f"Frozen encoder → {subject} (lower is better)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def parity_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[str, np.ndarray]], names: tuple[str, ...]):
-    """True vs predicted per parameter, one colour per encoder arm."""
-    cols = 4
+def parity_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[str, np.ndarray]], names: tuple[str, ...],
+                  units: dict[str, str]):
+    """True vs predicted per reported name, one colour per encoder arm; ``units`` titles the names that have one."""
+    cols = min(4, len(names))
     rows = int(np.ceil(len(names) / cols))
     figure, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
     for axis, name in zip(axes.flat, names):
@@ -40,7 +39,7 @@ def parity_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[str,
         for arm, color in (("random", "tab:grey"), ("pretrained", "tab:blue")):
             axis.scatter(truth[name], predictions[arm][name], s=4, alpha=0.5, color=color, label=arm)
         axis.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        unit = UNITS.get(name)
+        unit = units.get(name)
         axis.set_title(f"{name}" + (f" ({unit})" if unit else ""), fontsize=9)
     for axis in list(axes.flat)[len(names):]:
         axis.set_axis_off()

@@ -114,14 +114,14 @@ def log_summary(results, tasks: dict) -> tuple[list[dict], list[dict], str]:
 
     rows, verdict_rows = summaries.aggregate(results), summaries.verdicts(results)
     regression = tasks.get("regression")
-    text = summaries.markdown(rows, verdict_rows, regression.baseline if regression else None)
+    text = summaries.markdown(rows, verdict_rows, regression)
     tracking.log_text(text, "evaluation.md")
     tracking.log_text(pd.DataFrame(rows).to_csv(index=False), "evaluation_summary.csv")
     tracking.log_text(pd.DataFrame(summaries.cells_table(results)).to_csv(index=False), "evaluation_cells.csv")
     tracking.log_dict({"rows": rows, "verdicts": verdict_rows}, "evaluation.json")
     tracking.log_figure(label_efficiency_figure(rows, verdict_rows), "figures/label_efficiency.png")
     if regression is not None:
-        tracking.log_figure(regression_parameters_figure(rows), "figures/label_efficiency_regression.png")
+        tracking.log_figure(regression_parameters_figure(rows, regression.readout), "figures/label_efficiency_regression.png")
     metrics, tags = {}, {}
     for row in rows:
         headline = TASKS[row["task"]].headline

@@ -11,14 +11,14 @@ import numpy as np
 
 from dlfm import tracking
 from dlfm.stages.evaluate import run_evaluate_stage
-from dlfm.evaluation.regression import REPORTED, physical_parameters, unit_label
+from dlfm.evaluation.regression import Readout
 from dlfm.transfer import TransferConfig
 
 
-def comparison_table(results: dict[str, list[dict]], mean_predictor: dict[str, float]) -> list[dict]:
-    """Per parameter: test MAE mean ± sd over seeds for each arm, their ratio, and the mean-predictor MAE."""
+def comparison_table(results: dict[str, list[dict]], mean_predictor: dict[str, float], reported: tuple[str, ...]) -> list[dict]:
+    """Per reported name: test MAE mean ± sd over seeds for each arm, their ratio, and the mean-predictor MAE."""
     table = []
-    for name in REPORTED:
+    for name in reported:
         row = {"parameter": name, "mean_predictor": mean_predictor[f"test/mae_{name}"]}
         for arm in ("pretrained", "random"):
             values = np.array([r[f"test/mae_{name}"] for r in results[arm]])
@@ -28,12 +28,12 @@ def comparison_table(results: dict[str, list[dict]], mean_predictor: dict[str, f
     return table
 
 
-def table_markdown(table: list[dict]) -> str:
-    """The comparison table as markdown."""
+def table_markdown(table: list[dict], readout: Readout) -> str:
+    """The comparison table as markdown, each name with its MAE's unit."""
     lines = ["| parameter (MAE unit) | pretrained MAE | random MAE | pretrained/random | mean predictor MAE |",
              "|---|---|---|---|---|"]
     for row in table:
-        lines.append(f"| {row['parameter']} ({unit_label(row['parameter'])}) | {row['pretrained_mean']:.4f} ± {row['pretrained_sd']:.4f} | "
+        lines.append(f"| {row['parameter']} ({readout.unit_label(row['parameter'])}) | {row['pretrained_mean']:.4f} ± {row['pretrained_sd']:.4f} | "
                      f"{row['random_mean']:.4f} ± {row['random_sd']:.4f} | {row['ratio']:.3f} | {row['mean_predictor']:.4f} |")
     return "\n".join(lines)
 
@@ -48,25 +48,28 @@ def transfer_views(config: TransferConfig):
         by_arm = {label: sorted((r for r in results if r.cell.arm == arm), key=lambda r: r.cell.seed)
                   for label, arm in (("pretrained", pretrained_arm), ("random", random_arm))}
         data = tasks["regression"]
-        table = comparison_table({label: [r.metrics for r in cells] for label, cells in by_arm.items()}, data.baseline)
+        readout = data.readout
+        table = comparison_table({label: [r.metrics for r in cells] for label, cells in by_arm.items()}, data.baseline,
+                                 readout.reported)
         metrics = {}
         for row in table:
             metrics[f"test/mae_{row['parameter']}_pretrained"] = row["pretrained_mean"]
             metrics[f"test/mae_{row['parameter']}_random"] = row["random_mean"]
             metrics[f"test/mae_ratio_{row['parameter']}"] = row["ratio"]
         tracking.log_metrics(metrics)
-        text = table_markdown(table)
+        text = table_markdown(table, readout)
         tracking.log_text(text + "\n", "transfer_table.md")
         tracking.log_dict({"rows": table}, "transfer_table.json")
-        tracking.log_figure(mae_bars_figure(table), "figures/mae_bars.png")
-        first = {label: physical_parameters(cells[0].predictions) for label, cells in by_arm.items()}
-        tracking.log_figure(parity_figure(physical_parameters(data.test.targets), first, REPORTED), "figures/parity.png")
+        tracking.log_figure(mae_bars_figure(table, readout.subject), "figures/mae_bars.png")
+        first = {label: readout.derive(cells[0].predictions) for label, cells in by_arm.items()}
+        tracking.log_figure(parity_figure(readout.derive(data.test.targets), first, readout.reported, readout.units),
+                            "figures/parity.png")
         return {"table": table, "transfer_markdown": text}
 
     return log
 
 
 def run_transfer_stage(config: TransferConfig) -> dict:
-    """Pretrained vs random (frozen, or both fine-tuned) on lens parameters, every seed, all labels."""
+    """Pretrained vs random (frozen, or both fine-tuned) on the dataset's regression targets, every seed, all labels."""
     config.validate()
     return run_evaluate_stage(config.evaluate_config(), stage="transfer", extra=transfer_views(config))

@@ -67,6 +67,21 @@ def tracking_uri(tmp_path, monkeypatch, empty_store_template) -> str:
         mlflow.end_run()
 
 
+@pytest.fixture
+def production_version(tracking_uri) -> str:
+    """A registered conv4 encoder (64 px, multitask, random seeded weights) holding the production alias."""
+    import torch
+
+    from dlfm.models import create_encoder
+    from dlfm.tracking import registry, stage_run
+
+    torch.manual_seed(0)
+    with stage_run("multitask", "multitask-test", "evaluate-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
+    registry.promote(version, "production")
+    return version
+
+
 @pytest.fixture(scope="session")
 def tiny_classification_dir(tmp_path_factory) -> Path:
     """A tiny model_ii dataset (24/12/12 images), simulated once per test session."""

@@ -15,7 +15,6 @@ from dlfm.data import load_dataset
 from dlfm.evaluation import TASKS, EmbeddingCache, EvaluateConfig, draw_subset, run_grid, verdict
 from dlfm.evaluation.grid import Encoders, plan
 from dlfm.models import create_encoder
-from dlfm.tracking import registry, stage_run
 
 
 def checksum(module: torch.nn.Module) -> str:
@@ -103,14 +102,6 @@ def test_scratch_and_random_start_from_another_init_and_finetune_moves_only_a_co
     assert checksum(pretrained) == before  # fine-tuning trained a copy
     assert results[0].metrics != results[1].metrics
 
-
-@pytest.fixture
-def production_version(tracking_uri):
-    torch.manual_seed(0)
-    with stage_run("multitask", "multitask-test", "evaluate-test", system_metrics=False) as run_id:
-        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
-    registry.promote(version, "production")
-    return version
 
 
 def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path, tiny_classification_dir, tiny_regression_dir):

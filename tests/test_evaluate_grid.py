@@ -18,20 +18,10 @@ from conftest import REPO, run_script
 from dlfm.errors import ConfigError
 from dlfm.evaluation import EvaluateConfig, grid
 from dlfm.evaluation.grid import Cell, owners
-from dlfm.models import create_encoder
 from dlfm.stages.evaluate import run_evaluate_stage
-from dlfm.tracking import registry, stage_run
 from dlfm.tracking.checkpoints import RESUME_HINT_TAG
 from dlfm.training.interrupt import GridInterrupted
 
-
-@pytest.fixture
-def production_version(tracking_uri):
-    torch.manual_seed(0)
-    with stage_run("multitask", "multitask-test", "evaluate-test", system_metrics=False) as run_id:
-        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
-    registry.promote(version, "production")
-    return version
 
 
 def tiny(cls_dir, reg_dir, **changes) -> EvaluateConfig:

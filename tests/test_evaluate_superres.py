@@ -18,7 +18,6 @@ from dlfm.evaluation import superres
 from dlfm.models import create_encoder
 from dlfm.models.heads import FrozenEncoder, SuperResolutionHead, SuperResolutionNet
 from dlfm.simulation import PRESETS
-from dlfm.tracking import registry, stage_run
 
 SR_METRICS = {"test/psnr", "test/ssim", "test/bicubic_psnr", "test/bicubic_ssim"}
 
@@ -150,14 +149,6 @@ def test_unknown_task_lists_superres():
     with pytest.raises(ConfigError, match=r"unknown task 'segmentation'; tasks are classification, regression, superres$"):
         EvaluateConfig(tasks="segmentation").validate()
 
-
-@pytest.fixture
-def production_version(tracking_uri):
-    torch.manual_seed(0)
-    with stage_run("multitask", "multitask-test", "evaluate-test", system_metrics=False) as run_id:
-        version = registry.register_encoder_version(create_encoder("conv4"), 64, "multitask", {"val/macro_auc": 0.7}, "d" * 64, run_id)
-    registry.promote(version, "production")
-    return version
 
 
 def test_the_evaluate_stage_runs_superres_end_to_end(production_version, tracking_uri, tiny_classification_dir):

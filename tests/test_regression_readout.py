@@ -17,7 +17,6 @@ from dlfm.evaluation.regression import COLUMN_UNIT, LENS, REPORTED, mae_per_para
 from dlfm.models import create_encoder
 from dlfm.stages.evaluate import run_evaluate_stage
 from dlfm.stages.transfer import run_transfer_stage
-from dlfm.tracking import registry, stage_run
 from dlfm.transfer import TransferConfig
 
 SIZE = 64  # the registered conv4's image size
@@ -45,15 +44,6 @@ def _import_lenses(tmp_path, capsys, columns: dict[str, np.ndarray], seed: int =
 REAL = {"theta_E": lambda scale, rng: 0.8 + 0.4 * scale, "sigma_v": lambda scale, rng: rng.normal(250.0, 30.0, N),
         "survey": ["hsc"] * N}
 
-
-@pytest.fixture
-def production_version(tracking_uri):
-    torch.manual_seed(0)
-    with stage_run("multitask", "multitask-test", "regress-test", system_metrics=False) as run_id:
-        version = registry.register_encoder_version(create_encoder("conv4"), SIZE, "multitask", {"val/macro_auc": 0.7},
-                                                    "d" * 64, run_id)
-    registry.promote(version, "production")
-    return version
 
 
 def test_an_imported_csv_is_regressed_on_its_own_columns(tmp_path, capsys):

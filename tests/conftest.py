@@ -67,6 +67,17 @@ def tracking_uri(tmp_path, monkeypatch, empty_store_template) -> str:
         mlflow.end_run()
 
 
+def checksum(module) -> str:
+    """SHA-256 of a module's parameters and buffers (BatchNorm running statistics included): unchanged means untouched."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture
 def production_version(tracking_uri) -> str:
     """A registered conv4 encoder (64 px, multitask, random seeded weights) holding the production alias."""

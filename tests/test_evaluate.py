@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import mlflow
@@ -10,19 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import checksum, REPO, run_script
 from dlfm.data import load_dataset
 from dlfm.evaluation import TASKS, EmbeddingCache, EvaluateConfig, draw_subset, run_grid, verdict
 from dlfm.evaluation.grid import Encoders, plan
 from dlfm.models import create_encoder
-
-
-def checksum(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

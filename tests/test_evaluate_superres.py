@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import mlflow
 import numpy as np
@@ -19,16 +18,9 @@ from dlfm.models import create_encoder
 from dlfm.models.heads import FrozenEncoder, SuperResolutionHead, SuperResolutionNet
 from dlfm.simulation import PRESETS
 
+from conftest import checksum
+
 SR_METRICS = {"test/psnr", "test/ssim", "test/bicubic_psnr", "test/bicubic_ssim"}
-
-
-def checksum(module: torch.nn.Module) -> str:
-    """Parameters and buffers (BatchNorm running statistics included)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

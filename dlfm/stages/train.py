@@ -195,11 +195,13 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     # Logged once (step 0), not at the last epoch's step: val/… and test/… are the best weights' values.
     tracking.log_metrics({"best_epoch": result.best_epoch, "train/images_per_second": result.images_per_second}, step=0)
     log_training_figures(result, dataset.class_names)
-    tracking.log_encoder(result.model.encoder, corpus.image_size, config.objective)
+    # The decoder travels with the encoder, so `-e anomaly` can score by reconstruction error.
+    decoder, masking = result.model.decoder, config.masking
+    tracking.log_encoder(result.model.encoder, corpus.image_size, config.objective, decoder, masking)
     # The version's dataset digest names what the encoder learned from: the corpus when there is one.
     # Registration logs val/… and test/… linked to the logged model `encoder-<objective>`.
     version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
-                                        result.final_metrics, corpus.digest, run_id)
+                                        result.final_metrics, corpus.digest, run_id, decoder=decoder, masking=masking)
     tracking.set_tags({"dlfm.registered_version": version})
     if get_objective(config.objective).probed and "val/accuracy" not in result.final_metrics:  # the loop skipped the probe
         note = (f"no linear probe: dataset {config.dataset!r} has no labels (one class in its train split), so there are "

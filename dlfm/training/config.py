@@ -63,6 +63,11 @@ class TrainConfig:
         return get_objective(self.objective).monitor_for(self.encoder_kind)
 
     @property
+    def masking(self) -> dict:
+        """What a masked objective hides (mask_ratio, patch_size), saved beside its decoder; empty for the others."""
+        return {name: getattr(self, name) for name in MASK_PARAMS} if get_objective(self.objective).masks_input else {}
+
+    @property
     def encoder_kind(self) -> str:
         """cnn | vit: the encoder's registry row, which picks the way a masked objective hides input."""
         from dlfm.models.encoders import encoder_row

@@ -30,7 +30,9 @@ def check_trainable(config: TrainConfig, dataset) -> None:
             f"dataset {config.dataset!r} is a {dataset.task} dataset; training stages need a "
             "classification dataset (preset model_ii, model_i or model_iii, or DeepLense class folders)"
         )
-    create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(dataset.image_size)
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    for size in dataset.image_sizes:
+        encoder.check_image_size(size)
     for split in ("train", "val", "test"):
         if len(dataset.indices(split)) == 0:
             raise DatasetError(f"dataset {config.dataset!r} has an empty {split} split; simulate more images")
@@ -52,7 +54,9 @@ def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
     """The pretraining corpus has every split, suits the encoder, and shares no image with the downstream set."""
     from dlfm.models import create_encoder
 
-    create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(corpus.image_size)
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    for size in corpus.image_sizes:  # a multi-instrument corpus: every instrument's size
+        encoder.check_image_size(size)
     for split in ("train", "val", "test"):
         if len(corpus.indices(split)) == 0:
             raise DatasetError(f"pretrain_dataset {config.pretrain_dataset!r} has an empty {split} split; simulate more images")
@@ -74,7 +78,8 @@ def prepare_data(config: TrainConfig, runtime):
     def resolve():
         dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
         corpus = (resolve_dataset(config.pretrain_dataset, config.pretrain_n_train, config.pretrain_n_val,
-                                  config.pretrain_n_test, seed=config.pretrain_seed) if config.pretrain_dataset else dataset)
+                                  config.pretrain_n_test, seed=config.pretrain_seed, mix=config.pretrain_mix)
+                  if config.pretrain_dataset else dataset)
         return dataset, corpus
 
     resolved = resolve() if runtime.is_main_process else None

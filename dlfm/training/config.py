@@ -15,7 +15,7 @@ RESUME_IGNORED = ("resume",)
 # Params that only some objectives take, keyed by the table property that turns them on.
 WEIGHT_PARAMS = ("recon_weight", "loss_balance")
 MASK_PARAMS = ("mask_ratio", "patch_size")
-PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "pretrain_seed")  # fields a resumed run need not share with its checkpoint
+PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "pretrain_seed", "pretrain_mix")  # fields a resumed run need not share with its checkpoint
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class TrainConfig:
     # when `pretrain_dataset` is a preset not cached yet: the root seed of its simulation; apart from every
     # evaluation seed (datasets at 0, evaluate's sim_seed 1), so the corpus shares no image with them
     pretrain_seed: int = 1000
+    # when `pretrain_dataset` is a multi-instrument corpus (pretrain_multi: Model I, II and III, each at its native size):
+    # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
+    pretrain_mix: str = "model_i=1,model_ii=1,model_iii=1"
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
@@ -91,6 +94,10 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
         need(self.pretrain_seed >= 0, f"pretrain_seed must be a non-negative integer, got {self.pretrain_seed!r}")
+        from dlfm.corpora import MULTI_CORPORA, parse_mix
+
+        if self.pretrain_dataset in MULTI_CORPORA:
+            parse_mix(self.pretrain_mix, self.pretrain_dataset)  # a bad mix is one line before any work
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")

@@ -176,3 +176,44 @@ def test_a_vit_on_pretrain_multi_with_model_i_is_one_error_line(tracking_uri, ti
                          epochs=1, device="cpu", experiment_name="multi-test")
     with pytest.raises(ConfigError, match="150 px is no multiple of 8"):
         run_training_stage(config, progress=False)
+    without_model_i = TrainConfig(**{**config.to_dict(), "pretrain_mix": "model_i=0,model_ii=1,model_iii=1"})
+    from dlfm.stages.train import check_corpus_sizes
+
+    check_corpus_sizes(without_model_i)  # 64-px instruments only: a whole number of 8-px tokens
+
+
+@pytest.mark.slow  # a real `mlflow run` process
+def test_mlflow_run_autoencoder_pretrains_on_pretrain_multi(tracking_uri, tmp_path, tiny_classification_dir):
+    import os
+
+    import mlflow
+
+    from conftest import REPO, run_script
+
+    result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "autoencoder", "--env-manager", "local",
+                         "--experiment-name", "multi-run", "-P", f"dataset={tiny_classification_dir}",
+                         "-P", "pretrain_dataset=pretrain_multi", "-P", "pretrain_mix=model_i=1,model_ii=1,model_iii=1",
+                         "-P", "pretrain_n_train=9", "-P", "pretrain_n_val=9", "-P", "pretrain_n_test=9",
+                         "-P", "encoder=conv4", "-P", "epochs=1", "-P", "batch_size=4", "-P", "device=cpu"], cwd=tmp_path,
+                        env_extra={"PATH": f"{REPO / '.venv' / 'bin'}:{os.path.dirname(__import__('sys').executable)}:"
+                                           + os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    [run] = [r for r in client.search_runs([client.get_experiment_by_name("multi-run").experiment_id])
+             if r.data.tags.get("dlfm.stage") == "autoencoder"]
+    assert run.info.status == "FINISHED" and run.data.params["pretrain_dataset"] == "pretrain_multi"
+    pretraining = [i.dataset for i in run.inputs.dataset_inputs if any(t.value == "pretraining" for t in i.tags)]
+    assert len(pretraining) == 1 and "pretrain_multi-" in pretraining[0].source
+
+
+@pytest.mark.slow  # a real process: the entry point's one-line error
+def test_a_vit_on_model_i_sizes_is_one_dlfm_error_line_through_the_script(tracking_uri, tmp_path, tiny_classification_dir):
+    from conftest import REPO, run_script
+
+    result = run_script([str(REPO / "pipelines/mae.py"), "--dataset", str(tiny_classification_dir), "--encoder", "vit_tiny_p4",
+                         "--patch_size", "4", "--pretrain_dataset", "pretrain_multi", "--pretrain_n_train", "9",
+                         "--pretrain_n_val", "9", "--pretrain_n_test", "9", "--epochs", "1", "--device", "cpu"], cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dlfm: error:")]
+    assert len(errors) == 1 and "150 px is no multiple of 4" in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "data").exists()  # refused before any image is simulated

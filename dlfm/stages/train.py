@@ -67,6 +67,20 @@ def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
         )
 
 
+def check_corpus_sizes(config: TrainConfig) -> None:
+    """A multi-instrument corpus's image sizes are known before it is simulated: refuse an encoder that cannot take one first."""
+    from dlfm.corpora import MULTI_CORPORA, parse_mix
+
+    if config.pretrain_dataset not in MULTI_CORPORA:
+        return
+    from dlfm.models import create_encoder
+    from dlfm.simulation import PRESETS
+
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    for instrument in parse_mix(config.pretrain_mix, config.pretrain_dataset):  # instruments of weight 0 are not simulated
+        encoder.check_image_size(PRESETS[MULTI_CORPORA[config.pretrain_dataset][instrument]].image_size)
+
+
 def prepare_data(config: TrainConfig, runtime):
     """Resolve (rank 0 first: it may simulate the cache) and check the datasets.
 
@@ -74,6 +88,8 @@ def prepare_data(config: TrainConfig, runtime):
     tensors (the same objects as the downstream ones without ``pretrain_dataset``).
     """
     from dlfm.stages.common import resolve_dataset, split_tensors
+
+    check_corpus_sizes(config)
 
     def resolve():
         dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)

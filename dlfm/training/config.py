@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
+from dlfm.corpora import DEFAULT_MIX
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
@@ -56,7 +57,7 @@ class TrainConfig:
     pretrain_seed: int = 1000
     # when `pretrain_dataset` is a multi-instrument corpus (pretrain_multi: Model I, II and III, each at its native size):
     # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
-    pretrain_mix: str = "model_i=1,model_ii=1,model_iii=1"
+    pretrain_mix: str = DEFAULT_MIX
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 

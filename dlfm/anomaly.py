@@ -5,7 +5,13 @@ An image is scored by the density of the corpus around its embedding, two ways:
 - ``knn``: the mean Euclidean distance to its ``k`` nearest corpus embeddings, after standardising
   each embedding dimension with the corpus mean and sd (so no dimension dominates by scale);
 - ``gaussian``: the Mahalanobis distance under one Gaussian fitted to the corpus embeddings, with
-  Ledoit-Wolf shrinkage (the corpus may have fewer images than the embedding has dimensions).
+  Ledoit-Wolf shrinkage (the corpus may have fewer images than the embedding has dimensions);
+
+and, when the registered version carries its decoder (autoencoder, mae, multitask), by how badly it
+reconstructs the image:
+
+- ``reconstruction``: the objective's reconstruction part per image (MSE over the normalised image;
+  for mae, over the hidden patches of a seeded mask, normalised per patch with a ViT).
 
 Higher is more anomalous. Each anomaly kind is a simulation preset that differs from Model II in one
 known way; the AUROC of a kind's images against held-out normal Model II images (same instrument,
@@ -27,7 +33,9 @@ ANOMALY_KINDS = {
     "heavy_subhalos": "anomaly_heavy_subhalos",  # 25 subhalos of 1e10-1e11 M☉ (the cdm class: 1e6-1e10 M☉)
     "wide_psf": "anomaly_wide_psf",  # the instrument off: PSF FWHM 0.32″ instead of 0.16″
 }
-SCORES = ("knn", "gaussian")
+SCORES = ("knn", "gaussian")  # density scores: every encoder has them
+RECONSTRUCTION_SCORE = "reconstruction"  # only an encoder registered with its decoder has it
+ALL_SCORES = (*SCORES, RECONSTRUCTION_SCORE)  # column order of the table, the csv and the figures
 
 
 @dataclass(frozen=True)
@@ -145,12 +153,13 @@ def summarise(aurocs: dict[tuple[str, str], list[float]]) -> list[dict]:
 
 
 def table_markdown(rows: list[dict]) -> str:
-    """AUROC per kind (rows) and score (columns), mean ± sd over seeds."""
+    """AUROC per kind (rows) and score (columns, those the rows have), mean ± sd over seeds."""
     kinds = list(dict.fromkeys(row["kind"] for row in rows))
+    scores = [score for score in ALL_SCORES if any(row["score"] == score for row in rows)]
     by_key = {(row["kind"], row["score"]): row for row in rows}
-    lines = ["| anomaly kind | " + " | ".join(f"AUROC ({score})" for score in SCORES) + " | seeds |",
-             "|---|" + "---|" * len(SCORES) + "---|"]
+    lines = ["| anomaly kind | " + " | ".join(f"AUROC ({score})" for score in scores) + " | seeds |",
+             "|---|" + "---|" * len(scores) + "---|"]
     for kind in kinds:
-        cells = [f"{by_key[kind, s]['auroc_mean']:.3f} ± {by_key[kind, s]['auroc_sd']:.3f}" for s in SCORES]
+        cells = [f"{by_key[kind, s]['auroc_mean']:.3f} ± {by_key[kind, s]['auroc_sd']:.3f}" for s in scores]
         lines.append(f"| {kind} | " + " | ".join(cells) + f" | {by_key[kind, SCORES[0]]['n_seeds']} |")
     return "\n".join(lines)

@@ -41,6 +41,51 @@ def test_a_constant_embedding_dimension_does_not_divide_by_zero():
     assert all(np.isfinite(values).all() for values in scores.values())
 
 
+@pytest.mark.parametrize(("objective", "encoder_name"), [("autoencoder", "conv4"), ("mae", "conv4"), ("mae", "vit_tiny_p4"),
+                                                        ("multitask", "conv4")])
+def test_a_saved_decoder_reloads_and_scores_each_image_by_its_objectives_reconstruction_part(tmp_path, objective, encoder_name):
+    from dlfm.evaluation.embedding import reconstruction_errors
+    from dlfm.models.composite import build_model
+    from dlfm.models.serialization import load_reconstructor, save_encoder
+    from dlfm.training.loop import EVAL_MASK_SEED
+    from dlfm.training.objectives import Objective
+
+    torch.manual_seed(0)
+    model = build_model(objective, encoder_name, num_classes=3).eval()
+    patch = model.encoder.patch_size if encoder_name.startswith("vit") else 8
+    masking = {"mask_ratio": 0.75, "patch_size": patch} if objective == "mae" else {}
+    model.decoder.set_baseline(torch.rand(1, 1, 32, 32))
+    torch.nn.init.normal_(list(model.decoder.parameters())[-2], std=0.1)  # a decoder that is not the zero-residual start
+    save_encoder(model.encoder, tmp_path, 32, objective, decoder=model.decoder, masking=masking)
+    loaded = load_reconstructor(tmp_path)
+    assert loaded.objective == objective and loaded.masking == masking
+    images = torch.rand(6, 1, 32, 32)
+    kind = "vit" if encoder_name.startswith("vit") else "cnn"
+    loss = Objective(objective, kind=kind, **masking)
+    mask = loss.make_mask(images, torch.Generator().manual_seed(EVAL_MASK_SEED))
+    with torch.no_grad():
+        expected_batch = loss.reconstruction_error(model(images, mask).reconstruction, images, mask)
+        per_image = loss.per_image_error(loaded.model(images, mask).reconstruction, images, mask)
+    # Every image hides exactly as many pixels, so the batch loss is the mean of the per-image errors.
+    assert per_image.shape == (6,) and float(per_image.mean()) == pytest.approx(float(expected_batch), rel=1e-5)
+    scored = reconstruction_errors(loaded, images.numpy(), torch.device("cpu"), batch_size=4)
+    np.testing.assert_allclose(scored, per_image.numpy(), rtol=1e-5)
+
+
+def test_an_encoder_saved_without_a_decoder_has_no_reconstruction_score(tmp_path):
+    from dlfm.models.serialization import load_reconstructor, save_encoder
+
+    save_encoder(create_encoder("conv4"), tmp_path, 64, "supervised")
+    assert load_reconstructor(tmp_path) is None
+
+
+def test_the_table_gets_a_reconstruction_column_only_when_scored():
+    both = summarise({("wide_psf", "knn"): [0.9], ("wide_psf", "gaussian"): [0.8], ("wide_psf", "reconstruction"): [0.7]})
+    assert table_markdown(both).splitlines()[0] == ("| anomaly kind | AUROC (knn) | AUROC (gaussian) | AUROC (reconstruction) "
+                                                    "| seeds |")
+    assert "reconstruction" not in table_markdown(both[:2])
+
+
 def test_summary_rows_and_table():
     rows = summarise({("wide_psf", "knn"): [0.9, 1.0], ("wide_psf", "gaussian"): [0.8, 0.8]})
     assert rows[0] == {"kind": "wide_psf", "score": "knn", "auroc_mean": pytest.approx(0.95),
@@ -71,14 +116,18 @@ def test_every_kind_is_a_model_ii_variant_off_in_one_named_way():
 
 
 @pytest.mark.slow
-def test_stage_logs_aurocs_table_scores_and_a_figure_per_kind(tracking_uri, tmp_path, monkeypatch, tiny_classification_dir):
+@pytest.mark.parametrize("objective", ["autoencoder", "supervised"])
+def test_stage_logs_aurocs_table_scores_and_a_figure_per_kind(tracking_uri, tmp_path, monkeypatch, tiny_classification_dir,
+                                                              objective, capsys):
+    from dlfm.models.composite import build_model
     from dlfm.stages.anomaly import run_anomaly_stage
 
     monkeypatch.chdir(tmp_path)  # presets are simulated into ./data
     torch.manual_seed(0)
-    with stage_run("autoencoder", "autoencoder-test", "anomaly-test", system_metrics=False) as run_id:
-        version = registry.register_encoder_version(create_encoder("conv4"), 64, "autoencoder", {"val/macro_auc": 0.7},
-                                                    "d" * 64, run_id)
+    model = build_model(objective, "conv4", num_classes=3)
+    with stage_run(objective, f"{objective}-test", "anomaly-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(model.encoder, 64, objective, {"val/macro_auc": 0.7},
+                                                    "d" * 64, run_id, decoder=model.decoder)
     registry.promote(version, "production")
     config = AnomalyConfig(corpus=str(tiny_classification_dir), corpus_n_train=24, n_images=6, k=3, seeds="0,1",
                            experiment_name="anomaly-test")
@@ -87,12 +136,17 @@ def test_stage_logs_aurocs_table_scores_and_a_figure_per_kind(tracking_uri, tmp_
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["dlfm.stage"] == "anomaly"
     assert run.data.tags["dlfm.encoder_version"] == version
+    scored = ("knn", "gaussian", "reconstruction") if objective == "autoencoder" else ("knn", "gaussian")
     for kind in ANOMALY_KINDS:
-        for score in ("knn", "gaussian"):
+        for score in scored:
             assert 0.0 <= run.data.metrics[f"auroc_{score}/{kind}"] <= 1.0
+    assert ("auroc_reconstruction/wide_psf" in run.data.metrics) == (objective == "autoencoder")
+    assert ("holds no decoder" in capsys.readouterr().out) == (objective == "supervised")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"anomaly_table.md", "anomaly_scores.csv", "anomaly.json"} <= artifacts
     assert {f"figures/anomaly_{kind}.png" for kind in ANOMALY_KINDS} <= artifacts
     scores = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/anomaly_scores.csv").splitlines()
-    assert scores[0] == "seed,set,image,knn,gaussian" and len(scores) == 1 + 2 * 4 * 6
+    assert scores[0] == "seed,set,image," + ",".join(scored) and len(scores) == 1 + 2 * 4 * 6
+    table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/anomaly_table.md")
+    assert ("AUROC (reconstruction)" in table) == (objective == "autoencoder")

@@ -215,10 +215,13 @@ def test_pyfunc_normalises_raw_flux_and_refuses_a_wrong_shape_in_one_line(tracki
     raw = np.random.default_rng(0).gamma(2.0, 40.0, size=(3, 1, 64, 64)).astype(np.float32) + 5.0  # counts, not [0, 1]
     # The model owns its preprocessing: raw flux and the training loaders' normalised images embed alike.
     np.testing.assert_allclose(model.predict(raw), model.predict(normalize_images(raw)), rtol=1e-5, atol=1e-5)
-    with pytest.raises(Exception) as refused:
-        model.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
-    message = str(refused.value)
-    assert "(N, 1, 64, 64)" in message and "32, 32" in message and len(message) < 400  # no dump of the array
+    # Any size the encoder takes embeds (one version across instruments, issue 22); one it cannot take is one line.
+    assert model.predict(np.random.default_rng(1).random((2, 1, 150, 150), dtype=np.float32)).shape == (2, 128)
+    for shape, expected in (((2, 1, 4, 4), "needs images of at least"), ((2, 1, 32, 48), "square images shaped (N, 1, S, S)")):
+        with pytest.raises(Exception) as refused:
+            model.predict(np.zeros(shape, dtype=np.float32))
+        message = str(refused.value)
+        assert expected in message and str(shape) in message and len(message) < 400  # no dump of the array
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}"))
     assert (local / "serving_input_example.json").exists()  # serving and the UI show a sample payload
     assert "raw" in mlflow.MlflowClient().get_model_version(MODEL_NAME, version).description
@@ -267,9 +270,12 @@ def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path)
         local = Path(mlflow.artifacts.download_artifacts("models:/dlfm-encoder@production"))
         status, body = invoke(json.loads((local / "serving_input_example.json").read_text()))
         assert status == 200 and np.asarray(body["predictions"]).shape == (2, 128)
-        status, body = invoke({"inputs": np.zeros((1, 1, 48, 48)).tolist()})
+        status, body = invoke({"inputs": np.random.default_rng(0).random((1, 1, 48, 48)).tolist()})
+        assert status == 200 and np.asarray(body["predictions"]).shape == (1, 128)  # any size the encoder takes (issue 22)
+        status, body = invoke({"inputs": np.zeros((1, 1, 4, 4)).tolist()})
         # The scoring server prefixes MLflow's summary of the payload (numpy's "..." repr); the reason is one line.
         assert status == 400 and len(body["message"]) < 2000, body["message"][:3000]
-        assert body["message"].splitlines()[-1].endswith("expects images shaped (N, 1, 64, 64); got shape (1, 1, 48, 48)")
+        assert body["message"].splitlines()[-1].endswith(
+            "cannot embed images of shape (1, 1, 4, 4): encoder 'conv4' needs images of at least 16 px a side, got 4 px")
     finally:
         stop_process_group(server)

@@ -60,6 +60,11 @@ class LensDataset:
         """Pixels per image axis (images are square)."""
         return int(self.images.shape[-1])
 
+    @property
+    def image_sizes(self) -> tuple[int, ...]:
+        """Every image size in the dataset: one here (a ``MultiInstrumentDataset`` has several)."""
+        return (self.image_size,)
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -153,8 +158,14 @@ def check_manifest_semantics(path: Path, manifest: dict, images, labels, params:
 
 
 def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) -> LensDataset:
-    """A dlfm dataset directory as a LensDataset, verified by sha256 first unless ``verify`` is false."""
+    """A dlfm dataset directory as a LensDataset (a MultiInstrumentDataset with image sets), verified by sha256 first unless ``verify`` is false."""
     manifest = verify_dataset_dir(path) if verify else read_manifest(path)
+    if manifest.get("image_sets"):  # several image sizes: one LensDataset per image set
+        from dlfm.data.layout import check_image_sets
+        from dlfm.data.multi import load_multi_dataset_dir
+
+        check_image_sets(path, manifest)
+        return load_multi_dataset_dir(path, manifest, normalize)
     images = _load_npy(path / IMAGES_FILE, mmap_mode="r")
     labels = _load_npy(path / LABELS_FILE)
     try:

@@ -6,6 +6,13 @@ A dataset directory holds ``images.npy`` (float32, N×1×H×W, raw simulated flu
 columns and every physical parameter) and ``manifest.json`` (settings, software versions,
 ``files: {name: sha256}`` and one ``digest`` over them). Nothing is trusted before it is
 verified: a changed byte is a DatasetError that names the file.
+
+A multi-instrument dataset (images of several sizes, e.g. the ``pretrain_multi`` corpus) has one
+images file per image set instead of ``images.npy``: ``images_<set>.npy`` (float32, N_k×1×H_k×H_k),
+listed in order in the manifest's ``image_sets`` (``name``, ``file``, ``image_size``, ``num_images``).
+Its rows are the sets' rows one block after the other, so ``labels.npy`` and ``params.csv`` (with an
+``instrument`` column naming each row's set) cover every image once; the sha256s and the one digest
+cover every file, as for one images file.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ LABELS_FILE = "labels.npy"
 PARAMS_FILE = "params.csv"
 MANIFEST_FILE = "manifest.json"
 DATA_FILES = (IMAGES_FILE, LABELS_FILE, PARAMS_FILE)  # the files the manifest's sha256s cover
+IMAGE_SET_FILE = "images_{name}.npy"  # a multi-instrument dataset's images of one set (instrument), in place of images.npy
+IMAGE_SET_PATTERN = "images_*.npy"
 FORMAT_NAME = "dlfm-dataset"  # manifest "format"
 FORMAT_VERSION = 1  # manifest "format_version"
 # The fix for a broken dataset, in the words users type (MLflow params, not script flags).
@@ -90,6 +99,36 @@ def json_default(value):
     raise TypeError(f"not JSON serialisable: {value!r}")
 
 
+def image_set_file(name: str) -> str:
+    """The images file of one image set of a multi-instrument dataset."""
+    return IMAGE_SET_FILE.format(name=name)
+
+
+def data_files(manifest: dict) -> tuple[str, ...]:
+    """The data files a manifest must list: ``images.npy``, or one images file per image set, then labels and params."""
+    sets = manifest.get("image_sets")
+    if not sets:
+        return DATA_FILES
+    return (*(image_set_file(entry["name"]) for entry in sets), LABELS_FILE, PARAMS_FILE)
+
+
+def check_image_sets(path: Path, manifest: dict) -> None:
+    """DatasetError unless a manifest's ``image_sets`` (when present) is a list of well-formed entries named by their file."""
+    sets = manifest.get("image_sets")
+    if sets is None:
+        return
+    keys = {"name", "file", "image_size", "num_images"}
+    ok = isinstance(sets, list) and sets and all(isinstance(e, dict) and keys <= set(e) for e in sets)
+    # The file must be the one its name gives: a manifest never points outside the directory.
+    if not ok or any(e["file"] != image_set_file(str(e["name"])) or "/" in str(e["name"]) for e in sets):
+        raise DatasetError(f"dataset {path} has malformed image_sets in manifest.json; {REBUILD_HINT}")
+
+
+def owned_files(path: Path) -> tuple[str, ...]:
+    """The names in a dataset directory that dlfm writes: the data files, the manifest and any image-set files."""
+    return (*DATA_FILES, MANIFEST_FILE, *sorted(p.name for p in path.glob(IMAGE_SET_PATTERN)))
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Write ``manifest.json`` (sorted keys, numpy scalars as numbers)."""
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=json_default) + "\n")
@@ -108,12 +147,13 @@ def finish_dataset(directory: Path, labels, table, manifest: dict, images_sha256
 
     ``table`` is the params DataFrame (``split`` and ``label`` columns first); ``manifest`` holds the
     writer's own fields, to which the format, the files' sha256s and the digest are added here.
-    ``images_sha256`` skips re-reading an images.npy that was hashed while it was written. Returns the manifest.
+    ``images_sha256`` skips re-reading an images.npy that was hashed while it was written. A manifest with
+    ``image_sets`` covers their images files (written beforehand) instead of images.npy. Returns the manifest.
     """
     np.save(directory / LABELS_FILE, np.asarray(labels, dtype=np.int64))
     table.to_csv(directory / PARAMS_FILE, index=False)
     files = {name: images_sha256 if name == IMAGES_FILE and images_sha256 else sha256_file(directory / name)
-             for name in DATA_FILES}
+             for name in data_files(manifest)}
     manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                 "files": files, "digest": dataset_digest(files)}
     write_manifest(directory, manifest)
@@ -143,8 +183,9 @@ def verify_dataset_dir(path) -> dict:
     if not path.is_dir():
         raise DatasetError(f"dataset directory {path} does not exist; simulate it first or pass an existing directory")
     manifest = read_manifest(path)
+    check_image_sets(path, manifest)
     files = manifest["files"]
-    for name in DATA_FILES:
+    for name in data_files(manifest):
         if name not in files:
             raise DatasetError(f"dataset {path} manifest does not list {name}; {REBUILD_HINT}")
     for name, expected in sorted(files.items()):
@@ -182,10 +223,10 @@ def check_dataset_owned(path: Path, force_option: str = "-P force=true", target_
 
     The options named in the message are the caller's: ``mlflow run . -e simulate`` params by default.
     """
-    owned = (*DATA_FILES, MANIFEST_FILE)
     if path.is_symlink() or not path.is_dir():
         raise DatasetError(f"{path} is not a dataset directory dlfm made, so {force_option} will not replace it; "
                            f"move it away or pass another {target_option}")
+    owned = owned_files(path)
     foreign = sorted(p.name for p in path.iterdir() if p.name not in owned or p.is_dir() or p.is_symlink())
     if foreign:
         raise DatasetError(f"{path} holds files dlfm did not write ({', '.join(foreign[:3])}), so {force_option} will not "
@@ -216,7 +257,7 @@ def write_atomically(target: Path, fill: Callable[[Path], None], force_option: s
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=out_dir))
             os.replace(target, old / "dataset")
             os.replace(scratch, target)
-            remove_owned_tree(old / "dataset", (*DATA_FILES, MANIFEST_FILE))
+            remove_owned_tree(old / "dataset", owned_files(old / "dataset"))
             old.rmdir()
         else:
             try:

@@ -39,10 +39,13 @@ def load_dataset(path, normalize: bool = True, verify: bool = True) -> LensDatas
 
 
 def resolve_dataset(spec: str, n_train: int = 3000, n_val: int = 600, n_test: int = 600, seed: int = 0,
-                    workers: int | None = None) -> LensDataset:
-    """A preset name (simulated and cached if missing), an s3:// dataset dir, a dataset dir or a DeepLense folder → LensDataset."""
+                    workers: int | None = None, mix: str = "") -> LensDataset:
+    """A preset or multi-instrument corpus name (simulated and cached if missing), an s3:// dataset dir, a dataset dir
+    or a DeepLense folder → LensDataset (MultiInstrumentDataset for several image sizes); ``mix`` is a corpus's shares."""
     # Function-local: lenstronomy and boto3 cost seconds of start-up that a dataset dir does not need.
     from dlfm.simulation import PRESETS, SimulationConfig, simulate_dataset
+    from dlfm.corpora import DEFAULT_MIX, MULTI_CORPORA
+    from dlfm.simulation.multi import MultiCorpusConfig
 
     if spec.startswith("s3://"):
         from dlfm.data.remote import fetch_s3_dataset
@@ -54,20 +57,28 @@ def resolve_dataset(spec: str, n_train: int = 3000, n_val: int = 600, n_test: in
         config = SimulationConfig(preset=spec, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
         config.validate()
         return load_dataset(simulate_dataset(config, out_dir=DATA_DIR, workers=workers))
+    if spec in MULTI_CORPORA:
+        from dlfm.data.multi import simulate_multi_corpus
+
+        config = MultiCorpusConfig(corpus=spec, mix=mix or DEFAULT_MIX, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
+        return load_dataset(simulate_multi_corpus(config, out_dir=DATA_DIR, workers=workers))
     path = Path(spec)
     if not path.exists():
         raise DatasetError(
-            f"dataset {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path; "
+            f"dataset {spec!r} is neither a preset ({', '.join([*PRESETS, *MULTI_CORPORA])}) nor an existing path; "
             "pass a preset name or a dataset directory"
         )
     return load_dataset(path)
 
 
 def split_tensors(dataset: LensDataset, split: str):
-    """Normalised images and labels of one split as tensors for the loop."""
+    """Normalised images and labels of one split as tensors for the loop (one group per image size of a multi-instrument set)."""
     import torch
 
-    from dlfm.training.loop import SplitTensors
+    from dlfm.training.loop import MultiSizeSplit, SplitTensors
+
+    if hasattr(dataset, "parts"):  # a MultiInstrumentDataset: the loop batches each image size apart
+        return MultiSizeSplit(tuple(split_tensors(part, split) for part in dataset.parts.values()), tuple(dataset.parts))
 
     images = torch.from_numpy(dataset.get_images(split).astype("float32", copy=False))
     labels = torch.from_numpy(dataset.get_labels(split).astype("int64", copy=False))

@@ -36,3 +36,25 @@ def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_si
             out.append(encoder(batch).float().cpu())
         safe_point()  # a stop request raises between batches
     return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def reconstruction_errors(reconstructor, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Each image's reconstruction error (its objective's reconstruction part, per image) by a saved encoder + decoder.
+
+    A masked objective hides the same seeded patches in every call (the loop's evaluation mask seed), so
+    two sets of images are scored under the same masks.
+    """
+    from dlfm.models.encoders import encoder_row
+    from dlfm.training.loop import EVAL_MASK_SEED
+    from dlfm.training.objectives import Objective
+
+    model = reconstructor.model.eval().to(device)
+    objective = Objective(reconstructor.objective, kind=encoder_row(model.encoder.name).kind, **reconstructor.masking)
+    generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        mask = objective.make_mask(batch, generator)
+        out.append(objective.per_image_error(model(batch, mask).reconstruction, batch, mask).cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

@@ -187,7 +187,8 @@ def sincos_position_embedding(dim: int, rows: int, cols: int, device=None) -> to
     """Fixed 2-D sine-cosine position embedding (1, rows*cols, dim), as MAE's ``get_2d_sincos_pos_embed``.
 
     Half the channels encode the row, half the column. Being a function of the grid, it needs no
-    interpolation when the grid changes (150-px images, patch 4): it is simply computed for that grid.
+    interpolation when the grid changes (a multi-instrument batch of another size): it is computed for
+    each batch's grid, exactly what timm's ``resample_abs_pos_embed`` approximates for a learned table.
     """
     if dim % 4:
         raise ValueError(f"sine-cosine position embedding needs dim divisible by 4, got {dim}")
@@ -242,6 +243,16 @@ class VisionTransformerEncoder(Encoder):
         self.min_image_size = self.reduction
         self.levels = ((dim, patch_size),) * (self.pool > 1) + ((dim, self.reduction),)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))  # as MAE: the patch embedding is a linear layer
+
+    def check_image_size(self, image_size: int) -> None:
+        """Also refuse a size that is no whole number of tokens: the patch embedding would drop the last pixels."""
+        super().check_image_size(image_size)
+        if image_size % self.patch_size:
+            raise ConfigError(
+                f"encoder {self.name!r} cuts images into {self.patch_size}-px tokens, and {image_size} px is no multiple of "
+                f"{self.patch_size} (the last {image_size % self.patch_size} px would be dropped); choose a CNN encoder "
+                "(conv4, resnet18) for these images, or leave that instrument out (e.g. -P pretrain_mix=model_i=0,model_ii=1,model_iii=1)"
+            )
 
     def forward_tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Encoded tokens (B, n, dim) in row-major grid order, or of the ``keep`` indices (B, n_keep) only; and the grid."""

@@ -4,7 +4,11 @@ An encoder directory holds:
 - ``weights.pt``: the encoder's ``state_dict``, saved with ``torch.save``; always loaded with
   ``torch.load(weights_only=True)``, so no pickled code ever runs;
 - ``arch.json``: ``{"name": ..., "in_chans": ..., **kwargs, "embed_dim": ..., "image_size": ...}``,
-  the arguments of ``create_encoder`` plus facts for users of the embeddings.
+  the arguments of ``create_encoder`` plus facts for users of the embeddings;
+- for a reconstructing objective (autoencoder, mae, multitask) also ``decoder.pt``, the decoder's
+  ``state_dict`` (weights-only, as ``weights.pt``), and ``arch["decoder"]``: ``{"tokens": ...}``
+  (True: MAE's token decoder, False: the stride-8 pixel decoder) plus the masking a masked objective
+  trained with (``mask_ratio``, ``patch_size``), so the reconstruction error can score images later.
 Training stages log this directory as the run artifact ``encoder/``; registered model versions
 carry it as their pyfunc artifact.
 """
@@ -12,6 +16,7 @@ carry it as their pyfunc artifact.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,16 +26,23 @@ from dlfm.models.encoders import Encoder, create_encoder
 
 WEIGHTS_FILE = "weights.pt"
 ARCH_FILE = "arch.json"
-ARCH_KEYS_NOT_FOR_CREATE = ("embed_dim", "image_size", "objective")
+DECODER_FILE = "decoder.pt"
+ARCH_KEYS_NOT_FOR_CREATE = ("embed_dim", "image_size", "objective", "decoder")
 
 
-def save_encoder(encoder: Encoder, directory: str | Path, image_size: int | None = None, objective: str | None = None) -> Path:
-    """Write ``weights.pt`` and ``arch.json`` for ``encoder`` into ``directory``."""
+def save_encoder(encoder: Encoder, directory: str | Path, image_size: int | None = None, objective: str | None = None,
+                 decoder: torch.nn.Module | None = None, masking: dict | None = None) -> Path:
+    """Write ``weights.pt`` and ``arch.json`` for ``encoder`` (and ``decoder.pt`` with a decoder) into ``directory``."""
+    from dlfm.models.heads import MaskedTokenDecoder
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu() for name, tensor in encoder.state_dict().items()}
     torch.save(state, directory / WEIGHTS_FILE)
     arch = {**encoder.arch_config, "embed_dim": encoder.embed_dim, "image_size": image_size, "objective": objective}
+    if decoder is not None:
+        torch.save({name: tensor.detach().cpu() for name, tensor in decoder.state_dict().items()}, directory / DECODER_FILE)
+        arch["decoder"] = {"tokens": isinstance(decoder, MaskedTokenDecoder), **(masking or {})}
     (directory / ARCH_FILE).write_text(json.dumps(arch, indent=2, sort_keys=True))
     return directory
 
@@ -51,6 +63,31 @@ def load_encoder(directory: str | Path, map_location: str | torch.device = "cpu"
     state = load_weights_only(Path(directory) / WEIGHTS_FILE, map_location)
     encoder.load_state_dict(state)
     return encoder
+
+
+@dataclass(frozen=True)
+class Reconstructor:
+    """A saved encoder with its decoder, and what its reconstruction loss was: enough to score images by it."""
+
+    model: torch.nn.Module  # a LensModel without a head, in eval mode
+    objective: str  # the objective it trained with (its row names the reconstruction part)
+    masking: dict  # mask_ratio and patch_size of a masked objective; empty for the others
+
+
+def load_reconstructor(directory: str | Path, map_location: str | torch.device = "cpu") -> Reconstructor | None:
+    """The encoder with its decoder, or None when the directory holds no decoder (a supervised encoder, an older version)."""
+    from dlfm.models.composite import LensModel
+
+    arch = read_arch(directory)
+    if not arch.get("decoder") or not (Path(directory) / DECODER_FILE).is_file():
+        return None
+    model = LensModel(load_encoder(directory, map_location), None, reconstruct=True, drop_tokens=bool(arch["decoder"]["tokens"]))
+    state = load_weights_only(Path(directory) / DECODER_FILE, map_location)
+    if "baseline" in state:  # the mean train image: its shape is the training image size, not the fresh (1, 1, 1, 1)
+        model.decoder.baseline = torch.zeros_like(state["baseline"])
+    model.decoder.load_state_dict(state)
+    masking = {key: value for key, value in arch["decoder"].items() if key != "tokens"}
+    return Reconstructor(model.eval(), arch["objective"], masking)
 
 
 def load_weights_only(path: Path, map_location="cpu"):

@@ -56,7 +56,7 @@ PARAM_COLUMNS = tuple(PARAM_UNITS)
 class SimulationConfig:
     """What to simulate; its digest names the cached dataset directory."""
 
-    preset: str = DEFAULT_PRESET  # a row of dlfm.simulation.PRESETS: model_ii | model_i | model_iii | regression | pretrain (the self-supervised corpus) | anomaly_* (-e anomaly)
+    preset: str = DEFAULT_PRESET  # a row of dlfm.simulation.PRESETS: model_ii | model_i | model_iii | regression | pretrain (the self-supervised corpus) | pretrain_model_i, pretrain_model_iii (its other instruments) | anomaly_* (-e anomaly)
     n_train: int = 3000  # images in the train split (total over classes)
     n_val: int = 600  # images in the validation split
     n_test: int = 600  # images in the test split

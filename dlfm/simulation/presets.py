@@ -282,6 +282,28 @@ PRESETS: dict[str, Preset] = {
         source_priors=SourcePriors(),
         lens_from_priors=True,
     ),
+    # The other instruments of the multi-instrument corpus `pretrain_multi` (issue 22, dlfm/simulation/multi.py):
+    # the pretrain corpus seen through Model III's HST camera and Model I's, each at its native size.
+    "pretrain_model_iii": Preset(
+        name="pretrain_model_iii",
+        task="classification",
+        class_names=CLASSIFICATION_CLASSES,
+        instrument=HST_WFC3_F160W_64,
+        description="Pretraining corpus through Model III's HST WFC3 F160W (64x64 at 0.08 arcsec/pixel), lens and "
+                    "source drawn from the regression priors",
+        source_priors=SourcePriors(),
+        lens_from_priors=True,
+    ),
+    "pretrain_model_i": Preset(
+        name="pretrain_model_i",
+        task="classification",
+        class_names=CLASSIFICATION_CLASSES,
+        instrument=MODEL_I_CAMERA,
+        description="Pretraining corpus through Model I's camera (150x150 at 0.05 arcsec/pixel), lens drawn from the "
+                    "regression priors; the source keeps Model I's amplitude (the camera has no magnitude zero point)",
+        source=Source(magnitude=None, amp=20.0),
+        lens_from_priors=True,
+    ),
     # Anomalies for `-e anomaly`: Model II images with one thing the classes never showed.
     "anomaly_long_vortex": Preset(
         name="anomaly_long_vortex",

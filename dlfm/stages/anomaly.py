@@ -1,9 +1,10 @@
 """The anomaly stage: score held-out normal and anomalous images by how unlike the corpus they are.
 
 One run. The alias is resolved to a version once; the corpus's train split is embedded once; each
-seed simulates its own normal (model_ii) and anomalous test images. Logged: AUROC per kind and score
-(mean and sd over seeds) as metrics, anomaly_table.md, anomaly_scores.csv (every image's scores)
-and figures/anomaly_<kind>.png.
+seed simulates its own normal (model_ii) and anomalous test images. A version registered with its
+decoder is also scored by reconstruction error; one without (supervised) says so in one line.
+Logged: AUROC per kind and score (mean and sd over seeds) as metrics, anomaly_table.md,
+anomaly_scores.csv (every image's scores) and figures/anomaly_<kind>.png.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from dlfm import tracking
-from dlfm.anomaly import ANOMALY_KINDS, SCORES, AnomalyConfig, CorpusDensity, auroc, summarise, table_markdown
+from dlfm.anomaly import (ANOMALY_KINDS, RECONSTRUCTION_SCORE, SCORES, AnomalyConfig, CorpusDensity, auroc, summarise,
+                          table_markdown)
+from dlfm.evaluation.embedding import reconstruction_errors
 from dlfm.evaluation.fit import predict
 from dlfm.stages.common import resolve_dataset
 from dlfm.stages.evaluate import resolve_version
@@ -43,12 +46,18 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
         device = resolve_device(config.device)
         tracking.log_params(config.to_dict())
         asked, version_uri, version = resolve_version(config)
-        encoder = registry.load_registered_encoder(version_uri)
+        reconstructor = registry.load_registered_reconstructor(version_uri)
+        encoder = reconstructor.model.encoder if reconstructor else registry.load_registered_encoder(version_uri)
+        scores_used = (*SCORES, RECONSTRUCTION_SCORE) if reconstructor is not None else SCORES
+        if reconstructor is None:
+            note = (f"version {version.version} ({version.tags.get('objective', '?')}) holds no decoder: no reconstruction "
+                    "score, density scores only")
+        else:
+            note = f"scored by the {reconstructor.objective} decoder's reconstruction error too"
+        print(f"[anomaly] {note}", flush=True)
         tracking.set_tags({"dlfm.device": device, "dlfm.encoder_requested": asked, "dlfm.encoder_uri": version_uri,
                            "dlfm.encoder_version": version.version, "dlfm.encoder": encoder.name,
-                           "dlfm.encoder_objective": version.tags.get("objective", ""),
-                           # The registry holds encoders only, so a reconstruction-error score has no decoder to use.
-                           "dlfm.anomaly.reconstruction": "not scored: registered versions hold the encoder, not its decoder"})
+                           "dlfm.encoder_objective": version.tags.get("objective", ""), "dlfm.anomaly.reconstruction": note})
 
         corpus = resolve_dataset(config.corpus, n_train=config.corpus_n_train, n_val=3, n_test=3, seed=config.corpus_seed)
         encoder.check_image_size(corpus.image_size)
@@ -56,26 +65,33 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
         embed = lambda images: predict(encoder, images, device, batch_size=config.batch_size)  # noqa: E731
         density = CorpusDensity.fit(embed(corpus.get_images("train")))
 
-        aurocs: dict[tuple[str, str], list[float]] = {(kind, score): [] for kind in config.kind_list for score in SCORES}
-        pooled = {name: {score: [] for score in SCORES} for name in ("normal", *config.kind_list)}
+        def score(images) -> dict[str, np.ndarray]:
+            scores = density.scores(embed(images), config.k)
+            if reconstructor is not None:
+                scores[RECONSTRUCTION_SCORE] = reconstruction_errors(reconstructor, images, device, config.batch_size)
+            return scores
+
+        aurocs: dict[tuple[str, str], list[float]] = {(kind, s): [] for kind in config.kind_list for s in scores_used}
+        pooled = {name: {s: [] for s in scores_used} for name in ("normal", *config.kind_list)}
         per_image = []
         for seed in config.seed_list:
             sim_seed = EVALUATION_SEED_OFFSET + seed
             _, normal_images = _test_images(config.normal, config.n_images, sim_seed, encoder.check_image_size)
-            normal = density.scores(embed(normal_images), config.k)
+            normal = score(normal_images)
             sets = {"normal": normal}
             for kind in config.kind_list:
                 _, images = _test_images(ANOMALY_KINDS[kind], config.n_images, sim_seed, encoder.check_image_size)
-                sets[kind] = density.scores(embed(images), config.k)
-                for score in SCORES:
-                    aurocs[kind, score].append(auroc(normal[score], sets[kind][score]))
+                sets[kind] = score(images)
+                for s in scores_used:
+                    aurocs[kind, s].append(auroc(normal[s], sets[kind][s]))
             for name, scores in sets.items():
-                for score in SCORES:
-                    pooled[name][score].append(scores[score])
-                per_image += [{"seed": seed, "set": name, "image": i, **{s: float(scores[s][i]) for s in SCORES}}
+                for s in scores_used:
+                    pooled[name][s].append(scores[s])
+                per_image += [{"seed": seed, "set": name, "image": i, **{s: float(scores[s][i]) for s in scores_used}}
                               for i in range(len(scores[SCORES[0]]))]
-            print(f"[anomaly] seed {seed}: " + ", ".join(f"{kind} AUROC knn {aurocs[kind, 'knn'][-1]:.3f}"
-                                                           for kind in config.kind_list), flush=True)
+            print(f"[anomaly] seed {seed}: " + ", ".join(
+                f"{kind} AUROC " + " ".join(f"{s} {aurocs[kind, s][-1]:.3f}" for s in scores_used)
+                for kind in config.kind_list), flush=True)
 
         rows = summarise(aurocs)
         text = table_markdown(rows)
@@ -84,9 +100,9 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
         tracking.log_text(text + "\n", "anomaly_table.md")
         tracking.log_text(pd.DataFrame(per_image).to_csv(index=False), "anomaly_scores.csv")
         tracking.log_dict({"rows": rows}, "anomaly.json")
-        normal_pooled = {score: np.concatenate(pooled["normal"][score]) for score in SCORES}
+        normal_pooled = {s: np.concatenate(pooled["normal"][s]) for s in scores_used}
         for kind in config.kind_list:
-            kind_pooled = {score: np.concatenate(pooled[kind][score]) for score in SCORES}
+            kind_pooled = {s: np.concatenate(pooled[kind][s]) for s in scores_used}
             means = {row["score"]: row["auroc_mean"] for row in rows if row["kind"] == kind}
             tracking.log_figure(score_histograms_figure(kind, normal_pooled, kind_pooled, means),
                                 f"figures/anomaly_{kind}.png")

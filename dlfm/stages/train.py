@@ -30,7 +30,9 @@ def check_trainable(config: TrainConfig, dataset) -> None:
             f"dataset {config.dataset!r} is a {dataset.task} dataset; training stages need a "
             "classification dataset (preset model_ii, model_i or model_iii, or DeepLense class folders)"
         )
-    create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(dataset.image_size)
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    for size in dataset.image_sizes:
+        encoder.check_image_size(size)
     for split in ("train", "val", "test"):
         if len(dataset.indices(split)) == 0:
             raise DatasetError(f"dataset {config.dataset!r} has an empty {split} split; simulate more images")
@@ -52,7 +54,9 @@ def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
     """The pretraining corpus has every split, suits the encoder, and shares no image with the downstream set."""
     from dlfm.models import create_encoder
 
-    create_encoder(config.encoder, **config.encoder_kwargs).check_image_size(corpus.image_size)
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    for size in corpus.image_sizes:  # a multi-instrument corpus: every instrument's size
+        encoder.check_image_size(size)
     for split in ("train", "val", "test"):
         if len(corpus.indices(split)) == 0:
             raise DatasetError(f"pretrain_dataset {config.pretrain_dataset!r} has an empty {split} split; simulate more images")
@@ -63,6 +67,20 @@ def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
         )
 
 
+def check_corpus_sizes(config: TrainConfig) -> None:
+    """A multi-instrument corpus's image sizes are known before it is simulated: refuse an encoder that cannot take one first."""
+    from dlfm.corpora import MULTI_CORPORA, parse_mix
+
+    if config.pretrain_dataset not in MULTI_CORPORA:
+        return
+    from dlfm.models import create_encoder
+    from dlfm.simulation import PRESETS
+
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    for instrument in parse_mix(config.pretrain_mix, config.pretrain_dataset):  # instruments of weight 0 are not simulated
+        encoder.check_image_size(PRESETS[MULTI_CORPORA[config.pretrain_dataset][instrument]].image_size)
+
+
 def prepare_data(config: TrainConfig, runtime):
     """Resolve (rank 0 first: it may simulate the cache) and check the datasets.
 
@@ -71,10 +89,13 @@ def prepare_data(config: TrainConfig, runtime):
     """
     from dlfm.stages.common import resolve_dataset, split_tensors
 
+    check_corpus_sizes(config)
+
     def resolve():
         dataset = resolve_dataset(config.dataset, config.sim_n_train, config.sim_n_val, config.sim_n_test)
         corpus = (resolve_dataset(config.pretrain_dataset, config.pretrain_n_train, config.pretrain_n_val,
-                                  config.pretrain_n_test, seed=config.pretrain_seed) if config.pretrain_dataset else dataset)
+                                  config.pretrain_n_test, seed=config.pretrain_seed, mix=config.pretrain_mix)
+                  if config.pretrain_dataset else dataset)
         return dataset, corpus
 
     resolved = resolve() if runtime.is_main_process else None
@@ -195,11 +216,13 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     # Logged once (step 0), not at the last epoch's step: val/… and test/… are the best weights' values.
     tracking.log_metrics({"best_epoch": result.best_epoch, "train/images_per_second": result.images_per_second}, step=0)
     log_training_figures(result, dataset.class_names)
-    tracking.log_encoder(result.model.encoder, corpus.image_size, config.objective)
+    # The decoder travels with the encoder, so `-e anomaly` can score by reconstruction error.
+    decoder, masking = result.model.decoder, config.masking
+    tracking.log_encoder(result.model.encoder, corpus.image_size, config.objective, decoder, masking)
     # The version's dataset digest names what the encoder learned from: the corpus when there is one.
     # Registration logs val/… and test/… linked to the logged model `encoder-<objective>`.
     version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
-                                        result.final_metrics, corpus.digest, run_id)
+                                        result.final_metrics, corpus.digest, run_id, decoder=decoder, masking=masking)
     tracking.set_tags({"dlfm.registered_version": version})
     if get_objective(config.objective).probed and "val/accuracy" not in result.final_metrics:  # the loop skipped the probe
         note = (f"no linear probe: dataset {config.dataset!r} has no labels (one class in its train split), so there are "

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-INPUT_DESCRIPTION = ("images: float32 array (N, 1, {size}, {size}) of raw simulated flux (or already min-max "
-                     "normalised images); each image is min-max normalised to [0, 1] here, as in training")
+INPUT_DESCRIPTION = ("images: float32 array (N, 1, S, S) of raw simulated flux (or already min-max normalised images), "
+                     "S any size the encoder takes (trained at {size} px; e.g. 150 px Model I or 64 px Model II/III); "
+                     "each image is min-max normalised to [0, 1] here, as in training")
 
 
 class EncoderPredictor:
@@ -27,15 +28,26 @@ class EncoderPredictor:
         self.image_size = image_size
 
     def check_shape(self, images: np.ndarray) -> np.ndarray:
-        """(N,1,S,S) float32, or one short error naming the expected and the received shape (never the values)."""
+        """(N,1,S,S) float32 with S any size the encoder takes, or one short error naming the shape (never the values).
+
+        The encoder pools globally, so one version embeds every instrument at its native size (issue 22);
+        ``Encoder.check_image_size`` says which sizes it cannot take (too small; a ViT: no whole number of tokens).
+        """
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+        from dlfm.errors import ConfigError
 
         if images.ndim == 3:
             images = images[:, None]
-        size = self.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
-            raise MlflowException(f"dlfm-encoder expects images shaped (N, 1, {size}, {size}); "
+        if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+            raise MlflowException(f"dlfm-encoder expects square images shaped (N, 1, S, S) (trained at S = {self.image_size}); "
                                   f"got shape {tuple(images.shape)}", error_code=INVALID_PARAMETER_VALUE)
+        try:
+            self.encoder.check_image_size(int(images.shape[-1]))
+        except ConfigError as error:
+            reason = str(error).split("; ")[0]  # the reason; the fix names training params, not a serving client's
+            raise MlflowException(f"dlfm-encoder cannot embed images of shape {tuple(images.shape)}: {reason}",
+                                  error_code=INVALID_PARAMETER_VALUE) from None
         return images
 
     @torch.no_grad()

@@ -77,12 +77,13 @@ def versions_tagged(key: str, value: str) -> list[str]:
 
 
 def register_encoder_version(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
-                             run_id: str, once_for: str = "") -> str:
-    """Save ``encoder`` in the encoder artifact format and register it (see ``register_encoder_dir``)."""
+                             run_id: str, once_for: str = "", decoder=None, masking: dict | None = None) -> str:
+    """Save ``encoder`` (and its ``decoder``) in the encoder artifact format and register it (see ``register_encoder_dir``)."""
     from dlfm.models.serialization import save_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
-        encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective)
+        encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective,
+                                   decoder=decoder, masking=masking)
         return register_encoder_dir(encoder_dir, metrics, dataset_digest, run_id, once_for=once_for)
 
 
@@ -479,7 +480,21 @@ def _download(model_uri: str, destination: Path) -> Path:
 
 def load_registered_encoder(model_uri: str):
     """Download a registered encoder, check dlfm made it, and load it weights-only (never unpickling)."""
-    from dlfm.models.serialization import ARCH_FILE, load_encoder
+    from dlfm.models.serialization import load_encoder
+
+    return _load_registered(model_uri, load_encoder)
+
+
+def load_registered_reconstructor(model_uri: str):
+    """The registered encoder with its decoder (a head-less ``LensModel``), or None when the version holds no decoder."""
+    from dlfm.models.serialization import load_reconstructor
+
+    return _load_registered(model_uri, load_reconstructor)
+
+
+def _load_registered(model_uri: str, load):
+    """``load(encoder_dir)`` on a downloaded registry version that dlfm made (weights-only, never unpickling)."""
+    from dlfm.models.serialization import ARCH_FILE
 
     with tempfile.TemporaryDirectory(prefix="dlfm-model-") as tmp:
         local = _download(model_uri, Path(tmp))
@@ -488,4 +503,4 @@ def load_registered_encoder(model_uri: str):
         candidates = [p.parent for p in local.rglob(ARCH_FILE)]
         if not candidates:
             raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
-        return load_encoder(candidates[0])  # in memory: the copy can go
+        return load(candidates[0])  # in memory: the copy can go

@@ -464,11 +464,11 @@ def log_dataset(dataset, context: str = "training") -> None:
     _mlflow().log_input(MetaDataset(source=source, name=name, digest=dataset.digest[:36]), context=context)
 
 
-def log_encoder(encoder, image_size: int, objective: str) -> str:
-    """Log the encoder as the artifact directory ``encoder/`` (format: dlfm.models.serialization)."""
+def log_encoder(encoder, image_size: int, objective: str, decoder=None, masking: dict | None = None) -> str:
+    """Log the encoder (and its decoder, if any) as the artifact directory ``encoder/`` (format: dlfm.models.serialization)."""
     from dlfm.models.serialization import save_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
-        save_encoder(encoder, tmp, image_size=image_size, objective=objective)
+        save_encoder(encoder, tmp, image_size=image_size, objective=objective, decoder=decoder, masking=masking)
         _mlflow().log_artifacts(tmp, "encoder")
     return "encoder"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
+from dlfm.corpora import DEFAULT_MIX
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
@@ -15,7 +16,7 @@ RESUME_IGNORED = ("resume",)
 # Params that only some objectives take, keyed by the table property that turns them on.
 WEIGHT_PARAMS = ("recon_weight", "loss_balance")
 MASK_PARAMS = ("mask_ratio", "patch_size")
-PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "pretrain_seed")  # fields a resumed run need not share with its checkpoint
+PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "pretrain_seed", "pretrain_mix")  # fields a resumed run need not share with its checkpoint
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class TrainConfig:
     # when `pretrain_dataset` is a preset not cached yet: the root seed of its simulation; apart from every
     # evaluation seed (datasets at 0, evaluate's sim_seed 1), so the corpus shares no image with them
     pretrain_seed: int = 1000
+    # when `pretrain_dataset` is a multi-instrument corpus (pretrain_multi: Model I, II and III, each at its native size):
+    # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
+    pretrain_mix: str = DEFAULT_MIX
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
@@ -61,6 +65,11 @@ class TrainConfig:
     def monitor(self) -> tuple[str, str]:
         """The val metric early stopping watches and its direction (a masked objective's follows the encoder kind)."""
         return get_objective(self.objective).monitor_for(self.encoder_kind)
+
+    @property
+    def masking(self) -> dict:
+        """What a masked objective hides (mask_ratio, patch_size), saved beside its decoder; empty for the others."""
+        return {name: getattr(self, name) for name in MASK_PARAMS} if get_objective(self.objective).masks_input else {}
 
     @property
     def encoder_kind(self) -> str:
@@ -86,6 +95,10 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
         need(self.pretrain_seed >= 0, f"pretrain_seed must be a non-negative integer, got {self.pretrain_seed!r}")
+        from dlfm.corpora import MULTI_CORPORA, parse_mix
+
+        if self.pretrain_dataset in MULTI_CORPORA:
+            parse_mix(self.pretrain_mix, self.pretrain_dataset)  # a bad mix is one line before any work
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")

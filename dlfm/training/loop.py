@@ -42,6 +42,36 @@ class SplitTensors:
     images: torch.Tensor  # (n, 1, H, W) float32, normalised
     labels: torch.Tensor  # (n,) int64
 
+    @property
+    def groups(self) -> tuple["SplitTensors", ...]:
+        """The split's groups of one image size each: itself."""
+        return (self,)
+
+    def placed(self, place: Callable[[torch.Tensor], torch.Tensor]) -> "SplitTensors":
+        """The same split with ``place`` applied to each tensor."""
+        return SplitTensors(place(self.images), place(self.labels))
+
+
+@dataclass
+class MultiSizeSplit:
+    """A split of several image sizes (a multi-instrument corpus): one SplitTensors per instrument.
+
+    The loop batches each group apart (``group_batches``), so a batch never mixes image sizes; the
+    split's rows are the groups' rows one block after the other (labels, probabilities, embeddings).
+    """
+
+    groups: tuple[SplitTensors, ...]  # one per instrument, each of one image size
+    names: tuple[str, ...]  # the instrument of each group
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(n,) int64 labels of every group, in group order."""
+        return torch.cat([group.labels for group in self.groups])
+
+    def placed(self, place: Callable[[torch.Tensor], torch.Tensor]) -> "MultiSizeSplit":
+        """The same split with ``place`` applied to each group's tensors."""
+        return MultiSizeSplit(tuple(group.placed(place) for group in self.groups), self.names)
+
 
 @dataclass
 class TrainingContext:
@@ -57,7 +87,7 @@ class TrainingContext:
     progress: bool = True
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step (each read point under DDP)
-    mean_image: torch.Tensor | None = None  # (1, 1, H, W) mean train image: the reconstruction baseline
+    mean_images: dict = field(default_factory=dict)  # (H, W) → (1, 1, H, W) mean train image of that size: the reconstruction baseline
     compiled: nn.Module | None = None  # torch.compile of the (DDP-wrapped) model, with config.compile
     placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
@@ -74,6 +104,24 @@ class TrainingContext:
         if id(data) not in self.feeders:  # the split is kept alongside, so its id cannot be reused meanwhile
             self.feeders[id(data)] = (data, FEEDERS[self.placement](data.images, data.labels, self.runtime.device))
         return self.feeders[id(data)][1].batches(order)
+
+    def grouped_batches(self, data, schedule: list[tuple[int, torch.Tensor]]):
+        """(group, host index, images, labels) of each (group, index) batch of ``schedule``, in its order.
+
+        Each group keeps its own feeder stream (its pinned staging buffers and look-ahead), so a schedule
+        that alternates between image sizes still copies each group's next batch ahead.
+        """
+        streams = [self.batches(group, [index for g, index in schedule if g == k]) for k, group in enumerate(data.groups)]
+        for g, _ in schedule:
+            yield (g, *next(streams[g]))
+
+    def mean_image_for(self, images: torch.Tensor) -> torch.Tensor:
+        """The mean train image of ``images``' size (resized from the largest one for a size training never saw)."""
+        size = tuple(images.shape[-2:])
+        if size not in self.mean_images:
+            largest = max(self.mean_images.values(), key=lambda mean: mean.shape[-1])
+            self.mean_images[size] = nn.functional.interpolate(largest, size=size, mode="bilinear", align_corners=False)
+        return self.mean_images[size]
 
     def mid_epoch_reads(self, show_bar: bool) -> int:
         """Steps between mid-epoch host reads of the running sums (0: only at the epoch's end)."""
@@ -128,6 +176,35 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, ra
     return list(order.split(batch_size))
 
 
+def group_batches(data, batch_size: int, generator: torch.Generator | None, rank: int = 0,
+                  world_size: int = 1) -> list[tuple[int, torch.Tensor]]:
+    """(group, index) batches of one epoch: each image-size group batched apart (``batch_indices``), then the batches of
+    all groups shuffled together with the same generator; one group gives exactly ``batch_indices``' batches."""
+    batches = [(g, index) for g, group in enumerate(data.groups)
+               for index in batch_indices(len(group.labels), batch_size, generator, rank, world_size)]
+    if generator is None or len(data.groups) == 1:
+        return batches
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def mean_images(data) -> dict[tuple[int, int], torch.Tensor]:
+    """(H, W) → the mean image (1, 1, H, W) of every image of that size in ``data`` (groups of one size pooled)."""
+    by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for group in data.groups:
+        by_size.setdefault(tuple(group.images.shape[-2:]), []).append(group.images)
+    return {size: (groups[0].mean(dim=0, keepdim=True) if len(groups) == 1 else
+                   sum(images.sum(dim=0, keepdim=True) for images in groups) / sum(len(images) for images in groups))
+            for size, groups in by_size.items()}
+
+
+def decoder_baseline(means: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+    """The decoder's one baseline: the mean image, or over several sizes the mean of each size's mean resized to the largest."""
+    largest = max(means, key=lambda size: size[0] * size[1])
+    resized = [nn.functional.interpolate(mean, size=largest, mode="bilinear", align_corners=False) if size != largest else mean
+               for size, mean in means.items()]
+    return torch.stack(resized).mean(dim=0)
+
+
 def loss_names(objective: Objective) -> list[str]:
     """The objective's total and its parts (the names ``Objective.forward`` keys them by), in the running sums' order."""
     return [objective.spec.total_metric, *([PARTS["cls"]] if objective.use_cls else []),
@@ -157,7 +234,7 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     ctx.model.train()
     ctx.objective.train()
     names = loss_names(ctx.objective)
-    order = batch_indices(len(data.labels), ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
+    order = group_batches(data, ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
     device, world_size = ctx.runtime.device, ctx.runtime.world_size
     sums = torch.zeros(len(names), dtype=sum_dtype(device), device=device)  # loss × images, summed
     step_losses = torch.zeros(len(order), device=device)  # read only to name the step of a non-finite loss
@@ -165,7 +242,7 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     read_every = ctx.mid_epoch_reads(show_bar)
     bar = tqdm(total=len(order), desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     seen = 0
-    for step, (index, images, labels) in enumerate(ctx.batches(data, order)):
+    for step, (_, index, images, labels) in enumerate(ctx.grouped_batches(data, order)):
         if ctx.config.augment:
             images = augment_batch(images, ctx.generator)
         mask = ctx.objective.make_mask(images, ctx.generator)
@@ -237,8 +314,8 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     zero = torch.zeros((), device=ctx.runtime.device)
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
-    order = batch_indices(len(data.labels), max(ctx.config.batch_size, 128), None)
-    for index, images, labels in ctx.batches(data, order):
+    order = group_batches(data, max(ctx.config.batch_size, 128), None)
+    for _, index, images, labels in ctx.grouped_batches(data, order):
         mask = ctx.objective.make_mask(images, mask_generator)
         with ctx.runtime.autocast():
             output = ctx.model(images, mask)
@@ -248,12 +325,13 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
         recon, baseline_mse = zero, zero
         if spec.decodes:
             recon = parts[part]
-            baseline = ctx.mean_image.expand_as(images)
+            baseline = ctx.mean_image_for(images).expand_as(images)
             baseline_mse = ctx.objective.reconstruction_error(baseline, images, mask)
         sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float()]).to(sums.dtype) * len(index)
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1))
-    n = len(data.labels)
+    labels_all = data.labels
+    n = len(labels_all)
     loss_sum, recon_sum, baseline_sum = sums.tolist()  # the one read of this pass
     metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
@@ -261,7 +339,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
         metrics[name] = recon_sum / n
         metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
         metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
-    labels_np = data.labels.cpu().numpy()
+    labels_np = labels_all.cpu().numpy()
     probs_np = torch.cat(probs).cpu().numpy() if probs else None
     if probs_np is not None:
         metrics.update(classification_metrics(probs_np, labels_np, class_names, prefix))
@@ -437,13 +515,13 @@ def fit(
     runtime = runtime or make_runtime(config.device)
     splits, probe_splits, placement = place_splits(splits, probe_splits or splits, runtime, placement)
     train = splits["train"]
-    steps = len(batch_indices(len(train.labels), config.batch_size, None, runtime.rank, runtime.world_size))
+    steps = len(group_batches(train, config.batch_size, None, runtime.rank, runtime.world_size))
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()
     ctx.placement = placement
-    ctx.mean_image = train.images.mean(dim=0, keepdim=True).to(runtime.device)
-    if ctx.model.decoder is not None:
-        ctx.model.decoder.set_baseline(ctx.mean_image)  # before a resume restores the saved one
+    ctx.mean_images = {size: mean.to(runtime.device) for size, mean in mean_images(train).items()}
+    if ctx.model.decoder is not None:  # before a resume restores the saved one
+        ctx.model.decoder.set_baseline(decoder_baseline(ctx.mean_images))
     monitor, mode = config.monitor
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = None, 0, copy.deepcopy(ctx.model.state_dict())
@@ -490,7 +568,7 @@ def fit(
     reconstructions = None
     if ctx.model.decoder is not None:
         with torch.no_grad():
-            sample = splits["val"].images[:8].to(runtime.device)
+            sample = splits["val"].groups[0].images[:8].to(runtime.device)
             mask = ctx.objective.make_mask(sample, torch.Generator().manual_seed(EVAL_MASK_SEED))
             reconstruction = ctx.model(sample, mask).reconstruction.float().cpu().numpy()
             reconstructions = (sample.cpu().numpy(), reconstruction, None if mask is None else mask.cpu().numpy())
@@ -507,8 +585,7 @@ def place_splits(splits: dict[str, SplitTensors], probe_splits: dict[str, SplitT
         placement = choose_placement(split_bytes(unique.values()), runtime.device.type, free_device_memory(runtime.device))
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    placed = {key: SplitTensors(place_tensor(split.images, runtime.device, placement),
-                                place_tensor(split.labels, runtime.device, placement)) for key, split in unique.items()}
+    placed = {key: split.placed(lambda tensor: place_tensor(tensor, runtime.device, placement)) for key, split in unique.items()}
     new_splits = {name: placed[id(split)] for name, split in splits.items()}
     new_probe = new_splits if probe_splits is splits else {name: placed[id(split)] for name, split in probe_splits.items()}
     return new_splits, new_probe, placement

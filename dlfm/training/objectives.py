@@ -66,6 +66,16 @@ class Objective(nn.Module):
             return masked_norm_mse(reconstruction, images, mask, self.patch_size)
         return masked_mse(reconstruction, images, mask)
 
+    def per_image_error(self, reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``reconstruction_error`` of each image (B,): the same quantity, averaged per image instead of over the batch."""
+        squared = (reconstruction.float() - images.float()) ** 2
+        if mask is None:
+            return squared.mean(dim=(1, 2, 3))
+        if self.normalised:
+            _, std = patch_statistics(images, self.patch_size)
+            squared = squared / expand_cells(std, self.patch_size, images.shape[-2:]) ** 2
+        return (squared * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * images.shape[1]).clamp_min(1.0)
+
     def forward(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its detached parts, keyed by their ``PARTS`` metric names (loss_cls, recon_mse, masked_mse)."""

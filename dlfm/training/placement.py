@@ -27,10 +27,10 @@ DEVICE_MEMORY_FRACTION = 0.5
 
 
 def split_bytes(splits) -> int:
-    """Bytes of the images and labels of every distinct split in ``splits`` (an iterable of SplitTensors)."""
+    """Bytes of the images and labels of every distinct split in ``splits`` (SplitTensors or MultiSizeSplit: each group's)."""
     seen, total = set(), 0
-    for split in splits:
-        for tensor in (split.images, split.labels):
+    for group in (group for split in splits for group in split.groups):
+        for tensor in (group.images, group.labels):
             if id(tensor) not in seen:
                 seen.add(id(tensor))
                 total += tensor.numel() * tensor.element_size()

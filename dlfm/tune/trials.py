@@ -133,6 +133,6 @@ def _train(trial: optuna.Trial, config: TrainConfig, setup: TrialSetup) -> float
     # for logging its weights; the final best trial always passes this test.
     completed = [t.value for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not completed or value >= max(completed):
-        tracking.log_encoder(result.model.encoder, setup.image_size, config.objective)
+        tracking.log_encoder(result.model.encoder, setup.image_size, config.objective, result.model.decoder, config.masking)
         trial.set_user_attr("encoder_logged", True)
     return value

@@ -2,15 +2,21 @@
 # The cross-instrument transfer matrix (GPU machine; see ../shared/device/README.md for the wheels).
 #
 # Rows: an autoencoder (resnet18) pretrained on one instrument's corpus (Model I, II or III, each at its
-# native size: 150, 64, 64 px), and one pretrained on all three at once: the pretrain_multi corpus
-# (pretrain_mix equal thirds, CORPUS images per instrument, each batch one instrument's size). Columns: evaluate on each instrument's held-out set, pretrained-finetune
-# and scratch at 100 labels per class and at all labels, 3 seeds. Every row's encoder gets its own alias
-# (pre-model-i, …) so evaluate loads it by name. Logs land in $OUT (or ./reports/transfer_matrix).
+# native size: 150, 64, 64 px), and one pretrained on all three at once. Every row is the pretrain_multi
+# corpus (lens varied, every class): a single-instrument row is its one-instrument mix (pretrain_mix
+# model_i=1,model_ii=0,model_iii=0, …), the multi row the equal thirds, so each single row's images are the
+# multi row's share of that instrument (instrument k is simulated with its own seed whatever the mix) and
+# the rows differ only in what the mix adds. CORPUS images per instrument; each batch is one instrument's size.
+# Columns: evaluate on each instrument's held-out classification set (sim_seed 1), ARMS at BUDGETS labels
+# per class, 3 seeds. Every row's encoder gets its own alias (pre-model-i, …) so evaluate loads it by name.
+# Logs land in $OUT (or ./reports/transfer_matrix).
 #
 #   source run-on-gpu.sh && bash benchmarks/transfer_matrix.sh
 #
-# Sizes are variables so the same script runs tiny on a CPU: CORPUS=60 EVAL=60 EPOCHS=1 EVAL_EPOCHS=1 DEVICE=cpu
-# BUDGETS=2,all bash benchmarks/transfer_matrix.sh (CORPUS must be at least 3 for pretrain_multi's split sizes).
+# Sizes are variables so the same script runs on a CPU. The CPU size of docs/results.md (frozen arms only:
+# fine-tuning 12 cells per pair is GPU work):
+#   CORPUS=600 HOLDOUT=150 EVAL=600 EVAL_VAL=30 EVAL_TEST=300 EPOCHS=4 DEVICE=cpu ARMS=pretrained-frozen,random-frozen \
+#   bash benchmarks/transfer_matrix.sh
 # SOURCES="pretrain_multi" runs the multi-instrument row alone, TARGETS="model_ii" one column; HOLDOUT (val and test
 # images per instrument of a corpus) and EVAL_VAL, EVAL_TEST (of each evaluation set) shrink the held-out sets.
 set -euo pipefail
@@ -20,6 +26,7 @@ EVAL=${EVAL:-3000}            # evaluation train images per instrument (balanced
 EPOCHS=${EPOCHS:-6}
 EVAL_EPOCHS=${EVAL_EPOCHS:-8}
 BUDGETS=${BUDGETS:-100,all}
+ARMS=${ARMS:-pretrained-finetune,scratch}
 HOLDOUT=${HOLDOUT:-300}       # pretraining corpus val and test images per instrument
 EVAL_VAL=${EVAL_VAL:-300}
 EVAL_TEST=${EVAL_TEST:-1500}
@@ -33,20 +40,21 @@ TARGETS=${TARGETS:-$INSTRUMENTS}
 
 for source in $SOURCES; do
     alias="pre-${source//_/-}"
-    if [ "$source" = pretrain_multi ]; then  # all three instruments: the same images per instrument as each single row
-        corpus=(--pretrain_n_train $((3 * CORPUS)) --pretrain_n_val $((3 * HOLDOUT)) --pretrain_n_test $((3 * HOLDOUT))
-                --dataset model_ii)
-    else
-        corpus=(--pretrain_n_train "$CORPUS" --pretrain_n_val "$HOLDOUT" --pretrain_n_test "$HOLDOUT" --dataset "$source")
+    if [ "$source" = pretrain_multi ]; then  # all three instruments, CORPUS images each
+        mix=model_i=1,model_ii=1,model_iii=1; parts=3
+    else  # the same corpus's one-instrument mix: exactly the multi row's images of that instrument
+        mix="model_i=0,model_ii=0,model_iii=0"; mix=${mix/$source=0/$source=1}; parts=1
     fi
-    python pipelines/autoencoder.py --pretrain_dataset "$source" "${corpus[@]}" --sim_n_train 300 --sim_n_val 150 \
+    corpus=(--pretrain_dataset pretrain_multi --pretrain_mix "$mix" --pretrain_n_train $((parts * CORPUS))
+            --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii)
+    python pipelines/autoencoder.py "${corpus[@]}" --sim_n_train 300 --sim_n_val 150 \
         --sim_n_test 150 --epochs "$EPOCHS" \
         --batch_size 256 --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1
     version=$(python -c "from dlfm.tracking import configure_tracking, registry; configure_tracking(); print(registry.version_for_stage('candidate'))")
     dlfm registry promote "$version" --stage "$alias" --reason "transfer matrix: pretrained on $source" >> "$LOGS/pretrain-$source.log"
     for target in $TARGETS; do
         python pipelines/evaluate.py --encoder_stage "$alias" --tasks classification --classification_dataset "$target" \
-            --arms pretrained-finetune,scratch --budgets "$BUDGETS" --seeds 0,1,2 --epochs "$EVAL_EPOCHS" --batch_size 128 \
+            --arms "$ARMS" --budgets "$BUDGETS" --seeds 0,1,2 --epochs "$EVAL_EPOCHS" --batch_size 128 \
             --sim_n_train "$EVAL" --sim_n_val "$EVAL_VAL" --sim_n_test "$EVAL_TEST" --device "$DEVICE" --experiment_name transfer-matrix \
             > "$LOGS/evaluate-$source-to-$target.log" 2>&1
         echo "== pretrained on $source, evaluated on $target"; tail -n 20 "$LOGS/evaluate-$source-to-$target.log" | grep -E "^\|" || true

@@ -24,6 +24,8 @@ PHASE=${PHASE:-all}
 exp=${EXPERIMENT:-deeplense-fm-anchor}
 TASKS=${TASKS:-classification,superres}
 VERSIONS=${VERSIONS:-reports/anchor_versions_$SIZE.txt}
+BUDGETS=${BUDGETS:-100,all}  # the table reads classification at 100 per class and all, SR at all (images in total)
+ARMS=${ARMS:-pretrained-frozen,pretrained-finetune}  # plus scratch on each architecture's first row
 mkdir -p "$(dirname "$VERSIONS")"
 
 if [ "$SIZE" = gpu ]; then
@@ -31,14 +33,14 @@ if [ "$SIZE" = gpu ]; then
     PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=20000 -P pretrain_n_val=1000 -P pretrain_n_test=1000
               -P sim_n_train=15000 -P sim_n_val=1000 -P sim_n_test=1000 -P epochs=${PRETRAIN_EPOCHS:-100} -P patience=10
               -P batch_size=256 -P device=cuda)
-    EVAL=(-P budgets=100,all -P seeds=0,1,2 -P sim_n_train=15000 -P sim_n_val=300 -P sim_n_test=15000
+    EVAL=(-P budgets=$BUDGETS -P seeds=0,1,2 -P sim_n_train=15000 -P sim_n_val=300 -P sim_n_test=15000
           -P epochs=${EVAL_EPOCHS:-20} -P batch_size=256 -P device=cuda)
 else
     VIT=vit_tiny
     PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=1200 -P pretrain_n_val=300 -P pretrain_n_test=300
               -P sim_n_train=1200 -P sim_n_val=300 -P sim_n_test=300 -P epochs=${PRETRAIN_EPOCHS:-8} -P patience=8
               -P batch_size=64 -P device=cpu)
-    EVAL=(-P budgets=100,all -P seeds=0,1,2 -P sim_n_train=600 -P sim_n_val=30 -P sim_n_test=300
+    EVAL=(-P budgets=$BUDGETS -P seeds=0,1,2 -P sim_n_train=600 -P sim_n_val=30 -P sim_n_test=300
           -P epochs=${EVAL_EPOCHS:-5} -P min_steps=50 -P batch_size=32 -P device=cpu)
 fi
 
@@ -68,7 +70,7 @@ if [ "$PHASE" = evaluate ] || [ "$PHASE" = all ]; then
     declare -A scratch_done=()
     while read -r label version; do
         arch=${label%%-*}  # vit or resnet18: the scratch arm once per architecture
-        arms=pretrained-frozen,pretrained-finetune
+        arms=$ARMS
         if [ -z "${scratch_done[$arch]:-}" ]; then arms=$arms,scratch; scratch_done[$arch]=1; fi
         evaluate "$label" "$version" "$arms"
     done < "$VERSIONS"

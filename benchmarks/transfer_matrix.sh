@@ -15,7 +15,7 @@
 #
 # Sizes are variables so the same script runs on a CPU. The CPU size of docs/results.md (frozen arms only:
 # fine-tuning 12 cells per pair is GPU work):
-#   CORPUS=600 HOLDOUT=150 EVAL=600 EVAL_VAL=30 EVAL_TEST=300 EPOCHS=4 DEVICE=cpu ARMS=pretrained-frozen,random-frozen \
+#   CORPUS=1200 HOLDOUT=150 EVAL=600 EVAL_VAL=30 EVAL_TEST=300 EPOCHS=6 BATCH=64 DEVICE=cpu ARMS=pretrained-frozen,random-frozen \
 #   bash benchmarks/transfer_matrix.sh
 # SOURCES="pretrain_multi" runs the multi-instrument row alone, TARGETS="model_ii" one column; HOLDOUT (val and test
 # images per instrument of a corpus) and EVAL_VAL, EVAL_TEST (of each evaluation set) shrink the held-out sets.
@@ -27,6 +27,7 @@ EPOCHS=${EPOCHS:-6}
 EVAL_EPOCHS=${EVAL_EPOCHS:-8}
 BUDGETS=${BUDGETS:-100,all}
 ARMS=${ARMS:-pretrained-finetune,scratch}
+BATCH=${BATCH:-256}           # pretraining batch (a CPU-size corpus wants 64: enough optimiser steps per epoch)
 HOLDOUT=${HOLDOUT:-300}       # pretraining corpus val and test images per instrument
 EVAL_VAL=${EVAL_VAL:-300}
 EVAL_TEST=${EVAL_TEST:-1500}
@@ -49,7 +50,7 @@ for source in $SOURCES; do
             --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii)
     python pipelines/autoencoder.py "${corpus[@]}" --sim_n_train 300 --sim_n_val 150 \
         --sim_n_test 150 --epochs "$EPOCHS" \
-        --batch_size 256 --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1
+        --batch_size "$BATCH" --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1
     version=$(python -c "from dlfm.tracking import configure_tracking, registry; configure_tracking(); print(registry.version_for_stage('candidate'))")
     dlfm registry promote "$version" --stage "$alias" --reason "transfer matrix: pretrained on $source" >> "$LOGS/pretrain-$source.log"
     for target in $TARGETS; do

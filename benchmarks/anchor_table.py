@@ -1,11 +1,13 @@
 """The side-by-side table of docs/results.md (issue 21 item 5), read from the runs anchor_side_by_side.sh made.
 
-Each ``anchor-eval-<row>`` evaluate run's ``evaluation_summary.csv`` gives the mean ± sd over seeds of every
+Each FINISHED evaluate run of a version listed in the script's versions file (``<row> <version>`` lines)
+has an ``evaluation_summary.csv`` that gives the mean ± sd over seeds of every
 test metric per (task, budget, arm). A row is the ``pretrained-finetune`` arm of that encoder; the
 ``<architecture>-scratch`` rows are the ``scratch`` arm (run once per architecture). The anchor's published
 numbers (Prasha et al. 2025, arXiv 2512.06642, on their Model II data) are the last row, marked as theirs.
 
-    MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db python benchmarks/anchor_table.py [--experiment deeplense-fm-anchor]
+    MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db python benchmarks/anchor_table.py \
+        [--versions reports/anchor_versions_cpu.txt] [--experiment deeplense-fm-anchor]
 """
 
 from __future__ import annotations
@@ -46,18 +48,21 @@ def table_row(label: str, frame: pd.DataFrame, arm: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="deeplense-fm-anchor")
+    parser.add_argument("--versions", default="reports/anchor_versions_cpu.txt", help="the script's <row> <version> lines")
     args = parser.parse_args()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(args.experiment)
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+    # the evaluate stage names its run after the version (a run name given to mlflow run is replaced), so rows are
+    # matched by the dlfm.encoder_version tag
+    labels = dict(reversed(line.split()) for line in open(args.versions) if line.strip())  # version -> row
     frames, versions = {}, {}  # row label -> every evaluate run's summary (classification and superres may be two runs)
     for run in runs:
-        name = run.data.tags.get("mlflow.runName", "")
-        if name.startswith("anchor-eval-"):
-            label = name.removeprefix("anchor-eval-")
+        version = run.data.tags.get("dlfm.encoder_version", "")
+        if run.data.tags.get("dlfm.stage") == "evaluate" and "mlflow.parentRunId" not in run.data.tags and version in labels:
             summary = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation_summary.csv")))
-            frames.setdefault(label, []).append(summary)
-            versions[label] = run.data.tags.get("dlfm.encoder_version", "?")
+            frames.setdefault(labels[version], []).append(summary)
+            versions[labels[version]] = version
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for label, parts in frames.items():
         frame = pd.concat(parts, ignore_index=True).drop_duplicates(["task", "budget", "arm"], keep="last")

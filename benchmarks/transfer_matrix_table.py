@@ -1,0 +1,90 @@
+"""The transfer matrix's table and figure, from the ``matrix.txt`` that benchmarks/transfer_matrix.sh writes.
+
+Rows: what the encoder was pretrained on; columns: the instrument it is evaluated on. Each cell is the
+test macro AUC (mean ± sd over seeds) of the first arm in matrix.txt (pretrained-frozen on the CPU size,
+pretrained-finetune on the GPU size); the last row is the second arm of the first source (random-frozen or
+scratch: same architecture and seeds whatever the source, so one row serves every source).
+
+    python benchmarks/transfer_matrix_table.py reports/transfer_matrix/matrix.txt [--figure docs/figures/transfer_matrix.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+SOURCES = ("model_ii", "model_i", "model_iii", "pretrain_multi")
+TARGETS = ("model_ii", "model_i", "model_iii")
+CELL = re.compile(r"\| \d+ \((\w+)\) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|")
+
+
+def parse(text: str) -> tuple[dict, tuple[str, str]]:
+    """{(source, target, budget): ((mean, sd) first arm, (mean, sd) second arm)} and the two arm names."""
+    arms = re.search(r"^\| budget [^|]*\| (\S+) \| (\S+) \|", text, re.M).groups()
+    parts = re.split(r"^== pretrained on (\S+), evaluated on (\S+)\n", text, flags=re.M)[1:]
+    cells = {}
+    for source, target, body in zip(parts[0::3], parts[1::3], parts[2::3]):
+        for match in CELL.finditer(body):
+            budget, a, a_sd, b, b_sd = match.groups()
+            cells[(source, target, budget)] = ((float(a), float(a_sd)), (float(b), float(b_sd)))
+    return cells, arms
+
+
+def markdown(cells: dict, arms: tuple[str, str], budget: str) -> str:
+    """One budget's matrix: a row per source, the comparison arm last."""
+    sources = [s for s in SOURCES if any(k[0] == s for k in cells)]
+    lines = [f"| pretrained on ({arms[0]}) | " + " | ".join(f"→ {t}" for t in TARGETS) + " |", "|---" * 4 + "|"]
+    for source in sources:
+        row = [cells.get((source, t, budget)) for t in TARGETS]
+        lines.append(f"| {source} | " + " | ".join(f"{c[0][0]:.3f} ± {c[0][1]:.3f}" if c else "—" for c in row) + " |")
+    first = [cells.get((sources[0], t, budget)) for t in TARGETS]
+    lines.append(f"| none ({arms[1]}) | " + " | ".join(f"{c[1][0]:.3f} ± {c[1][1]:.3f}" if c else "—" for c in first) + " |")
+    return "\n".join(lines)
+
+
+def figure(cells: dict, arms: tuple[str, str], path: str) -> None:
+    """Heatmaps of the first arm minus the second, per budget (green: pretraining on that row helps that column)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    budgets = sorted({k[2] for k in cells}, key=lambda b: (b == "all", b))
+    sources = [s for s in SOURCES if any(k[0] == s for k in cells)]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 3.6), squeeze=False, sharey=True)
+    for ax, budget in zip(axes[0], budgets):
+        diff = np.full((len(sources), len(TARGETS)), np.nan)
+        for i, source in enumerate(sources):
+            for j, target in enumerate(TARGETS):
+                if (source, target, budget) in cells:
+                    (a, _), (b, _) = cells[(source, target, budget)]
+                    diff[i, j] = a - b
+        image = ax.imshow(diff, cmap="RdYlGn", vmin=-0.15, vmax=0.15)
+        for (i, j), value in np.ndenumerate(diff):
+            ax.text(j, i, "—" if np.isnan(value) else f"{value:+.3f}", ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(len(TARGETS)), [f"→ {t}" for t in TARGETS])
+        ax.set_yticks(range(len(sources)), sources)
+        ax.set_xlabel("evaluated on")
+        ax.set_title(f"{budget} labels per class" if budget != "all" else "all labels")
+    axes[0][0].set_ylabel("pretrained on")
+    fig.colorbar(image, ax=axes[0].tolist(), label=f"test macro AUC, {arms[0]} − {arms[1]}")
+    fig.suptitle("Cross-instrument transfer (mean over seeds)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("matrix")
+    parser.add_argument("--figure", default="")
+    args = parser.parse_args()
+    cells, arms = parse(open(args.matrix).read())
+    for budget in sorted({k[2] for k in cells}, key=lambda b: (b == "all", b)):
+        print(f"\n{budget} labels per class:\n" if budget != "all" else "\nall labels:\n")
+        print(markdown(cells, arms, budget))
+    if args.figure:
+        figure(cells, arms, args.figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -63,7 +63,7 @@ def figure(cells: dict, arms: tuple[str, str], path: str) -> None:
         image = ax.imshow(diff, cmap="RdYlGn", vmin=-0.15, vmax=0.15)
         for (i, j), value in np.ndenumerate(diff):
             ax.text(j, i, "—" if np.isnan(value) else f"{value:+.3f}", ha="center", va="center", fontsize=9)
-        ax.set_xticks(range(len(TARGETS)), [f"→ {t}" for t in TARGETS])
+        ax.set_xticks(range(len(TARGETS)), TARGETS, rotation=20)
         ax.set_yticks(range(len(sources)), sources)
         ax.set_xlabel("evaluated on")
         ax.set_title(f"{budget} labels per class" if budget != "all" else "all labels")

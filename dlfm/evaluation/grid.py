@@ -139,7 +139,8 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
             groups.insert(0, {"params": list(encoder.parameters()), "lr": config.encoder_lr})
     history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device, autocast, safe_point)
     predictions = task.decode(predict(model, test_inputs, device, autocast=autocast, safe_point=safe_point), targets)
-    return CellResult(cell, task.metrics(predictions, data), history, task.keep(predictions, data))
+    kept = task.keep(predictions, data)  # superres scores each image here, once; metrics average that
+    return CellResult(cell, task.metrics(kept, data), history, kept)
 
 
 def same_subset_budgets(budgets: list[int | str], pool_sizes: tuple[int, ...]) -> dict[int | str, int | str]:

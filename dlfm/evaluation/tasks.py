@@ -68,7 +68,35 @@ def draw_subset(budget: int | str, seed: int, labels: np.ndarray | None = None, 
     return np.sort(np.concatenate(chosen))
 
 
-class ClassificationTask:
+class Task:
+    """What every task shares unless it says otherwise: budgets count train images in total, a head on the
+    pooled embedding, encoder → head end to end in the fine-tune arms, every test prediction kept."""
+
+    head_input = "embedding"  # what the head reads: the pooled embedding (frozen arms: cached once) or the encoder's "levels"
+    frozen_cost = 0.02  # a frozen arm's work per sample relative to fine-tuning (a head on cached embeddings: ~50x cheaper)
+    beside: tuple[str, ...] = ()  # metrics evaluation.md tables beside the headline
+    reference = ""  # a baseline metric (in TaskData.baseline) drawn as a line in the headline's panel
+
+    def subset(self, data: TaskData, budget: int | str, seed: int) -> np.ndarray:
+        return draw_subset(budget, seed, n=len(data.train.targets))
+
+    def available(self, data: TaskData) -> int:
+        return len(data.train.targets)
+
+    def pool_sizes(self, data: TaskData) -> tuple[int, ...]:
+        """The one pool that budgets count in."""
+        return (len(data.train.targets),)
+
+    def network(self, encoder: nn.Module, head: nn.Module) -> nn.Module:
+        """The end-to-end model of the fine-tune arms: images → embedding → head."""
+        return nn.Sequential(encoder, head)
+
+    def keep(self, predictions: np.ndarray, data: TaskData) -> np.ndarray:
+        """What a cell keeps of its test predictions (predictions.npy, and what ``metrics`` scores): all of them."""
+        return predictions
+
+
+class ClassificationTask(Task):
     """Substructure classification on a held-out model_ii set: a linear head, cross-entropy, AUCs."""
 
     name = "classification"
@@ -76,10 +104,6 @@ class ClassificationTask:
     headline = "test/macro_auc"  # the metric of figures and verdicts
     higher_is_better = True
     budget_unit = "labelled images per class"
-    head_input = "embedding"  # what the head reads: the pooled embedding (frozen arms: cached once) or the encoder's "levels"
-    frozen_cost = 0.02  # a frozen arm's work per sample relative to fine-tuning (a head on cached embeddings: ~50x cheaper)
-    beside: tuple[str, ...] = ()  # metrics evaluation.md tables beside the headline
-    reference = ""  # a baseline metric (in TaskData.baseline) drawn as a line in the headline's panel
 
     def load(self, dataset, spec: str) -> TaskData:
         """Typed train/test data of a classification dataset."""
@@ -102,14 +126,6 @@ class ClassificationTask:
     def head(self, encoder: nn.Module, data: TaskData) -> nn.Module:
         return ClassificationHead(encoder.embed_dim, len(data.class_names))
 
-    def network(self, encoder: nn.Module, head: nn.Module) -> nn.Module:
-        """The end-to-end model of the fine-tune arms: images → embedding → head."""
-        return nn.Sequential(encoder, head)
-
-    def keep(self, predictions: np.ndarray, data: TaskData) -> np.ndarray:
-        """What a cell keeps of its test predictions (predictions.npy): all of them, they are small."""
-        return predictions
-
     def targets(self, data: TaskData, index: np.ndarray) -> Targets:
         return Targets(torch.as_tensor(data.train.targets[index], dtype=torch.long), None)
 
@@ -127,7 +143,7 @@ class ClassificationTask:
         return classification_metrics(predictions, data.test.targets, data.class_names, "test")
 
 
-class RegressionTask:
+class RegressionTask(Task):
     """Regression: the seed's MLP head on standardised targets, MAE per reported name (the dataset's readout)."""
 
     name = "regression"
@@ -135,10 +151,7 @@ class RegressionTask:
     headline = "test/rel_mae"  # mean over reported names of MAE / MAE of predicting the train mean (1 = no skill)
     higher_is_better = False
     budget_unit = "labelled images"
-    head_input = "embedding"
-    frozen_cost = 0.02
-    beside: tuple[str, ...] = ()  # per-parameter MAEs have their own table (summary.markdown)
-    reference = ""
+    # beside stays empty: the per-parameter MAEs have their own table (summary.markdown)
 
     def load(self, dataset, spec: str) -> TaskData:
         """Typed train/test data of a dataset whose targets vary; its readout is chosen here, once."""
@@ -150,21 +163,8 @@ class RegressionTask:
         splits = {s: Split(dataset.get_images(s), y[s]) for s in ("train", "test")}
         return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], ("lens",), baseline, readout)
 
-    def subset(self, data: TaskData, budget: int | str, seed: int) -> np.ndarray:
-        return draw_subset(budget, seed, n=len(data.train.targets))
-
-    def available(self, data: TaskData) -> int:
-        return len(data.train.targets)
-
-    def pool_sizes(self, data: TaskData) -> tuple[int, ...]:
-        """The one pool that budgets count in."""
-        return (len(data.train.targets),)
-
     def head(self, encoder: nn.Module, data: TaskData) -> nn.Module:
         return RegressionHead(encoder.embed_dim, data.train.targets.shape[1])
-
-    network = ClassificationTask.network
-    keep = ClassificationTask.keep
 
     def targets(self, data: TaskData, index: np.ndarray) -> Targets:
         scaler = Standardizer.fit(data.train.targets[index])
@@ -184,7 +184,7 @@ class RegressionTask:
         return metrics
 
 
-class SuperResolutionTask:
+class SuperResolutionTask(Task):
     """16 → 64 px super-resolution of held-out images degraded by their own instrument (``dlfm.evaluation.superres``).
 
     The head reads the encoder's feature maps, not the pooled embedding, so it consumes
@@ -222,10 +222,6 @@ class SuperResolutionTask:
         bicubic = superres.mean_scores(superres.image_scores(splits["test"].images, splits["test"].targets), "test/bicubic_")
         return TaskData(self.name, spec, dataset.digest, splits["train"], splits["test"], ("image",), bicubic)
 
-    subset = RegressionTask.subset
-    available = RegressionTask.available
-    pool_sizes = RegressionTask.pool_sizes
-
     def head(self, encoder: nn.Module, data: TaskData) -> nn.Module:
         from dlfm.models.heads import SuperResolutionHead
 
@@ -247,17 +243,17 @@ class SuperResolutionTask:
         """Network outputs → images in the data range [0, 1]."""
         return np.clip(outputs, 0.0, 1.0)
 
-    def metrics(self, predictions: np.ndarray, data: TaskData) -> dict[str, float]:
-        """test/psnr (dB), test/ssim, and beside them the bicubic baseline's test/bicubic_psnr, test/bicubic_ssim."""
-        from dlfm.evaluation import superres
-
-        return {**superres.mean_scores(superres.image_scores(predictions, data.test.targets)), **data.baseline}
-
     def keep(self, predictions: np.ndarray, data: TaskData) -> np.ndarray:
-        """Per test image (n, 2) float32 PSNR (dB) and SSIM, not the 64-px images (~5 MB a cell at 300 images)."""
+        """Per test image (n, 2) PSNR (dB) and SSIM, not the 64-px images (~5 MB a cell at 300 images)."""
         from dlfm.evaluation import superres
 
-        return superres.image_scores(predictions, data.test.targets).astype(np.float32)
+        return superres.image_scores(predictions, data.test.targets)
+
+    def metrics(self, kept: np.ndarray, data: TaskData) -> dict[str, float]:
+        """test/psnr (dB), test/ssim (means of the kept per-image scores), and beside them the bicubic baseline's."""
+        from dlfm.evaluation import superres
+
+        return {**superres.mean_scores(kept), **data.baseline}
 
 
 TASKS = {task.name: task for task in (ClassificationTask(), RegressionTask(), SuperResolutionTask())}

@@ -120,6 +120,15 @@ def run_script(args: list[str], cwd: Path, env_extra: dict | None = None, timeou
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``mlflow run <repo> -e <entry_point> --env-manager local`` with ``params``, as a user types it; this Python's bin first on PATH."""
+    args = ["-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local", "--experiment-name", experiment]
+    for name, value in params.items():
+        args += ["-P", f"{name}={value}"]
+    bin_dirs = os.pathsep.join([str(REPO / ".venv" / "bin"), os.path.dirname(sys.executable), os.environ["PATH"]])
+    return run_script(args, cwd=cwd, env_extra={"PATH": bin_dirs}, timeout=timeout)
+
+
 # ----------------------------------------------------------------------------- services and processes
 
 AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import checksum, REPO, run_script
+from conftest import checksum, mlflow_run, REPO, run_script
 from dlfm.data import load_dataset
 from dlfm.evaluation import TASKS, EmbeddingCache, EvaluateConfig, draw_subset, run_grid, verdict
 from dlfm.evaluation.grid import Encoders, plan
@@ -96,13 +96,9 @@ def test_scratch_and_random_start_from_another_init_and_finetune_moves_only_a_co
 
 
 def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path, tiny_classification_dir, tiny_regression_dir):
-    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]}
     params = {"classification_dataset": tiny_classification_dir, "regression_dataset": tiny_regression_dir,
               "budgets": "2,all", "seeds": "0,1", "epochs": "1", "min_steps": "2", "batch_size": "8"}
-    args = ["-m", "mlflow", "run", str(REPO), "-e", "evaluate", "--env-manager", "local", "--experiment-name", "eval-test"]
-    for name, value in params.items():
-        args += ["-P", f"{name}={value}"]
-    done = run_script(args, cwd=tmp_path, env_extra=env)
+    done = mlflow_run("evaluate", params, "eval-test", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("eval-test")

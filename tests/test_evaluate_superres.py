@@ -167,17 +167,11 @@ def test_the_evaluate_stage_runs_superres_end_to_end(production_version, trackin
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_mlflow_run_evaluate_with_tasks_superres(production_version, tracking_uri, tmp_path, tiny_classification_dir):
-    import os
+    from conftest import mlflow_run
 
-    from conftest import REPO, run_script
-
-    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + os.environ["PATH"]}
     params = {"tasks": "superres", "superres_dataset": tiny_classification_dir, "budgets": "4", "seeds": "0",
               "arms": "pretrained-frozen,scratch", "epochs": "1", "min_steps": "2", "batch_size": "8", "device": "cpu"}
-    args = ["-m", "mlflow", "run", str(REPO), "-e", "evaluate", "--env-manager", "local", "--experiment-name", "sr-run"]
-    for name, value in params.items():
-        args += ["-P", f"{name}={value}"]
-    done = run_script(args, cwd=tmp_path, env_extra=env)
+    done = mlflow_run("evaluate", params, "sr-run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("sr-run").experiment_id])

@@ -16,10 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from dlfm.data.dataset import REGRESSION_TARGETS
 from dlfm.data.user_arrays import CLASS_NAME_PATTERN, RESERVED_COLUMNS
 from dlfm.errors import DatasetError
 
-TARGETS = ("theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2")  # learned, standardised
+TARGETS = REGRESSION_TARGETS  # learned, standardised (the simulator's lens columns; one home: dlfm.data.dataset)
 REPORTED = (  # MAE names, physical units: arcsec, arcsec, arcsec, -, -, -, -, -, -, rad, -, rad
     "theta_E", "src_x", "src_y", "e1", "e2", "gamma1", "gamma2", "ellipticity", "q", "phi", "gamma_ext", "psi_ext",
 )

@@ -314,6 +314,7 @@ def test_if_better_gate_that_fails_exits_1_and_moves_nothing(prepared, tmp_path)
     assert store_state(db)[1] == aliases_before
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.parametrize("target", ["launcher", "entry_point"])
 def test_sigterm_under_mlflow_run_ends_the_run_killed_with_the_resume_hint(target, tracking_uri, tiny_classification_dir,
                                                                            tmp_path):

@@ -27,6 +27,7 @@ def leaks(text_or_bytes, forms: list[str]) -> list[str]:
     return [form for form in forms if form.encode() in haystack]
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_canary_password_of_the_tune_storage_leaks_nowhere(tracking_uri, tiny_classification_dir, tmp_path, postgres_storage):
     import mlflow

@@ -95,6 +95,7 @@ def test_scratch_and_random_start_from_another_init_and_finetune_moves_only_a_co
 
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path, tiny_classification_dir, tiny_regression_dir):
     params = {"classification_dataset": tiny_classification_dir, "regression_dataset": tiny_regression_dir,
               "budgets": "2,all", "seeds": "0,1", "epochs": "1", "min_steps": "2", "batch_size": "8"}

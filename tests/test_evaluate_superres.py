@@ -143,6 +143,7 @@ def test_unknown_task_lists_superres():
 
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_the_evaluate_stage_runs_superres_end_to_end(production_version, tracking_uri, tiny_classification_dir):
     from dlfm.stages.evaluate import run_evaluate_stage
 

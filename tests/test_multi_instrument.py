@@ -119,8 +119,10 @@ def _two_size_splits(sizes=(32, 48), n=6):
     return {"train": split(), "val": split(), "test": split()}
 
 
-@pytest.mark.parametrize(("objective", "encoder"), [("autoencoder", "conv4"), ("mae", "conv4"), ("mae", "vit_tiny_p4"),
-                                                    ("autoencoder", "vit_tiny_p4")])
+@pytest.mark.parametrize(("objective", "encoder"), [("autoencoder", "conv4"), ("mae", "conv4"),
+                                                    # the ViT cases take 15-30 s each on 2 cores: the slow lane
+                                                    pytest.param("mae", "vit_tiny_p4", marks=pytest.mark.slow),
+                                                    pytest.param("autoencoder", "vit_tiny_p4", marks=pytest.mark.slow)])
 def test_fit_trains_on_two_image_sizes_with_the_decoder_and_masks_following_each_batch(objective, encoder):
     config = TrainConfig(objective=objective, encoder=encoder, epochs=1, batch_size=4, device="cpu", precision="fp32",
                          patch_size=4 if encoder.startswith("vit") else 8)

@@ -194,6 +194,7 @@ def test_pretraining_and_evaluation_sets_share_no_image(tiny_pretrain_dir, tiny_
     assert not hashes(corpus) & hashes(evaluation)
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_mae_through_mlflow_run_pretrains_on_the_corpus_and_registers(tracking_uri, tiny_pretrain_dir, tiny_classification_dir, tmp_path):
     result = run_script(["-m", "mlflow", "run", str(REPO), "-e", "mae", "--env-manager", "local", "--experiment-name", "mae-test",
                          "-P", f"dataset={tiny_classification_dir}", "-P", f"pretrain_dataset={tiny_pretrain_dir}",

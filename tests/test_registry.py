@@ -228,6 +228,7 @@ def test_pyfunc_normalises_raw_flux_and_refuses_a_wrong_shape_in_one_line(tracki
     assert "raw flux" in mlflow.MlflowClient().get_registered_model(MODEL_NAME).description
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path):
     """`mlflow models serve -m models:/dlfm-encoder@production --env-manager local` from a folder without dlfm."""
     import json

@@ -361,6 +361,7 @@ def test_editor_can_create_runs_and_move_aliases(multitask_run, team_server, as_
     assert rest(team_server, "DELETE", "/api/2.0/mlflow/registered-models/delete", editor, json={"name": "dlfm-encoder"}).status_code == 403
 
 
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 @pytest.mark.services
 def test_promote_without_permission_is_one_line_naming_it(multitask_run, team_server, moto_s3, as_admin):
     experiment_id = as_admin.get_experiment_by_name("deeplense-fm").experiment_id

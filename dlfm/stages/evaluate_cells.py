@@ -4,7 +4,7 @@ A FINISHED child run is its cell's checkpoint: tagged with the cell (task, arm, 
 config digest, the dataset digest and the encoder version, holding the test metrics and
 ``predictions.npy``. A resume reuses it; nothing else records progress.
 
-Workers are local processes started here (``-P workers=N``: ``python -m dlfm.stages.evaluate_cells``)
+Workers are local processes started here (``-P workers=N``: ``python -m dlfm.stages.evaluate_worker``)
 or torchrun ranks. Each takes the cells ``grid.owners`` gives its rank, so none talks to another;
 worker 0 (the parent run's process) waits for the others' child runs in the store, then aggregates.
 """
@@ -18,15 +18,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from dlfm import tracking
 from dlfm.errors import DlfmError
 from dlfm.evaluation import ARMS, TASKS, EvaluateConfig, run_grid
 from dlfm.evaluation.grid import Cell, CellResult, cell_key, owners, plan
 from dlfm.tracking import cells as store
 from dlfm.tracking.runs import RESUME_HINT_TAG
-from dlfm.training.interrupt import GridInterrupted, StopRequest, graceful_stop
+from dlfm.training.interrupt import GridInterrupted, StopRequest
 from dlfm.evaluation.embedding import random_init_seed
 
 PREDICTIONS = "predictions.npy"  # a child run's test predictions as its task keeps them (TASKS[...].keep): class
@@ -166,7 +164,7 @@ def start_workers(share: Share, device) -> list[subprocess.Popen]:
     if device.type == "cuda":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         cuda = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-    return [subprocess.Popen([sys.executable, "-m", "dlfm.stages.evaluate_cells"], env=worker_env(share, rank, cuda),
+    return [subprocess.Popen([sys.executable, "-m", "dlfm.stages.evaluate_worker"], env=worker_env(share, rank, cuda),
                              stdin=subprocess.DEVNULL) for rank in range(1, share.world)]
 
 
@@ -206,30 +204,3 @@ def wait_for_ranks(share: Share, tasks: dict, stop: StopRequest) -> None:
     while len(finished_cells(share)) < total:
         stop.check()
         time.sleep(POLL_S * 4)
-
-
-def worker_main() -> None:
-    """``python -m dlfm.stages.evaluate_cells``: local worker ``$DLFM_WORKER_RANK`` of the parent ``$DLFM_EVALUATE_PARENT``.
-
-    A stop (SIGTERM from worker 0, Ctrl-C to the terminal's group) ends its child run KILLED and
-    exits quietly: worker 0 prints the one line.
-    """
-    from dlfm.signals import stop_when_parent_dies
-    from dlfm.stages.evaluate import join_parent
-    from dlfm.redact import scrub
-
-    stop_when_parent_dies(always=True)
-    stop = StopRequest()
-    rank = int(os.environ[RANK_ENV])
-    with graceful_stop(stop):
-        try:
-            join_parent(os.environ[PARENT_ENV], rank, int(os.environ[WORKERS_ENV]), stop)
-        except KeyboardInterrupt as error:
-            sys.exit(128 + getattr(error, "signal_number", signal.SIGINT))
-        except DlfmError as error:
-            print(f"dlfm: error: evaluate worker {rank}: {scrub(str(error).splitlines()[0])}", file=sys.stderr)
-            sys.exit(2)
-
-
-if __name__ == "__main__":
-    worker_main()

@@ -6,9 +6,9 @@ RDB storage), retry (heartbeat-stale trials), trials (one MLflow child run per t
 dlfm.stages.
 """
 
-from dlfm.tune.config import OBJECTIVE_METRIC, PRUNERS, TuneConfig
+from dlfm.tune.config import DEFAULT_STORAGE, OBJECTIVE_METRIC, PRUNERS, TuneConfig
 from dlfm.tune.space import search_space
-from dlfm.tune.storage import DEFAULT_STORAGE, mask_password, open_storage
+from dlfm.tune.storage import mask_password, open_storage
 from dlfm.tune.study import make_pruner
 
 __all__ = ["DEFAULT_STORAGE", "OBJECTIVE_METRIC", "PRUNERS", "TuneConfig", "make_pruner", "mask_password",

@@ -13,7 +13,6 @@ from dlfm.errors import ConfigError, SecretInParams
 from dlfm.training import TrainConfig
 from dlfm.redact import redact_uri as mask_password
 from dlfm.redact import uri_password
-from dlfm.tune.storage import DEFAULT_STORAGE
 
 OBJECTIVE_METRIC = "val/macro_auc"  # maximised (every row of dlfm.tune.space.SEARCH_SPACES scores it today)
 PRUNERS = ("median", "hyperband", "none")
@@ -23,6 +22,8 @@ STORAGE_ENV_PREFIX = "env:"  # storage=env:NAME reads the URL (password included
 # precision is left out like device: auto resolves per machine, and workers on mixed hardware share one study.
 # The searched parameter (SEARCH_SPACES[objective].param) is left out too: trials set it.
 STUDY_KEY_EXCLUDES = ("device", "precision", "experiment_name")
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"  # Optuna RDB storage beside the MLflow store
 
 
 @dataclass(frozen=True)

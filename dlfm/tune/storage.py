@@ -9,19 +9,15 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 
 from dlfm.errors import ConfigError
 from dlfm.redact import redact_uri as mask_password  # the one redaction function, under tune's old name
 from dlfm.redact import scrub
+from dlfm.tune.config import DEFAULT_STORAGE, TuneConfig
 from dlfm.tune.retry import RetryStaleTrial
 
-if TYPE_CHECKING:  # config imports this module for DEFAULT_STORAGE
-    from dlfm.tune.config import TuneConfig
-
-DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 
 
 def postgres_driver(url: str) -> str:

@@ -250,3 +250,37 @@ def test_markdown_shows_a_dash_for_an_arm_absent_at_the_largest_budget():
                for arm in arms]
     text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
     assert "| 24 (all) | 0.905 ± 0.007 | — |" in text and "### regression per parameter at 24 labelled images (all)" in text
+
+
+def register_supervised(labelled) -> str:
+    """A conv4 encoder registered as a supervised one trained on ``labelled``'s labels."""
+    from dlfm.tracking import registry, stage_run
+
+    torch.manual_seed(0)
+    with stage_run("supervised", "supervised-test", "evaluate-labels", system_metrics=False) as run_id:
+        return registry.register_encoder_version(create_encoder("conv4"), 64, "supervised", {}, labelled.digest, run_id,
+                                                 labels=registry.label_tags("supervised", labelled))
+
+
+def test_a_supervised_encoders_evaluation_says_it_saw_labels(tracking_uri, tiny_classification_dir, tiny_regression_dir):
+    from dlfm.stages.evaluate import run_evaluate_stage
+
+    # Trained on the regression set's "labels" stand-in: any labelled set other than the one evaluated.
+    version = register_supervised(load_dataset(tiny_regression_dir))
+    out = run_evaluate_stage(EvaluateConfig(encoder_uri=f"models:/dlfm-encoder/{version}", tasks="classification",
+                                            classification_dataset=str(tiny_classification_dir), budgets="2", seeds="0",
+                                            arms="pretrained-frozen,random-frozen", epochs=1, min_steps=1, batch_size=8,
+                                            device="cpu", experiment_name="evaluate-labels"))
+    tags = mlflow.MlflowClient().get_run(out["run_id"]).data.tags
+    assert tags["dlfm.encoder_saw_labels"] == "true" and tags["dlfm.encoder_label_count"] == "24"
+    assert out["markdown"].splitlines()[2].startswith("**This encoder saw labels:** version")
+
+
+def test_evaluating_on_the_encoders_own_training_set_is_refused(tracking_uri, tmp_path, tiny_classification_dir):
+    version = register_supervised(load_dataset(tiny_classification_dir))
+    done = run_script([str(REPO / "pipelines/evaluate.py"), "--encoder_uri", f"models:/dlfm-encoder/{version}",
+                       "--tasks", "classification", "--classification_dataset", str(tiny_classification_dir),
+                       "--budgets", "2", "--experiment_name", "eval-own"], cwd=tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if "Traceback" in line or line.startswith("dlfm:")]
+    assert len(lines) == 1 and lines[0].startswith("dlfm: error: classification dataset") and "trained or probed on" in lines[0]

@@ -93,8 +93,9 @@ def test_promotion_without_the_probe_metric_is_one_clear_error():
     from dlfm.errors import RegistryError
     from dlfm.stages.main import best_candidate
 
-    with pytest.raises(RegistryError, match="no candidate of this run logged val/probe_macro_auc"):
-        best_candidate([{"stage": "supervised", "version": "3", "val/macro_auc": 0.9}])
+    with pytest.raises(RegistryError, match=r"no candidate of this run among promote_from \(supervised\) logged "
+                                            "val/probe_macro_auc"):
+        best_candidate([{"stage": "supervised", "version": "3", "val/macro_auc": 0.9}], ["supervised"])
 
 
 @pytest.mark.parametrize("encoder, patch", [("vit_tiny_p4", 4), ("vit_small_p4", 4), ("vit_tiny", 8), ("conv4", None)])
@@ -130,3 +131,26 @@ def test_the_summary_table_shows_the_mae_objectives_normalised_pixel_metric():
     from dlfm.stages.main import SUMMARY_METRICS
 
     assert "test/masked_norm_mse_vs_mean_image" in SUMMARY_METRICS  # what a ViT's mae logs (normalised pixels)
+
+
+def test_main_promotes_a_self_supervised_version_by_default(tracking_uri):
+    from dlfm.objectives import self_supervised_objectives
+    from dlfm.stages.main import MainConfig, best_candidate, labelled
+
+    assert MainConfig().promote_from == ",".join(self_supervised_objectives())  # the default is the label-free rows
+    rows = [{"stage": "supervised", "version": "1", "val/probe_macro_auc": 0.99},
+            {"stage": "multitask", "version": "2", "val/probe_macro_auc": 0.98},
+            {"stage": "mae", "version": "3", "val/probe_macro_auc": 0.70},
+            {"stage": "autoencoder", "version": "4", "val/probe_macro_auc": 0.60}]
+    assert best_candidate(rows)["stage"] == "mae"  # the labelled rows score higher, and do not compete
+    assert best_candidate(rows, MainConfig(promote_from="mae,supervised").promote_from_list)["stage"] == "supervised"
+    assert labelled("supervised") and labelled("tune") and not labelled("mae")
+
+
+@pytest.mark.parametrize("value", ["", "mae,imagenet", "mae,mae"])
+def test_a_bad_promote_from_is_refused(value):
+    from dlfm.errors import ConfigError
+    from dlfm.stages.main import MainConfig
+
+    with pytest.raises(ConfigError, match="promote_from must be"):
+        MainConfig(promote_from=value).validate()

@@ -127,12 +127,13 @@ def reported_in(rows: list[dict]) -> tuple[str, ...]:
                          if key.startswith("test/mae_") and key.endswith("_mean")}))
 
 
-def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | None = None) -> str:
+def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | None = None, opening: str = "") -> str:
     """evaluation.md: per task a budget × arm table of the headline metric, the verdicts, and regression per reported name.
 
-    ``regression`` (the loaded task data) names the reported MAEs, their units and the mean predictor.
+    ``regression`` (the loaded task data) names the reported MAEs, their units and the mean predictor;
+    ``opening`` (the encoder saw labels) is the first line under the title.
     """
-    lines = ["# Label-efficiency evaluation", "",
+    lines = ["# Label-efficiency evaluation", "", *([opening, ""] if opening else []),
              "Test metrics, mean ± sd over seeds. Every arm of a (budget, seed) shares the label subset, head init, "
              "optimiser and schedule.", ""]
     for task_name, task in TASKS.items():

@@ -111,6 +111,31 @@ def verdicts(results) -> list[dict]:
                 out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": treated, "control": control,
                             "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
                             "ci_high": v.ci_high, "n_seeds": v.n_seeds, "verdict": v.word, "sentence": sentence})
+            out += baseline_verdicts(results, task_name, task, size, budget)
+    return out
+
+
+def baseline_verdicts(results, task_name: str, task, size: int, budget: str) -> list[dict]:
+    """Each arm of a budget against the stronger of the task's no-learning baselines (a constant of the test set)."""
+    if not task.baselines:
+        return []
+    out = []
+    for arm in ARM_NAMES:
+        cells = _by([r for r in results if str(r.cell.budget) == budget], task=task_name, arm=arm)
+        if not cells:
+            continue
+        scores = {name: cells[0].metrics[metric] for name, metric in task.baselines.items() if metric in cells[0].metrics}
+        if not scores:
+            continue
+        pick = max if task.higher_is_better else min
+        control = pick(scores, key=scores.get)
+        treated = [r.metrics[task.headline] for r in cells]
+        v = verdict(treated, [scores[control]] * len(treated), task.higher_is_better)
+        sentence = (f"{task_name}, {size} {task.budget_unit} ({budget}): {arm} − {control} (the stronger baseline) = "
+                    + verdict_sentence(v, task.headline))
+        out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": arm, "control": control,
+                    "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
+                    "ci_high": v.ci_high, "n_seeds": v.n_seeds, "verdict": v.word, "sentence": sentence})
     return out
 
 

@@ -191,9 +191,17 @@ def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | 
             readout = regression.readout if regression else None
             for name in readout.reported if readout else reported_in(task_rows):
                 unit = f" ({readout.unit_label(name)})" if readout else ""
+                if readout and name in readout.derived:
+                    where = readout.defined_where.get(name)
+                    unit += ", derived" + (f", lenses with {where[0]} > {where[1]:g}" if where else "")
                 base = (regression.baseline if regression else {}).get(f"test/mae_{name}")
                 lines.append(f"| {name}{unit} | " + " | ".join(_cell(largest[a], f"test/mae_{name}", 4) for a in arms)
                              + f" | {'—' if base is None else f'{base:.4f}'} |")
+            if readout:
+                lines += ["", f"test/rel_mae is the mean over the {len(readout.averaged)} independent targets "
+                          f"({', '.join(readout.averaged)}) of MAE / the mean predictor's MAE, each counted once"
+                          + (f"; the derived rows ({', '.join(readout.derived)}) are functions of them and are not averaged."
+                             if readout.derived else ".")]
         lines.append("")
     return "\n".join(lines)
 

@@ -149,7 +149,7 @@ class RegressionTask(Task):
 
     name = "regression"
     dataset_field = "regression_dataset"
-    headline = "test/rel_mae"  # mean over reported names of MAE / MAE of predicting the train mean (1 = no skill)
+    headline = "test/rel_mae"  # mean over the independent targets of MAE / MAE of predicting the train mean (1 = no skill)
     higher_is_better = False
     budget_unit = "labelled images"
     # beside stays empty: the per-parameter MAEs have their own table (summary.markdown)

@@ -118,7 +118,8 @@ def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path
     assert {"evaluation.md", "evaluation_summary.csv", "evaluation_cells.csv", "figures/label_efficiency.png",
             "figures/label_efficiency_regression.png"} <= artifacts
     verdicts = {k: v for k, v in parent.data.tags.items() if k.startswith("dlfm.verdict.")}
-    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "too few seeds to tell", "worse"}
+    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "too few seeds to tell", "worse",
+                                                                     "too few test images to tell"}
 
 
 def test_budget_larger_than_the_pool_is_one_error_line(production_version, tmp_path, tiny_classification_dir):
@@ -199,8 +200,17 @@ def test_identical_label_subsets_run_once_and_are_reported_under_both_budgets(ti
         for seed in (0, 1):
             twin = by_key[("all", arm, seed)]
             assert twin.metrics == by_key[(8, arm, seed)].metrics and twin.cell.same_labels_as == 8
-    text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
+    rows = summary.verdicts(results, {"classification": tiny_tasks["classification"]})
+    assert [v["budget"] for v in rows] == ["2", "8"]  # one verdict per distinct label subset: none repeated for "all"
+    assert "(8) (also budget all: the same labels)" in rows[1]["sentence"]
+    for v in rows:  # the test-image bootstrap interval beside the seed interval, and the word honours both
+        assert v["boot_low"] <= v["boot_high"] and "test-image bootstrap 95% CI" in v["sentence"]
+        assert v["verdict"] in ("better", "worse", summary.TOO_FEW, summary.TOO_FEW_IMAGES)
+        if not v["boot_low"] <= 0 <= v["boot_high"] and not v["ci_low"] <= 0 <= v["ci_high"]:
+            assert v["verdict"] in ("better", "worse")
+    text = summary.markdown(summary.aggregate(results), rows)
     assert "| 8 (8) |" in text and "| 8 (all) |" in text
+    assert "conditional on this one encoder version" in text  # the report says what the intervals cover
     assert "Budget all draws the same labels as budget 8: its cells ran once and are reported under both." in text
 
 

@@ -96,6 +96,18 @@ class Task:
         """What a cell keeps of its test predictions (predictions.npy, and what ``metrics`` scores): all of them."""
         return predictions
 
+    def resample(self, data: TaskData, rng: np.random.Generator) -> np.ndarray:
+        """One bootstrap draw of test indices (with replacement, as many as the test split)."""
+        n = len(data.test.targets)
+        return rng.integers(0, n, n)
+
+    def headline_on(self, kept: np.ndarray, data: TaskData, index: np.ndarray) -> float:
+        """The headline metric of kept test predictions restricted to ``index`` (a bootstrap draw)."""
+        from dataclasses import replace
+
+        subset = replace(data, test=Split(data.test.images[:0], data.test.targets[index]))
+        return self.metrics(kept[index], subset)[self.headline]
+
 
 class ClassificationTask(Task):
     """Substructure classification on a held-out model_ii set: a linear head, cross-entropy, AUCs."""
@@ -119,6 +131,12 @@ class ClassificationTask(Task):
     def available(self, data: TaskData) -> int:
         """The largest numeric budget this pool allows (the smallest class)."""
         return int(np.bincount(data.train.targets).min())
+
+    def resample(self, data: TaskData, rng: np.random.Generator) -> np.ndarray:
+        """A bootstrap draw stratified by class: every class keeps its test count, so every AUC stays defined."""
+        labels = data.test.targets
+        return np.concatenate([rng.choice(np.flatnonzero(labels == cls), int((labels == cls).sum()))
+                               for cls in np.unique(labels)])
 
     def pool_sizes(self, data: TaskData) -> tuple[int, ...]:
         """Labelled train images per class, in the order ``draw_subset`` walks the classes."""

@@ -112,7 +112,7 @@ def log_summary(results, tasks: dict, opening: str = "") -> tuple[list[dict], li
 
     from dlfm.plots.evaluation import label_efficiency_figure, regression_parameters_figure
 
-    rows, verdict_rows = summaries.aggregate(results), summaries.verdicts(results)
+    rows, verdict_rows = summaries.aggregate(results), summaries.verdicts(results, tasks)
     regression = tasks.get("regression")
     text = summaries.markdown(rows, verdict_rows, regression, opening=opening)
     tracking.log_text(text, "evaluation.md")

@@ -294,3 +294,17 @@ def test_evaluating_on_the_encoders_own_training_set_is_refused(tracking_uri, tm
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if "Traceback" in line or line.startswith("dlfm:")]
     assert len(lines) == 1 and lines[0].startswith("dlfm: error: classification dataset") and "trained or probed on" in lines[0]
+
+
+def test_the_bootstrap_headline_is_the_macro_auc_of_the_drawn_images(tiny_tasks):
+    """ClassificationTask.headline_on (rank form) equals classification_metrics' sklearn macro AUC on the same draw."""
+    from dlfm.training.metrics import classification_metrics
+
+    data = tiny_tasks["classification"]
+    rng = np.random.default_rng(3)
+    probs = rng.random((len(data.test.targets), 3)).round(1)  # rounded: ties, which both must rank the same way
+    for _ in range(5):
+        index = TASKS["classification"].resample(data, rng)
+        expected = classification_metrics(probs[index], data.test.targets[index], data.class_names, "test")["test/macro_auc"]
+        assert TASKS["classification"].headline_on(probs, data, index) == pytest.approx(expected, abs=1e-12)
+        assert np.array_equal(np.bincount(data.test.targets[index]), np.bincount(data.test.targets))  # stratified

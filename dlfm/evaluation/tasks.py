@@ -138,6 +138,21 @@ class ClassificationTask(Task):
         return np.concatenate([rng.choice(np.flatnonzero(labels == cls), int((labels == cls).sum()))
                                for cls in np.unique(labels)])
 
+    def headline_on(self, kept: np.ndarray, data: TaskData, index: np.ndarray) -> float:
+        """Macro one-vs-rest AUC on a bootstrap draw: the Mann-Whitney form (average ranks for ties), which equals
+        sklearn's roc_auc_score and costs ~50x less, since a verdict scores hundreds of draws."""
+        from scipy.stats import rankdata
+
+        probs, labels = kept[index], data.test.targets[index]
+        aucs = []
+        for cls in range(probs.shape[1]):
+            positives = labels == cls
+            n_pos = int(positives.sum())
+            if 0 < n_pos < len(labels):
+                ranks = rankdata(probs[:, cls])
+                aucs.append((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(labels) - n_pos)))
+        return float(np.mean(aucs))
+
     def pool_sizes(self, data: TaskData) -> tuple[int, ...]:
         """Labelled train images per class, in the order ``draw_subset`` walks the classes."""
         return tuple(int(n) for n in np.unique(data.train.targets, return_counts=True)[1])

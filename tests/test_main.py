@@ -39,6 +39,11 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == promoted
     [evaluate] = [r for r in steps if r.data.tags.get("dlfm.stage") == "evaluate"]
     assert evaluate.data.tags["dlfm.encoder_version"] == promoted  # main evaluates the encoder it promoted
+    # By default only the label-free objectives compete: the evaluated encoder saw no label, and the report says
+    # which rows did.
+    assert parent.data.tags["dlfm.best_stage"] in ("autoencoder", "mae")
+    assert evaluate.data.tags["dlfm.encoder_saw_labels"] == "false" and evaluate.data.tags["dlfm.encoder_label_count"] == "0"
+    assert "| supervised (labelled upper bound) |" in report and "saw labels" not in report
     # The parent explains itself: summary metrics (its charts are not empty with the children collapsed), a description.
     assert parent.data.metrics["promoted_version"] == float(promoted)
     assert {f"{objective}/val_macro_auc" for objective in OBJECTIVES} <= set(parent.data.metrics)

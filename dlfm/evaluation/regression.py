@@ -73,7 +73,8 @@ class Readout:
     circular: tuple[str, ...] = ()  # names whose error is a circular difference (period π)
     constant_fix: str = ""  # the fix a refusal of constant-on-train columns names
     independent: tuple[str, ...] = ()  # the names rel_mae averages over (each learned quantity once); empty: reported
-    defined_where: dict = field(default_factory=dict)  # name → (modulus name, floor): scored only where the true modulus > floor
+    # name → (modulus name, floor): the name is scored only on lenses whose true modulus is above the floor
+    defined_where: dict = field(default_factory=dict)
 
     @property
     def averaged(self) -> tuple[str, ...]:

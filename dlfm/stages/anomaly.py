@@ -2,7 +2,8 @@
 
 One run. The alias is resolved to a version once; the corpus's train split is embedded once; each
 seed simulates its own anomalous test images, and normal ones from the reference's own distribution
-(the corpus preset at the evaluation seed, or a dataset-dir corpus's test split; ``normal`` may name another preset). A version registered with its
+(the corpus preset at the evaluation seed, or a dataset-dir corpus's test split; ``normal`` may name
+another preset). A version registered with its
 decoder is also scored by reconstruction error; one without (supervised) says so in one line.
 Logged: AUROC per kind and score (mean and sd over seeds) as metrics, anomaly_table.md,
 anomaly_scores.csv (every image's scores) and figures/anomaly_<kind>.png.
@@ -70,8 +71,8 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
     from dlfm.training.runtime import resolve_device
 
     asked_for = config.encoder_uri or f"models:/dlfm-encoder@{config.encoder_stage}"
-    description = (f"anomaly: how unlike the corpus {config.corpus!r} held-out normal images ({config.normal}) and the anomaly kinds "
-                   f"{config.kinds} are, in the embedding of {asked_for}; AUROC per kind over seeds {config.seeds}.")
+    description = (f"anomaly: how unlike the corpus {config.corpus!r} held-out normal images ({config.normal}) "
+                   f"and the anomaly kinds {config.kinds} are, in the embedding of {asked_for}; AUROC per kind over seeds {config.seeds}.")
     with tracking.stage_run("anomaly", f"anomaly-{config.encoder_uri or config.encoder_stage}", config.experiment_name,
                             description=description) as run_id:
         config.validate()

@@ -107,7 +107,7 @@ def join_torchrun_job(stop: StopRequest) -> dict:
 
 
 def log_summary(results, tasks: dict, opening: str = "") -> tuple[list[dict], list[dict], str]:
-    """Parent-run artifacts: evaluation.md (``opening`` its first line), the two CSVs, the figures; verdicts as tags and metrics."""
+    """Parent-run artifacts: evaluation.md (``opening``: its first line), the CSVs, the figures; verdicts as tags, metrics."""
     import pandas as pd
 
     from dlfm.plots.evaluation import label_efficiency_figure, regression_parameters_figure
@@ -260,9 +260,11 @@ def grid_in_run(config: EvaluateConfig, stage: str, extra, stop: StopRequest, ru
     more = extra(results, tasks) if extra else {}
     verdicts = "; ".join(f"{v['task']} budget {v['budget']}: {v['treated']} vs {v['control']} {v['verdict']}"
                          for v in verdict_rows[:6])
-    tracking.describe_run(f"{opening + chr(10) * 2 if opening else ''}{description}\n\nEncoder version {version.version} ({version.tags.get('objective', '?')}). "
+    first = f"{opening}\n\n" if opening else ""
+    tracking.describe_run(f"{first}{description}\n\nEncoder version {version.version} ({version.tags.get('objective', '?')}). "
                           f"Verdicts: {verdicts or 'none'}. Tables: evaluation.md.")
     if opening:
         print(f"[{stage}] {opening.replace('**', '')}", flush=True)
     print(tracking.stage_summary(stage, run_id), flush=True)
-    return {"run_id": run_id, "saw_labels": labels.saw_labels, "version": version.version, "rows": rows, "verdicts": verdict_rows, "markdown": text, **more}
+    return {"run_id": run_id, "saw_labels": labels.saw_labels, "version": version.version, "rows": rows,
+            "verdicts": verdict_rows, "markdown": text, **more}

@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The one quantity candidates are ranked and gated on: a linear probe on frozen embeddings of the same model_ii
 # split, measured the same way for every objective (a supervised head's val/macro_auc is another quantity).
 PROMOTION_METRIC = "val/probe_macro_auc"
-PROMOTION_RULE = (f"this run's candidates are ranked on {PROMOTION_METRIC} (logistic regression on frozen embeddings of "
+PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-free objectives) are ranked on "
+                  f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of "
                   "the same model_ii train split, scored on its val split, for every objective); the best goes to staging, "
                   "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
@@ -287,16 +288,17 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, eval
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
     saw_labels = evaluate_run.data.tags.get("dlfm.encoder_saw_labels") == "true"
-    opening = ([f"**The evaluated encoder saw labels:** version {best['version']} ({best['stage']}) was trained on "
-                f"{evaluate_run.data.tags.get('dlfm.encoder_label_count', '?')} labelled images; its evaluation is a labelled "
-                "upper bound, not label-free pretraining (promote_from includes labelled objectives).", ""]
-               if saw_labels else [])
+    count = evaluate_run.data.tags.get("dlfm.encoder_label_count", "?")
+    opening = ([f"**The evaluated encoder saw labels:** version {best['version']} ({best['stage']}) was trained on {count} "
+                "labelled images; its evaluation is a labelled upper bound, not label-free pretraining "
+                "(promote_from includes labelled objectives).", ""] if saw_labels else [])
     lines = ["# dlfm main pipeline report", "", *opening, "## Training stages (same data, encoder, epochs, seed)", "",
              f"Promotion candidates (promote_from): {config.promote_from}. Stages marked *labelled upper bound* trained on "
              "the model_ii labels (and chose their epoch on its val labels): they are references, not pretraining.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_value(row.get(c)) + (" (labelled upper bound)" if c == "stage" and labelled(row["stage"])
-                                else "") for c in columns) + " |" for row in rows]
+    for row in rows:
+        mark = {"stage": " (labelled upper bound)" if labelled(row["stage"]) else ""}
+        lines.append("| " + " | ".join(format_value(row.get(c)) + mark.get(c, "") for c in columns) + " |")
     promoted, holder = best["version"], registry.version_for_stage(config.promote_stage)
     lines += ["", "## Promotion", "", "Rule: " + PROMOTION_RULE.format(stage=f"`{config.promote_stage}`", metric=PROMOTION_METRIC)
               + ". `val/macro_auc` is a head's AUC for supervised and multitask, a probe's for autoencoder and mae: "

@@ -14,8 +14,10 @@ reconstructs the image:
   for mae, over the hidden patches of a seeded mask, normalised per patch with a ViT).
 
 Higher is more anomalous. Each anomaly kind is a simulation preset that differs from Model II in one
-known way; the AUROC of a kind's images against held-out normal Model II images (same instrument,
-other seeds) says how well each score separates them.
+known way; the AUROC of a kind's images against held-out normal images says how well each score
+separates them. The normal images come from the reference's own distribution by default (issue 28):
+with normal images from another distribution (e.g. fixed-lens Model II against the lens-varied
+pretrain corpus) the AUROC would measure distance from the corpus, not novelty.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ANOMALY_KINDS = {
     "heavy_subhalos": "anomaly_heavy_subhalos",  # 25 subhalos of 1e10-1e11 M☉ (the cdm class: 1e6-1e10 M☉)
     "wide_psf": "anomaly_wide_psf",  # the instrument off: PSF FWHM 0.32″ instead of 0.16″
 }
+NORMAL_IS_CORPUS = "corpus"  # AnomalyConfig.normal: the normal images come from the reference's own distribution
 SCORES = ("knn", "gaussian")  # density scores: every encoder has them
 RECONSTRUCTION_SCORE = "reconstruction"  # only an encoder registered with its decoder has it
 ALL_SCORES = (*SCORES, RECONSTRUCTION_SCORE)  # column order of the table, the csv and the figures
@@ -45,7 +48,9 @@ class AnomalyConfig:
     corpus: str = "pretrain"  # what "normal" is: a preset or dataset dir whose train split is the reference
     corpus_n_train: int = 1200  # when `corpus` is a preset not cached yet: its train split size (images)
     corpus_seed: int = 1000  # when `corpus` is a preset: its simulation seed
-    normal: str = "model_ii"  # held-out normal images (a preset, simulated with each evaluation seed)
+    # held-out normal images: "corpus" (default) draws them from the reference's own distribution (a preset corpus
+    # simulated afresh with each evaluation seed; a dataset-dir corpus's test split), or name another preset
+    normal: str = NORMAL_IS_CORPUS
     kinds: str = ",".join(ANOMALY_KINDS)  # comma-separated anomaly kinds: long_vortex, heavy_subhalos, wide_psf
     n_images: int = 150  # test images per set (normal and each kind) and seed
     k: int = 5  # neighbours of the knn score

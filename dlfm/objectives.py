@@ -55,6 +55,11 @@ class ObjectiveSpec:
         return "cls" in self.parts
 
     @property
+    def selects_on_labels(self) -> bool:
+        """Its monitor (which epoch is kept) reads val labels: a classification metric, not a reconstruction loss."""
+        return any(word in self.monitor[0] for word in ("auc", "accuracy", "loss_cls"))
+
+    @property
     def decodes(self) -> bool:
         """Has a decoder that reconstructs pixels."""
         return "recon" in self.parts or "masked" in self.parts

@@ -148,5 +148,25 @@ def test_stage_logs_aurocs_table_scores_and_a_figure_per_kind(tracking_uri, tmp_
     assert {f"figures/anomaly_{kind}.png" for kind in ANOMALY_KINDS} <= artifacts
     scores = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/anomaly_scores.csv").splitlines()
     assert scores[0] == "seed,set,image," + ",".join(scored) and len(scores) == 1 + 2 * 4 * 6
+    assert "held out from the reference" in run.data.tags["dlfm.anomaly.normal"]  # the reference's own test split
+    assert summary["markdown"].startswith(f"Reference (what normal is): dataset {tiny_classification_dir}")
     table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/anomaly_table.md")
     assert ("AUROC (reconstruction)" in table) == (objective == "autoencoder")
+
+
+def test_normal_images_come_from_the_references_own_distribution(tiny_classification_dir):
+    """By default "normal" is the corpus's own held-out split (or its preset drawn afresh), and the words name both."""
+    from dlfm.data import load_dataset
+    from dlfm.stages.anomaly import describe_sets, normal_test_images
+
+    corpus = load_dataset(tiny_classification_dir)
+    config = AnomalyConfig(corpus=str(tiny_classification_dir), corpus_n_train=24, n_images=5, k=3)
+    assert config.normal == "corpus"
+    normal = normal_test_images(config, corpus, 2000, lambda size: None)
+    assert np.array_equal(normal, corpus.get_images("test")[:5])  # held out from the train split the density is fitted on
+    reference, normal_from = describe_sets(config, corpus)
+    assert "its train split" in reference and "held out from the reference" in normal_from
+    _, other = describe_sets(AnomalyConfig(corpus="pretrain", normal="model_ii"), corpus)
+    assert "not the reference's distribution" in other
+    _, same = describe_sets(AnomalyConfig(corpus="pretrain"), corpus)
+    assert same.startswith("preset pretrain simulated at seed 2000 + s")

@@ -119,7 +119,8 @@ def test_tiny_grid_through_mlflow_run(production_version, tracking_uri, tmp_path
     assert {"evaluation.md", "evaluation_summary.csv", "evaluation_cells.csv", "figures/label_efficiency.png",
             "figures/label_efficiency_regression.png"} <= artifacts
     verdicts = {k: v for k, v in parent.data.tags.items() if k.startswith("dlfm.verdict.")}
-    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "too few seeds to tell", "worse"}
+    assert len(verdicts) == 2 * 2 * 2 and set(verdicts.values()) <= {"better", "too few seeds to tell", "worse",
+                                                                     "too few test images to tell"}
 
 
 def test_budget_larger_than_the_pool_is_one_error_line(production_version, tmp_path, tiny_classification_dir):
@@ -200,8 +201,17 @@ def test_identical_label_subsets_run_once_and_are_reported_under_both_budgets(ti
         for seed in (0, 1):
             twin = by_key[("all", arm, seed)]
             assert twin.metrics == by_key[(8, arm, seed)].metrics and twin.cell.same_labels_as == 8
-    text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
+    rows = summary.verdicts(results, {"classification": tiny_tasks["classification"]})
+    assert [v["budget"] for v in rows] == ["2", "8"]  # one verdict per distinct label subset: none repeated for "all"
+    assert "(8) (also budget all: the same labels)" in rows[1]["sentence"]
+    for v in rows:  # the test-image bootstrap interval beside the seed interval, and the word honours both
+        assert v["boot_low"] <= v["boot_high"] and "test-image bootstrap 95% CI" in v["sentence"]
+        assert v["verdict"] in ("better", "worse", summary.TOO_FEW, summary.TOO_FEW_IMAGES)
+        if not v["boot_low"] <= 0 <= v["boot_high"] and not v["ci_low"] <= 0 <= v["ci_high"]:
+            assert v["verdict"] in ("better", "worse")
+    text = summary.markdown(summary.aggregate(results), rows)
     assert "| 8 (8) |" in text and "| 8 (all) |" in text
+    assert "conditional on this one encoder version" in text  # the report says what the intervals cover
     assert "Budget all draws the same labels as budget 8: its cells ran once and are reported under both." in text
 
 
@@ -251,3 +261,51 @@ def test_markdown_shows_a_dash_for_an_arm_absent_at_the_largest_budget():
                for arm in arms]
     text = summary.markdown(summary.aggregate(results), summary.verdicts(results))
     assert "| 24 (all) | 0.905 ± 0.007 | — |" in text and "### regression per parameter at 24 labelled images (all)" in text
+
+
+def register_supervised(labelled) -> str:
+    """A conv4 encoder registered as a supervised one trained on ``labelled``'s labels."""
+    from dlfm.tracking import registry, stage_run
+
+    torch.manual_seed(0)
+    with stage_run("supervised", "supervised-test", "evaluate-labels", system_metrics=False) as run_id:
+        return registry.register_encoder_version(create_encoder("conv4"), 64, "supervised", {}, labelled.digest, run_id,
+                                                 labels=registry.label_tags("supervised", labelled))
+
+
+def test_a_supervised_encoders_evaluation_says_it_saw_labels(tracking_uri, tiny_classification_dir, tiny_regression_dir):
+    from dlfm.stages.evaluate import run_evaluate_stage
+
+    # Trained on the regression set's "labels" stand-in: any labelled set other than the one evaluated.
+    version = register_supervised(load_dataset(tiny_regression_dir))
+    out = run_evaluate_stage(EvaluateConfig(encoder_uri=f"models:/dlfm-encoder/{version}", tasks="classification",
+                                            classification_dataset=str(tiny_classification_dir), budgets="2", seeds="0",
+                                            arms="pretrained-frozen,random-frozen", epochs=1, min_steps=1, batch_size=8,
+                                            device="cpu", experiment_name="evaluate-labels"))
+    tags = mlflow.MlflowClient().get_run(out["run_id"]).data.tags
+    assert tags["dlfm.encoder_saw_labels"] == "true" and tags["dlfm.encoder_label_count"] == "24"
+    assert out["markdown"].splitlines()[2].startswith("**This encoder saw labels:** version")
+
+
+def test_evaluating_on_the_encoders_own_training_set_is_refused(tracking_uri, tmp_path, tiny_classification_dir):
+    version = register_supervised(load_dataset(tiny_classification_dir))
+    done = run_script([str(REPO / "pipelines/evaluate.py"), "--encoder_uri", f"models:/dlfm-encoder/{version}",
+                       "--tasks", "classification", "--classification_dataset", str(tiny_classification_dir),
+                       "--budgets", "2", "--experiment_name", "eval-own"], cwd=tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if "Traceback" in line or line.startswith("dlfm:")]
+    assert len(lines) == 1 and lines[0].startswith("dlfm: error: classification dataset") and "trained or probed on" in lines[0]
+
+
+def test_the_bootstrap_headline_is_the_macro_auc_of_the_drawn_images(tiny_tasks):
+    """ClassificationTask.headline_on (rank form) equals classification_metrics' sklearn macro AUC on the same draw."""
+    from dlfm.training.metrics import classification_metrics
+
+    data = tiny_tasks["classification"]
+    rng = np.random.default_rng(3)
+    probs = rng.random((len(data.test.targets), 3)).round(1)  # rounded: ties, which both must rank the same way
+    for _ in range(5):
+        index = TASKS["classification"].resample(data, rng)
+        expected = classification_metrics(probs[index], data.test.targets[index], data.class_names, "test")["test/macro_auc"]
+        assert TASKS["classification"].headline_on(probs, data, index) == pytest.approx(expected, abs=1e-12)
+        assert np.array_equal(np.bincount(data.test.targets[index]), np.bincount(data.test.targets))  # stratified

@@ -20,7 +20,8 @@ from dlfm.simulation import PRESETS
 
 from conftest import checksum
 
-SR_METRICS = {"test/psnr", "test/ssim", "test/bicubic_psnr", "test/bicubic_ssim"}
+SR_METRICS = {"test/psnr", "test/ssim", "test/bicubic_psnr", "test/bicubic_ssim", "test/bicubic_affine_psnr",
+              "test/bicubic_affine_ssim"}
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +73,16 @@ def test_degradation_is_deterministic_per_seed_and_split(tiny_classification_dir
 def test_the_bicubic_baseline_is_skimage_on_the_same_arrays(sr_data):
     test = sr_data.test
     assert test.images.shape == test.targets.shape == (12, 1, 64, 64)
-    assert np.array_equal(test.targets, normalize_images(test.targets))  # targets: the normalised 64-px images
+    # Input and target through one map (the low-resolution image's min-max), not each normalised on its own.
+    blocks = superres.area_downsample(test.targets) / superres.SCALE**2
+    assert test.images.min() >= 0.0 and test.images.max() <= 1.0 and blocks.mean() > 0.0
+    assert not np.array_equal(test.targets, normalize_images(test.targets))  # not normalised on its own any more
     psnr = np.mean([peak_signal_noise_ratio(t[0].astype(np.float64), p[0].astype(np.float64), data_range=1.0)
                     for p, t in zip(test.images, test.targets)])
     ssim = np.mean([structural_similarity(t[0].astype(np.float64), p[0].astype(np.float64), data_range=1.0)
                     for p, t in zip(test.images, test.targets)])
-    assert sr_data.baseline == {"test/bicubic_psnr": pytest.approx(psnr, abs=1e-9),
-                                "test/bicubic_ssim": pytest.approx(ssim, abs=1e-9)}
+    assert {k: v for k, v in sr_data.baseline.items() if "affine" not in k} == {
+        "test/bicubic_psnr": pytest.approx(psnr, abs=1e-9), "test/bicubic_ssim": pytest.approx(ssim, abs=1e-9)}
     assert 10.0 < psnr < 60.0 and 0.0 < ssim < 1.0
 
 
@@ -158,8 +162,11 @@ def test_the_evaluate_stage_runs_superres_end_to_end(production_version, trackin
     parent = client.get_run(summary["run_id"])
     assert {"test/psnr/pretrained-frozen/4", "test/psnr/random-frozen/all"} <= set(parent.data.metrics)
     verdicts = {k: v for k, v in parent.data.tags.items() if k.startswith("dlfm.verdict.superres/")}
-    assert set(verdicts) == {"dlfm.verdict.superres/4/pretrained-frozen-vs-random-frozen",
-                             "dlfm.verdict.superres/all/pretrained-frozen-vs-random-frozen"}
+    assert {k for k in verdicts if k.endswith("-vs-random-frozen")} == {
+        "dlfm.verdict.superres/4/pretrained-frozen-vs-random-frozen", "dlfm.verdict.superres/all/pretrained-frozen-vs-random-frozen"}
+    # and each arm at each budget against the stronger baseline (bicubic, or bicubic with the train-fitted affine map)
+    against = {k.rsplit("-vs-", 1)[1] for k in verdicts if not k.endswith("-vs-random-frozen")}
+    assert len(verdicts) == 2 + 2 * 2 and len(against) == 1 and against <= {"bicubic", "bicubic-affine"}
     assert "## superres: test/psnr (higher is better)" in summary["markdown"]
     assert "test/bicubic_psnr:" in summary["markdown"] and "test/ssim:" in summary["markdown"]
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "figures")}
@@ -181,3 +188,27 @@ def test_mlflow_run_evaluate_with_tasks_superres(production_version, tracking_ur
     assert parent.data.params["superres_dataset"] == str(tiny_classification_dir)
     assert sorted(c.data.tags["dlfm.arm"] for c in children) == ["pretrained-frozen", "scratch"]
     assert all(SR_METRICS <= set(c.data.metrics) for c in children)
+
+
+def test_the_affine_baseline_beats_plain_bicubic_on_simulated_data(tiny_classification_dir):
+    """One global a·x + b fitted on train is free for any head, so it is a baseline of its own: on held-out model_ii
+    images it scores above plain bicubic, and the verdicts compare heads with the stronger of the two."""
+    from dlfm.simulation import SimulationConfig, simulate_dataset
+
+    data = TASKS["superres"].load(load_dataset(tiny_classification_dir), "tiny-sr")
+    a, b = superres.fit_affine(data.train.images, data.train.targets)
+    assert (a, b) != (1.0, 0.0)
+    assert data.baseline["test/bicubic_affine_psnr"] > data.baseline["test/bicubic_psnr"]
+    x = np.random.default_rng(0).random((4, 1, 8, 8))
+    assert superres.fit_affine(x, 2 * x + 0.5) == (pytest.approx(2.0), pytest.approx(0.5))  # recovers an exact map
+
+
+def test_superres_verdicts_compare_each_arm_with_the_stronger_baseline():
+    from dlfm.evaluation.grid import Cell, CellResult
+    from dlfm.evaluation.summary import verdicts
+
+    base = {"test/bicubic_psnr": 20.0, "test/bicubic_affine_psnr": 25.0}
+    results = [CellResult(Cell("superres", 8, "pretrained-frozen", seed, 8, 8), {"test/psnr": 26.0 + seed * 0.1, **base}, [],
+                          np.zeros(1)) for seed in (0, 1, 2)]
+    [row] = verdicts(results)
+    assert row["control"] == "bicubic-affine" and row["difference"] == pytest.approx(1.1) and row["verdict"] == "better"

@@ -39,6 +39,11 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == promoted
     [evaluate] = [r for r in steps if r.data.tags.get("dlfm.stage") == "evaluate"]
     assert evaluate.data.tags["dlfm.encoder_version"] == promoted  # main evaluates the encoder it promoted
+    # By default only the label-free objectives compete: the evaluated encoder saw no label, and the report says
+    # which rows did.
+    assert parent.data.tags["dlfm.best_stage"] in ("autoencoder", "mae")
+    assert evaluate.data.tags["dlfm.encoder_saw_labels"] == "false" and evaluate.data.tags["dlfm.encoder_label_count"] == "0"
+    assert "| supervised (labelled upper bound) |" in report and "saw labels" not in report
     # The parent explains itself: summary metrics (its charts are not empty with the children collapsed), a description.
     assert parent.data.metrics["promoted_version"] == float(promoted)
     assert {f"{objective}/val_macro_auc" for objective in OBJECTIVES} <= set(parent.data.metrics)
@@ -93,8 +98,9 @@ def test_promotion_without_the_probe_metric_is_one_clear_error():
     from dlfm.errors import RegistryError
     from dlfm.stages.main import best_candidate
 
-    with pytest.raises(RegistryError, match="no candidate of this run logged val/probe_macro_auc"):
-        best_candidate([{"stage": "supervised", "version": "3", "val/macro_auc": 0.9}])
+    with pytest.raises(RegistryError, match=r"no candidate of this run among promote_from \(supervised\) logged "
+                                            "val/probe_macro_auc"):
+        best_candidate([{"stage": "supervised", "version": "3", "val/macro_auc": 0.9}], ["supervised"])
 
 
 @pytest.mark.parametrize("encoder, patch", [("vit_tiny_p4", 4), ("vit_small_p4", 4), ("vit_tiny", 8), ("conv4", None)])
@@ -130,3 +136,26 @@ def test_the_summary_table_shows_the_mae_objectives_normalised_pixel_metric():
     from dlfm.stages.main import SUMMARY_METRICS
 
     assert "test/masked_norm_mse_vs_mean_image" in SUMMARY_METRICS  # what a ViT's mae logs (normalised pixels)
+
+
+def test_main_promotes_a_self_supervised_version_by_default(tracking_uri):
+    from dlfm.objectives import self_supervised_objectives
+    from dlfm.stages.main import MainConfig, best_candidate, labelled
+
+    assert MainConfig().promote_from == ",".join(self_supervised_objectives())  # the default is the label-free rows
+    rows = [{"stage": "supervised", "version": "1", "val/probe_macro_auc": 0.99},
+            {"stage": "multitask", "version": "2", "val/probe_macro_auc": 0.98},
+            {"stage": "mae", "version": "3", "val/probe_macro_auc": 0.70},
+            {"stage": "autoencoder", "version": "4", "val/probe_macro_auc": 0.60}]
+    assert best_candidate(rows)["stage"] == "mae"  # the labelled rows score higher, and do not compete
+    assert best_candidate(rows, MainConfig(promote_from="mae,supervised").promote_from_list)["stage"] == "supervised"
+    assert labelled("supervised") and labelled("tune") and not labelled("mae")
+
+
+@pytest.mark.parametrize("value", ["", "mae,imagenet", "mae,mae"])
+def test_a_bad_promote_from_is_refused(value):
+    from dlfm.errors import ConfigError
+    from dlfm.stages.main import MainConfig
+
+    with pytest.raises(ConfigError, match="promote_from must be"):
+        MainConfig(promote_from=value).validate()

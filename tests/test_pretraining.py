@@ -215,6 +215,9 @@ def test_mae_through_mlflow_run_pretrains_on_the_corpus_and_registers(tracking_u
     version = client.get_model_version("dlfm-encoder", run.data.tags["dlfm.registered_version"])
     assert version.tags["objective"] == "mae"
     assert version.tags["dataset_digest"] == run.data.tags["dlfm.pretrain_dataset_digest"]
+    # label provenance: no label reached the weights; the probe's set is recorded (evaluate refuses to score on it)
+    assert (version.tags["dlfm.label_count"], version.tags["dlfm.label_selection"]) == ("0", "none")
+    assert version.tags["dlfm.probe_dataset_digest"] == run.data.tags["dlfm.dataset_digest"] != version.tags["dataset_digest"]
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert "figures/reconstructions.png" in figures
 

@@ -280,3 +280,32 @@ def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path)
             "cannot embed images of shape (1, 1, 4, 4): encoder 'conv4' needs images of at least 16 px a side, got 4 px")
     finally:
         stop_process_group(server)
+
+
+class _Labelled:
+    """A labelled dataset as label_tags reads it: a digest and split indices."""
+
+    digest = "a" * 64
+
+    def indices(self, split):
+        return np.arange({"train": 120, "val": 30, "test": 30}[split])
+
+
+def test_a_version_records_how_many_labels_of_which_dataset_its_training_read(tracking_uri):
+    supervised = registry.label_tags("supervised", _Labelled())
+    assert supervised[registry.LABEL_COUNT_TAG] == "120" and supervised[registry.LABEL_DIGEST_TAG] == "a" * 64
+    assert supervised[registry.LABEL_SELECTION_TAG] == "30 val labels"  # its best epoch was chosen on val/macro_auc
+    for objective in ("autoencoder", "mae"):  # probed on the set, trained on none of its labels
+        tags = registry.label_tags(objective, _Labelled())
+        assert (tags[registry.LABEL_COUNT_TAG], tags[registry.LABEL_SELECTION_TAG]) == ("0", "none")
+        assert tags[registry.PROBE_DIGEST_TAG] == "a" * 64
+    with stage_run("supervised", "supervised-test", "registry-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(create_encoder("conv4"), 64, "supervised", {}, "a" * 64, run_id,
+                                                    labels=supervised)
+    labels = registry.label_provenance(registry.get_version(version))
+    assert labels.saw_labels and labels.label_count == "120" and "a" * 64 in labels.digests
+    assert labels.sentence(version).startswith("**This encoder saw labels:**")
+    # A version registered without the tags falls back on its objective: a multitask one saw an unknown number.
+    old = registry.label_provenance(registry.VersionInfo("9", [], {"objective": "multitask"}, "", 0.0))
+    assert old.saw_labels and old.label_count == "unknown"
+    assert not registry.label_provenance(registry.VersionInfo("9", [], {"objective": "mae"}, "", 0.0)).saw_labels

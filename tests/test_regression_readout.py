@@ -104,13 +104,39 @@ def test_columns_that_cannot_be_regressed_are_one_line_naming_them(tmp_path, cap
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_simulated_regression_preset_keeps_the_twelve_lens_parameters(tiny_regression_dir):
+def test_a_simulated_regression_preset_keeps_the_lens_parameters(tiny_regression_dir):
     data = TASKS["regression"].load(load_dataset(tiny_regression_dir), "tiny-reg")
-    assert data.readout is LENS and data.readout.reported == REPORTED and len(REPORTED) == 12
+    assert data.readout is LENS and data.readout.reported == REPORTED and len(REPORTED) == 11
     train, test = data.train.targets, data.test.targets
     assert data.baseline == mae_per_parameter(np.repeat(train.mean(0, keepdims=True), len(test), 0), test, "test")
     config = EvaluateConfig(tasks="regression", budgets="all", seeds="0", arms="pretrained-frozen", epochs=1, min_steps=1)
     [result] = run_grid(config, {"regression": data}, create_encoder("conv4"), torch.device("cpu"))
-    assert set(result.metrics) == {f"test/mae_{name}" for name in REPORTED} | {"test/rel_mae"}
+    assert set(result.metrics) <= {f"test/mae_{name}" for name in REPORTED} | {"test/rel_mae"}
+    assert {f"test/mae_{name}" for name in data.readout.averaged} <= set(result.metrics)
     text = summary.markdown(summary.aggregate([result]), [], data)  # the per-parameter table, units from the readout
-    assert "| theta_E (arcsec) |" in text and "| psi_ext (rad) |" in text and text.count(" (dimensionless) |") == 7
+    assert "| theta_E (arcsec) |" in text and "| psi_ext (rad), derived, lenses with gamma_ext > 0.02 |" in text
+    assert text.count(" (dimensionless) |") == 4 and "| ellipticity (dimensionless), derived |" in text
+    assert "test/rel_mae is the mean over the 7 independent targets" in text
+
+
+def test_rel_mae_averages_only_the_independent_targets():
+    """The 7 lens columns count once each: |e|, φ, |γ| and ψ are reported apart and never enter the mean."""
+    from dlfm.evaluation.regression import DERIVED, TARGETS
+
+    assert LENS.averaged == TARGETS and LENS.derived == DERIVED and "q" not in REPORTED
+    metrics = {f"test/mae_{name}": 1.0 for name in TARGETS} | {f"test/mae_{name}": 100.0 for name in DERIVED}
+    baseline = {f"test/mae_{name}": 2.0 for name in REPORTED}
+    assert LENS.rel_mae(metrics, baseline) == pytest.approx(0.5)  # the derived 100s would give 0.5 · 7/11 + 50 · 4/11
+
+
+def test_an_angle_is_scored_only_where_its_modulus_is_above_the_floor():
+    from dlfm.evaluation.regression import ELLIPTICITY_FLOOR
+
+    true = np.zeros((2, 7))
+    true[0, 3] = 0.2  # |e| = 0.2: φ = 0, defined
+    true[1, 3] = ELLIPTICITY_FLOOR / 10  # |e| ~ 0: φ undefined, left out
+    predicted = true.copy()
+    predicted[:, 4] = true[:, 3]  # e2 = e1: φ = π/8 for both
+    metrics = mae_per_parameter(predicted, true, "test")
+    assert metrics["test/mae_phi"] == pytest.approx(np.pi / 8)  # the defined lens only
+    assert "test/mae_psi_ext" not in metrics  # no test lens has |γ| above its floor

@@ -170,6 +170,8 @@ def test_three_trial_study_gives_parent_children_and_a_registered_encoder(tracki
     assert artifacts == {"figures/optuna_history.png", "figures/optuna_recon_weight.png", "figures/optuna_intermediate.png"}
     version = get_version(summary["version"])
     assert version.run_id == parent.info.run_id and version.tags["objective"] == "multitask"
+    # label provenance: the best trial trained on the set's train labels and was chosen on its val labels
+    assert version.tags["dlfm.label_count"] == "24" and version.tags["dlfm.label_selection"] == "12 val labels"
     best_child = parent.data.tags["dlfm.best_trial_run_id"]
     assert best_child == study.best_trial.user_attrs["mlflow_run_id"]
     assert "encoder" in {a.path for a in MlflowClient().list_artifacts(best_child)}

@@ -22,8 +22,19 @@ def mean_sd(values) -> tuple[float, float]:
 
 CONFIDENCE = 0.95  # two-sided level of the interval on the mean paired difference (Student t over seeds)
 TOO_FEW = "too few seeds to tell"  # the word whenever the interval includes 0 (or one seed gives no interval)
+TOO_FEW_IMAGES = "too few test images to tell"  # the seed interval excludes 0, the test-image bootstrap's does not
+BOOTSTRAP_RESAMPLES = 200  # test-image bootstrap draws per verdict (paired: the same draw for both arms and every seed)
+BOOTSTRAP_SEED = 0xB007  # the draws' own seed, so a verdict is reproducible
 RULE = (f"paired over seeds: the mean difference with its {CONFIDENCE:.0%} confidence interval, t over seeds; "
         f"better/worse only when the interval excludes 0, else {TOO_FEW}")  # one home for the rule's wording
+# What the intervals cover, in words: evaluation.md and main's report print it under the verdicts.
+CONDITIONING = (
+    "The seed interval covers what changes with the seed (the label subset, the head's init, the random encoder); "
+    f"the test-image interval ({BOOTSTRAP_RESAMPLES} paired bootstrap draws of the test split, stratified by class for "
+    f"classification, percentile {CONFIDENCE:.0%}) covers which test images were drawn, and a verdict needs both to "
+    f"exclude 0 (else {TOO_FEW!r} or {TOO_FEW_IMAGES!r}). Neither covers pretraining: both are conditional on this one "
+    "encoder version (one pretraining run and seed); rerun main with another seed to see that spread. Budgets that draw "
+    "the same labels get one verdict.")
 
 
 @dataclass(frozen=True)
@@ -94,23 +105,83 @@ def aggregate(results) -> list[dict]:
     return rows
 
 
-def verdicts(results) -> list[dict]:
-    """Per task, budget and PAIR present: the paired difference of the task's headline metric, with its spread, in words."""
+def bootstrap_interval(treated: list, control: list, task, data: TaskData) -> tuple[float, float]:
+    """Percentile CONFIDENCE interval of the mean over seeds of treated − control under resampled test images.
+
+    Each draw resamples the test split once and scores every seed's two cells on it (paired), so the interval
+    covers the test set's draw, conditional on the seeds' label subsets and inits.
+    """
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    diffs = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        index = task.resample(data, rng)
+        diffs.append(np.mean([task.headline_on(a.predictions, data, index) - task.headline_on(b.predictions, data, index)
+                              for a, b in zip(treated, control)]))
+    low, high = np.percentile(diffs, [50 * (1 - CONFIDENCE), 100 - 50 * (1 - CONFIDENCE)])
+    return float(low), float(high)
+
+
+def verdicts(results, tasks: dict[str, TaskData] | None = None) -> list[dict]:
+    """Per task, distinct label subset and PAIR present: the paired difference of the task's headline metric, its seed
+    interval and (with ``tasks``, whose test targets score the kept predictions) its test-image bootstrap interval, in words.
+
+    A budget whose labels equal a smaller one's (``same_labels_as``) gets no verdict of its own: the smaller one's
+    sentence names it.
+    """
     out = []
     for task_name, task in TASKS.items():
-        budgets = sorted({(r.cell.budget_size, str(r.cell.budget)) for r in results if r.cell.task == task_name})
+        budgets = sorted({(r.cell.budget_size, str(r.cell.budget)) for r in results if r.cell.task == task_name
+                          and r.cell.same_labels_as is None})
+        data = (tasks or {}).get(task_name)
         for size, budget in budgets:
+            twins = sorted({str(r.cell.budget) for r in results if r.cell.task == task_name
+                            and str(r.cell.same_labels_as) == budget})
+            also = f" (also budget {', '.join(twins)}: the same labels)" if twins else ""
             for treated, control in PAIRS:
                 a = _by([r for r in results if str(r.cell.budget) == budget], task=task_name, arm=treated)
                 b = _by([r for r in results if str(r.cell.budget) == budget], task=task_name, arm=control)
                 if not a or [r.cell.seed for r in a] != [r.cell.seed for r in b]:
                     continue
                 v = verdict([r.metrics[task.headline] for r in a], [r.metrics[task.headline] for r in b], task.higher_is_better)
-                sentence = (f"{task_name}, {size} {task.budget_unit} ({budget}): {treated} − {control} = "
+                word, boot = v.word, (math.nan, math.nan)
+                sentence = (f"{task_name}, {size} {task.budget_unit} ({budget}){also}: {treated} − {control} = "
                             + verdict_sentence(v, task.headline))
+                if data is not None and all(r.predictions is not None and len(r.predictions) for r in a + b):
+                    boot = bootstrap_interval(a, b, task, data)
+                    if word != TOO_FEW and boot[0] <= 0 <= boot[1]:
+                        word = TOO_FEW_IMAGES
+                    sentence += (f"; test-image bootstrap {CONFIDENCE:.0%} CI [{boot[0]:+.3f}, {boot[1]:+.3f}]"
+                                 + (f" includes 0 → {word}" if word == TOO_FEW_IMAGES else ""))
                 out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": treated, "control": control,
                             "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
-                            "ci_high": v.ci_high, "n_seeds": v.n_seeds, "verdict": v.word, "sentence": sentence})
+                            "ci_high": v.ci_high, "n_seeds": v.n_seeds, "boot_low": boot[0], "boot_high": boot[1],
+                            "verdict": word, "sentence": sentence})
+            out += baseline_verdicts(results, task_name, task, size, budget)
+    return out
+
+
+def baseline_verdicts(results, task_name: str, task, size: int, budget: str) -> list[dict]:
+    """Each arm of a budget against the stronger of the task's no-learning baselines (a constant of the test set)."""
+    if not task.baselines:
+        return []
+    out = []
+    for arm in ARM_NAMES:
+        cells = _by([r for r in results if str(r.cell.budget) == budget], task=task_name, arm=arm)
+        if not cells:
+            continue
+        scores = {name: cells[0].metrics[metric] for name, metric in task.baselines.items() if metric in cells[0].metrics}
+        if not scores:
+            continue
+        pick = max if task.higher_is_better else min
+        control = pick(scores, key=scores.get)
+        treated = [r.metrics[task.headline] for r in cells]
+        v = verdict(treated, [scores[control]] * len(treated), task.higher_is_better)
+        sentence = (f"{task_name}, {size} {task.budget_unit} ({budget}): {arm} − {control} (the stronger baseline) = "
+                    + verdict_sentence(v, task.headline))
+        out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": arm, "control": control,
+                    "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
+                    "ci_high": v.ci_high, "n_seeds": v.n_seeds, "boot_low": math.nan, "boot_high": math.nan,
+                    "verdict": v.word, "sentence": sentence})
     return out
 
 
@@ -127,12 +198,13 @@ def reported_in(rows: list[dict]) -> tuple[str, ...]:
                          if key.startswith("test/mae_") and key.endswith("_mean")}))
 
 
-def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | None = None) -> str:
+def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | None = None, opening: str = "") -> str:
     """evaluation.md: per task a budget × arm table of the headline metric, the verdicts, and regression per reported name.
 
-    ``regression`` (the loaded task data) names the reported MAEs, their units and the mean predictor.
+    ``regression`` (the loaded task data) names the reported MAEs, their units and the mean predictor;
+    ``opening`` (the encoder saw labels) is the first line under the title.
     """
-    lines = ["# Label-efficiency evaluation", "",
+    lines = ["# Label-efficiency evaluation", "", *([opening, ""] if opening else []),
              "Test metrics, mean ± sd over seeds. Every arm of a (budget, seed) shares the label subset, head init, "
              "optimiser and schedule.", ""]
     for task_name, task in TASKS.items():
@@ -156,6 +228,7 @@ def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | 
                   for budget, same in sorted({(r["budget"], r["same_labels_as"]) for r in task_rows if r["same_labels_as"]})]
         lines += ["", f"Verdicts ({RULE}):", ""]
         lines += [f"- {v['sentence']}" for v in verdict_rows if v["task"] == task_name]
+        lines += ["", CONDITIONING]
         if task_name == "regression":
             size, budget = budgets[-1]
             # an arm absent at the largest budget (finetune_budgets) shows "—"
@@ -165,9 +238,17 @@ def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | 
             readout = regression.readout if regression else None
             for name in readout.reported if readout else reported_in(task_rows):
                 unit = f" ({readout.unit_label(name)})" if readout else ""
+                if readout and name in readout.derived:
+                    where = readout.defined_where.get(name)
+                    unit += ", derived" + (f", lenses with {where[0]} > {where[1]:g}" if where else "")
                 base = (regression.baseline if regression else {}).get(f"test/mae_{name}")
                 lines.append(f"| {name}{unit} | " + " | ".join(_cell(largest[a], f"test/mae_{name}", 4) for a in arms)
                              + f" | {'—' if base is None else f'{base:.4f}'} |")
+            if readout:
+                lines += ["", f"test/rel_mae is the mean over the {len(readout.averaged)} independent targets "
+                          f"({', '.join(readout.averaged)}) of MAE / the mean predictor's MAE, each counted once"
+                          + (f"; the derived rows ({', '.join(readout.derived)}) are functions of them and are not averaged."
+                             if readout.derived else ".")]
         lines.append("")
     return "\n".join(lines)
 

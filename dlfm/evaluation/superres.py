@@ -20,7 +20,12 @@ The degradation (DESIGN-style recipe; every quantity in the units the dataset st
    For model_ii that is a background sigma of about 0.030 e-/s per 16-px pixel (0.023 summed
    from 64 px, 0.019 drawn afresh) where a real 0.404″ camera would have 0.019.
 4. Min-max normalisation of each low-resolution image to [0, 1], as every loader normalises
-   (``dlfm.data.dataset.normalize_images``); the targets are the 64 × 64 images normalised the same way.
+   (``dlfm.data.dataset.normalize_images``); the target is its 64 × 64 image put through the *same* map:
+   the low-resolution flux divided by SCALE² (the mean flux per high-resolution pixel of each block), its
+   minimum to 0 and maximum to 1. Input and target are then in one unit, so no head gains a free offset
+   and scale that the bicubic baseline lacks (issue 28: with each normalised on its own, one affine map
+   fitted on train lifted bicubic by ~5 dB). A target pixel may leave [0, 1] (a peak brighter than its
+   block's mean, or noise below the block minimum); nothing is clipped.
 5. Bicubic upsampling by 4 back to 64 × 64 (``torch.nn.functional.interpolate``, bicubic,
    a = −0.75, align_corners=False), clipped to [0, 1]. The encoders take their native 64-px input,
    so this bicubic image is what enters the encoder, what the head adds its residual to, and the
@@ -31,8 +36,11 @@ inputs depend only on (dataset, seed, split): every arm, budget and cell sees th
 
 Scores: PSNR (dB) and SSIM of each test image against its normalised 64-px target, from
 scikit-image (``skimage.metrics``, its defaults: 7 × 7 uniform window, K1 = 0.01, K2 = 0.03),
-with data_range = 1.0 (images in [0, 1]; predictions are clipped to it first), then the mean over
-the test images.
+with data_range = 1.0 (the input's range), then the mean over the test images.
+
+Two baselines: bicubic alone, and bicubic followed by the best affine map a·x + b (least squares over
+every pixel of the train split: what any head could learn for free). Verdicts compare each head with
+the stronger of the two.
 """
 
 from __future__ import annotations
@@ -91,17 +99,44 @@ def bicubic(images: np.ndarray, factor: int = SCALE) -> np.ndarray:
 
 def degrade_split(flux: np.ndarray, preset, seed: int, split: str) -> np.ndarray:
     """The encoder's input for one split: degraded, normalised per image, bicubic-upsampled (n, 1, H, W) in [0, 1]."""
-    from dlfm.data.dataset import normalize_images
+    return degraded_pair(flux, preset, seed, split)[0]
 
+
+def degraded_pair(flux: np.ndarray, preset, seed: int, split: str, factor: int = SCALE) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of one split, both float32 (n, 1, H, W) through one map: the low-resolution image's min-max.
+
+    The inputs are the degraded images min-max normalised and bicubic-upsampled (in [0, 1]); the targets are the
+    high-resolution fluxes with the same offset and scale (block-mean flux per pixel), so they may leave [0, 1].
+    """
     rng = np.random.default_rng([DEGRADE_STREAM, seed, SPLIT_CODES[split]])
-    return bicubic(normalize_images(degrade(flux, preset, rng)))
+    low = degrade(flux, preset, rng, factor).astype(np.float64) / factor**2  # e-/s per high-resolution pixel
+    low_min = low.min(axis=(1, 2, 3), keepdims=True)
+    span = np.maximum(low.max(axis=(1, 2, 3), keepdims=True) - low_min, 1e-12)
+    inputs = bicubic(((low - low_min) / span).astype(np.float32), factor)
+    targets = ((np.asarray(flux, dtype=np.float64) - low_min) / span).astype(np.float32)
+    return inputs, targets
+
+
+def fit_affine(inputs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(a, b) minimising Σ (a·input + b − target)² over every pixel: the best global affine correction of bicubic."""
+    x, y = np.asarray(inputs, dtype=np.float64).ravel(), np.asarray(targets, dtype=np.float64).ravel()
+    variance = x.var()
+    a = float(((x - x.mean()) * (y - y.mean())).mean() / variance) if variance > 0 else 0.0
+    return a, float(y.mean() - a * x.mean())
+
+
+def baselines(train, test) -> dict[str, float]:
+    """The two no-learning baselines' mean test scores: bicubic, and bicubic with the affine map fitted on ``train``."""
+    a, b = fit_affine(train.images, train.targets)
+    return {**mean_scores(image_scores(test.images, test.targets), "test/bicubic_"),
+            **mean_scores(image_scores(a * test.images + b, test.targets), "test/bicubic_affine_")}
 
 
 def image_scores(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(n, 2) float64: PSNR (dB) and SSIM of each prediction in [0, 1] against its target (skimage, data_range 1)."""
+    """(n, 2) float64: PSNR (dB) and SSIM of each prediction against its target (skimage, data_range 1: the input's)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    predictions = np.clip(np.asarray(predictions, dtype=np.float64), 0.0, DATA_RANGE)
+    predictions = np.asarray(predictions, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
     return np.array([(peak_signal_noise_ratio(t[0], p[0], data_range=DATA_RANGE),
                       structural_similarity(t[0], p[0], data_range=DATA_RANGE)) for p, t in zip(predictions, targets)])

@@ -1,7 +1,9 @@
 """The anomaly stage: score held-out normal and anomalous images by how unlike the corpus they are.
 
 One run. The alias is resolved to a version once; the corpus's train split is embedded once; each
-seed simulates its own normal (model_ii) and anomalous test images. A version registered with its
+seed simulates its own anomalous test images, and normal ones from the reference's own distribution
+(the corpus preset at the evaluation seed, or a dataset-dir corpus's test split; ``normal`` may name
+another preset). A version registered with its
 decoder is also scored by reconstruction error; one without (supervised) says so in one line.
 Logged: AUROC per kind and score (mean and sd over seeds) as metrics, anomaly_table.md,
 anomaly_scores.csv (every image's scores) and figures/anomaly_<kind>.png.
@@ -12,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from dlfm import tracking
-from dlfm.anomaly import (ANOMALY_KINDS, RECONSTRUCTION_SCORE, SCORES, AnomalyConfig, CorpusDensity, auroc, summarise,
-                          table_markdown)
+from dlfm.anomaly import (ANOMALY_KINDS, NORMAL_IS_CORPUS, RECONSTRUCTION_SCORE, SCORES, AnomalyConfig, CorpusDensity,
+                          auroc, summarise, table_markdown)
+from dlfm.errors import ConfigError
+from dlfm.simulation import PRESETS
 from dlfm.evaluation.embedding import reconstruction_errors
 from dlfm.evaluation.fit import predict
 from dlfm.stages.common import resolve_dataset
@@ -30,6 +34,35 @@ def _test_images(preset: str, n_images: int, seed: int, image_size_check):
     return dataset, dataset.get_images("test")
 
 
+def normal_test_images(config: AnomalyConfig, corpus, seed: int, image_size_check) -> np.ndarray:
+    """Held-out normal images of one evaluation seed: by default from the reference's own distribution."""
+    if config.normal != NORMAL_IS_CORPUS:
+        return _test_images(config.normal, config.n_images, seed, image_size_check)[1]
+    preset = corpus.manifest.get("preset", "") if config.corpus not in PRESETS else config.corpus
+    if config.corpus in PRESETS:  # the corpus's preset, drawn afresh: same distribution, images it never held
+        return _test_images(preset, config.n_images, seed, image_size_check)[1]
+    held_out = corpus.get_images("test")  # a dataset dir: its own held-out split (the same images every seed)
+    if len(held_out) < 3:
+        raise ConfigError(f"corpus {config.corpus!r} has {len(held_out)} test images; normal=corpus needs its test split "
+                          "as the held-out normal set (at least 3), or pass -P normal=<preset>")
+    return held_out[:config.n_images]
+
+
+def describe_sets(config: AnomalyConfig, corpus) -> tuple[str, str]:
+    """(reference, normal) in words, for the tags, the table and the terminal."""
+    if config.corpus in PRESETS:
+        reference = f"preset {config.corpus} (seed {config.corpus_seed}), train split of {config.corpus_n_train} images"
+    else:
+        reference = f"dataset {config.corpus} (digest {corpus.digest[:12]}), its train split"
+    if config.normal == NORMAL_IS_CORPUS:
+        normal = (f"preset {config.corpus} simulated at seed {EVALUATION_SEED_OFFSET} + s: the reference's own distribution"
+                  if config.corpus in PRESETS else f"the test split of {config.corpus}: held out from the reference")
+    else:
+        normal = (f"preset {config.normal} at seed {EVALUATION_SEED_OFFSET} + s (not the reference's distribution: "
+                  "AUROC then measures distance from the reference, not novelty alone)")
+    return reference, normal
+
+
 def run_anomaly_stage(config: AnomalyConfig) -> dict:
     """Embed the corpus, score normal and anomalous test images per seed, log AUROCs, table and figures."""
     import pandas as pd
@@ -38,8 +71,8 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
     from dlfm.training.runtime import resolve_device
 
     asked_for = config.encoder_uri or f"models:/dlfm-encoder@{config.encoder_stage}"
-    description = (f"anomaly: how unlike the corpus {config.corpus!r} held-out model_ii images and the anomaly kinds "
-                   f"{config.kinds} are, in the embedding of {asked_for}; AUROC per kind over seeds {config.seeds}.")
+    description = (f"anomaly: how unlike the corpus {config.corpus!r} held-out normal images ({config.normal}) "
+                   f"and the anomaly kinds {config.kinds} are, in the embedding of {asked_for}; AUROC per kind over seeds {config.seeds}.")
     with tracking.stage_run("anomaly", f"anomaly-{config.encoder_uri or config.encoder_stage}", config.experiment_name,
                             description=description) as run_id:
         config.validate()
@@ -71,12 +104,15 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
                 scores[RECONSTRUCTION_SCORE] = reconstruction_errors(reconstructor, images, device, config.batch_size)
             return scores
 
+        reference, normal_from = describe_sets(config, corpus)
+        tracking.set_tags({"dlfm.anomaly.reference": reference, "dlfm.anomaly.normal": normal_from})
+        print(f"[anomaly] reference: {reference}; normal: {normal_from}", flush=True)
         aurocs: dict[tuple[str, str], list[float]] = {(kind, s): [] for kind in config.kind_list for s in scores_used}
         pooled = {name: {s: [] for s in scores_used} for name in ("normal", *config.kind_list)}
         per_image = []
         for seed in config.seed_list:
             sim_seed = EVALUATION_SEED_OFFSET + seed
-            _, normal_images = _test_images(config.normal, config.n_images, sim_seed, encoder.check_image_size)
+            normal_images = normal_test_images(config, corpus, sim_seed, encoder.check_image_size)
             normal = score(normal_images)
             sets = {"normal": normal}
             for kind in config.kind_list:
@@ -94,7 +130,7 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
                 for kind in config.kind_list), flush=True)
 
         rows = summarise(aurocs)
-        text = table_markdown(rows)
+        text = f"Reference (what normal is): {reference}. Normal test images: {normal_from}.\n\n" + table_markdown(rows)
         tracking.log_metrics({f"auroc_{row['score']}/{row['kind']}": row["auroc_mean"] for row in rows}
                              | {f"auroc_{row['score']}_sd/{row['kind']}": row["auroc_sd"] for row in rows})
         tracking.log_text(text + "\n", "anomaly_table.md")

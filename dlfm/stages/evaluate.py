@@ -106,15 +106,15 @@ def join_torchrun_job(stop: StopRequest) -> dict:
     return {}
 
 
-def log_summary(results, tasks: dict) -> tuple[list[dict], list[dict], str]:
-    """Parent-run artifacts: evaluation.md, the two CSVs, the figures; verdicts as tags and metrics."""
+def log_summary(results, tasks: dict, opening: str = "") -> tuple[list[dict], list[dict], str]:
+    """Parent-run artifacts: evaluation.md (``opening``: its first line), the CSVs, the figures; verdicts as tags, metrics."""
     import pandas as pd
 
     from dlfm.plots.evaluation import label_efficiency_figure, regression_parameters_figure
 
-    rows, verdict_rows = summaries.aggregate(results), summaries.verdicts(results)
+    rows, verdict_rows = summaries.aggregate(results), summaries.verdicts(results, tasks)
     regression = tasks.get("regression")
-    text = summaries.markdown(rows, verdict_rows, regression)
+    text = summaries.markdown(rows, verdict_rows, regression, opening=opening)
     tracking.log_text(text, "evaluation.md")
     tracking.log_text(pd.DataFrame(rows).to_csv(index=False), "evaluation_summary.csv")
     tracking.log_text(pd.DataFrame(summaries.cells_table(results)).to_csv(index=False), "evaluation_cells.csv")
@@ -184,7 +184,22 @@ def prepare(config: EvaluateConfig, version_uri: str | None = None, asked: str |
         asked = asked or version_uri
     pretrained = registry.load_registered_encoder(version_uri)
     tasks, datasets = load_tasks(config, pretrained.check_image_size)
+    check_held_out(version, tasks)
     return asked, version_uri, version, tasks, datasets, pretrained
+
+
+LABELLED_TASKS = ("classification", "regression")  # tasks whose labels a trained-on or probed-on set would leak
+
+
+def check_held_out(version, tasks: dict) -> None:
+    """Refuse, in one line, a labelled task on a dataset the encoder version was trained or probed on."""
+    seen = registry.label_provenance(version).digests
+    for name in LABELLED_TASKS:
+        data = tasks.get(name)
+        if data is not None and data.digest in seen:
+            raise ConfigError(f"{name} dataset {data.dataset!r} (digest {data.digest[:12]}) is the dataset encoder version "
+                              f"{version.version} was trained or probed on, so its scores would not be held out; "
+                              f"pass a set simulated with another seed (e.g. -P sim_seed=...) or another dataset dir")
 
 
 def grid_in_run(config: EvaluateConfig, stage: str, extra, stop: StopRequest, run_id: str, hint: str, description: str,
@@ -203,6 +218,10 @@ def grid_in_run(config: EvaluateConfig, stage: str, extra, stop: StopRequest, ru
     tracking.set_tags({"dlfm.encoder_requested": asked, "dlfm.encoder_uri": version_uri,
                        "dlfm.encoder_version": version.version, "dlfm.encoder_run_id": version.run_id,
                        "dlfm.encoder": pretrained.name, "dlfm.encoder_objective": version.tags.get("objective", "")})
+    labels = registry.label_provenance(version)
+    opening = labels.sentence(version.version) if labels.saw_labels else ""
+    tracking.set_tags({"dlfm.encoder_saw_labels": str(labels.saw_labels).lower(),
+                       "dlfm.encoder_label_count": labels.label_count})
     if not config.resume:
         for name, dataset in datasets.items():
             tracking.log_dataset(dataset, context=f"evaluate-{name}")
@@ -237,11 +256,15 @@ def grid_in_run(config: EvaluateConfig, stage: str, extra, stop: StopRequest, ru
         raise
     results = cells.collect(share, tasks, computed)
     results += reported_twice(results, config, tasks)  # budgets that draw the same labels as a smaller one: run once
-    rows, verdict_rows, text = log_summary(results, tasks)
+    rows, verdict_rows, text = log_summary(results, tasks, opening)
     more = extra(results, tasks) if extra else {}
     verdicts = "; ".join(f"{v['task']} budget {v['budget']}: {v['treated']} vs {v['control']} {v['verdict']}"
                          for v in verdict_rows[:6])
-    tracking.describe_run(f"{description}\n\nEncoder version {version.version} ({version.tags.get('objective', '?')}). "
+    first = f"{opening}\n\n" if opening else ""
+    tracking.describe_run(f"{first}{description}\n\nEncoder version {version.version} ({version.tags.get('objective', '?')}). "
                           f"Verdicts: {verdicts or 'none'}. Tables: evaluation.md.")
+    if opening:
+        print(f"[{stage}] {opening.replace('**', '')}", flush=True)
     print(tracking.stage_summary(stage, run_id), flush=True)
-    return {"run_id": run_id, "version": version.version, "rows": rows, "verdicts": verdict_rows, "markdown": text, **more}
+    return {"run_id": run_id, "saw_labels": labels.saw_labels, "version": version.version, "rows": rows,
+            "verdicts": verdict_rows, "markdown": text, **more}

@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The one quantity candidates are ranked and gated on: a linear probe on frozen embeddings of the same model_ii
 # split, measured the same way for every objective (a supervised head's val/macro_auc is another quantity).
 PROMOTION_METRIC = "val/probe_macro_auc"
-PROMOTION_RULE = (f"this run's candidates are ranked on {PROMOTION_METRIC} (logistic regression on frozen embeddings of "
+PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-free objectives) are ranked on "
+                  f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of "
                   "the same model_ii train split, scored on its val split, for every objective); the best goes to staging, "
                   "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
@@ -78,6 +79,9 @@ class MainConfig:
     eval_min_steps: int = 200  # evaluate: optimiser steps at least per cell (frozen heads: seconds)
     seeds: str = "0,1,2"  # evaluate seeds: three, so a verdict's 95% CI (t with 2 dof: ±2.5 sd) can exclude 0
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/probe_macro_auc)
+    # Which candidates may be promoted (and so evaluated): by default only the label-free objectives; add supervised,
+    # multitask or tune to let a labelled encoder win, which the report then calls a labelled upper bound.
+    promote_from: str = "autoencoder,mae"  # comma-separated objectives (and tune) that compete for promotion
     device: str = "auto"  # every training step and evaluate: auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
     workers: int = 0  # simulation processes (0 = all cores)
@@ -100,9 +104,23 @@ class MainConfig:
             raise ConfigError(f"pretrain_seed must differ from seed ({self.seed}) so that the corpus shares no image "
                               "with the evaluation sets; pass another pretrain_seed")
         registry.check_stage_name(self.promote_stage)
+        self.promote_from_list  # noqa: B018 - parses and checks
         check_report_dir(self.report_dir)  # before any work: never wipe a folder dlfm did not write
         for config in self.step_configs():  # every param a step will take, checked before anything is simulated
             config.validate()
+
+    @property
+    def promote_from_list(self) -> list[str]:
+        """The parsed promote_from: objectives of the table, or tune (which then must be on)."""
+        names = [n for n in str(self.promote_from).replace(" ", "").split(",") if n]
+        known = (*OBJECTIVES, "tune")
+        unknown = [n for n in names if n not in known]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ConfigError(f"promote_from must be distinct comma-separated names among {', '.join(known)}, "
+                              f"got {self.promote_from!r}")
+        if names == ["tune"] and not self.tune:
+            raise ConfigError("promote_from=tune needs tune=true (no tune step runs otherwise)")
+        return names
 
     def step_configs(self) -> list:
         """The configs of the steps this run will launch, built from its params (the datasets are placeholders)."""
@@ -182,7 +200,7 @@ def run_main_stage(config: MainConfig) -> dict:
             summary_rows.append({"stage": objective, "run": run.info.run_id[:8],
                                  "version": run.data.tags.get("dlfm.registered_version", ""),
                                  **{name: metrics.get(name) for name in SUMMARY_METRICS}})
-        best, outcome = promote_best(summary_rows, config.promote_stage, run_id)
+        best, outcome = promote_best(summary_rows, config.promote_stage, run_id, config.promote_from_list)
         print(f"[main] {outcome.message}", flush=True)
         # This run's best version, even when the gate kept an older holder on the stage: never whoever holds the alias.
         promoted = best["version"]
@@ -214,17 +232,30 @@ def run_main_stage(config: MainConfig) -> dict:
         return {"run_id": run_id, "rows": summary_rows, "promoted": promoted, "evaluate_run": evaluate_run.info.run_id}
 
 
-def best_candidate(rows: list[dict]) -> dict:
-    """The registered candidate with the highest PROMOTION_METRIC (ties: the first row, in OBJECTIVES order)."""
-    ranked = [row for row in rows if row["version"] and row.get(PROMOTION_METRIC) is not None]
+def default_promote_from() -> list[str]:
+    """The objectives main promotes from unless told otherwise: those that read no label (MainConfig.promote_from)."""
+    return MainConfig().promote_from_list
+
+
+def labelled(stage: str) -> bool:
+    """A candidate whose weights were chosen with labels: a classifying objective, or tune (trials chosen on val labels)."""
+    return stage not in OBJECTIVES or not OBJECTIVES[stage].probed
+
+
+def best_candidate(rows: list[dict], promote_from: list[str] | None = None) -> dict:
+    """The registered candidate of ``promote_from`` (default: the self-supervised objectives) with the highest
+    PROMOTION_METRIC (ties: the first row, in OBJECTIVES order)."""
+    allowed = default_promote_from() if promote_from is None else promote_from
+    ranked = [row for row in rows if row["version"] and row.get(PROMOTION_METRIC) is not None and row["stage"] in allowed]
     if not ranked:
-        raise RegistryError(f"no candidate of this run logged {PROMOTION_METRIC}; nothing to promote")
+        raise RegistryError(f"no candidate of this run among promote_from ({','.join(allowed)}) logged {PROMOTION_METRIC}; "
+                            "nothing to promote")
     return max(ranked, key=lambda row: row[PROMOTION_METRIC])
 
 
-def promote_best(rows: list[dict], stage: str, run_id: str):
+def promote_best(rows: list[dict], stage: str, run_id: str, promote_from: list[str] | None = None):
     """(best row, outcome): the best candidate goes to staging, and to ``stage`` only if it beats the holder."""
-    best = best_candidate(rows)
+    best = best_candidate(rows, promote_from)
     reason = f"best {PROMOTION_METRIC} of main run {run_id}"
     registry.promote(best["version"], "staging", reason=reason)
     return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason)
@@ -256,9 +287,18 @@ def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, eval
 def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, evaluate_run) -> str:
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
-    lines = ["# dlfm main pipeline report", "", "## Training stages (same data, encoder, epochs, seed)", "",
+    saw_labels = evaluate_run.data.tags.get("dlfm.encoder_saw_labels") == "true"
+    count = evaluate_run.data.tags.get("dlfm.encoder_label_count", "?")
+    opening = ([f"**The evaluated encoder saw labels:** version {best['version']} ({best['stage']}) was trained on {count} "
+                "labelled images; its evaluation is a labelled upper bound, not label-free pretraining "
+                "(promote_from includes labelled objectives).", ""] if saw_labels else [])
+    lines = ["# dlfm main pipeline report", "", *opening, "## Training stages (same data, encoder, epochs, seed)", "",
+             f"Promotion candidates (promote_from): {config.promote_from}. Stages marked *labelled upper bound* trained on "
+             "the model_ii labels (and chose their epoch on its val labels): they are references, not pretraining.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_value(row.get(c)) for c in columns) + " |" for row in rows]
+    for row in rows:
+        mark = {"stage": " (labelled upper bound)" if labelled(row["stage"]) else ""}
+        lines.append("| " + " | ".join(format_value(row.get(c)) + mark.get(c, "") for c in columns) + " |")
     promoted, holder = best["version"], registry.version_for_stage(config.promote_stage)
     lines += ["", "## Promotion", "", "Rule: " + PROMOTION_RULE.format(stage=f"`{config.promote_stage}`", metric=PROMOTION_METRIC)
               + ". `val/macro_auc` is a head's AUC for supervised and multitask, a probe's for autoencoder and mae: "

@@ -222,7 +222,8 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     # The version's dataset digest names what the encoder learned from: the corpus when there is one.
     # Registration logs val/… and test/… linked to the logged model `encoder-<objective>`.
     version = registry.register_encoder_version(result.model.encoder, corpus.image_size, config.objective,
-                                        result.final_metrics, corpus.digest, run_id, decoder=decoder, masking=masking)
+                                        result.final_metrics, corpus.digest, run_id, decoder=decoder, masking=masking,
+                                        labels=registry.label_tags(config.objective, None if dataset.task == "unlabelled" else dataset))
     tracking.set_tags({"dlfm.registered_version": version})
     if get_objective(config.objective).probed and "val/accuracy" not in result.final_metrics:  # the loop skipped the probe
         note = (f"no linear probe: dataset {config.dataset!r} has no labels (one class in its train split), so there are "

@@ -90,7 +90,9 @@ def run_tune_stage(config: TuneConfig) -> dict:
         with tempfile.TemporaryDirectory() as tmp:  # the trial's saved encoder/, registered as it is
             version = registry.register_encoder_dir(download_best_encoder(best, tmp), best_metrics, dataset.digest, run_id,
                                                     once_for=f"tune-trial-run:{best_key}",
-                                                    stage="tune")  # logs best_metrics, linked to encoder-tune
+                                                    stage="tune",  # logs best_metrics, linked to encoder-tune
+                                                    # the best trial was chosen on val labels, whatever the objective
+                                                    labels=registry.label_tags(config.objective, dataset, selected_on_val=True))
         tracking.set_tags({"dlfm.registered_version": version})
         params_text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         tracking.describe_run(f"{description}\n\nResult: {dict(states)}; best trial {best['number']} ({params_text}) "

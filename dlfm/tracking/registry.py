@@ -30,6 +30,18 @@ VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "val/probe_macro_auc", "
                        "test/masked_norm_mse_vs_mean_image")  # ratios: < 1 draws each image
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 ONCE_TAG = "registered_for"  # version tag: what a once-only registration stands for (a tune study's best trial run)
+# Label provenance, version tags (issue 28): what labels the encoder's weights were chosen with, so that an
+# evaluation can say whether "pretrained" means "never saw a label".
+LABEL_COUNT_TAG = "dlfm.label_count"  # labelled train images the training loss read (0: self-supervised)
+LABEL_DIGEST_TAG = "dlfm.label_dataset_digest"  # the dataset those labels came from ("" when none)
+LABEL_SELECTION_TAG = "dlfm.label_selection"  # which labels chose among epochs/trials: "none" or "<n> val labels"
+PROBE_DIGEST_TAG = "dlfm.probe_dataset_digest"  # the labelled set the promotion probe scored (labels never in the weights)
+
+
+def _objectives():
+    from dlfm.objectives import OBJECTIVES
+
+    return OBJECTIVES
 
 
 def _client():
@@ -76,15 +88,75 @@ def versions_tagged(key: str, value: str) -> list[str]:
     return sorted((str(v.version) for v in found), key=int)
 
 
+def label_tags(objective: str, labelled=None, selected_on_val: bool | None = None) -> dict[str, str]:
+    """The label-provenance version tags of an encoder trained with ``objective``; ``labelled`` is the labelled dataset
+    it trained on (classifying objectives) or was probed on (self-supervised ones), None when there was none.
+
+    ``selected_on_val`` says whether val labels chose the best epoch (or trial); by default, whenever the
+    objective's monitor is a classification metric.
+    """
+    from dlfm.objectives import OBJECTIVES
+
+    spec = OBJECTIVES[objective]
+    if selected_on_val is None:
+        selected_on_val = spec.selects_on_labels
+    n_val = len(labelled.indices("val")) if labelled is not None else 0
+    tags = {LABEL_COUNT_TAG: "0", LABEL_DIGEST_TAG: "", LABEL_SELECTION_TAG: "none",
+            PROBE_DIGEST_TAG: labelled.digest if labelled is not None else ""}
+    if spec.classifies and labelled is None:
+        tags[LABEL_COUNT_TAG] = "unknown"
+    if spec.classifies and labelled is not None:
+        tags.update({LABEL_COUNT_TAG: str(len(labelled.indices("train"))), LABEL_DIGEST_TAG: labelled.digest})
+    if selected_on_val and labelled is not None:
+        tags[LABEL_SELECTION_TAG] = f"{n_val} val labels"
+    return tags
+
+
+@dataclass(frozen=True)
+class LabelProvenance:
+    """What labels a registered version's weights were chosen with (read back from its tags)."""
+
+    saw_labels: bool  # its training loss read labels, or labels chose its epoch or trial
+    label_count: str  # labelled train images its loss read ("unknown" for a version registered before the tags)
+    digests: tuple[str, ...]  # every dataset it trained on or was probed on: evaluate refuses to score on these
+    selection: str  # "none" or "<n> val labels"
+    objective: str
+
+    def sentence(self, version: str) -> str:
+        """The one line an evaluation opens with when the encoder saw labels."""
+        chose = "" if self.selection == "none" else f", and {self.selection} chose its weights"
+        return (f"**This encoder saw labels:** version {version} ({self.objective}) was trained on {self.label_count} "
+                f"labelled images of dataset {next((d[:12] for d in self.digests if d), '?')}{chose}; "
+                "its rows are a labelled upper bound, not label-free pretraining.")
+
+
+def label_provenance(version: "VersionInfo") -> LabelProvenance:
+    """The version's label provenance from its tags; a version registered before them falls back on its objective."""
+    from dlfm.objectives import OBJECTIVES
+
+    tags = version.tags
+    objective = tags.get("objective", "?")
+    digests = tuple(d for d in dict.fromkeys((tags.get("dataset_digest", ""), tags.get(LABEL_DIGEST_TAG, ""),
+                                              tags.get(PROBE_DIGEST_TAG, ""))) if d)
+    count, selection = tags.get(LABEL_COUNT_TAG), tags.get(LABEL_SELECTION_TAG, "none")
+    if count is None:  # registered before the provenance tags: only the objective tells
+        spec = OBJECTIVES.get(objective)
+        classifies = spec.classifies if spec else objective == "tune"  # tune trains multitask
+        return LabelProvenance(classifies, "unknown" if classifies else "0", digests, selection, objective)
+    saw = not count.isdigit() or int(count) > 0 or selection != "none"
+    return LabelProvenance(saw, count, digests, selection, objective)
+
+
 def register_encoder_version(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
-                             run_id: str, once_for: str = "", decoder=None, masking: dict | None = None) -> str:
+                             run_id: str, once_for: str = "", decoder=None, masking: dict | None = None,
+                             labels: dict[str, str] | None = None) -> str:
     """Save ``encoder`` (and its ``decoder``) in the encoder artifact format and register it (see ``register_encoder_dir``)."""
     from dlfm.models.serialization import save_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         encoder_dir = save_encoder(encoder, Path(tmp) / "encoder", image_size=image_size, objective=objective,
                                    decoder=decoder, masking=masking)
-        return register_encoder_dir(encoder_dir, metrics, dataset_digest, run_id, once_for=once_for)
+        return register_encoder_dir(encoder_dir, metrics, dataset_digest, run_id, once_for=once_for, labels=labels)
 
 
 def logged_model_name(stage: str) -> str:
@@ -107,7 +179,7 @@ def package_code(tmp: Path) -> Path:
 
 
 def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dataset_digest: str, run_id: str,
-                         once_for: str = "", stage: str | None = None) -> str:
+                         once_for: str = "", stage: str | None = None, labels: dict[str, str] | None = None) -> str:
     """Log a saved encoder directory as a pyfunc model in the active run, register it, alias it ``candidate``.
 
     Its ``arch.json`` supplies the image size, objective, architecture and embedding width, so an
@@ -119,6 +191,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
     ``once_for`` names what the encoder is (e.g. a tune study's best trial run): it is registered
     only once, however many processes register it. A process that finds it registered reuses that
     version; two that race both register, then the later (higher) version deletes itself.
+    ``labels`` are its label-provenance tags (``label_tags``); without them the objective's own (no dataset known).
     """
     if once_for and (existing := versions_tagged(ONCE_TAG, once_for)):
         return existing[0]
@@ -157,6 +230,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
         "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(embed_dim),
         **{name: f"{metrics[name]:.6f}" for name in VERSION_TAG_METRICS if name in metrics},
         **({ONCE_TAG: once_for} if once_for else {}),
+        **(labels if labels is not None else label_tags(objective) if objective in _objectives() else {}),
     }
     description = (
         f"{objective} encoder ({arch.get('name', '?')}, embed_dim {embed_dim}, {image_size}px input) "

@@ -11,6 +11,10 @@
 #                       Model II evaluation sets, vit_small; hours on one H200.
 #   SIZE=cpu:           demo size (1200-image corpus, 600 labelled / 300 test held-out images, vit_tiny,
 #                       8 pretraining and 5 evaluation epochs); about 1-2 h on the 2-core box.
+#   SIZE=report:        what fits in benchmarks/gpu_report.sh's minutes on one H200: a 5000-image corpus, vit_small,
+#                       4 pretraining epochs; 3000/300/3000 held-out sets (the grid's, cached once), 4 epochs, seeds 0,1.
+#   SIZE=smoke:         toy size on the CPU (gpu_report.sh --cpu-smoke): 60 images, vit_tiny, one epoch, seed 0.
+#   ROWS="vit-mae-0.75 resnet18-mae" pretrains only those rows (default: all four).
 #
 #   PHASE=pretrain  registers the four encoders; writes "<row> <version>" lines to $VERSIONS
 #   PHASE=evaluate  evaluates each version of $VERSIONS on $TASKS (classification, superres, ...)
@@ -35,6 +39,20 @@ if [ "$SIZE" = gpu ]; then
               -P batch_size=256 -P device=cuda)
     EVAL=(-P budgets=$BUDGETS -P seeds=0,1,2 -P sim_n_train=15000 -P sim_n_val=300 -P sim_n_test=15000
           -P epochs=${EVAL_EPOCHS:-20} -P batch_size=256 -P device=cuda)
+elif [ "$SIZE" = report ]; then
+    VIT=vit_small
+    PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=5000 -P pretrain_n_val=500 -P pretrain_n_test=500
+              -P sim_n_train=1500 -P sim_n_val=300 -P sim_n_test=300 -P epochs=${PRETRAIN_EPOCHS:-4} -P patience=4
+              -P batch_size=512 -P device=cuda)
+    EVAL=(-P budgets=$BUDGETS -P seeds=0,1 -P sim_n_train=3000 -P sim_n_val=300 -P sim_n_test=3000
+          -P epochs=${EVAL_EPOCHS:-4} -P batch_size=256 -P device=cuda)
+elif [ "$SIZE" = smoke ]; then
+    VIT=vit_tiny
+    PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=60 -P pretrain_n_val=30 -P pretrain_n_test=30
+              -P sim_n_train=60 -P sim_n_val=30 -P sim_n_test=30 -P epochs=1 -P patience=1
+              -P batch_size=16 -P device=cpu)
+    EVAL=(-P budgets=$BUDGETS -P seeds=0 -P sim_n_train=60 -P sim_n_val=30 -P sim_n_test=30
+          -P epochs=1 -P min_steps=1 -P batch_size=16 -P device=cpu)
 else
     VIT=vit_tiny
     PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=1200 -P pretrain_n_val=300 -P pretrain_n_test=300
@@ -50,6 +68,7 @@ latest_version() {  # the newest dlfm-encoder version: the one the pretraining r
 
 pretrain() {  # $1 = row label, then the pretraining entry point and its params
     local label=$1; shift
+    if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $label "* ]]; then return; fi
     mlflow run . --env-manager local --experiment-name "$exp" --run-name "anchor-$label" "$@" "${PRETRAIN[@]}"
     echo "$label $(latest_version)" >> "$VERSIONS"
 }

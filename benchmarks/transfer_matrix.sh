@@ -32,6 +32,9 @@ HOLDOUT=${HOLDOUT:-300}       # pretraining corpus val and test images per instr
 EVAL_VAL=${EVAL_VAL:-300}
 EVAL_TEST=${EVAL_TEST:-1500}
 DEVICE=${DEVICE:-cuda}
+SEEDS=${SEEDS:-0,1,2}
+ENCODER=${ENCODER:-resnet18}  # the pretrained architecture (conv4 at toy size)
+PROBE_N=${PROBE_N:-300}       # the pretraining stage's own model_ii probe set: train images (val and test: half each)
 LOGS=${OUT:-reports/transfer_matrix}
 mkdir -p "$LOGS"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} MLFLOW_DISABLE_TELEMETRY=true MPLBACKEND=Agg
@@ -47,15 +50,15 @@ for source in $SOURCES; do
         mix="model_i=0,model_ii=0,model_iii=0"; mix=${mix/$source=0/$source=1}; parts=1
     fi
     corpus=(--pretrain_dataset pretrain_multi --pretrain_mix "$mix" --pretrain_n_train $((parts * CORPUS))
-            --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii)
-    python pipelines/autoencoder.py "${corpus[@]}" --sim_n_train 300 --sim_n_val 150 \
-        --sim_n_test 150 --epochs "$EPOCHS" \
+            --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii --encoder "$ENCODER")
+    python pipelines/autoencoder.py "${corpus[@]}" --sim_n_train "$PROBE_N" --sim_n_val $((PROBE_N / 2)) \
+        --sim_n_test $((PROBE_N / 2)) --epochs "$EPOCHS" \
         --batch_size "$BATCH" --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1
     version=$(python -c "from dlfm.tracking import configure_tracking, registry; configure_tracking(); print(registry.version_for_stage('candidate'))")
     dlfm registry promote "$version" --stage "$alias" --reason "transfer matrix: pretrained on $source" >> "$LOGS/pretrain-$source.log"
     for target in $TARGETS; do
         python pipelines/evaluate.py --encoder_stage "$alias" --tasks classification --classification_dataset "$target" \
-            --arms "$ARMS" --budgets "$BUDGETS" --seeds 0,1,2 --epochs "$EVAL_EPOCHS" --batch_size 128 \
+            --arms "$ARMS" --budgets "$BUDGETS" --seeds "$SEEDS" --epochs "$EVAL_EPOCHS" --batch_size 128 \
             --sim_n_train "$EVAL" --sim_n_val "$EVAL_VAL" --sim_n_test "$EVAL_TEST" --device "$DEVICE" --experiment_name transfer-matrix \
             > "$LOGS/evaluate-$source-to-$target.log" 2>&1
         echo "== pretrained on $source, evaluated on $target"; tail -n 20 "$LOGS/evaluate-$source-to-$target.log" | grep -E "^\|" || true

@@ -15,7 +15,8 @@ import re
 
 SOURCES = ("model_ii", "model_i", "model_iii", "pretrain_multi")
 TARGETS = ("model_ii", "model_i", "model_iii")
-CELL = re.compile(r"\| \d+ \((\w+)\) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|")
+# a cell is "mean ± sd" over seeds, or a bare mean when one seed ran (its sd then reads as 0)
+CELL = re.compile(r"\| \d+ \((\w+)\) \| ([\d.]+)(?: ± ([\d.]+))? \| ([\d.]+)(?: ± ([\d.]+))? \|")
 
 
 def parse(text: str) -> tuple[dict, tuple[str, str]]:
@@ -26,7 +27,7 @@ def parse(text: str) -> tuple[dict, tuple[str, str]]:
     for source, target, body in zip(parts[0::3], parts[1::3], parts[2::3]):
         for match in CELL.finditer(body):
             budget, a, a_sd, b, b_sd = match.groups()
-            cells[(source, target, budget)] = ((float(a), float(a_sd)), (float(b), float(b_sd)))
+            cells[(source, target, budget)] = ((float(a), float(a_sd or 0)), (float(b), float(b_sd or 0)))
     return cells, arms
 
 

@@ -199,6 +199,8 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
                        "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
                        "dlfm.world_size": runtime.world_size})
+    # batch_size=auto: the number fit will use (the same rule, on the same split), beside the param as asked
+    tracking.log_params({"batch_size_resolved": config.with_batch_resolved(runtime.device.type, train_splits["train"]).batch_size})
 
     def on_epoch_end(epoch, metrics, make_checkpoint):
         # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.

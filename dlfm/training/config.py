@@ -8,6 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from dlfm.corpora import DEFAULT_MIX
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
+from dlfm.training.batching import AUTO, auto_batch_size
 LOSS_BALANCES = ("fixed", "uncertainty")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -29,7 +30,9 @@ class TrainConfig:
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
     stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) | stride2 (3x3/2, ~4x) | small (3x3/1, ~16x)
     epochs: int = 6  # maximum epochs; early stopping may end sooner
-    batch_size: int = 64  # images per optimiser step
+    # images per optimiser step; auto: 64 off CUDA, on CUDA per encoder and image size (dlfm/training/batching.py;
+    # logged as batch_size_resolved)
+    batch_size: int | str = "auto"
     lr: float = 1e-3  # peak AdamW learning rate
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     schedule: str = "cosine"  # learning-rate schedule over all steps: cosine | onecycle
@@ -44,7 +47,9 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
-    compile: bool = False  # wrap the model's training forward in torch.compile (compiles on the first steps; off until measured to pay)
+    # wrap the model's training forward in torch.compile; off: ~2x per step at batch 1024 but ~36 s of compiling first,
+    # unmeasured over a whole stage (benchmarks/gpu_report.sh measures it)
+    compile: bool = False
     nproc: int = 1  # processes under torchrun DDP (one per GPU); the global batch is batch_size × nproc
     sim_n_train: int = 1500  # when `dataset` is a preset not cached yet: its split sizes (demo size)
     sim_n_val: int = 300
@@ -60,6 +65,17 @@ class TrainConfig:
     pretrain_mix: str = DEFAULT_MIX
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
+
+    def __post_init__(self):
+        if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():  # a param arrives as a string
+            object.__setattr__(self, "batch_size", int(self.batch_size))
+
+    def with_batch_resolved(self, device_type: str, train) -> "TrainConfig":
+        """This config with ``batch_size=auto`` replaced by its batch for this device and train split (else itself)."""
+        if self.batch_size != AUTO:
+            return self
+        side = max(group.images.shape[-1] for group in train.groups)
+        return replace(self, batch_size=auto_batch_size(self.encoder_kind, side, device_type, len(train.labels)))
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -90,7 +106,9 @@ class TrainConfig:
         spec = get_objective(self.objective)
         need(self.encoder in list_encoders(), f"unknown encoder {self.encoder!r}; choose one of {', '.join(list_encoders())}")
         need(self.stem in RESNET_STEMS, f"unknown stem {self.stem!r}; choose one of {', '.join(RESNET_STEMS)}")
-        for name in ("epochs", "batch_size", "nproc", "sim_n_train", "sim_n_val", "sim_n_test",
+        need(self.batch_size == AUTO or (isinstance(self.batch_size, int) and self.batch_size > 0),
+             f"batch_size must be a positive integer or {AUTO}, got {self.batch_size!r}")
+        for name in ("epochs", "nproc", "sim_n_train", "sim_n_val", "sim_n_test",
                      "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "patch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")

@@ -24,6 +24,7 @@ from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.metrics import classification_metrics
 from dlfm.training.objectives import Objective
 from dlfm.training.placement import FEEDERS, PLACEMENTS, choose_placement, free_device_memory, place_tensor, split_bytes
+from dlfm.training.batching import channels_last_pays
 from dlfm.training.runtime import Runtime, compile_model, make_runtime, prefers_channels_last, seed_everything
 
 
@@ -515,6 +516,8 @@ def fit(
     runtime = runtime or make_runtime(config.device)
     splits, probe_splits, placement = place_splits(splits, probe_splits or splits, runtime, placement)
     train = splits["train"]
+    config = config.with_batch_resolved(runtime.device.type, train)  # batch_size=auto: its number, saved in checkpoints
+    runtime.channels_last = channels_last_pays(runtime.device.type, config.batch_size)
     steps = len(group_batches(train, config.batch_size, None, runtime.rank, runtime.world_size))
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dlfm.errors import ConfigError
+from dlfm.training.batching import channels_last_pays
 from dlfm.training.config import PRECISIONS  # the `precision` param of every training stage and evaluate
 
 
@@ -113,13 +114,14 @@ def make_runtime(requested_device: str, precision: str = "auto") -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     resolved = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=resolved == "fp16")
-    # NHWC convolutions: tensor-core kernels on CUDA; on a 2-core AVX2 CPU (oneDNN) 6-8 % fewer CPU-seconds per
-    # ResNet18 train step at batch 64 (docs/results.md, issue 20). MPS keeps NCHW (not measured there).
+    # NHWC convolutions where measured to pay (dlfm/training/batching.py): on a 2-core AVX2 CPU (oneDNN) 6-8 % fewer
+    # CPU-seconds per ResNet18 train step at batch 64 (docs/results.md, issue 20); on CUDA only from batch 1024, which
+    # `fit` decides once it knows the batch. MPS keeps NCHW (not measured there).
     return Runtime(device, autocast_for(device, resolved), scaler, resolved, rank, world_size,
-                   channels_last=device.type in CHANNELS_LAST_DEVICES)
+                   channels_last=channels_last_pays(device.type, batch_size=0))
 
 
-CHANNELS_LAST_DEVICES = ("cuda", "cpu")
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where NHWC kernels exist (benchmarks/gpu_throughput.py's rung)
 
 
 def prefers_channels_last(model: nn.Module) -> bool:

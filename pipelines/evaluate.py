@@ -19,6 +19,8 @@ def main() -> None:
     parser = ParamParser(prog="pipelines/evaluate.py", description="Label-efficiency evaluation of a registered encoder.")
     add_entry_point_params(parser, "evaluate")
     summary = run_evaluate_stage(config_from_args(EvaluateConfig, parser.parse_args()))
+    if not summary:  # a torchrun rank > 0: its cells are child runs of rank 0's parent, which reports them
+        return
     print(f"evaluate run {summary['run_id']} (encoder version {summary['version']}):")
     print(summary["markdown"])
 

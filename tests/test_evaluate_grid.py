@@ -230,6 +230,27 @@ def test_two_workers_give_the_cells_and_tables_of_one(production_version, tracki
     assert one["markdown"] == two["markdown"]
 
 
+@pytest.mark.slow  # two torchrun processes: seconds of imports each, on top of the grid
+def test_two_torchrun_ranks_on_gloo_finish_every_cell(production_version, tracking_uri, tiny_classification_dir, tmp_path):
+    """The multi-node path (README: torchrun --rdzv-backend c10d) on one CPU: rank 0 opens the parent, both ranks take
+    their share of the cells, rank 0 aggregates once every child run is in the store."""
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(REPO / "pipelines/evaluate.py"),
+            "--encoder_stage", "production", "--classification_dataset", str(tiny_classification_dir),
+            "--tasks", "classification", "--budgets", "2,all", "--seeds", "0", "--arms", "pretrained-frozen,scratch",
+            "--epochs", "1", "--min_steps", "2", "--batch_size", "8", "--device", "cpu", "--precision", "fp32",
+            "--experiment_name", "torchrun-grid"]
+    done = run_script(args, cwd=tmp_path, env_extra={"OMP_NUM_THREADS": "1"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("torchrun-grid").experiment_id
+    [parent] = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.tags["dlfm.workers"] == "2"
+    children = runs(parent.info.run_id)
+    assert len(children) == int(parent.data.tags["dlfm.cells"]) == 2 * 2  # 2 budgets x 2 arms x 1 seed
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["dlfm.pid"] for c in children}) == 2  # both ranks computed cells
+
+
 def test_a_resumed_config_reads_mlflow_runs_quoted_empty_params_as_empty():
     """`mlflow run` stores an empty -P default as the shell's '' : a resume must read it back as empty."""
     from dlfm.evaluation import EvaluateConfig

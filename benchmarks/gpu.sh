@@ -2,7 +2,7 @@
 # The one-command device benchmark of issue 20, from the project root on the GPU machine:
 #   bash benchmarks/gpu.sh            # step img/s + SM utilisation, then the 72-cell evaluate grid
 #   bash benchmarks/gpu.sh --grid skip
-# With .whl/ carried (../shared/device/README.md) the project's other packages are installed first, so the
+# With .whl/ carried (benchmarks/gpu_wheels.sh builds them) the project's other packages are installed first, so the
 # grid part runs too; without them the step part still runs on torch alone. Output: reports/gpu/*.log and .json.
 set -uo pipefail
 out=reports/gpu; mkdir -p "$out"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prologue for a command on the offline GPU machine (source it from the project root): installs the wheels
-# carried in .whl/ (mlflow, optuna, lenstronomy, …: docs/gpu.md says how to build them) into /tmp/site, puts
+# carried in .whl/ (mlflow, optuna, lenstronomy, …: benchmarks/gpu_wheels.sh builds them) into /tmp/site, puts
 # that and the project on the path, and gives the machine the `python` and `dlfm` commands that MLproject
 # and the benchmark scripts call. Without .whl/ (a machine with the project's .venv) it only sets the
 # environment. Usage:  source benchmarks/gpu_setup.sh && mlflow run . -e multitask --env-manager local -P device=cuda

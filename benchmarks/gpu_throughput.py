@@ -10,7 +10,7 @@ One run prints, for the multitask, autoencoder and mae steps (ResNet18, 64 px; b
     +compile        torch.compile of the training forward (its compile time shown apart)
 
 and then the wall time of the 72-cell GPU-size evaluate grid (issue 19's command), which needs the project's
-other packages (mlflow, …: carry the wheels as ../shared/device/README.md shows); without them it says so and
+other packages (mlflow, …: carry the wheels: benchmarks/gpu_wheels.sh, gpu_setup.sh); without them it says so and
 skips it. The step measurements need only torch and numpy (tqdm is stubbed when it is missing).
 
     python benchmarks/gpu_throughput.py                        # on the GPU machine; or benchmarks/gpu.sh
@@ -170,7 +170,7 @@ def run_grid(args) -> str:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        return "skipped: mlflow is not installed (carry the wheels: ../shared/device/README.md, benchmarks/gpu.sh)"
+        return "skipped: mlflow is not installed (carry the wheels: benchmarks/gpu_wheels.sh, then source benchmarks/gpu_setup.sh)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     device = ["-P", f"device={args.device.type}"]
 

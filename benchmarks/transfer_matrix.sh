@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cross-instrument transfer matrix (GPU machine; see ../shared/device/README.md for the wheels).
+# The cross-instrument transfer matrix (GPU machine; the wheels: benchmarks/gpu_wheels.sh and gpu_setup.sh).
 #
 # Rows: an autoencoder (resnet18) pretrained on one instrument's corpus (Model I, II or III, each at its
 # native size: 150, 64, 64 px), and one pretrained on all three at once. Every row is the pretrain_multi
@@ -11,7 +11,7 @@
 # per class, 3 seeds. Every row's encoder gets its own alias (pre-model-i, …) so evaluate loads it by name.
 # Logs land in $OUT (or ./reports/transfer_matrix).
 #
-#   source run-on-gpu.sh && bash benchmarks/transfer_matrix.sh
+#   source benchmarks/gpu_setup.sh && bash benchmarks/transfer_matrix.sh
 #
 # Sizes are variables so the same script runs on a CPU. The CPU size of docs/results.md (frozen arms only:
 # fine-tuning 12 cells per pair is GPU work):

@@ -4,7 +4,7 @@
 # that and the project on the path, and gives the machine the `python` and `dlfm` commands that MLproject
 # and the benchmark scripts call. Without .whl/ (a machine with the project's .venv) it only sets the
 # environment. Usage:  source benchmarks/gpu_setup.sh && mlflow run . -e multitask --env-manager local -P device=cuda
-if [ -d .whl ]; then
+if [ -d .whl ] && ! python3 -c 'import mlflow, optuna, lenstronomy' 2>/dev/null; then  # a machine with .venv skips it
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         >/tmp/gpu_setup_wheels.log 2>&1 || { echo "wheel install failed (see /tmp/gpu_setup_wheels.log)"; return 1; }
     mkdir -p /tmp/site/bin

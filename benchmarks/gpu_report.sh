@@ -149,15 +149,15 @@ total=$(( $(date +%s) - started ))
     echo
     echo "## The user's multitask command"
     echo
-    $py benchmarks/gpu_report_runs.py multitask gpu-report-multitask gpu-report-multitask-gpu-size gpu-report-multitask-compile 2>&1
+    $py benchmarks/gpu_report_runs.py multitask gpu-report-multitask gpu-report-multitask-gpu-size gpu-report-multitask-compile 2>>"$logs/report.log"
     echo
     echo "## Evaluate grid: workers $grid_workers"
     echo
-    $py benchmarks/gpu_report_runs.py grid "$logs/parts.tsv" $grid_workers 2>&1
+    $py benchmarks/gpu_report_runs.py grid "$logs/parts.tsv" $grid_workers 2>>"$logs/report.log"
     echo
     echo "## Transfer matrix: one row"
     echo
-    if grep -q '^|' "$logs/transfer/matrix.txt" 2>/dev/null; then $py benchmarks/transfer_matrix_table.py "$logs/transfer/matrix.txt" 2>&1
+    if grep -q '^|' "$logs/transfer/matrix.txt" 2>/dev/null; then $py benchmarks/transfer_matrix_table.py "$logs/transfer/matrix.txt" 2>>"$logs/report.log"
     else echo "no cell finished (see logs/transfer/)"; fi
     echo
     echo "## Anchor side by side"
@@ -165,7 +165,7 @@ total=$(( $(date +%s) - started ))
     echo "Size: $size_label."
     echo
     if [ -s "$logs/anchor_versions.txt" ]; then
-        $py benchmarks/anchor_table.py --experiment gpu-report-anchor --versions "$logs/anchor_versions.txt" 2>&1
+        $py benchmarks/anchor_table.py --experiment gpu-report-anchor --versions "$logs/anchor_versions.txt" 2>>"$logs/report.log"
     else echo "no encoder was pretrained (see logs/anchor.log)"; fi
 } >"$report"
 echo "report: $report"

@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def run() -> None:
         if argv[:1] == ["run"]:  # `dlfm run ARGS` passes ARGS to `mlflow run` untouched, so argparse never sees them
-            from dlfm.launch import launch
+            from dlfm.launch import launch, print_help
+
+            if argv[1:] in (["-h"], ["--help"]):
+                print_help()
+                return
 
             launch(argv[1:])
             return

@@ -47,14 +47,28 @@ def check_no_secret_params(args: list[str]) -> None:
                                  f"(tune: -P storage=env:OPTUNA_STORAGE), or drop the password and export PGPASSWORD")
 
 
+USAGE = ("usage: dlfm run [PROJECT] -e ENTRY [-P name=value ...]: the arguments of `mlflow run`, "
+         "e.g. dlfm run . -e multitask -P epochs=2")
+
+
+def print_help() -> None:
+    """``dlfm run --help``: what dlfm adds, then ``mlflow run --help`` (exit 0, as every --help)."""
+    import subprocess
+
+    print(USAGE)
+    print("Checks that the tracking store answers (10 s at most) and is writable, adds --env-manager local unless "
+          "given, sets fast-failing MLFLOW_HTTP_REQUEST_* defaults, then becomes `mlflow run` with these options:\n",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "mlflow", "run", "--help"], check=False)
+
+
 def launch(args: list[str]) -> None:
     """Check the tracking store, then replace this process with ``mlflow run args`` (never returns on success)."""
     from dlfm.errors import ConfigError
     from dlfm.tracking.runs import check_store_writable, resolve_tracking_uri
 
-    if not args or args[0] in ("-h", "--help"):
-        raise ConfigError("usage: dlfm run [PROJECT] -e ENTRY [-P name=value ...]: the arguments of `mlflow run`, "
-                          "e.g. dlfm run . -e multitask -P epochs=2")
+    if not args:
+        raise ConfigError(USAGE)
     check_no_secret_params(args)  # before anything is stored
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)

@@ -70,9 +70,11 @@ def unexpected_store_note(uri: str) -> str:
     database = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
     if database.name != "mlflow.db" or database.parent.name == "mlruns":
         return ""
-    return (f"dlfm: note: this run is in {uri}, MLflow's default store when MLFLOW_TRACKING_URI is unset, not the "
-            f"project's mlruns/mlflow.db; see it with: mlflow ui --backend-store-uri {uri}  "
-            "(after `make venv`, `source .venv/bin/activate` selects the project's store)")
+    # Under `mlflow run` the launcher always exports MLFLOW_TRACKING_URI to this process, so whether the user set it
+    # cannot be told from here: the note names both causes instead of claiming one.
+    return (f"dlfm: note: this run is in {uri}, not the project's mlruns/mlflow.db (either the MLFLOW_TRACKING_URI you set, "
+            f"or MLflow's default store, mlflow.db where `mlflow run` started, when none is set); see it with: "
+            f"mlflow ui --backend-store-uri {uri}  (after `make venv`, `source .venv/bin/activate` selects the project's store)")
 
 
 def check_store_writable(uri: str | None = None) -> None:

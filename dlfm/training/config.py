@@ -27,7 +27,7 @@ class TrainConfig:
     # `dataset` then only feeds the linear probe and the reported classification metrics ("" = train on `dataset`).
     pretrain_dataset: str = ""
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
-    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) | stride2 (3x3/2, ~4x) | small (3x3/1, ~16x)
+    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) | stride2 (3x3/2, ~1.7x the step time) | small (3x3/1, ~5.5x; measured)
     epochs: int = 6  # maximum epochs; early stopping may end sooner
     batch_size: int = 64  # images per optimiser step
     lr: float = 1e-3  # peak AdamW learning rate

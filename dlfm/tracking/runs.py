@@ -22,7 +22,7 @@ RESUME_HINT_TAG = "dlfm.resume_hint"
 EARLIER_ERROR_TAG = "dlfm.earlier_error"  # a resumed run that finished keeps why its earlier attempt stopped here
 # MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s per request) make an unreachable
 # server cost minutes before any error. These still ride out a server restart of a few seconds;
-# `dlfm run`, the Makefile and the README set them where the user has not (a test pins the copies).
+# `dlfm run` and the Makefile set them where the user has not, docs/development.md shows them (a test pins the copies).
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # retries per request
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s between the retries (s)

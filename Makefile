@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 
-.PHONY: test test-fast demo venv clean-runs ui-check
+.PHONY: test test-fast demo venv clean-runs ui-check docs
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ ui-check: $(STAMP)
 # The whole pipeline at demo size on the embedded SQLite store.
 demo: $(STAMP)
 	dlfm run . -e main --env-manager local --experiment-name deeplense-fm
+
+# The docs site (mkdocs-material) into site/, strict as in the tests; `.venv/bin/mkdocs serve` previews it.
+docs: $(STAMP)
+	$(VENV)/bin/python -m mkdocs build --strict -d site
 
 clean-runs:
 	rm -rf mlruns/* data/ reports/

@@ -190,3 +190,13 @@ def test_every_dlfm_subcommand_in_the_docs_has_a_help_that_exits_0(tmp_path):
     for path, result in results.items():
         assert result.returncode == 0 and "usage" in result.stdout.lower(), (path, result.stdout[-500:], result.stderr[-1500:])
     assert "Usage: python -m mlflow run" in results[("run",)].stdout, "dlfm run --help shows mlflow run's options"
+
+
+def test_readmes_encoder_snippet_is_part_of_the_one_that_runs():
+    """The README's short PyTorch block is lines of docs/registry.md's block, which test_project runs as written."""
+    def block(path, heading):
+        text = (REPO / path).read_text()
+        return re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1).splitlines()
+
+    short, full = block("README.md", "## Compare, promote and transfer"), block("docs/registry.md", "## Using a registered encoder")
+    assert [line for line in short if line.strip()] and all(line in full for line in short if line.strip())

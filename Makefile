@@ -1,4 +1,4 @@
-# `make test` (everything; what .ci/run calls), `make test-fast` (no real subprocess, server or
+# `make test` (the import contracts, then everything; what .ci/run calls), `make test-fast` (no real subprocess, server or
 # signal tests: a couple of minutes) and `make demo`. All create .venv once (idempotent).
 PYTHON ?= python3
 VENV := .venv
@@ -30,10 +30,12 @@ $(STAMP): pyproject.toml dlfm/activate_hook.py
 # TEST_WORKERS=0 runs in this process (e.g. with --pdb).
 TEST_WORKERS ?= 2
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop: every module is still covered, in-process; `make test` adds the slow tests.
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # The MLflow UI in headless Chromium on a tiny pipeline's runs; screenshots land in reports/ui/.

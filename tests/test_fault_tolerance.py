@@ -123,6 +123,78 @@ def test_resume_of_another_encoder_is_refused():
         tiny_config("data/x", encoder="conv4", resume="abc").resumed_from(saved)
 
 
+def failed_launcher_run(stage: str, experiment: str, **given) -> str:
+    """A run as `mlflow run -e <stage> -P ...` leaves it when the entry point fails validation: every declared
+    param logged (the given ones, the rest at their defaults), the stage tag, FAILED, no checkpoint."""
+    from dlfm import project_spec
+    from dlfm.entrypoint import format_default
+
+    params = {spec.name: format_default(spec.default)
+              for _, spec in project_spec.param_fields(project_spec.entry_point(stage), declared_only=True)}
+    params.update({k: str(v) for k, v in given.items()})
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment) or client.create_experiment(experiment)
+    experiment_id = getattr(experiment_id, "experiment_id", experiment_id)
+    run = client.create_run(experiment_id, tags={"dlfm.stage": stage})
+    for name, value in params.items():
+        client.log_param(run.info.run_id, name, value)
+    client.set_tag(run.info.run_id, "dlfm.error", "batch_size must be a positive integer")
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def test_resume_with_no_checkpoint_uses_the_runs_own_params_never_the_defaults(tracking_uri, tiny_classification_dir):
+    """Issue 33 repro 1: the resume of a run that failed validation trained the defaults (resnet18, model_ii) inside it."""
+    client = mlflow.MlflowClient()
+    failed = failed_launcher_run("supervised", "fault-test", dataset=tiny_classification_dir, encoder="conv4", epochs=1,
+                                 batch_size=0)
+    with pytest.raises(ConfigError, match="batch_size") as refused:  # its own params, refused again in one line
+        run_training_stage(TrainConfig(objective="supervised", resume=failed), progress=False)
+    assert "\n" not in str(refused.value)
+    after = client.get_run(failed)
+    assert after.info.status == "FAILED" and "dlfm.encoder" not in after.data.tags  # untouched: nothing trained in it
+    assert not client.search_registered_models()
+    # A run that recorded no params at all is refused, naming a fresh command.
+    bare = client.create_run(client.get_experiment_by_name("fault-test").experiment_id, tags={"dlfm.stage": "supervised"})
+    client.set_terminated(bare.info.run_id, "FAILED")
+    with pytest.raises(ConfigError, match="did not record any params.*start a fresh run: mlflow run . -e supervised"):
+        run_training_stage(TrainConfig(objective="supervised", resume=bare.info.run_id), progress=False)
+
+
+@pytest.mark.slow  # trains a tiny model in-process
+def test_resume_with_no_checkpoint_restarts_from_epoch_zero_with_its_own_params(tracking_uri, tiny_classification_dir,
+                                                                                 capsys):
+    client = mlflow.MlflowClient()
+    failed = failed_launcher_run("supervised", "fault-test", dataset=tiny_classification_dir, encoder="conv4", epochs=1,
+                                 batch_size=8)
+    with pytest.raises(ConfigError, match="encoder='vit_tiny'"):  # a change the resume would make: refused
+        run_training_stage(TrainConfig(objective="supervised", resume=failed, epochs=3, encoder="vit_tiny"), progress=False)
+    result = run_training_stage(TrainConfig(objective="supervised", resume=failed), progress=False)
+    assert "restarting it from epoch 0 with its own params" in capsys.readouterr().err
+    run = client.get_run(failed)
+    assert result["run_id"] == failed and run.info.status == "FINISHED"
+    assert run.data.tags["dlfm.encoder"] == "conv4" and run.data.params["encoder"] == "conv4"
+    assert steps(client, failed, "train/loss_supervised") == [1]
+
+
+def test_resume_of_an_evaluate_run_that_never_started_its_grid(tracking_uri):
+    """Issue 33 repro 5: KeyError 'dlfm.encoder_uri' with a traceback; now its own params, checked in one line."""
+    from dlfm.errors import DlfmError
+    from dlfm.evaluation import EvaluateConfig
+    from dlfm.stages.evaluate import run_evaluate_stage
+
+    client = mlflow.MlflowClient()
+    invalid = failed_launcher_run("evaluate", "fault-test", encoder_uri="dlfm-encoder/1")
+    with pytest.raises(ConfigError, match="encoder_uri must be a models:/"):
+        run_evaluate_stage(EvaluateConfig(resume=invalid))
+    assert client.get_run(invalid).info.status == "FAILED"
+    valid = failed_launcher_run("evaluate", "fault-test", encoder_stage="staging")  # valid, but nothing registered
+    with pytest.raises(DlfmError, match="staging") as refused:  # resolved afresh with its own params: one line
+        run_evaluate_stage(EvaluateConfig(resume=valid))
+    assert not isinstance(refused.value, KeyError)
+    assert client.get_run(valid).info.status == "FAILED"
+
+
 # ---------------------------------------------------------------- real processes and signals
 
 

@@ -8,6 +8,8 @@ with a ``dlfm.resume_hint`` tag.
 
 from __future__ import annotations
 
+import sys
+
 from dlfm import tracking
 from dlfm.tracking import checkpoints, registry
 from dlfm.errors import DatasetError
@@ -130,17 +132,22 @@ def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
 
 
 def resume_point(config: TrainConfig, check_run: bool = True) -> tuple[TrainConfig, dict | None]:
-    """Refuse a run that cannot be resumed; the config merged with its checkpoint's, and the checkpoint.
+    """Refuse a run that cannot be resumed; the config merged with the run's own, and the checkpoint.
 
     Everything is checked before the run is reopened, so a refusal leaves the old run untouched.
-    A run killed before its first epoch ended has no checkpoint: it restarts at epoch 1.
+    A run stopped before its first epoch ended has no checkpoint: it restarts at epoch 1 with its
+    *own* params (read from the run, never from the defaults), or is refused in one line.
     """
-    if check_run:
-        checkpoints.check_resumable(config.resume, config.objective)
+    run = checkpoints.check_resumable(config.resume, config.objective) if check_run else checkpoints.get_run(config.resume)
     state = checkpoints.load_checkpoint(config.resume)
-    if state is None:
-        return config, None
-    return config.resumed_from(state["config"]), state
+    if state is not None:
+        return config.resumed_from(state["config"]), state
+    merged = config.resumed_from(config.saved_from_params(run.data.params))
+    merged.validate()  # the run's own params may be what failed it: refused here, before it is reopened
+    if check_run:
+        print(f"dlfm: run {config.resume} has no checkpoint (it stopped before its first epoch ended): "
+              "restarting it from epoch 0 with its own params", file=sys.stderr)
+    return merged, None
 
 
 def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:

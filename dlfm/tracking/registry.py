@@ -464,6 +464,27 @@ def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
     if why:
         raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
                             "register encoders with a dlfm training stage and pick one of those versions")
+    why = _carried_code_differs(model_dir)
+    if why:
+        raise RegistryError(f"{model_uri} carries dlfm code that is not the installed dlfm's ({why}), so dlfm will not "
+                            "promote or load it (mlflow.pyfunc would run that code); pick a version registered by this "
+                            "dlfm, or register the encoder again with it")
+
+
+def _carried_code_differs(model_dir: Path) -> str | None:
+    """Why the code a version carries (its pyfunc ``code_paths``) is not the installed dlfm, file by file (None: it is)."""
+    import yaml
+
+    from dlfm.code_trust import first_difference
+
+    pyfunc = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
+    if not pyfunc.get("code"):
+        return None  # nothing carried: mlflow.pyfunc imports the installed dlfm's loader
+    code = model_dir / pyfunc["code"]
+    extra = sorted(p.name for p in code.iterdir() if p.name != "dlfm") if code.is_dir() else []
+    if extra or not (code / "dlfm").is_dir():
+        return f"its code directory holds {', '.join(extra[:3]) or 'no dlfm package'}"
+    return first_difference(code / "dlfm", Path(__file__).resolve().parents[1])
 
 
 def _download(model_uri: str, destination: Path) -> Path:

@@ -38,11 +38,11 @@ def param_values(args: list[str]) -> list[tuple[str, str]]:
 def check_no_secret_params(args: list[str]) -> None:
     """Refuse a ``-P`` value that carries a password before ``mlflow run`` stores it as a param (and prints it)."""
     from dlfm.errors import SecretInParams
-    from dlfm.redact import redact_uri, uri_password
+    from dlfm.redact import has_secret, redact
 
     for name, value in param_values(args):
-        if uri_password(value):
-            raise SecretInParams(f"-P {name}={redact_uri(value)} carries a password, which mlflow run would store as a "
+        if has_secret(value):
+            raise SecretInParams(f"-P {name}={redact(value)} carries a password, which mlflow run would store as a "
                                  f"param and print; export the URL in an environment variable and pass its name instead "
                                  f"(tune: -P storage=env:OPTUNA_STORAGE), or drop the password and export PGPASSWORD")
 

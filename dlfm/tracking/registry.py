@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlfm.errors import RegistryError
+from dlfm.redact import redact
 
 MODEL_NAME = "dlfm-encoder"
 STAGES = ("candidate", "staging", "production")
@@ -169,7 +170,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
     if once_for and (first := versions_tagged(ONCE_TAG, once_for)[0]) != str(version.version):
         client.delete_model_version(MODEL_NAME, version.version)  # dlfm made it a moment ago; the earlier one stands
         return first
-    client.update_model_version(MODEL_NAME, version.version, description=description)
+    client.update_model_version(MODEL_NAME, version.version, description=redact(description))
     describe_registered_model()
     with registry_lock():
         holder = version_for_stage("candidate")
@@ -376,7 +377,7 @@ def record_promotion(stage: str, version: str, previous: str | None, reason: str
     user = promoting_user()
     run = client.create_run(experiment_id, run_name=f"promote-v{version}-{stage}", tags={
         "dlfm.stage": "promote", "promotion.stage": stage, "promotion.version": version,
-        "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": reason,
+        "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": redact(reason),
         "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user.split(" (os: ")[0],
     })
     client.set_terminated(run.info.run_id, "FINISHED")

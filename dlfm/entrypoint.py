@@ -126,6 +126,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
         fail_pending_run(message)
         sys.exit(2)
     except KeyboardInterrupt as error:
+        # The stop is being handled: a straggler SIGTERM (the launcher's death signal, a scheduler's repeat) must
+        # neither cut the cleanup below (the run left RUNNING, SQLite's lock held) nor kill the exit with -15.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         from dlfm.tracking.runs import pending_resume_hint
 
         hint = getattr(error, "hint", "") or pending_resume_hint()

@@ -259,6 +259,42 @@ def test_sigterm_ends_the_run_killed_with_a_hint_then_it_resumes(tracking_uri, t
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
+def test_sigterm_twice_during_a_resumed_run_ends_it_killed_with_the_hint_and_no_lock(tracking_uri, tiny_classification_dir,
+                                                                                     tmp_path):
+    """Issue 33 repro 7: a duplicate SIGTERM landed in the KILLED cleanup of a resumed run ("database is locked",
+    a second KeyboardInterrupt, the run left RUNNING and SQLite's write lock held)."""
+    process = start_training(tmp_path, tiny_classification_dir)
+    run_id = wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = start_training(tmp_path, tiny_classification_dir, "--resume", run_id)
+    deadline = time.time() + 240
+    while client.get_run(run_id).info.status != "RUNNING":  # reopened: the resume's store writes begin
+        assert resumed.poll() is None and time.time() < deadline, resumed.communicate()
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGTERM)  # the group's signal, then the launcher's death signal a moment later
+    time.sleep(0.3)
+    resumed.send_signal(signal.SIGTERM)
+    time.sleep(1.2)
+    if resumed.poll() is None:  # a straggler after the loop has handled the stop: the cleanup must not be cut
+        resumed.send_signal(signal.SIGTERM)
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if line.startswith("dlfm:")]
+    assert line.startswith("dlfm: interrupted") and f"-P resume={run_id}" in line
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[checkpoints.RESUME_HINT_TAG].endswith(f"-P resume={run_id}")
+    import sqlite3
+
+    store = sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=0.5)  # no lock left behind
+    store.execute("BEGIN IMMEDIATE")
+    store.rollback()
+    store.close()
+
+
 def test_sigkill_mid_epoch_then_repair_then_resume(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)

@@ -393,9 +393,14 @@ def sigterm_under_mlflow_run(target, tracking_uri, tiny_classification_dir, tmp_
             shutil.rmtree(REPO / "checkpoints" / run_id, ignore_errors=True)  # the entry point ran in the project dir
 
 
-def test_malformed_param_word_is_refused_by_dlfm_run_before_any_run(tracking_uri):
+def test_malformed_param_word_is_refused_by_dlfm_run_before_any_run(tracking_uri, monkeypatch):
     """Issue 33 repro 8: `dlfm run . -e supervised "-P encoder=conv4"` (one shell word) left a RUNNING run, untagged."""
     from mlflow.entities import ViewType
+
+    def no_exec(*args):  # were the check missing, launch would become `mlflow run` (and replace pytest)
+        raise AssertionError(f"launch went on to exec {args[0]}")
+
+    monkeypatch.setattr(os, "execv", no_exec)
 
     from dlfm.errors import ConfigError
     from dlfm.launch import launch

@@ -86,6 +86,8 @@ def dataset_import(args) -> None:
     sizes = ", ".join(f"{split} {len(dataset.indices(split))}" for split in ("train", "val", "test"))
     print(f"wrote {target}: {len(dataset)} {dataset.image_size}x{dataset.image_size} images, {dataset.task}, "
           f"classes {', '.join(dataset.class_names)} ({sizes}); digest {dataset.digest[:12]}")
+    for link in dataset.manifest.get("followed_symlinks", ()):
+        print(f"followed symlink: {link}")
     targets = ", ".join(dataset.manifest.get("targets", ()))
     print(IMPORT_HINTS[dataset.task].format(target=target, targets=targets))
 

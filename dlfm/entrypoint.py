@@ -18,7 +18,7 @@ import tokenize
 from typing import Callable
 
 from dlfm.errors import ConfigError, DlfmError
-from dlfm.redact import scrub
+from dlfm.redact import RedactingStream, scrub
 
 
 class ParamParser(argparse.ArgumentParser):
@@ -115,6 +115,8 @@ def run_entry_point(main: Callable[[], object]) -> None:
 
     sigterm_raises_keyboard_interrupt()
     stop_when_parent_dies()
+    # every log line goes through the one redactor (tqdm, warnings and libraries included), not only dlfm's own
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     launched_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow unsets it when the run ends
     try:
         main()
@@ -124,6 +126,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
         fail_pending_run(message)
         sys.exit(2)
     except KeyboardInterrupt as error:
+        # The stop is being handled: a straggler SIGTERM (the launcher's death signal, a scheduler's repeat) must
+        # neither cut the cleanup below (the run left RUNNING, SQLite's lock held) nor kill the exit with -15.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         from dlfm.tracking.runs import pending_resume_hint
 
         hint = getattr(error, "hint", "") or pending_resume_hint()

@@ -159,10 +159,55 @@ class TrainConfig:
             )
         return replace(self, **merged)
 
+    def saved_from_params(self, params: dict[str, str]) -> dict:
+        """The resumed run's own config, typed back from its MLflow params (a run with no checkpoint).
+
+        A resume never fills a field from the defaults: a field the run did not record is refused,
+        naming a fresh command, so the old run never trains a config it was not started with.
+        """
+        from dlfm.project_spec import entry_point, param_fields
+
+        skipped = set(RESUME_IGNORED) | set(objective_excluded_params(self.objective)) | {"experiment_name"}
+        declared = {spec.name for _, spec in param_fields(entry_point(self.objective), declared_only=True)}
+        saved, missing = {}, []
+        for spec in fields(self):
+            if spec.name in skipped or spec.default is MISSING:  # objective: the run's stage tag, checked already
+                continue
+            if spec.name not in params:
+                if spec.name in declared:  # `mlflow run` logs every declared param; the rest only when given
+                    missing.append(spec.name)
+                continue
+            try:
+                saved[spec.name] = param_from_string(spec.default, params[spec.name])
+            except ValueError:
+                raise ConfigError(f"resume={self.resume}: the run's param {spec.name}={params[spec.name]!r} is not "
+                                  f"{type(spec.default).__name__}; start a fresh run: {fresh_command(self.objective)}") from None
+        if missing:
+            raise ConfigError(f"resume={self.resume}: the run has no checkpoint and did not record "
+                              f"{'any params' if not saved else 'the params ' + ', '.join(missing)}, "
+                              f"so there is nothing to continue; start a fresh run: {fresh_command(self.objective)}")
+        return saved
+
     @classmethod
     def field_names(cls) -> list[str]:
         """Names of all fields, in declaration order."""
         return [f.name for f in fields(cls)]
+
+
+def fresh_command(entry: str) -> str:
+    """The command that starts a new run of ``entry`` (named when a resume is refused)."""
+    return f"mlflow run . -e {entry} --env-manager local -P dataset=... (your params, without resume)"
+
+
+def param_from_string(default, text: str):
+    """A param string (as MLflow returns it) back in the type of its field's default; ValueError if it is not."""
+    from dlfm.entrypoint import parse_bool
+
+    if isinstance(default, bool):
+        return parse_bool(text)
+    if isinstance(default, str) and text in ("''", '""'):
+        return ""  # `mlflow run` stores an empty -P value as the shell's quoted empty string
+    return type(default)(text)
 
 
 def objective_excluded_params(objective: str) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from dlfm.data import REGRESSION_TARGETS, DERIVED_TARGETS, load_dataset, normalize_images, verify_dataset_dir
+from dlfm.data import REGRESSION_TARGETS, DERIVED_TARGETS, normalize_images, verify_dataset_dir
+from dlfm.sources import load_dataset
 from dlfm.data.layout import dataset_digest, sha256_file
 from dlfm.errors import DatasetError
 from dlfm.plots.examples import plot_examples

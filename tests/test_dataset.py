@@ -143,7 +143,7 @@ def test_bad_manifest(copy_of):
 
 
 def test_missing_and_unknown_paths(tmp_path):
-    with pytest.raises(DatasetError, match=r"does not exist; pass a preset name \(model_ii, model_i, model_iii, regression, pretrain\)"):
+    with pytest.raises(DatasetError, match=r"does not exist; pass a preset name \(model_ii, model_i, model_iii, regression, pretrain, .*pretrain_multi\) or a"):
         load_dataset(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="neither a dlfm dataset"):

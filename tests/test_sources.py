@@ -59,6 +59,8 @@ def test_what_no_row_claims(tmp_path):
         resolve_dataset(str(tmp_path / "missing"))
     with pytest.raises(DatasetError, match="neither a dlfm dataset"):
         resolve_dataset(str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match="is a file; pass a dataset directory"):
+        resolve_dataset(str(tmp_path / "file.npy"))
 
 
 def test_local_rows_load_and_names_do_not(specs):

@@ -3,6 +3,8 @@ under ``train/`` and ``val/``), read in place without conversion."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dlfm.data.deeplense import is_deeplense_folder, load_deeplense_folder
 from dlfm.sources.base import Request, directory, manifest_of
 
@@ -15,6 +17,6 @@ def claims(spec: str) -> bool:
 
 def load(spec: str, request: Request):
     """The folders as a LensDataset with a deterministic stratified split (or the folders' own train/val/test)."""
-    dataset = load_deeplense_folder(directory(spec))
+    dataset = load_deeplense_folder(Path(spec))
     dataset.normalize = request.normalize
     return dataset

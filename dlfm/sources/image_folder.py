@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dlfm.data.deeplense import is_deeplense_folder
 from dlfm.data.user_arrays import load_image_folder
 from dlfm.data.user_files import is_image_folder
@@ -17,6 +19,6 @@ def claims(spec: str) -> bool:
 
 def load(spec: str, request: Request):
     """The images as an unlabelled LensDataset, read through the safe .npy reader, nothing written."""
-    dataset = load_image_folder(directory(spec))
+    dataset = load_image_folder(Path(spec))
     dataset.normalize = request.normalize
     return dataset

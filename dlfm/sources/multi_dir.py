@@ -3,6 +3,8 @@ file per image size), read as one LensDataset per instrument."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dlfm.data.multi import load_multi_dataset_dir
 from dlfm.sources.base import Request, directory, manifest_of
 
@@ -16,4 +18,4 @@ def claims(spec: str) -> bool:
 
 def load(spec: str, request: Request):
     """The verified directory as a MultiInstrumentDataset."""
-    return load_multi_dataset_dir(directory(spec), normalize=request.normalize, verify=request.verify)
+    return load_multi_dataset_dir(Path(spec), normalize=request.normalize, verify=request.verify)

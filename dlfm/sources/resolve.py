@@ -30,7 +30,7 @@ def resolve_dataset(spec: str, n_train: int = 3000, n_val: int = 600, n_test: in
         if not Path(spec).exists():
             raise DatasetError(f"dataset {spec!r} is neither a preset ({_names()}) nor an existing path; "
                                "pass a preset name or a dataset directory")
-        return load_dataset(spec)  # an existing path no row takes: load_dataset says what it is not
+        raise _unclaimed(Path(spec))
     return row.load(spec, Request(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, workers=workers, mix=mix))
 
 
@@ -39,11 +39,16 @@ def load_dataset(path, normalize: bool = True, verify: bool = True):
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist; pass a preset name ({_names()}) or a dataset directory")
-    if not path.is_dir():
-        raise DatasetError(f"dataset path {path} is a file; pass a dataset directory or a DeepLense class folder")
     row = source_for(str(path), tuple(row for row in SOURCES if row.local_path))
     if row is None:
-        raise DatasetError(
-            f"{path} is neither a dlfm dataset (no manifest.json), a DeepLense folder (class subfolders no/sphere/vort "
-            "or no_sub/cdm/axion) nor a folder of .npy images; for other class folders run `dlfm dataset import`")
+        raise _unclaimed(path)
     return row.load(str(path), Request(normalize=normalize, verify=verify))
+
+
+def _unclaimed(path: Path) -> DatasetError:
+    """The one line for an existing local path that no row claims: what it is not, and what to do."""
+    if not path.is_dir():
+        return DatasetError(f"dataset path {path} is a file; pass a dataset directory or a DeepLense class folder")
+    return DatasetError(
+        f"{path} is neither a dlfm dataset (no manifest.json), a DeepLense folder (class subfolders no/sphere/vort "
+        "or no_sub/cdm/axion) nor a folder of .npy images; for other class folders run `dlfm dataset import`")

@@ -80,7 +80,7 @@ def dataset_import(args) -> None:
     spec = UserArrays(images=args.images, labels=args.labels, params=args.params, class_names=class_names,
                       seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
     target = import_dataset(spec, args.out, force=args.force)
-    from dlfm.data import load_dataset
+    from dlfm.sources import load_dataset
 
     dataset = load_dataset(target)  # verified by sha256, as every stage will read it
     sizes = ", ".join(f"{split} {len(dataset.indices(split))}" for split in ("train", "val", "test"))

@@ -19,6 +19,7 @@ from typing import Callable
 
 from dlfm.errors import ConfigError, DlfmError
 from dlfm.redact import RedactingStream, scrub
+from dlfm.params import parse_bool  # noqa: F401 - callers and tests read it here too
 
 
 class ParamParser(argparse.ArgumentParser):
@@ -26,16 +27,6 @@ class ParamParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise ConfigError(f"{message}; see --help for the params")
-
-
-def parse_bool(text: str) -> bool:
-    """true/false, yes/no, 1/0 (MLflow passes params as strings)."""
-    lowered = str(text).strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(text)
 
 
 def typed(name: str, kind: type) -> Callable[[str], object]:

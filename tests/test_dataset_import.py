@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, run_script
 from dlfm.cli import main
-from dlfm.data import load_dataset, verify_dataset_dir
+from dlfm.data import verify_dataset_dir
+from dlfm.sources import load_dataset
 from dlfm.errors import DatasetError
 
 SIZE = 32

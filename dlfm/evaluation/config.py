@@ -8,7 +8,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from dlfm.errors import ConfigError
-from dlfm.training.config import PRECISIONS, param_from_string
+from dlfm.params import param_from_string
+from dlfm.training.config import PRECISIONS
 
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
 TASK_NAMES = ("classification", "regression", "superres")

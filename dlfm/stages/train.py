@@ -143,7 +143,10 @@ def resume_point(config: TrainConfig, check_run: bool = True) -> tuple[TrainConf
     state = checkpoints.load_checkpoint(config.resume)
     if state is not None:
         return config.resumed_from(state["config"]), state
-    merged = config.resumed_from(config.saved_from_params(run.data.params))
+    from dlfm.project_spec import entry_point, param_fields
+
+    declared = {spec.name for _, spec in param_fields(entry_point(config.objective), declared_only=True)}  # mlflow run logs these
+    merged = config.resumed_from(config.saved_from_params(run.data.params, declared))
     merged.validate()  # the run's own params may be what failed it: refused here, before it is reopened
     if check_run:
         print(f"dlfm: run {config.resume} has no checkpoint (it stopped before its first epoch ended): "
@@ -153,8 +156,6 @@ def resume_point(config: TrainConfig, check_run: bool = True) -> tuple[TrainConf
 
 def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
     """Validate, load or simulate the dataset, train, log everything; return the final metrics."""
-    from dlfm.training.runtime import make_runtime
-
     if not distributed.is_main_rank():
         return train_on_other_rank(config, progress)
     # From here on a stop (SIGTERM, Ctrl-C) is a flag, read before the loop and at its steps, never a

@@ -6,6 +6,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from dlfm.corpora import DEFAULT_MIX
+from dlfm.params import param_from_string
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
 LOSS_BALANCES = ("fixed", "uncertainty")
@@ -159,16 +160,13 @@ class TrainConfig:
             )
         return replace(self, **merged)
 
-    def saved_from_params(self, params: dict[str, str]) -> dict:
+    def saved_from_params(self, params: dict[str, str], declared: set[str]) -> dict:
         """The resumed run's own config, typed back from its MLflow params (a run with no checkpoint).
 
         A resume never fills a field from the defaults: a field the run did not record is refused,
         naming a fresh command, so the old run never trains a config it was not started with.
         """
-        from dlfm.project_spec import entry_point, param_fields
-
         skipped = set(RESUME_IGNORED) | set(objective_excluded_params(self.objective)) | {"experiment_name"}
-        declared = {spec.name for _, spec in param_fields(entry_point(self.objective), declared_only=True)}
         saved, missing = {}, []
         for spec in fields(self):
             if spec.name in skipped or spec.default is MISSING:  # objective: the run's stage tag, checked already
@@ -199,15 +197,6 @@ def fresh_command(entry: str) -> str:
     return f"mlflow run . -e {entry} --env-manager local -P dataset=... (your params, without resume)"
 
 
-def param_from_string(default, text: str):
-    """A param string (as MLflow returns it) back in the type of its field's default; ValueError if it is not."""
-    from dlfm.entrypoint import parse_bool
-
-    if isinstance(default, bool):
-        return parse_bool(text)
-    if isinstance(default, str) and text in ("''", '""'):
-        return ""  # `mlflow run` stores an empty -P value as the shell's quoted empty string
-    return type(default)(text)
 
 
 def objective_excluded_params(objective: str) -> tuple[str, ...]:

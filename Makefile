@@ -1,4 +1,4 @@
-# `make test` (everything; what .ci/run calls), `make test-fast` (no real subprocess, server or
+# `make test` (the import contracts, then everything; what .ci/run calls), `make test-fast` (no real subprocess, server or
 # signal tests: a couple of minutes) and `make demo`. All create .venv once (idempotent).
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 
-.PHONY: test test-fast demo venv clean-runs ui-check
+.PHONY: test test-fast demo venv clean-runs ui-check docs
 
 venv: $(STAMP)
 
@@ -30,10 +30,12 @@ $(STAMP): pyproject.toml dlfm/activate_hook.py
 # TEST_WORKERS=0 runs in this process (e.g. with --pdb).
 TEST_WORKERS ?= 2
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop: every module is still covered, in-process; `make test` adds the slow tests.
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # The MLflow UI in headless Chromium on a tiny pipeline's runs; screenshots land in reports/ui/.
@@ -43,6 +45,10 @@ ui-check: $(STAMP)
 # The whole pipeline at demo size on the embedded SQLite store.
 demo: $(STAMP)
 	dlfm run . -e main --env-manager local --experiment-name deeplense-fm
+
+# The docs site (mkdocs-material) into site/, strict as in the tests; `.venv/bin/mkdocs serve` previews it.
+docs: $(STAMP)
+	$(VENV)/bin/python -m mkdocs build --strict -d site
 
 clean-runs:
 	rm -rf mlruns/* data/ reports/

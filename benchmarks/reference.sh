@@ -10,7 +10,8 @@ mlflow run . -e main --env-manager local --experiment-name "$exp" \
     -P pretrain_n_train=2400 -P pretrain_n_val=300 -P pretrain_n_test=300 \
     -P regression_n_train=900 -P regression_n_val=60 -P regression_n_test=300 \
     -P epochs=4 -P eval_n_train=900 -P eval_n_test=300 -P eval_budgets=25,100 \
-    -P eval_epochs=3 -P eval_min_steps=50 -P seeds=0,1,2 -P report_dir=reports/reference
+    -P eval_epochs=3 -P eval_min_steps=50 -P seeds=0,1,2 -P report_dir=reports/reference \
+    -P eval_arms=pretrained-frozen,random-frozen,pretrained-finetune,scratch  # main's default is the frozen arms only
 held_out=$(ls -d data/model_ii-* | while read -r d; do
     python -c "import json,sys; m=json.load(open('$d/manifest.json')); sys.exit(0 if m['config']['seed']==1 else 1)" && echo "$d"; done | head -1)
 regression=$(ls -d data/regression-* | head -1)

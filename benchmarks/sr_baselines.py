@@ -4,7 +4,7 @@
 """
 import tempfile
 import numpy as np
-from dlfm.data import load_dataset
+from dlfm.sources import load_dataset
 from dlfm.data.dataset import normalize_images
 from dlfm.evaluation import superres
 from dlfm.simulation import PRESETS, SimulationConfig, simulate_dataset

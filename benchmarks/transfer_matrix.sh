@@ -11,7 +11,7 @@
 # per class, 3 seeds. Every row's encoder gets its own alias (pre-model-i, …) so evaluate loads it by name.
 # Logs land in $OUT (or ./reports/transfer_matrix).
 #
-#   source benchmarks/gpu_setup.sh && bash benchmarks/transfer_matrix.sh
+#   source benchmarks/gpu_setup.sh && bash benchmarks/transfer_matrix.sh     # on the GPU machine, .whl/ carried (docs/gpus.md)
 #
 # Sizes are variables so the same script runs on a CPU. The CPU size of docs/results.md (frozen arms only:
 # fine-tuning 12 cells per pair is GPU work):

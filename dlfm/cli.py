@@ -80,12 +80,14 @@ def dataset_import(args) -> None:
     spec = UserArrays(images=args.images, labels=args.labels, params=args.params, class_names=class_names,
                       seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
     target = import_dataset(spec, args.out, force=args.force)
-    from dlfm.data import load_dataset
+    from dlfm.sources import load_dataset
 
     dataset = load_dataset(target)  # verified by sha256, as every stage will read it
     sizes = ", ".join(f"{split} {len(dataset.indices(split))}" for split in ("train", "val", "test"))
     print(f"wrote {target}: {len(dataset)} {dataset.image_size}x{dataset.image_size} images, {dataset.task}, "
           f"classes {', '.join(dataset.class_names)} ({sizes}); digest {dataset.digest[:12]}")
+    for link in dataset.manifest.get("followed_symlinks", ()):
+        print(f"followed symlink: {link}")
     targets = ", ".join(dataset.manifest.get("targets", ()))
     print(IMPORT_HINTS[dataset.task].format(target=target, targets=targets))
 
@@ -154,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def run() -> None:
         if argv[:1] == ["run"]:  # `dlfm run ARGS` passes ARGS to `mlflow run` untouched, so argparse never sees them
-            from dlfm.launch import launch
+            from dlfm.launch import launch, print_help
+
+            if argv[1:] in (["-h"], ["--help"]):
+                print_help()
+                return
 
             launch(argv[1:])
             return

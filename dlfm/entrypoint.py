@@ -18,7 +18,8 @@ import tokenize
 from typing import Callable
 
 from dlfm.errors import ConfigError, DlfmError
-from dlfm.redact import scrub
+from dlfm.redact import RedactingStream, scrub
+from dlfm.params import parse_bool  # noqa: F401 - callers and tests read it here too
 
 
 class ParamParser(argparse.ArgumentParser):
@@ -26,16 +27,6 @@ class ParamParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise ConfigError(f"{message}; see --help for the params")
-
-
-def parse_bool(text: str) -> bool:
-    """true/false, yes/no, 1/0 (MLflow passes params as strings)."""
-    lowered = str(text).strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(text)
 
 
 def typed(name: str, kind: type) -> Callable[[str], object]:
@@ -115,6 +106,8 @@ def run_entry_point(main: Callable[[], object]) -> None:
 
     sigterm_raises_keyboard_interrupt()
     stop_when_parent_dies()
+    # every log line goes through the one redactor (tqdm, warnings and libraries included), not only dlfm's own
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     launched_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow unsets it when the run ends
     try:
         main()
@@ -124,6 +117,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
         fail_pending_run(message)
         sys.exit(2)
     except KeyboardInterrupt as error:
+        # The stop is being handled: a straggler SIGTERM (the launcher's death signal, a scheduler's repeat) must
+        # neither cut the cleanup below (the run left RUNNING, SQLite's lock held) nor kill the exit with -15.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         from dlfm.tracking.runs import pending_resume_hint
 
         hint = getattr(error, "hint", "") or pending_resume_hint()

@@ -23,28 +23,65 @@ def mlflow_run_argv(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "mlflow", "run", *args, "--env-manager", "local"]
 
 
-def param_values(args: list[str]) -> list[tuple[str, str]]:
-    """The (name, value) pairs of ``-P name=value`` / ``--param-list name=value`` in ``mlflow run`` arguments."""
-    pairs, take = [], False
+def param_texts(args: list[str]) -> list[str]:
+    """The ``name=value`` texts of ``-P name=value`` / ``-Pname=value`` / ``--param-list name=value`` in ``mlflow run`` arguments."""
+    texts, take = [], False
     for arg in args:
         if take or arg.startswith(("-P", "--param-list=")) and arg not in ("-P", "--param-list"):
-            text = arg if take else arg.split("=", 1)[1] if arg.startswith("--param-list=") else arg[2:]
-            name, _, value = text.partition("=")
-            pairs.append((name, value))
+            texts.append(arg if take else arg.split("=", 1)[1] if arg.startswith("--param-list=") else arg[2:])
         take = arg in ("-P", "--param-list")
-    return pairs
+    return texts
+
+
+def param_values(args: list[str]) -> list[tuple[str, str]]:
+    """The (name, value) pairs of the ``-P`` params in ``mlflow run`` arguments."""
+    return [(name, value) for name, _, value in (text.partition("=") for text in param_texts(args))]
+
+
+def check_param_syntax(args: list[str]) -> None:
+    """Refuse a ``-P`` that ``mlflow run`` would crash on after creating its run (left RUNNING, with no dlfm tag).
+
+    ``"-P encoder=conv4"`` typed as one shell word reaches MLflow as the param `` encoder``.
+    """
+    import re
+
+    from dlfm.errors import ConfigError
+
+    if args and args[-1] in ("-P", "--param-list"):
+        raise ConfigError(f"{args[-1]} needs a value: write -P name=value, e.g. -P epochs=2")
+    for text in param_texts(args):
+        name, equals, value = text.partition("=")
+        if not equals or not re.fullmatch(r"[A-Za-z_][\w.\-]*", name):
+            raise ConfigError(f"-P {text!r} is not name=value with a plain name"
+                              + (" (a space after -P inside one quoted word?)" if text[:1].isspace() else "")
+                              + f"; write it as two words: -P {text.strip() if equals else 'name=value'}")
 
 
 def check_no_secret_params(args: list[str]) -> None:
     """Refuse a ``-P`` value that carries a password before ``mlflow run`` stores it as a param (and prints it)."""
     from dlfm.errors import SecretInParams
-    from dlfm.redact import redact_uri, uri_password
+    from dlfm.redact import has_secret, redact
 
     for name, value in param_values(args):
-        if uri_password(value):
-            raise SecretInParams(f"-P {name}={redact_uri(value)} carries a password, which mlflow run would store as a "
+        if has_secret(value):
+            raise SecretInParams(f"-P {name}={redact(value)} carries a password, which mlflow run would store as a "
                                  f"param and print; export the URL in an environment variable and pass its name instead "
                                  f"(tune: -P storage=env:OPTUNA_STORAGE), or drop the password and export PGPASSWORD")
+
+
+USAGE = ("usage: dlfm run [PROJECT] -e ENTRY [-P name=value ...]: the arguments of `mlflow run`, "
+         "e.g. dlfm run . -e multitask -P epochs=2")
+
+
+def print_help() -> None:
+    """``dlfm run --help``: what dlfm adds, then ``mlflow run --help`` (exit 0, as every --help)."""
+    import subprocess
+
+    print(USAGE)
+    print("Checks that the tracking store answers (10 s at most) and is writable, adds --env-manager local unless "
+          "given, sets fast-failing MLFLOW_HTTP_REQUEST_* defaults, then becomes `mlflow run` with these options:\n",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "mlflow", "run", "--help"], check=False)
 
 
 def launch(args: list[str]) -> None:
@@ -52,9 +89,9 @@ def launch(args: list[str]) -> None:
     from dlfm.errors import ConfigError
     from dlfm.tracking.runs import check_store_writable, resolve_tracking_uri
 
-    if not args or args[0] in ("-h", "--help"):
-        raise ConfigError("usage: dlfm run [PROJECT] -e ENTRY [-P name=value ...]: the arguments of `mlflow run`, "
-                          "e.g. dlfm run . -e multitask -P epochs=2")
+    if not args:
+        raise ConfigError(USAGE)
+    check_param_syntax(args)  # before mlflow run creates a run it could leave RUNNING
     check_no_secret_params(args)  # before anything is stored
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)

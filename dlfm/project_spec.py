@@ -6,7 +6,7 @@ Regenerate it after changing a config field or a row:
 
     python -m dlfm.project_spec > MLproject
 
-``tests/test_project.py`` fails while MLproject, a dataclass or the README disagree. Adding an
+``tests/test_project.py`` fails while MLproject, a dataclass or the docs param tables disagree. Adding an
 entry point is one row here (plus its script in ``pipelines/``). Config classes are named by
 import path, so a script that builds its parser from its row imports only its own configs.
 """

@@ -14,17 +14,24 @@ import os
 import re
 from urllib.parse import quote, unquote
 
-__all__ = ["MASK", "redact_uri", "uri_password", "scrub", "SECRET_QUERY_KEYS", "SECRET_ENV_VARS"]
+__all__ = ["MASK", "redact", "redact_uri", "uri_password", "has_secret", "scrub", "RedactingStream", "SECRET_QUERY_KEYS",
+           "SECRET_ENV_VARS"]
 
 MASK = "***"
-# query-string keys whose values are secrets (SQLAlchemy/libpq/mysql spellings)
-SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "sslpassword")
+# query-string keys whose values are secrets (SQLAlchemy/libpq/mysql/S3 spellings); a key that *ends* in one of
+# these words is one too (sslpassword, access_token, client_secret, api_key, X-Amz-Signature, X-Amz-Credential)
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "signature", "credential")
 # environment variables that hold a secret or a URI with one; scrub() masks their values everywhere
 SECRET_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_BACKEND_STORE_URI",
                    "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "OPTUNA_STORAGE", "PGPASSWORD",
                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SCHEME = re.compile(r"^[A-Za-z][\w+.\-]*://")
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:%s)=)[^&#]*" % "|".join(SECRET_QUERY_KEYS))
+_SECRET_QUERY = re.compile(r"(?i)([?&;][\w.\-]*(?:%s)=)[^&#;\s'\"]*" % "|".join(SECRET_QUERY_KEYS))
+# AWS-style key pairs anywhere in a text: an access key id (AKIA…/ASIA…) and a secret named by its key
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+_AWS_SECRET = re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret_access_key|secretaccesskey)(\s*[=:]\s*['\"]?)"
+                         r"[A-Za-z0-9/+=]{8,}")
+_ANY_URL = re.compile(r"[A-Za-z][\w+.\-]*://[^\s'\"<>]+")
 _MIN_FRAGMENT = 3  # shorter pieces of a password are too common to scrub without mangling messages
 
 
@@ -62,6 +69,38 @@ def redact_uri(uri: str) -> str:
     return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, uri)
 
 
+def redact(text: str) -> str:
+    """``text`` with every secret it spells out masked: URL passwords, secret query values, AWS key pairs.
+
+    The one redactor every param, tag, note, description, artifact text and log line dlfm writes goes
+    through (``scrub`` adds the secrets it is told about and those of the environment).
+    """
+    if not text or not isinstance(text, str):
+        return text
+    text = _ANY_URL.sub(lambda m: redact_uri(m.group(0)), text)
+    text = _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, text)  # a bare `host/db?password=x` without a scheme
+    text = _AWS_SECRET.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
+    return _AWS_KEY_ID.sub(MASK, text)
+
+
+def has_secret(text: str) -> bool:
+    """True when ``text`` spells out a secret that :func:`redact` would mask (refuse it as a -P value)."""
+    return bool(text) and redact(text) != text
+
+
+class RedactingStream:
+    """A text stream that writes ``redact(text)`` through to ``stream`` (stdout/stderr of an entry point)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(redact(text))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _forms(secret: str) -> set[str]:
     """A secret as written, percent-decoded and percent-encoded, and its pieces around @ / : (drivers split there)."""
     forms = {secret, unquote(secret), quote(unquote(secret), safe="")}
@@ -92,5 +131,5 @@ def scrub(text: str, *uris_or_secrets: str | None, env=os.environ) -> str:
             secrets |= _forms(item)
     for secret in sorted(secrets, key=len, reverse=True):  # longest first: a fragment never half-masks a whole
         text = text.replace(secret, MASK)
-    # any other URL in the text (e.g. a driver echoing the DSN) loses its password too
-    return re.sub(r"[A-Za-z][\w+.\-]*://\S+", lambda m: redact_uri(m.group(0)), text)
+    # any other URL in the text (e.g. a driver echoing the DSN) loses its password too, and so on: the one redactor
+    return redact(text)

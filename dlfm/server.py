@@ -1,4 +1,4 @@
-"""``dlfm server``: a checked wrapper over ``mlflow server --app-name basic-auth`` (see README, Team server).
+"""``dlfm server``: a checked wrapper over ``mlflow server --app-name basic-auth`` (see docs/team-server.md).
 
 Before MLflow starts, the wrapper checks what usually goes wrong, so that each problem is one
 line rather than a traceback or a loop of crashing uvicorn workers:

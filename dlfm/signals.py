@@ -6,12 +6,28 @@ import signal
 import threading
 
 
+_stopping = threading.Event()  # a stop was requested: later SIGTERMs are the same request, never a second exception
+
+
+def note_stop_requested() -> None:
+    """Record that this process is stopping (graceful_stop's flag was set), so a later SIGTERM cannot interrupt the cleanup."""
+    _stopping.set()
+
+
 def sigterm_raises_keyboard_interrupt() -> None:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so runs end KILLED instead of staying RUNNING."""
+    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so runs end KILLED instead of staying RUNNING.
+
+    Only the first SIGTERM raises. One stop often arrives twice (the process group's signal, then the
+    launcher's death signal); a second KeyboardInterrupt would land in the middle of the cleanup that ends
+    the run KILLED (a "database is locked" traceback, the run left RUNNING and SQLite's lock held).
+    """
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handler(signum, frame):
+        if _stopping.is_set():
+            return
+        _stopping.set()
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, handler)

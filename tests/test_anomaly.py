@@ -156,7 +156,7 @@ def test_stage_logs_aurocs_table_scores_and_a_figure_per_kind(tracking_uri, tmp_
 
 def test_normal_images_come_from_the_references_own_distribution(tiny_classification_dir):
     """By default "normal" is the corpus's own held-out split (or its preset drawn afresh), and the words name both."""
-    from dlfm.data import load_dataset
+    from dlfm.sources import load_dataset
     from dlfm.stages.anomaly import describe_sets, normal_test_images
 
     corpus = load_dataset(tiny_classification_dir)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import mlflow
 import pytest
 
 from conftest import REPO, run_script
@@ -392,3 +393,33 @@ def sigterm_under_mlflow_run(target, tracking_uri, tiny_classification_dir, tmp_
                 child.kill()
         if run_id:
             shutil.rmtree(REPO / "checkpoints" / run_id, ignore_errors=True)  # the entry point ran in the project dir
+
+
+def test_malformed_param_word_is_refused_by_dlfm_run_before_any_run(tracking_uri, monkeypatch):
+    """Issue 33 repro 8: `dlfm run . -e supervised "-P encoder=conv4"` (one shell word) left a RUNNING run, untagged."""
+    from mlflow.entities import ViewType
+
+    def no_exec(*args):  # were the check missing, launch would become `mlflow run` (and replace pytest)
+        raise AssertionError(f"launch went on to exec {args[0]}")
+
+    monkeypatch.setattr(os, "execv", no_exec)
+
+    from dlfm.errors import ConfigError
+    from dlfm.launch import launch
+
+    with pytest.raises(ConfigError, match=r"-P ' encoder=conv4' is not name=value.*write it as two words: -P encoder=conv4"):
+        launch([".", "-e", "supervised", "-P encoder=conv4"])
+    with pytest.raises(ConfigError, match="-P 'epochs' is not name=value"):
+        launch([".", "-e", "supervised", "-P", "epochs"])
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    assert client.search_runs(experiments, run_view_type=ViewType.ALL) == []
+
+
+@pytest.mark.slow  # a real subprocess
+def test_malformed_param_word_is_one_line_from_the_cli(tracking_uri, tmp_path):
+    done = run_script(["-m", "dlfm.cli", "run", str(REPO), "-e", "supervised", "-P encoder=conv4"], cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("dlfm:")] == [
+        "dlfm: error: -P ' encoder=conv4' is not name=value with a plain name (a space after -P inside one quoted word?); "
+        "write it as two words: -P encoder=conv4"]

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from dlfm.data import REGRESSION_TARGETS, DERIVED_TARGETS, load_dataset, normalize_images, verify_dataset_dir
+from dlfm.data import REGRESSION_TARGETS, DERIVED_TARGETS, normalize_images, verify_dataset_dir
+from dlfm.sources import load_dataset
 from dlfm.data.layout import dataset_digest, sha256_file
 from dlfm.errors import DatasetError
 from dlfm.plots.examples import plot_examples
@@ -142,7 +143,7 @@ def test_bad_manifest(copy_of):
 
 
 def test_missing_and_unknown_paths(tmp_path):
-    with pytest.raises(DatasetError, match=r"does not exist; pass a preset name \(model_ii, model_i, model_iii, regression, pretrain\)"):
+    with pytest.raises(DatasetError, match=r"does not exist; pass a preset name \(model_ii, model_i, model_iii, regression, pretrain, .*pretrain_multi\) or a"):
         load_dataset(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="neither a dlfm dataset"):

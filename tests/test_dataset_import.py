@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, run_script
 from dlfm.cli import main
-from dlfm.data import load_dataset, verify_dataset_dir
+from dlfm.data import verify_dataset_dir
+from dlfm.sources import load_dataset
 from dlfm.errors import DatasetError
 
 SIZE = 32
@@ -243,7 +244,34 @@ def _class_without_images(tmp_path):
     return [tmp_path / "images.npy", "--labels", tmp_path / "labels.npy", "--class-names", "a,b,c"], "class 'c' has no images"
 
 
-@pytest.mark.parametrize("make", [_square_mismatch, _label_count, _unknown_type, _stray_file_in_folder, _mixed_image_sizes,
+def _one_class(tmp_path):
+    """Issue 33 repro 6: one class imported, then supervised crashed with KeyError 'val/macro_auc'."""
+    np.save(tmp_path / "images.npy", np.zeros((20, SIZE, SIZE)))
+    np.save(tmp_path / "zeros.npy", np.zeros(20, dtype=int))
+    return [tmp_path / "images.npy", "--labels", tmp_path / "zeros.npy"], "needs at least 2 classes"
+
+
+def _class_too_small_for_the_splits(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((22, SIZE, SIZE)))
+    np.save(tmp_path / "labels.npy", np.array([0] * 20 + [1] * 2))
+    return [tmp_path / "images.npy", "--labels", tmp_path / "labels.npy"], "class '1' has 2 images, fewer than the splits need"
+
+
+def _non_finite_target(tmp_path):
+    """Issue 33 repro 6: an inf target imported, then evaluate logged test/rel_mae=nan and died in matplotlib."""
+    np.save(tmp_path / "images.npy", np.zeros((12, SIZE, SIZE)))
+    pd.DataFrame({"theta_e": [1.0 + 0.1 * i for i in range(11)] + [np.inf]}).to_csv(tmp_path / "p.csv", index=False)
+    return [tmp_path / "images.npy", "--params", tmp_path / "p.csv"], "column 'theta_e' has 1 non-finite value(s) (inf in row 12)"
+
+
+def _target_without_spread(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((12, SIZE, SIZE)))
+    pd.DataFrame({"z_lens": [0.5] * 12}).to_csv(tmp_path / "p.csv", index=False)
+    return [tmp_path / "images.npy", "--params", tmp_path / "p.csv"], "column 'z_lens' is 0.5 for every image"
+
+
+@pytest.mark.parametrize("make", [_one_class, _class_too_small_for_the_splits, _non_finite_target, _target_without_spread,
+                                  _square_mismatch, _label_count, _unknown_type, _stray_file_in_folder, _mixed_image_sizes,
                                   _pickled_object_array, _truncated, _labels_and_class_folders, _bad_split,
                                   _class_name_metrics_refuse, _class_name_csv_reads_as_missing, _class_without_images,
                                   _stack_header_claims_more_than_the_file, _npz_member_header_claims_more],
@@ -352,3 +380,24 @@ def test_the_readme_commands_import_and_pretrain_through_mlflow_run(tracking_uri
     [run] = client.search_runs([client.get_experiment_by_name("byod").experiment_id], "tags.`dlfm.stage` = 'autoencoder'")
     assert run.info.status == "FINISHED" and run.data.params["pretrain_dataset"] == str(corpus)
     assert "val/recon_mse" in run.data.metrics and "val/auc_spiral" in run.data.metrics
+
+
+def test_import_names_followed_symlinks_and_respects_the_umask(tmp_path, capsys):
+    import os
+    import stat
+
+    real = _class_folders(tmp_path / "real")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "spiral").symlink_to(real / "spiral")
+    (tmp_path / "mine" / "ring").mkdir()
+    for file in (real / "ring").iterdir():
+        (tmp_path / "mine" / "ring" / file.name).symlink_to(file)
+    old = os.umask(0o027)
+    try:
+        code, out, err = _import(capsys, tmp_path / "mine", "--out", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert f"followed symlink: {tmp_path / 'mine' / 'spiral'} -> {real / 'spiral'}" in out
+    assert f"followed symlink: {tmp_path / 'mine' / 'ring' / 'img00.npy'} -> {real / 'ring' / 'img00.npy'}" in out
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750  # what mkdir gives under umask 027, not 0700

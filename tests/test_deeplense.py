@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlfm.data import load_dataset, load_deeplense_folder
+from dlfm.data import load_deeplense_folder
+from dlfm.sources import load_dataset
 from dlfm.errors import ConfigError, DatasetError
 
 SIZE = 8

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import checksum, mlflow_run, REPO, run_script
-from dlfm.data import load_dataset
+from dlfm.sources import load_dataset
 from dlfm.evaluation import TASKS, EmbeddingCache, EvaluateConfig, draw_subset, run_grid, verdict
 from dlfm.evaluation.grid import Encoders, plan
 from dlfm.models import create_encoder

@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dlfm.data import load_dataset
+from dlfm.sources import load_dataset
 from dlfm.data.dataset import normalize_images
 from dlfm.errors import ConfigError
 from dlfm.evaluation import TASKS, EvaluateConfig, run_grid

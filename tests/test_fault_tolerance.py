@@ -123,6 +123,78 @@ def test_resume_of_another_encoder_is_refused():
         tiny_config("data/x", encoder="conv4", resume="abc").resumed_from(saved)
 
 
+def failed_launcher_run(stage: str, experiment: str, **given) -> str:
+    """A run as `mlflow run -e <stage> -P ...` leaves it when the entry point fails validation: every declared
+    param logged (the given ones, the rest at their defaults), the stage tag, FAILED, no checkpoint."""
+    from dlfm import project_spec
+    from dlfm.entrypoint import format_default
+
+    params = {spec.name: format_default(spec.default)
+              for _, spec in project_spec.param_fields(project_spec.entry_point(stage), declared_only=True)}
+    params.update({k: str(v) for k, v in given.items()})
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment) or client.create_experiment(experiment)
+    experiment_id = getattr(experiment_id, "experiment_id", experiment_id)
+    run = client.create_run(experiment_id, tags={"dlfm.stage": stage})
+    for name, value in params.items():
+        client.log_param(run.info.run_id, name, value)
+    client.set_tag(run.info.run_id, "dlfm.error", "batch_size must be a positive integer")
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def test_resume_with_no_checkpoint_uses_the_runs_own_params_never_the_defaults(tracking_uri, tiny_classification_dir):
+    """Issue 33 repro 1: the resume of a run that failed validation trained the defaults (resnet18, model_ii) inside it."""
+    client = mlflow.MlflowClient()
+    failed = failed_launcher_run("supervised", "fault-test", dataset=tiny_classification_dir, encoder="conv4", epochs=1,
+                                 batch_size=0)
+    with pytest.raises(ConfigError, match="batch_size") as refused:  # its own params, refused again in one line
+        run_training_stage(TrainConfig(objective="supervised", resume=failed), progress=False)
+    assert "\n" not in str(refused.value)
+    after = client.get_run(failed)
+    assert after.info.status == "FAILED" and "dlfm.encoder" not in after.data.tags  # untouched: nothing trained in it
+    assert not client.search_registered_models()
+    # A run that recorded no params at all is refused, naming a fresh command.
+    bare = client.create_run(client.get_experiment_by_name("fault-test").experiment_id, tags={"dlfm.stage": "supervised"})
+    client.set_terminated(bare.info.run_id, "FAILED")
+    with pytest.raises(ConfigError, match="did not record any params.*start a fresh run: mlflow run . -e supervised"):
+        run_training_stage(TrainConfig(objective="supervised", resume=bare.info.run_id), progress=False)
+
+
+@pytest.mark.slow  # trains a tiny model in-process
+def test_resume_with_no_checkpoint_restarts_from_epoch_zero_with_its_own_params(tracking_uri, tiny_classification_dir,
+                                                                                 capsys):
+    client = mlflow.MlflowClient()
+    failed = failed_launcher_run("supervised", "fault-test", dataset=tiny_classification_dir, encoder="conv4", epochs=1,
+                                 batch_size=8)
+    with pytest.raises(ConfigError, match="encoder='vit_tiny'"):  # a change the resume would make: refused
+        run_training_stage(TrainConfig(objective="supervised", resume=failed, epochs=3, encoder="vit_tiny"), progress=False)
+    result = run_training_stage(TrainConfig(objective="supervised", resume=failed), progress=False)
+    assert "restarting it from epoch 0 with its own params" in capsys.readouterr().err
+    run = client.get_run(failed)
+    assert result["run_id"] == failed and run.info.status == "FINISHED"
+    assert run.data.tags["dlfm.encoder"] == "conv4" and run.data.params["encoder"] == "conv4"
+    assert steps(client, failed, "train/loss_supervised") == [1]
+
+
+def test_resume_of_an_evaluate_run_that_never_started_its_grid(tracking_uri):
+    """Issue 33 repro 5: KeyError 'dlfm.encoder_uri' with a traceback; now its own params, checked in one line."""
+    from dlfm.errors import DlfmError
+    from dlfm.evaluation import EvaluateConfig
+    from dlfm.stages.evaluate import run_evaluate_stage
+
+    client = mlflow.MlflowClient()
+    invalid = failed_launcher_run("evaluate", "fault-test", encoder_uri="dlfm-encoder/1")
+    with pytest.raises(ConfigError, match="encoder_uri must be a models:/"):
+        run_evaluate_stage(EvaluateConfig(resume=invalid))
+    assert client.get_run(invalid).info.status == "FAILED"
+    valid = failed_launcher_run("evaluate", "fault-test", encoder_stage="staging")  # valid, but nothing registered
+    with pytest.raises(DlfmError, match="staging") as refused:  # resolved afresh with its own params: one line
+        run_evaluate_stage(EvaluateConfig(resume=valid))
+    assert not isinstance(refused.value, KeyError)
+    assert client.get_run(valid).info.status == "FAILED"
+
+
 # ---------------------------------------------------------------- real processes and signals
 
 
@@ -187,6 +259,42 @@ def test_sigterm_ends_the_run_killed_with_a_hint_then_it_resumes(tracking_uri, t
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
+def test_sigterm_twice_during_a_resumed_run_ends_it_killed_with_the_hint_and_no_lock(tracking_uri, tiny_classification_dir,
+                                                                                     tmp_path):
+    """Issue 33 repro 7: a duplicate SIGTERM landed in the KILLED cleanup of a resumed run ("database is locked",
+    a second KeyboardInterrupt, the run left RUNNING and SQLite's write lock held)."""
+    process = start_training(tmp_path, tiny_classification_dir)
+    run_id = wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = start_training(tmp_path, tiny_classification_dir, "--resume", run_id)
+    deadline = time.time() + 240
+    while client.get_run(run_id).info.status != "RUNNING":  # reopened: the resume's store writes begin
+        assert resumed.poll() is None and time.time() < deadline, resumed.communicate()
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGTERM)  # the group's signal, then the launcher's death signal a moment later
+    time.sleep(0.3)
+    resumed.send_signal(signal.SIGTERM)
+    time.sleep(1.2)
+    if resumed.poll() is None:  # a straggler after the loop has handled the stop: the cleanup must not be cut
+        resumed.send_signal(signal.SIGTERM)
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if line.startswith("dlfm:")]
+    assert line.startswith("dlfm: interrupted") and f"-P resume={run_id}" in line
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[checkpoints.RESUME_HINT_TAG].endswith(f"-P resume={run_id}")
+    import sqlite3
+
+    store = sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=0.5)  # no lock left behind
+    store.execute("BEGIN IMMEDIATE")
+    store.rollback()
+    store.close()
+
+
 def test_sigkill_mid_epoch_then_repair_then_resume(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)

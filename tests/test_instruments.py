@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlfm.data import load_dataset
+from dlfm.sources import load_dataset
 from dlfm.evaluation import TASKS, EvaluateConfig, run_grid
 from dlfm.models import create_encoder
 from dlfm.simulation import PRESETS, SimulationConfig, simulate_dataset

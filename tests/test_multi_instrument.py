@@ -19,7 +19,7 @@ from dlfm.training.loop import MultiSizeSplit, SplitTensors, batch_indices, grou
 @pytest.fixture(scope="module")
 def tiny_multi_dir(tmp_path_factory):
     """pretrain_multi with 3 images per instrument and split (Model I at 150 px is the slow one to render)."""
-    from dlfm.data.multi import simulate_multi_corpus
+    from dlfm.simulation.multi import simulate_multi_corpus
 
     config = MultiCorpusConfig(n_train=9, n_val=9, n_test=9, seed=1000)
     return simulate_multi_corpus(config, out_dir=tmp_path_factory.mktemp("data"), workers=1, progress=False), config
@@ -52,8 +52,8 @@ def test_too_few_images_for_an_instruments_classes_is_refused():
 
 
 def test_the_corpus_keeps_each_instrument_at_its_native_size_with_its_label(tiny_multi_dir):
-    from dlfm.data import load_dataset
-    from dlfm.data.resolve import split_tensors
+    from dlfm.sources import load_dataset
+    from dlfm.data import split_tensors
 
     path, config = tiny_multi_dir
     dataset = load_dataset(path)
@@ -75,8 +75,8 @@ def test_the_corpus_keeps_each_instrument_at_its_native_size_with_its_label(tiny
 def test_the_corpus_is_cached_by_digest_and_a_changed_byte_is_refused(tiny_multi_dir, tmp_path):
     import shutil
 
-    from dlfm.data import load_dataset
-    from dlfm.data.multi import simulate_multi_corpus
+    from dlfm.sources import load_dataset
+    from dlfm.simulation.multi import simulate_multi_corpus
 
     path, config = tiny_multi_dir
     assert simulate_multi_corpus(config, out_dir=path.parent, workers=1, progress=False) == path  # reused, not rebuilt

@@ -168,7 +168,7 @@ def test_pretrain_dataset_is_refused_for_objectives_that_read_labels():
 
 
 def test_pretrain_corpus_varies_the_lens_and_mixes_the_classes(tiny_pretrain_dir):
-    from dlfm.data import load_dataset
+    from dlfm.sources import load_dataset
     from dlfm.simulation.presets import PRESETS
 
     dataset = load_dataset(tiny_pretrain_dir)
@@ -183,7 +183,7 @@ def test_pretrain_corpus_varies_the_lens_and_mixes_the_classes(tiny_pretrain_dir
 
 
 def test_pretraining_and_evaluation_sets_share_no_image(tiny_pretrain_dir, tiny_classification_dir):
-    from dlfm.data import load_dataset
+    from dlfm.sources import load_dataset
 
     corpus, evaluation = load_dataset(tiny_pretrain_dir), load_dataset(tiny_classification_dir)
     assert corpus.digest != evaluation.digest

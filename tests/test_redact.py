@@ -112,3 +112,79 @@ def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path, pos
         stop_process_group(process)
     text = log.read_text()
     assert CANARY not in text and "Traceback" not in text, text[-3000:]
+
+
+# ---------------------------------------------------------------- issue 33: one redactor, and it sees everything
+AWS_ID, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("postgresql://u@localhost/db?password=secret123", "postgresql://u@localhost/db?password=***"),
+    ("postgresql://h/db?user=u&pwd=secret123&sslmode=require", "postgresql://h/db?user=u&pwd=***&sslmode=require"),
+    ("https://h/x?token=secret123&secret=secret123&key=secret123", "https://h/x?token=***&secret=***&key=***"),
+    ("https://b.s3.amazonaws.com/o?X-Amz-Credential=secret123&X-Amz-Signature=secret123",
+     "https://b.s3.amazonaws.com/o?X-Amz-Credential=***&X-Amz-Signature=***"),
+    ("s3://AKIA:secret123@bucket/ds", "s3://AKIA:***@bucket/ds"),
+    (f"export AWS_ACCESS_KEY_ID={AWS_ID} AWS_SECRET_ACCESS_KEY={AWS_SECRET}", "export AWS_ACCESS_KEY_ID=*** AWS_SECRET_ACCESS_KEY=***"),
+    ("Train a conv4 encoder on s3://AKIA:secret123@bucket/ds, up to 1 epochs.",
+     "Train a conv4 encoder on s3://AKIA:***@bucket/ds, up to 1 epochs."),
+    ("models:/dlfm-encoder@production", "models:/dlfm-encoder@production"),
+    ("sqlite:///mlruns/mlflow.db and data/model_ii-abc", "sqlite:///mlruns/mlflow.db and data/model_ii-abc"),
+])
+def test_the_one_redactor(text, expected):
+    from dlfm.redact import has_secret, redact
+
+    assert redact(text) == expected and scrub(text) == expected
+    assert has_secret(text) == (text != expected)
+
+
+@pytest.mark.parametrize("value", ["postgresql://u@localhost/db?password=secret123", "s3://AKIA:secret123@bucket/ds",
+                                   f"s3://bucket/ds?aws_secret_access_key={AWS_SECRET}"])
+def test_every_secret_form_is_refused_as_a_param(value):
+    """Issue 33 repro 3: a password in the query string passed `dlfm run` and tune's check."""
+    from dlfm.errors import SecretInParams
+    from dlfm.launch import check_no_secret_params
+
+    with pytest.raises(SecretInParams) as refused:
+        check_no_secret_params(["-e", "tune", "-P", f"storage={value}"])
+    assert "secret123" not in str(refused.value) and AWS_SECRET not in str(refused.value)
+    with pytest.raises(SecretInParams):
+        _tune(value).validate()
+
+
+def test_dlfm_writes_no_secret_itself(tracking_uri):
+    """Issue 33 repro 4: dlfm's own mlflow.note.content held `-P dataset=s3://AKIA:secret123@bucket/ds` unmasked."""
+    import mlflow
+
+    from dlfm import tracking
+    from dlfm.tracking import stage_run
+
+    url = "s3://AKIA:secret123@bucket/ds"
+    with stage_run("supervised", "supervised-conv4", "redact-test", tags={"dlfm.dataset": url},
+                   description=f"Train a conv4 encoder on {url}.") as run_id:
+        tracking.log_params({"dataset": url})
+        tracking.set_tags({"dlfm.dataset_dir": url})
+        tracking.log_text(f"read {url}", "notes.md")
+        tracking.log_dict({"source": [url]}, "source.json")
+        tracking.describe_run(f"done with {url}")
+    run = mlflow.MlflowClient().get_run(run_id)
+    written = str(run.data.params) + str(run.data.tags)
+    written += mlflow.artifacts.load_text(f"runs:/{run_id}/notes.md") + str(mlflow.artifacts.load_dict(f"runs:/{run_id}/source.json"))
+    assert "secret123" not in written and "s3://AKIA:***@bucket/ds" in run.data.tags["mlflow.note.content"]
+
+
+def test_entry_point_log_lines_pass_through_the_redactor(capsys):
+    from dlfm.entrypoint import run_entry_point
+
+    def main():
+        print("reading s3://AKIA:secret123@bucket/ds")
+        print(f"key {AWS_ID}", file=sys.stderr)
+
+    import sys
+    saved = sys.stdout, sys.stderr
+    try:
+        run_entry_point(main)
+    finally:
+        sys.stdout, sys.stderr = saved
+    out = capsys.readouterr()
+    assert "secret123" not in out.out and AWS_ID not in out.err and "s3://AKIA:***@bucket/ds" in out.out

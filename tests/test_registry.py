@@ -246,7 +246,9 @@ def test_mlflow_models_serve_works_from_outside_the_repo(tracking_uri, tmp_path)
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_RUN_ID")}
     env["MLFLOW_TRACKING_URI"] = tracking_uri
-    # The venv may hold an editable dlfm; the model's own copy (code_paths) must be what loads.
+    # The installed dlfm is the one under test (the venv's editable install may point at another checkout):
+    # the carried copy is checked against it (docs/security.md), and must be what loads.
+    env["PYTHONPATH"] = str(REPO)
     probe = subprocess.run([sys.executable, "-c", "import mlflow, sys; m = mlflow.pyfunc.load_model('models:/dlfm-encoder@production'); "
                             "print(sys.modules['dlfm'].__file__)"], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]

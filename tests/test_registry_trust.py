@@ -69,3 +69,41 @@ def test_cli_promote_of_foreign_version_is_one_line(tracking_uri, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("dlfm:")]
     assert len(errors) == 1 and "not a dlfm-made encoder" in errors[0], result.stderr[-2000:]
+
+
+def _register_edited_copy(version: str, tmp_path: Path, marker: Path) -> str:
+    """Issue 33 repro 2: version ``version``'s own files, pyfunc_encoder.py edited to run code, registered anew."""
+    copy = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}",
+                                                    dst_path=str(tmp_path / "copy")))
+    loader = copy / "code" / "dlfm" / "tracking" / "pyfunc_encoder.py"
+    assert loader.is_file()
+    loader.write_text(f"open({str(marker)!r}, 'w').write('code ran')\n" + loader.read_text())
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(copy), "encoder-multitask")
+    return str(mlflow.register_model(f"runs:/{run.info.run_id}/encoder-multitask", MODEL_NAME).version)
+
+
+def _pyfunc_load(uri: str, tmp_path: Path, tracking_uri: str):
+    code = f"import mlflow; mlflow.pyfunc.load_model({uri!r}); print('loaded')"
+    return run_script(["-c", code], cwd=tmp_path, env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+
+
+@pytest.mark.slow  # pyfunc loads in fresh processes (an import of dlfm there must not be cached)
+def test_edited_copy_of_a_version_is_neither_promoted_nor_loaded(tracking_uri, tmp_path):
+    marker = tmp_path / "pwned"
+    good = _register_dlfm_version()
+    registry.promote(good, "production")
+    evil = _register_edited_copy(good, tmp_path, marker)
+    assert not marker.exists()
+    with pytest.raises(RegistryError, match=r"carries dlfm code that is not the installed dlfm's "
+                                            r"\(dlfm/tracking/pyfunc_encoder.py differs\)") as refused:
+        registry.promote(evil, "production")
+    assert "\n" not in str(refused.value) and registry.version_for_stage("production") == good
+    with pytest.raises(RegistryError, match="carries dlfm code"):  # transfer and evaluate load through here
+        registry.load_registered_encoder(f"models:/{MODEL_NAME}/{evil}")
+    # mlflow.pyfunc, the README's use: the carried dlfm/__init__.py checks the copy before the edited file runs
+    loaded = _pyfunc_load(f"models:/{MODEL_NAME}/{evil}", tmp_path, tracking_uri)
+    assert loaded.returncode != 0 and not marker.exists(), loaded.stderr[-2000:]
+    assert "carries dlfm code that is not the installed dlfm's (dlfm/tracking/pyfunc_encoder.py differs)" in loaded.stderr
+    fine = _pyfunc_load(f"models:/{MODEL_NAME}@production", tmp_path, tracking_uri)
+    assert fine.returncode == 0 and "loaded" in fine.stdout, fine.stderr[-2000:]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dlfm.cli import main
-from dlfm.data import load_dataset
+from dlfm.sources import load_dataset
 from dlfm.errors import DatasetError
 from dlfm.evaluation import TASKS, EvaluateConfig, run_grid, summary
 from dlfm.evaluation.regression import COLUMN_UNIT, LENS, REPORTED, mae_per_parameter

@@ -59,13 +59,14 @@ def test_damaged_cache_is_downloaded_again(uploaded, tmp_path):
 
 
 def test_resolve_dataset_routes_s3_and_records_the_uri(uploaded, tmp_path, monkeypatch):
-    from dlfm.data import resolve
+    from dlfm.sources import resolve_dataset, source_for
 
-    monkeypatch.setattr(resolve, "DATA_DIR", str(tmp_path))
-    dataset = resolve.resolve_dataset(uploaded)
+    monkeypatch.chdir(tmp_path)  # the cache is <DATA_DIR>/s3-cache, relative to the working directory
+    assert source_for(uploaded).name == "s3"
+    dataset = resolve_dataset(uploaded)
     assert dataset.task == "classification" and len(dataset) > 0
     assert dataset.manifest["source_uri"] == uploaded
-    assert (tmp_path / "s3-cache" / BUCKET / "tiny").is_dir()
+    assert (tmp_path / "data" / "s3-cache" / BUCKET / "tiny").is_dir()
 
 
 def test_missing_bucket_names_it(s3_endpoint, tmp_path):

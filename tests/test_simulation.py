@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dlfm.data import load_dataset
+from dlfm.sources import load_dataset
 from dlfm.data.layout import RowBlockSha256, sha256_file
 from dlfm.errors import ConfigError, DatasetError
 from dlfm.simulation import PRESETS, LensRenderer, SimulationConfig, dataset_path, simulate_dataset

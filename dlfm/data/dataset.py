@@ -158,14 +158,10 @@ def check_manifest_semantics(path: Path, manifest: dict, images, labels, params:
 
 
 def load_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) -> LensDataset:
-    """A dlfm dataset directory as a LensDataset (a MultiInstrumentDataset with image sets), verified by sha256 first unless ``verify`` is false."""
+    """A dlfm dataset directory of one image size as a LensDataset, verified by sha256 first unless ``verify`` is false."""
     manifest = verify_dataset_dir(path) if verify else read_manifest(path)
-    if manifest.get("image_sets"):  # several image sizes: one LensDataset per image set
-        from dlfm.data.layout import check_image_sets
-        from dlfm.data.multi import load_multi_dataset_dir
-
-        check_image_sets(path, manifest)
-        return load_multi_dataset_dir(path, manifest, normalize)
+    if manifest.get("image_sets"):  # several image sizes: dlfm.data.multi reads those (the multi_dir source)
+        raise DatasetError(f"dataset {path} holds several image sets; load it with dlfm.data.multi.load_multi_dataset_dir")
     images = _load_npy(path / IMAGES_FILE, mmap_mode="r")
     labels = _load_npy(path / LABELS_FILE)
     try:

@@ -14,8 +14,6 @@ arrays ``[image, mass]`` (DeepLenseSim ``sim_axion.py``); the mass becomes ``axi
 from __future__ import annotations
 
 import hashlib
-import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ import pandas as pd
 
 from dlfm.data.dataset import LensDataset
 from dlfm.data.layout import SPLITS
-from dlfm.data.safe_npy import NotNpyError, NpyHeaderError, UnsafeNpyError, load_npy
+from dlfm.data.user_files import read_image_file
 from dlfm.errors import ConfigError, DatasetError
 
 __all__ = ["load_deeplense_folder", "is_deeplense_folder", "CLASS_FOLDER_LAYOUTS"]
@@ -49,47 +47,6 @@ def is_deeplense_folder(path) -> bool:
     if _layout(path) is not None:
         return True
     return (path / "train").is_dir() and _layout(path / "train") is not None
-
-
-def _load_image(file: Path, allow_object: bool) -> tuple[np.ndarray, float, str]:
-    """One image (H, W) float32, its axion mass (eV, NaN if none) and the file's sha256."""
-    try:
-        raw = file.read_bytes()
-    except OSError as error:
-        raise DatasetError(f"cannot read {file} ({error.strerror}); check its permissions") from None
-    sha = hashlib.sha256(raw).hexdigest()
-    try:
-        # DeepLenseSim saved axion files as object arrays [image, mass]; they go through the
-        # restricted unpickler, so a crafted file cannot run code (see dlfm.data.safe_npy).
-        array = load_npy(raw, allow_object=allow_object)
-    except UnsafeNpyError as error:
-        raise DatasetError(f"{file} is refused: {error}; it is not a DeepLense image, remove it") from None
-    except NotNpyError as error:
-        raise DatasetError(f"{file} is not a .npy file ({error}); remove or replace it") from None
-    except NpyHeaderError as error:
-        raise DatasetError(f"{file} is refused: {error}; remove or replace it") from None
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as error:
-        raise DatasetError(f"{file} is truncated or not a valid .npy image ({error}); remove or replace it") from None
-
-    mass = math.nan
-    if array.dtype == object:
-        if array.shape != (2,) or not isinstance(array[0], np.ndarray):
-            raise DatasetError(f"{file} is an object array but not [image, mass]; remove or replace it")
-        try:
-            mass = float(array[1])
-        except (TypeError, ValueError):
-            raise DatasetError(f"{file} has a non-numeric axion mass {array[1]!r}; remove or replace it") from None
-        array = array[0]
-    if array.dtype.kind not in "fiu":
-        raise DatasetError(f"{file} holds {array.dtype} data, not image pixels; remove or replace it")
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2 or array.shape[0] != array.shape[1]:
-        raise DatasetError(f"{file} has shape {array.shape}, expected (1, H, H) or (H, H); remove or replace it")
-    image = array.astype(np.float32)
-    if not np.isfinite(image).all():
-        raise DatasetError(f"{file} contains NaN or infinite pixels; remove or replace it")
-    return image, mass, sha
 
 
 def _class_files(root: Path, layout: str) -> list[list[Path]]:
@@ -166,7 +123,7 @@ def load_deeplense_folder(path, seed: int = 0, val_fraction: float = 0.15, test_
     axion_label = CLASS_NAMES.index("axion")
     images, masses, lines = None, [], []
     for row, (split, label, file) in enumerate(records):
-        image, mass, sha = _load_image(file, allow_object=label == axion_label)
+        image, mass, sha = read_image_file(file, allow_object=label == axion_label)
         if images is None:  # one preallocated block: no list of arrays plus a stacked copy
             images = np.empty((len(records), 1, *image.shape), dtype=np.float32)
         elif image.shape != images.shape[2:]:

@@ -39,6 +39,16 @@ def _check_target(target: Path, force: bool) -> None:
         raise DatasetError(f"{target} already holds a dataset; pass {FORCE_OPTION} to replace it, or another {TARGET_OPTION}")
 
 
+def followed_symlinks(spec: UserArrays) -> list[str]:
+    """``link -> where it led`` for each path the import read through a symbolic link (summary and manifest)."""
+    import os
+
+    tops = [Path(v) for v in (spec.images, spec.labels, spec.params) if v]
+    inside = sorted(Path(spec.images).rglob("*")) if spec.images and Path(spec.images).is_dir() else []
+    return [f"{path} -> {os.path.realpath(path)}" for path in tops + inside
+            if path.is_symlink() or (path in tops and os.path.abspath(path) != os.path.realpath(path))]
+
+
 def import_dataset(spec: UserArrays, out, force: bool = False) -> Path:
     """Read ``spec`` (the user's images, labels, parameters, split) and write it as the dataset directory ``out``."""
     target = Path(out)
@@ -56,6 +66,7 @@ def import_dataset(spec: UserArrays, out, force: bool = False) -> Path:
                              if k in ("images", "labels", "params") and v},
                           "content_digest": dataset.manifest["digest"]},
         "import_settings": dataclasses.asdict(spec),
+        "followed_symlinks": followed_symlinks(spec),
         "software": _software_versions(),
     }
 

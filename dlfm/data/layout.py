@@ -253,6 +253,7 @@ def write_atomically(target: Path, fill: Callable[[Path], None], force_option: s
         ) from None
     try:
         fill(scratch)
+        scratch.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: the dataset gets the mode any mkdir would give it
         if target.exists():  # force: swap the old copy out, then remove only the files dlfm writes
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=out_dir))
             os.replace(target, old / "dataset")
@@ -272,6 +273,13 @@ def write_atomically(target: Path, fill: Callable[[Path], None], force_option: s
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return target
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back: POSIX has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _reason(error: DatasetError) -> str:

@@ -1,20 +1,20 @@
-"""A dataset of several image sizes (a multi-instrument corpus): its view, loading it, and assembling it from cached presets.
+"""A dataset of several image sizes (a multi-instrument corpus): its view and reading its directory.
 
 The directory format (``images_<set>.npy`` per image set, ``image_sets`` in the manifest) is owned by
-``dlfm.data.layout``; what to simulate is ``dlfm.simulation.multi.MultiCorpusConfig``.
+``dlfm.data.layout``; simulating and assembling one is ``dlfm.simulation.multi``; which spec is such a
+directory is the ``multi_dir`` row of ``dlfm.sources``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dlfm.data import layout
-from dlfm.data.dataset import LensDataset
+import dlfm.data.layout as layout
+from dlfm.data.dataset import LensDataset, _load_npy
 from dlfm.errors import DatasetError
 
 INSTRUMENT_COLUMN = "instrument"  # params.csv: the image set (instrument) of each row
@@ -79,10 +79,13 @@ class MultiInstrumentDataset:
         return pd.concat([part.get_params(split) for part in self.parts.values()], ignore_index=True)
 
 
-def load_multi_dataset_dir(path: Path, manifest: dict, normalize: bool = True) -> MultiInstrumentDataset:
-    """A verified multi-instrument dataset directory (``manifest`` already checked) as one LensDataset per instrument."""
-    from dlfm.data.dataset import _load_npy
-
+def load_multi_dataset_dir(path: Path, normalize: bool = True, verify: bool = True) -> MultiInstrumentDataset:
+    """A multi-instrument dataset directory as one LensDataset per instrument, verified by sha256 first unless ``verify`` is false."""
+    path = Path(path)
+    manifest = layout.verify_dataset_dir(path) if verify else layout.read_manifest(path)
+    if not manifest.get("image_sets"):
+        raise DatasetError(f"dataset {path} has no image_sets in its manifest; load it with dlfm.data.dataset.load_dataset_dir")
+    layout.check_image_sets(path, manifest)
     labels = _load_npy(path / layout.LABELS_FILE)
     try:
         params = pd.read_csv(path / layout.PARAMS_FILE, converters={"class_name": str, INSTRUMENT_COLUMN: str})
@@ -114,48 +117,3 @@ def load_multi_dataset_dir(path: Path, manifest: dict, normalize: bool = True) -
                                   manifest={**manifest, "image_size": size}, root=path, normalize=normalize)
         start += count
     return MultiInstrumentDataset(parts, class_names, manifest.get("task", "classification"), manifest, path)
-
-
-def simulate_multi_corpus(config, out_dir="data", workers: int | None = None, progress: bool = True) -> Path:
-    """Simulate (or reuse) each instrument's preset, then assemble out_dir/<corpus>-<digest[:10]>/ and return it.
-
-    ``config`` is a ``dlfm.simulation.multi.MultiCorpusConfig``. Each instrument is cached as its own
-    preset dataset (reused by any later corpus that asks for the same images); the assembled directory
-    copies their images, one file per instrument, and is verified and reused like any simulated dataset.
-    """
-    from dlfm.data.resolve import load_dataset
-    from dlfm.simulation import simulate_dataset
-
-    config.validate()
-    digest = config.digest()
-    target = Path(out_dir) / f"{config.corpus}-{digest[:10]}"
-    if layout.verified_cache(target, digest):
-        return target
-    parts = {name: load_dataset(simulate_dataset(part, out_dir=out_dir, workers=workers, progress=progress), normalize=False)
-             for name, part in config.part_configs().items()}
-
-    def fill(scratch: Path) -> None:
-        tables, sets = [], []
-        for name, part in parts.items():
-            np.save(scratch / layout.image_set_file(name), np.ascontiguousarray(part.images, dtype=np.float32))
-            table = part.params.copy()
-            table.insert(3, INSTRUMENT_COLUMN, name)
-            tables.append(table)
-            sets.append({"name": name, "file": layout.image_set_file(name), "image_size": part.image_size,
-                         "num_images": len(part), "preset": part.manifest["preset"], "source_digest": part.digest,
-                         "pixel_scale_arcsec": part.manifest["preset_settings"]["instrument"]["pixel_scale"]})
-        table = pd.concat(tables, ignore_index=True)
-        sizes = {split: int((table["split"] == split).sum()) for split in layout.SPLITS}
-        first = next(iter(parts.values())).manifest
-        manifest = {
-            "preset": config.corpus, "task": first["task"], "class_names": list(first["class_names"]),
-            "num_images": len(table), "split_sizes": sizes, "image_sets": sets,
-            "config": dataclasses.asdict(config), "config_digest": digest, "shares": config.shares,
-            "split_rule": "rows in image-set blocks (image_sets order); within a block its preset dataset's rows "
-                          "(train, val, test); the instrument column names each row's set",
-            "image_units": "counts/s per pixel (e- for Euclid and HST), noise included, not normalised; see each set's preset",
-            "software": first.get("software", {}),
-        }
-        layout.finish_dataset(scratch, np.concatenate([part.labels for part in parts.values()]), table, manifest)
-
-    return layout.write_atomically(target, fill)

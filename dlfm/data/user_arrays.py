@@ -129,6 +129,33 @@ def check_class_names(names: tuple[str, ...], origin: str) -> None:
         raise DatasetError(f"class name {changed[0]!r} (from {origin}) reads back from CSV as a missing value; rename it")
 
 
+def check_classes_fill_splits(labels: np.ndarray, class_names, split: np.ndarray, origin: str) -> None:
+    """Stop at import what training would crash on later: one class, or a class missing from a split."""
+    if len(class_names) < 2:
+        raise DatasetError(f"{origin} gives one class ({class_names[0]!r}); a classification dataset needs at least 2 "
+                           "classes (import without --labels for an unlabelled pretraining corpus)")
+    for k, name in enumerate(class_names):
+        counts = {s: int(((split == s) & (labels == k)).sum()) for s in SPLITS}
+        short = [s for s in SPLITS if counts[s] == 0]
+        if short:
+            raise DatasetError(f"class {name!r} has {sum(counts.values())} images, fewer than the splits need "
+                               f"(train {counts['train']}, val {counts['val']}, test {counts['test']}: none in {short[0]}); "
+                               "add images of it, or drop it")
+
+
+def check_targets(table: pd.DataFrame, targets: list[str], origin: str, regressed: bool) -> None:
+    """Numeric params columns are regression targets: every value finite, and (when regressed) some spread."""
+    for column in targets:
+        values = table[column].to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise DatasetError(f"params {origin} column {column!r} has {len(bad)} non-finite value(s) ({values[bad[0]]} in "
+                               f"row {int(bad[0]) + 1}); every target must be a finite number: fix or drop those rows")
+        if regressed and len(values) and float(values.max() - values.min()) == 0.0:
+            raise DatasetError(f"params {origin} column {column!r} is {values[0]} for every image, so there is nothing "
+                               "to regress; drop the column or give it its real values")
+
+
 def _stratified(labels: np.ndarray, n_classes: int, spec: UserArrays) -> np.ndarray:
     split = np.empty(len(labels), dtype="<U5")
     for label in range(n_classes):
@@ -217,6 +244,8 @@ def read_user_arrays(spec: UserArrays) -> LensDataset:
         labels, class_names = np.zeros(n, dtype=np.int64), (UNLABELLED_CLASS,)
     split, split_rule = _resolve_split(spec, source, table, labels, len(class_names), images_path)
     table = table.drop(columns="split", errors="ignore")
+    if task == "classification":
+        check_classes_fill_splits(labels, class_names, split, str(spec.labels or images_path))
 
     order = np.argsort(np.array([SPLITS.index(s) for s in split]), kind="stable")  # rows train, val, test
     params = pd.DataFrame({"split": split[order], "label": labels[order],
@@ -228,6 +257,7 @@ def read_user_arrays(spec: UserArrays) -> LensDataset:
     targets = [c for c in table.columns if c != "file" and pd.api.types.is_numeric_dtype(table[c])]
     if task == "regression" and not targets:
         raise DatasetError(f"params {spec.params} has no numeric column to regress; add one, or import without --params")
+    check_targets(table, targets, spec.params, regressed=task == "regression")
     fingerprint = [*source.fingerprint, f"labels {hashlib.sha256(labels.tobytes()).hexdigest()} {'|'.join(class_names)}",
                    f"params {hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()}", f"split {split_rule}"]
     manifest = {

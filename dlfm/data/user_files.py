@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import pickle
 import zipfile
 import zlib
@@ -18,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dlfm.data.deeplense import _load_image
 from dlfm.data.layout import SPLITS, sha256_file
-from dlfm.data.safe_npy import NotNpyError, UnsafeNpyError, check_npy_file, check_npy_header, load_npy, read_npy_header
+from dlfm.data.safe_npy import NotNpyError, NpyHeaderError, UnsafeNpyError, check_npy_file, check_npy_header, load_npy, read_npy_header
 from dlfm.errors import DatasetError
 
-__all__ = ["ImageSource", "read_images", "read_npy_file", "is_image_folder", "IMAGE_SUFFIXES"]
+__all__ = ["ImageSource", "read_images", "read_image_file", "read_npy_file", "is_image_folder", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".npy", ".npz")  # the file types of a stacked source
 
@@ -100,6 +100,48 @@ def as_image_stack(array: np.ndarray, name: str) -> np.ndarray:
     return images
 
 
+def read_image_file(file: Path, allow_object: bool) -> tuple[np.ndarray, float, str]:
+    """One image file, (1,H,W) or (H,W), as (H, W) float32 with its axion mass (eV, NaN if none) and the file's sha256;
+    ``allow_object`` admits DeepLenseSim's object arrays ``[image, mass]``."""
+    try:
+        raw = file.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"cannot read {file} ({error.strerror}); check its permissions") from None
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        # DeepLenseSim saved axion files as object arrays [image, mass]; they go through the
+        # restricted unpickler, so a crafted file cannot run code (see dlfm.data.safe_npy).
+        array = load_npy(raw, allow_object=allow_object)
+    except UnsafeNpyError as error:
+        raise DatasetError(f"{file} is refused: {error}; it is not a DeepLense image, remove it") from None
+    except NotNpyError as error:
+        raise DatasetError(f"{file} is not a .npy file ({error}); remove or replace it") from None
+    except NpyHeaderError as error:
+        raise DatasetError(f"{file} is refused: {error}; remove or replace it") from None
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as error:
+        raise DatasetError(f"{file} is truncated or not a valid .npy image ({error}); remove or replace it") from None
+
+    mass = math.nan
+    if array.dtype == object:
+        if array.shape != (2,) or not isinstance(array[0], np.ndarray):
+            raise DatasetError(f"{file} is an object array but not [image, mass]; remove or replace it")
+        try:
+            mass = float(array[1])
+        except (TypeError, ValueError):
+            raise DatasetError(f"{file} has a non-numeric axion mass {array[1]!r}; remove or replace it") from None
+        array = array[0]
+    if array.dtype.kind not in "fiu":
+        raise DatasetError(f"{file} holds {array.dtype} data, not image pixels; remove or replace it")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise DatasetError(f"{file} has shape {array.shape}, expected (1, H, H) or (H, H); remove or replace it")
+    image = array.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise DatasetError(f"{file} contains NaN or infinite pixels; remove or replace it")
+    return image, mass, sha
+
+
 @dataclass
 class ImageSource:
     """Images read from the user's path, with what the path itself says about labels, split and files."""
@@ -168,7 +210,7 @@ def _read_folder(root: Path) -> ImageSource:
     class_names = tuple(sorted({name for _, name, _ in records if name is not None}))
     images, fingerprint = None, []
     for row, (_, _, file) in enumerate(records):
-        image, _mass, sha = _load_image(file, allow_object=False)
+        image, _mass, sha = read_image_file(file, allow_object=False)
         if images is None:  # one preallocated block, no list of arrays plus a stacked copy
             images = np.empty((len(records), 1, *image.shape), dtype=np.float32)
         elif image.shape != images.shape[2:]:

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from dlfm.errors import ConfigError
+from dlfm.params import param_from_string
 from dlfm.training.config import PRECISIONS
 
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
@@ -162,9 +163,5 @@ class EvaluateConfig:
 
 
 def _typed(default, text: str):
-    """A param string back in the type of its field's default."""
-    if isinstance(default, bool):
-        return text.lower() == "true"
-    if isinstance(default, str) and text in ("''", '""'):
-        return ""  # `mlflow run` stores an empty -P value as the shell's quoted empty string
-    return type(default)(text)
+    """A param string back in the type of its field's default (the one converter, in dlfm.training.config)."""
+    return param_from_string(default, text)

@@ -3,8 +3,8 @@
 The corpora table and the mix parser live in ``dlfm.corpora`` (light, so a bad mix is refused before
 lenstronomy loads). ``MultiCorpusConfig`` is to a multi-instrument corpus what ``SimulationConfig`` is to one preset: its
 digest names the cached dataset directory. Each instrument is one simulation preset, simulated (and
-cached) as its own dataset with its own seed; ``dlfm.data.multi`` assembles them into one dataset
-directory with one images file per instrument.
+cached) as its own dataset with its own seed; ``simulate_multi_corpus`` assembles them into one dataset
+directory with one images file per instrument (read back by ``dlfm.data.multi``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,20 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+import dlfm.data.layout as layout
+from dlfm.data.dataset import load_dataset_dir
 from dlfm.data.layout import SPLITS, json_default
+from dlfm.data.multi import INSTRUMENT_COLUMN
 from dlfm.corpora import DEFAULT_MIX, MULTI_CORPORA, PART_SEED_STRIDE, apportion, parse_mix
 from dlfm.errors import ConfigError
 from dlfm.simulation.config import SimulationConfig
 from dlfm.simulation.presets import PRESETS
+from dlfm.simulation.simulator import simulate_dataset
 
 @dataclass(frozen=True)
 class MultiCorpusConfig:
@@ -66,3 +74,46 @@ class MultiCorpusConfig:
         payload = {"config": dataclasses.asdict(self), "shares": self.shares,
                    "parts": {name: config.digest() for name, config in self.part_configs().items()}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=json_default).encode()).hexdigest()
+
+
+def simulate_multi_corpus(config: MultiCorpusConfig, out_dir="data", workers: int | None = None, progress: bool = True) -> Path:
+    """Simulate (or reuse) each instrument's preset, then assemble out_dir/<corpus>-<digest[:10]>/ and return it.
+
+    Each instrument is cached as its own
+    preset dataset (reused by any later corpus that asks for the same images); the assembled directory
+    copies their images, one file per instrument, and is verified and reused like any simulated dataset.
+    """
+    config.validate()
+    digest = config.digest()
+    target = Path(out_dir) / f"{config.corpus}-{digest[:10]}"
+    if layout.verified_cache(target, digest):
+        return target
+    parts = {name: load_dataset_dir(simulate_dataset(part, out_dir=out_dir, workers=workers, progress=progress),
+                                   normalize=False)
+             for name, part in config.part_configs().items()}
+
+    def fill(scratch: Path) -> None:
+        tables, sets = [], []
+        for name, part in parts.items():
+            np.save(scratch / layout.image_set_file(name), np.ascontiguousarray(part.images, dtype=np.float32))
+            table = part.params.copy()
+            table.insert(3, INSTRUMENT_COLUMN, name)
+            tables.append(table)
+            sets.append({"name": name, "file": layout.image_set_file(name), "image_size": part.image_size,
+                         "num_images": len(part), "preset": part.manifest["preset"], "source_digest": part.digest,
+                         "pixel_scale_arcsec": part.manifest["preset_settings"]["instrument"]["pixel_scale"]})
+        table = pd.concat(tables, ignore_index=True)
+        sizes = {split: int((table["split"] == split).sum()) for split in layout.SPLITS}
+        first = next(iter(parts.values())).manifest
+        manifest = {
+            "preset": config.corpus, "task": first["task"], "class_names": list(first["class_names"]),
+            "num_images": len(table), "split_sizes": sizes, "image_sets": sets,
+            "config": dataclasses.asdict(config), "config_digest": digest, "shares": config.shares,
+            "split_rule": "rows in image-set blocks (image_sets order); within a block its preset dataset's rows "
+                          "(train, val, test); the instrument column names each row's set",
+            "image_units": "counts/s per pixel (e- for Euclid and HST), noise included, not normalised; see each set's preset",
+            "software": first.get("software", {}),
+        }
+        layout.finish_dataset(scratch, np.concatenate([part.labels for part in parts.values()]), table, manifest)
+
+    return layout.write_atomically(target, fill)

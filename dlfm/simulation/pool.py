@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from dlfm.data.layout import SPLITS, RowBlockSha256
-from dlfm.simulation import physics
+import dlfm.simulation.physics as physics
 from dlfm.simulation.config import SimulationConfig
 from dlfm.simulation.presets import Preset
 from dlfm.simulation.renderer import LensRenderer

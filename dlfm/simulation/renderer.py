@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from dlfm.simulation import physics
+import dlfm.simulation.physics as physics
 from dlfm.simulation.presets import Preset
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 import dlfm
-from dlfm.data import layout
+import dlfm.data.layout as layout
 from dlfm.errors import ConfigError
-from dlfm.simulation import physics
+import dlfm.simulation.physics as physics
 from dlfm.simulation.config import PARAM_COLUMNS, PARAM_UNITS, SIM_VERSION, SimulationConfig
 from dlfm.simulation.pool import plan_rows, render_all
 from dlfm.simulation.presets import PRESETS

@@ -1,10 +1,11 @@
 """What stages share: dataset resolution and the loop's tensors, and the line naming the device.
 
-Dataset resolution lives in ``dlfm.data.resolve`` (so ``dlfm.tune`` workers need not import a stage);
-it is re-exported here for the stages.
+Dataset resolution lives in ``dlfm.sources`` and the split tensors in ``dlfm.data.tensors`` (so ``dlfm.tune``
+workers need not import a stage); they are re-exported here for the stages.
 """
 
-from dlfm.data.resolve import resolve_dataset, split_tensors
+from dlfm.data.tensors import split_tensors
+from dlfm.sources import resolve_dataset
 
 __all__ = ["announce_device", "device_line", "resolve_dataset", "split_tensors"]
 

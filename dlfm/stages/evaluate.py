@@ -13,6 +13,7 @@ the parent and reuses every FINISHED child of the same cell, config, dataset and
 from __future__ import annotations
 
 import os
+import sys
 
 from dlfm import tracking
 from dlfm.errors import ConfigError, RegistryError
@@ -155,9 +156,18 @@ def evaluate_parent(config: EvaluateConfig, stage: str, extra, stop: StopRequest
     prepared = None
     if config.resume:  # everything is checked before the run is reopened: a refusal leaves it untouched
         parent = checkpoints.check_resumable(config.resume, stage)
+        if not set(parent.data.params) & set(config.to_dict()):  # never fill a resumed run from the defaults
+            raise ConfigError(f"resume={config.resume}: the run recorded no params (it failed before its grid started), "
+                              f"so there is nothing to continue; start a fresh run: mlflow run . -e {stage} "
+                              "--env-manager local -P ... (your params, without resume)")
         config = config.resumed_from(parent.data.params)
-        prepared = prepare(config, parent.data.tags["dlfm.encoder_uri"], parent.data.tags.get("dlfm.encoder_requested"))
-        check_same_datasets(config.resume, parent.data.tags, prepared[3])
+        config.validate()  # the run's own params may be what failed it: refused here, before it is reopened
+        if "dlfm.encoder_uri" in parent.data.tags:  # the grid started: evaluate the version it resolved
+            prepared = prepare(config, parent.data.tags["dlfm.encoder_uri"], parent.data.tags.get("dlfm.encoder_requested"))
+            check_same_datasets(config.resume, parent.data.tags, prepared[3])
+        else:
+            prepared = prepare(config)
+            print(f"dlfm: run {config.resume} never started its grid: restarting it with its own params", file=sys.stderr)
     asked_for = config.encoder_uri or f"models:/dlfm-encoder@{config.encoder_stage}"
     description = (f"{stage}: the registered encoder {asked_for} against a random one (frozen and fine-tuned arms), "
                    f"label budgets {config.budgets}, seeds {config.seeds}; one child run per cell.")

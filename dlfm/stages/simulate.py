@@ -21,7 +21,7 @@ class SimulateOptions:
 def run_simulate_stage(config, out_dir: str = DATA_DIR, workers: int | None = None, force: bool = False,
                        experiment_name: str = "") -> dict:
     """Simulate (or reuse) the dataset of ``config`` inside one tracked run; return its dir and digest."""
-    from dlfm.data import load_dataset
+    from dlfm.sources import load_dataset
     from dlfm.plots.examples import plot_examples
     from dlfm.simulation import simulate_dataset
 

@@ -8,11 +8,14 @@ with a ``dlfm.resume_hint`` tag.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from dlfm import tracking
 from dlfm.tracking import checkpoints, registry
 from dlfm.errors import DatasetError
 from dlfm.training import TrainConfig, distributed, fit
-from dlfm.training.interrupt import StopRequest, graceful_stop
+from dlfm.training.interrupt import StopRequest, TrainingInterrupted, graceful_stop
 
 
 def check_trainable(config: TrainConfig, dataset) -> None:
@@ -130,90 +133,107 @@ def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
 
 
 def resume_point(config: TrainConfig, check_run: bool = True) -> tuple[TrainConfig, dict | None]:
-    """Refuse a run that cannot be resumed; the config merged with its checkpoint's, and the checkpoint.
+    """Refuse a run that cannot be resumed; the config merged with the run's own, and the checkpoint.
 
     Everything is checked before the run is reopened, so a refusal leaves the old run untouched.
-    A run killed before its first epoch ended has no checkpoint: it restarts at epoch 1.
+    A run stopped before its first epoch ended has no checkpoint: it restarts at epoch 1 with its
+    *own* params (read from the run, never from the defaults), or is refused in one line.
     """
-    if check_run:
-        checkpoints.check_resumable(config.resume, config.objective)
+    run = checkpoints.check_resumable(config.resume, config.objective) if check_run else checkpoints.get_run(config.resume)
     state = checkpoints.load_checkpoint(config.resume)
-    if state is None:
-        return config, None
-    return config.resumed_from(state["config"]), state
+    if state is not None:
+        return config.resumed_from(state["config"]), state
+    from dlfm.project_spec import entry_point, param_fields
+
+    declared = {spec.name for _, spec in param_fields(entry_point(config.objective), declared_only=True)}  # mlflow run logs these
+    merged = config.resumed_from(config.saved_from_params(run.data.params, declared))
+    merged.validate()  # the run's own params may be what failed it: refused here, before it is reopened
+    if check_run:
+        print(f"dlfm: run {config.resume} has no checkpoint (it stopped before its first epoch ended): "
+              "restarting it from epoch 0 with its own params", file=sys.stderr)
+    return merged, None
 
 
 def run_training_stage(config: TrainConfig, progress: bool = True) -> dict:
     """Validate, load or simulate the dataset, train, log everything; return the final metrics."""
-    from dlfm.training.runtime import make_runtime
-
     if not distributed.is_main_rank():
         return train_on_other_rank(config, progress)
-    resume_state = None
-    if config.resume:
-        config.validate()
-        config, resume_state = resume_point(config)
-    from dlfm.objectives import get_objective
+    # From here on a stop (SIGTERM, Ctrl-C) is a flag, read before the loop and at its steps, never a
+    # KeyboardInterrupt in the middle of a store write (SQLite's lock held, the run left RUNNING); train_in_run
+    # closes this once the loop is done.
+    stop, stopping = StopRequest(), contextlib.ExitStack()
+    stopping.enter_context(graceful_stop(stop))
+    with stopping:
+        resume_state = None
+        if config.resume:
+            config.validate()
+            config, resume_state = resume_point(config)
+        from dlfm.objectives import get_objective
 
-    run_name = f"{config.objective}-{config.encoder}"
-    tags = {"dlfm.objective": config.objective, "dlfm.encoder": config.encoder}
-    description = (f"Train a {config.encoder} encoder with the {config.objective} objective "
-                   f"({get_objective(config.objective).description}) on {config.dataset}"
-                   + (f" (pretraining corpus {config.pretrain_dataset})" if config.pretrain_dataset else "")
-                   + f", up to {config.epochs} epochs, seed {config.seed}.")
-    with tracking.stage_run(config.objective, run_name, config.experiment_name, tags=tags,
-                            run_id=config.resume or None, description="" if config.resume else description) as run_id:
-        try:
-            return train_in_run(config, run_id, resume_state, progress)
-        except KeyboardInterrupt as error:
-            hint = checkpoints.resume_hint(config.objective, run_id)
-            tracking.set_tags({checkpoints.RESUME_HINT_TAG: hint})
-            error.hint = hint  # the entry point prints it
-            raise
+        run_name = f"{config.objective}-{config.encoder}"
+        tags = {"dlfm.objective": config.objective, "dlfm.encoder": config.encoder}
+        description = (f"Train a {config.encoder} encoder with the {config.objective} objective "
+                       f"({get_objective(config.objective).description}) on {config.dataset}"
+                       + (f" (pretraining corpus {config.pretrain_dataset})" if config.pretrain_dataset else "")
+                       + f", up to {config.epochs} epochs, seed {config.seed}.")
+        with tracking.stage_run(config.objective, run_name, config.experiment_name, tags=tags,
+                                run_id=config.resume or None, description="" if config.resume else description) as run_id:
+            try:
+                return train_in_run(config, run_id, resume_state, progress, stop, stopping)
+            except KeyboardInterrupt as error:
+                hint = checkpoints.resume_hint(config.objective, run_id)
+                tracking.set_tags({checkpoints.RESUME_HINT_TAG: hint})
+                error.hint = hint  # the entry point prints it
+                raise
 
 
-def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, progress: bool) -> dict:
-    """The body of a training run: data, the loop with per-epoch checkpoints, figures, registration."""
+def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, progress: bool, stop: StopRequest,
+                 stopping: contextlib.ExitStack) -> dict:
+    """The body of a training run: data, the loop with per-epoch checkpoints, figures, registration.
+
+    ``stopping`` holds the graceful-stop handler that sets ``stop``; it is closed once the loop is done.
+    """
     from dlfm.objectives import get_objective
     from dlfm.stages.common import announce_device
     from dlfm.training.runtime import make_runtime
 
-    config.validate()
-    if config.resume:
-        checkpoints.supersede_launcher_run(run_id)
-        done = resume_state["epoch"] if resume_state else 0
-        tracking.set_tags({"dlfm.resumed_after_epoch": done, "dlfm.epochs": config.epochs})
-    runtime = make_runtime(config.device, config.precision)
-    announce_device(runtime, config.device)
-    distributed.init_process_group(runtime.device)
-    tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
-    if resume_state:
-        checkpoints.backfill_epoch_metrics(run_id, resume_state["history"])
-    dataset, splits, corpus, train_splits = prepare_data(config, runtime)
-    if corpus is dataset:
-        tracking.log_dataset(dataset, context="training")
-    else:  # the encoder learns from the corpus; the downstream set only feeds the linear probe
-        tracking.log_dataset(corpus, context="pretraining")
-        tracking.log_dataset(dataset, context="probe")
-        tracking.set_tags({"dlfm.pretrain_dataset_digest": corpus.digest})
-    tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
-                       "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
-                       "dlfm.world_size": runtime.world_size})
-    # batch_size=auto: the number fit will use (the same rule, on the same split), beside the param as asked
-    tracking.log_params({"batch_size_resolved": config.with_batch_resolved(runtime.device.type, train_splits["train"]).batch_size})
+    with stopping:
+        config.validate()
+        if config.resume:
+            checkpoints.supersede_launcher_run(run_id)
+            done = resume_state["epoch"] if resume_state else 0
+            tracking.set_tags({"dlfm.resumed_after_epoch": done, "dlfm.epochs": config.epochs})
+        runtime = make_runtime(config.device, config.precision)
+        announce_device(runtime, config.device)
+        distributed.init_process_group(runtime.device)
+        tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
+        if resume_state:
+            checkpoints.backfill_epoch_metrics(run_id, resume_state["history"])
+        dataset, splits, corpus, train_splits = prepare_data(config, runtime)
+        if corpus is dataset:
+            tracking.log_dataset(dataset, context="training")
+        else:  # the encoder learns from the corpus; the downstream set only feeds the linear probe
+            tracking.log_dataset(corpus, context="pretraining")
+            tracking.log_dataset(dataset, context="probe")
+            tracking.set_tags({"dlfm.pretrain_dataset_digest": corpus.digest})
+        tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
+                           "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
+                           "dlfm.world_size": runtime.world_size})
+        # batch_size=auto: the number fit will use (the same rule, on the same split), beside the param as asked
+        tracking.log_params({"batch_size_resolved": config.with_batch_resolved(runtime.device.type, train_splits["train"]).batch_size})
 
-    def on_epoch_end(epoch, metrics, make_checkpoint):
-        # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.
-        checkpoints.log_checkpoint(make_checkpoint(), run_id)
-        tracking.log_epoch_metrics(metrics, epoch)
+        def on_epoch_end(epoch, metrics, make_checkpoint):
+            # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.
+            checkpoints.log_checkpoint(make_checkpoint(), run_id)
+            tracking.log_epoch_metrics(metrics, epoch)
 
-    stop = StopRequest()
-    try:
-        with graceful_stop(stop):
+        if stop.signal_name is not None:  # stopped before the first step: the last checkpoint (if any) stands
+            raise TrainingInterrupted(stop.signal_name, resume_state["epoch"] if resume_state else 0)
+        try:
             result = fit(config, train_splits, dataset.class_names, on_epoch_end=on_epoch_end, resume_state=resume_state,
                          runtime=runtime, progress=progress, stop=stop, probe_splits=splits)
-    finally:
-        distributed.destroy_process_group()
+        finally:
+            distributed.destroy_process_group()
     tracking.set_tags({"dlfm.data_placement": result.data_placement})  # device | pinned | host: where the splits lived
     # Logged once (step 0), not at the last epoch's step: val/… and test/… are the best weights' values.
     tracking.log_metrics({"best_epoch": result.best_epoch, "train/images_per_second": result.images_per_second}, step=0)

@@ -7,7 +7,7 @@ import tempfile
 from collections import Counter
 
 from dlfm import tracking
-from dlfm.data.resolve import resolve_dataset
+from dlfm.sources import resolve_dataset
 from dlfm.errors import DlfmError, SecretInParams
 from dlfm.plots import tune as plots
 from dlfm.stages.train import check_trainable

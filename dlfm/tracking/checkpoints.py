@@ -80,6 +80,12 @@ def load_checkpoint(run_id: str) -> dict | None:
             raise DlfmError(f"the checkpoint of run {run_id} cannot be read ({reason}); start a new run") from None
 
 
+def get_run(run_id: str):
+    """The run ``run_id`` (a worker's view of the run that rank 0 checked)."""
+    configure_tracking()
+    return _client().get_run(run_id)
+
+
 def check_resumable(run_id: str, stage: str):
     """The run to resume; ConfigError unless it exists, belongs to ``stage`` and did not finish."""
     from mlflow.exceptions import MlflowException

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlfm.errors import RegistryError
+from dlfm.redact import redact
 
 MODEL_NAME = "dlfm-encoder"
 STAGES = ("candidate", "staging", "production")
@@ -243,7 +244,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
     if once_for and (first := versions_tagged(ONCE_TAG, once_for)[0]) != str(version.version):
         client.delete_model_version(MODEL_NAME, version.version)  # dlfm made it a moment ago; the earlier one stands
         return first
-    client.update_model_version(MODEL_NAME, version.version, description=description)
+    client.update_model_version(MODEL_NAME, version.version, description=redact(description))
     describe_registered_model()
     with registry_lock():
         holder = version_for_stage("candidate")
@@ -450,7 +451,7 @@ def record_promotion(stage: str, version: str, previous: str | None, reason: str
     user = promoting_user()
     run = client.create_run(experiment_id, run_name=f"promote-v{version}-{stage}", tags={
         "dlfm.stage": "promote", "promotion.stage": stage, "promotion.version": version,
-        "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": reason,
+        "promotion.previous_version": previous or "", "promotion.user": user, "promotion.reason": redact(reason),
         "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mlflow.user": user.split(" (os: ")[0],
     })
     client.set_terminated(run.info.run_id, "FINISHED")
@@ -538,6 +539,27 @@ def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
     if why:
         raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
                             "register encoders with a dlfm training stage and pick one of those versions")
+    why = _carried_code_differs(model_dir)
+    if why:
+        raise RegistryError(f"{model_uri} carries dlfm code that is not the installed dlfm's ({why}), so dlfm will not "
+                            "promote or load it (mlflow.pyfunc would run that code); pick a version registered by this "
+                            "dlfm, or register the encoder again with it")
+
+
+def _carried_code_differs(model_dir: Path) -> str | None:
+    """Why the code a version carries (its pyfunc ``code_paths``) is not the installed dlfm, file by file (None: it is)."""
+    import yaml
+
+    from dlfm.code_trust import first_difference
+
+    pyfunc = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
+    if not pyfunc.get("code"):
+        return None  # nothing carried: mlflow.pyfunc imports the installed dlfm's loader
+    code = model_dir / pyfunc["code"]
+    extra = sorted(p.name for p in code.iterdir() if p.name != "dlfm") if code.is_dir() else []
+    if extra or not (code / "dlfm").is_dir():
+        return f"its code directory holds {', '.join(extra[:3]) or 'no dlfm package'}"
+    return first_difference(code / "dlfm", Path(__file__).resolve().parents[1])
 
 
 def _download(model_uri: str, destination: Path) -> Path:

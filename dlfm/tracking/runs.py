@@ -14,7 +14,7 @@ from typing import Iterator
 
 from dlfm.constants import DEFAULT_EXPERIMENT  # noqa: F401 - re-exported by dlfm.tracking
 from dlfm.errors import DlfmError
-from dlfm.redact import redact_uri, scrub
+from dlfm.redact import redact, redact_uri, scrub
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 ERROR_TAG = "dlfm.error"
@@ -22,7 +22,7 @@ RESUME_HINT_TAG = "dlfm.resume_hint"
 EARLIER_ERROR_TAG = "dlfm.earlier_error"  # a resumed run that finished keeps why its earlier attempt stopped here
 # MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s per request) make an unreachable
 # server cost minutes before any error. These still ride out a server restart of a few seconds;
-# `dlfm run`, the Makefile and the README set them where the user has not (a test pins the copies).
+# `dlfm run` and the Makefile set them where the user has not, docs/development.md shows them (a test pins the copies).
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # retries per request
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s between the retries (s)
@@ -70,9 +70,11 @@ def unexpected_store_note(uri: str) -> str:
     database = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
     if database.name != "mlflow.db" or database.parent.name == "mlruns":
         return ""
-    return (f"dlfm: note: this run is in {uri}, MLflow's default store when MLFLOW_TRACKING_URI is unset, not the "
-            f"project's mlruns/mlflow.db; see it with: mlflow ui --backend-store-uri {uri}  "
-            "(after `make venv`, `source .venv/bin/activate` selects the project's store)")
+    # Under `mlflow run` the launcher always exports MLFLOW_TRACKING_URI to this process, so whether the user set it
+    # cannot be told from here: the note names both causes instead of claiming one.
+    return (f"dlfm: note: this run is in {uri}, not the project's mlruns/mlflow.db (either the MLFLOW_TRACKING_URI you set, "
+            f"or MLflow's default store, mlflow.db where `mlflow run` started, when none is set); see it with: "
+            f"mlflow ui --backend-store-uri {uri}  (after `make venv`, `source .venv/bin/activate` selects the project's store)")
 
 
 def check_store_writable(uri: str | None = None) -> None:
@@ -271,8 +273,8 @@ def stage_run(stage: str, run_name: str, experiment_name: str = "", tags: dict |
     launched_by_project = "MLFLOW_RUN_ID" in os.environ and not nested and run_id is None
     run_tags = {"dlfm.stage": stage, "dlfm.pid": str(os.getpid()), "dlfm.host": socket.gethostname(),
                 "dlfm.started_at": time_tag(),
-                **({"mlflow.note.content": description} if description else {}),
-                **{k: str(v) for k, v in (tags or {}).items()}}  # REST stores need string tag values
+                **({"mlflow.note.content": redact(description)} if description else {}),
+                **{k: redact(str(v)) for k, v in (tags or {}).items()}}  # REST stores need string tag values
     check_store_writable(mlflow.get_tracking_uri())
     if launched_by_project:  # before anything is logged: a refusal leaves the run FAILED with the reason
         note = unexpected_store_note(mlflow.get_tracking_uri())
@@ -324,7 +326,7 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
 
 def describe_run(text: str) -> None:
     """Set the active run's description (``mlflow.note.content``: the UI's Description box)."""
-    _mlflow().set_tag("mlflow.note.content", text)
+    _mlflow().set_tag("mlflow.note.content", redact(text))
 
 
 def run_location(run_id: str) -> dict[str, str]:
@@ -372,14 +374,14 @@ def active_run_id() -> str | None:
 
 def set_tags(tags: dict) -> None:
     """Set tags on the active run (values become strings)."""
-    _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+    _mlflow().set_tags({k: redact(str(v)) for k, v in tags.items()})
 
 
 def param_string(value) -> str:
     """A param as MLflow stores it; bools lowercase so they match the MLproject's "true"/"false"."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return "" if value is None else str(value)
+    return "" if value is None else redact(str(value))
 
 
 def log_params(params: dict) -> None:
@@ -433,12 +435,23 @@ def log_figure(figure, artifact_file: str) -> None:
 
 def log_dict(data: dict, artifact_file: str) -> None:
     """Log a dict as a JSON/YAML artifact."""
-    _mlflow().log_dict(data, artifact_file)
+    _mlflow().log_dict(_redacted(data), artifact_file)
+
+
+def _redacted(value):
+    """``value`` with every string in it (keys too) passed through the one redactor; numbers kept as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {_redacted(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redacted(v) for v in value)
+    return value
 
 
 def log_text(text: str, artifact_file: str) -> None:
     """Log a text artifact (markdown reports, tables)."""
-    _mlflow().log_text(text, artifact_file)
+    _mlflow().log_text(redact(text), artifact_file)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -456,7 +469,7 @@ def log_dataset(dataset, context: str = "training") -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source_uri = str(dataset.manifest.get("source_uri") or (dataset.root.resolve() if dataset.root else "memory"))
+    source_uri = redact(str(dataset.manifest.get("source_uri") or (dataset.root.resolve() if dataset.root else "memory")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(source_uri)

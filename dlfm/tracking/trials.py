@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
+from dlfm.redact import redact
 from dlfm.tracking.runs import configure_tracking, ended_on_exit
 
 
@@ -47,7 +48,7 @@ def terminate_run(run_id: str, status: str, tags: dict | None = None) -> None:
     configure_tracking()
     client = _mlflow().MlflowClient()
     for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, str(value))
+        client.set_tag(run_id, key, redact(str(value)))
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status)
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from dlfm.corpora import DEFAULT_MIX
+from dlfm.params import param_from_string
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
 from dlfm.training.batching import AUTO, auto_batch_size
@@ -28,7 +29,7 @@ class TrainConfig:
     # `dataset` then only feeds the linear probe and the reported classification metrics ("" = train on `dataset`).
     pretrain_dataset: str = ""
     encoder: str = "resnet18"  # a name from dlfm.models.list_encoders()
-    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) | stride2 (3x3/2, ~4x) | small (3x3/1, ~16x)
+    stem: str = "imagenet"  # resnet18 stem: imagenet (7x7/2 + max-pool, fast) | stride2 (3x3/2, ~1.7x the step time) | small (3x3/1, ~5.5x; measured)
     epochs: int = 6  # maximum epochs; early stopping may end sooner
     # images per optimiser step; auto: 64 off CUDA, on CUDA per encoder and image size (dlfm/training/batching.py;
     # logged as batch_size_resolved)
@@ -177,10 +178,43 @@ class TrainConfig:
             )
         return replace(self, **merged)
 
+    def saved_from_params(self, params: dict[str, str], declared: set[str]) -> dict:
+        """The resumed run's own config, typed back from its MLflow params (a run with no checkpoint).
+
+        A resume never fills a field from the defaults: a field the run did not record is refused,
+        naming a fresh command, so the old run never trains a config it was not started with.
+        """
+        skipped = set(RESUME_IGNORED) | set(objective_excluded_params(self.objective)) | {"experiment_name"}
+        saved, missing = {}, []
+        for spec in fields(self):
+            if spec.name in skipped or spec.default is MISSING:  # objective: the run's stage tag, checked already
+                continue
+            if spec.name not in params:
+                if spec.name in declared:  # `mlflow run` logs every declared param; the rest only when given
+                    missing.append(spec.name)
+                continue
+            try:
+                saved[spec.name] = param_from_string(spec.default, params[spec.name])
+            except ValueError:
+                raise ConfigError(f"resume={self.resume}: the run's param {spec.name}={params[spec.name]!r} is not "
+                                  f"{type(spec.default).__name__}; start a fresh run: {fresh_command(self.objective)}") from None
+        if missing:
+            raise ConfigError(f"resume={self.resume}: the run has no checkpoint and did not record "
+                              f"{'any params' if not saved else 'the params ' + ', '.join(missing)}, "
+                              f"so there is nothing to continue; start a fresh run: {fresh_command(self.objective)}")
+        return saved
+
     @classmethod
     def field_names(cls) -> list[str]:
         """Names of all fields, in declaration order."""
         return [f.name for f in fields(cls)]
+
+
+def fresh_command(entry: str) -> str:
+    """The command that starts a new run of ``entry`` (named when a resume is refused)."""
+    return f"mlflow run . -e {entry} --env-manager local -P dataset=... (your params, without resume)"
+
+
 
 
 def objective_excluded_params(objective: str) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import torch
 
+from dlfm.signals import note_stop_requested
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DUPLICATE_WINDOW_S = 1.0  # a second stop signal this soon after the first is the same request (s)
 
@@ -86,6 +88,7 @@ def graceful_stop(stop: StopRequest) -> Iterator[StopRequest]:
             raise KeyboardInterrupt(f"second {name}: stopping now")  # the user insists; the last checkpoint stands
         first_at.append(time.monotonic())
         stop.set(name)
+        note_stop_requested()  # once this block ends, a late duplicate SIGTERM must not interrupt the cleanup
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:

@@ -2,7 +2,7 @@
 
 config (TuneConfig), space (search_space), study (pruner, sampler, create/join), storage (URLs,
 RDB storage), retry (heartbeat-stale trials), trials (one MLflow child run per trial), workers
-(processes), results (trial records, the best encoder). Needs dlfm.data and dlfm.training, never
+(processes), results (trial records, the best encoder). Needs dlfm.sources, dlfm.data and dlfm.training, never
 dlfm.stages.
 """
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dlfm.errors import ConfigError, SecretInParams
 from dlfm.training import TrainConfig
 from dlfm.redact import redact_uri as mask_password
-from dlfm.redact import uri_password
+from dlfm.redact import has_secret
 
 OBJECTIVE_METRIC = "val/macro_auc"  # maximised (every row of dlfm.tune.space.SEARCH_SPACES scores it today)
 PRUNERS = ("median", "hyperband", "none")
@@ -77,7 +77,7 @@ class TuneConfig:
         need(bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,127}", self.study_name)),
              f"study_name must be letters, digits, '.', '-' or '_' (or auto), got {self.study_name!r}")
         # mlflow run stores -P values as params and prints its command line, so no password may travel in one.
-        if uri_password(self.storage):
+        if has_secret(self.storage):
             raise SecretInParams(f"storage {mask_password(self.storage)!r} carries a password, which MLflow would store and "
                                  "print; export OPTUNA_STORAGE=<the URL> and pass -P storage=env:OPTUNA_STORAGE, or drop the "
                                  "password and export PGPASSWORD")

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import optuna
 
 from dlfm.data.layout import SPLITS
-from dlfm.data.resolve import resolve_dataset, split_tensors
+from dlfm.data.tensors import split_tensors
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.sources import resolve_dataset
 from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import TuneConfig
 from dlfm.tune.storage import open_storage

@@ -186,7 +186,8 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
     runtime = make_runtime(config.device, config.precision)
     announce_device(runtime, config.device)
     distributed.init_process_group(runtime.device)
-    tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
+    # on a resume, params already logged are kept as they are; lr_effective: the peak lr the recipe's rule gives
+    tracking.log_params({**config.to_dict(), "lr_effective": config.lr_effective})
     if resume_state:
         checkpoints.backfill_epoch_metrics(run_id, resume_state["history"])
     dataset, splits, corpus, train_splits = prepare_data(config, runtime)

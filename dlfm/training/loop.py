@@ -92,6 +92,7 @@ class TrainingContext:
     placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
     feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
+    grad_clip: float = 0.0  # max global gradient norm (0 = off): the config's, else its recipe's
 
     @property
     def forward_model(self) -> nn.Module:
@@ -151,20 +152,23 @@ class FitResult:
     data_placement: str = "host"  # where the splits lived: device | pinned | host (dlfm.training.placement)
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rot90 (k = 0..3) and horizontal flip per image: the dihedral symmetries of a lens image."""
-    n = images.shape[0]
-    # Drawn on the host (the generator lives there) and turned into index lists there, so that a batch on
-    # the device is augmented without a device → host read (a boolean-mask index would need one).
-    turns = torch.randint(0, 4, (n,), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
-    out = images.clone()
-    for k in range(1, 4):
-        chosen = (turns == k).nonzero().squeeze(1)
-        if len(chosen):
-            chosen = chosen.to(images.device, non_blocking=True)
-            out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
-    return torch.where(flips.to(images.device, non_blocking=True)[:, None, None, None], out.flip(-1), out)
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random rot90 (k = 0..3) and horizontal flip per image: the dihedral symmetries of a lens image.
+
+    Drawn on the images' device (torch's seeded RNG there; ``generator``, a host one, when given) and applied
+    with ``torch.where`` over the three rotations: no index list, no host read, no data-dependent shape.
+    """
+    n, device = images.shape[0], images.device
+    if generator is None:
+        turns, flips = torch.randint(0, 4, (n,), device=device), torch.rand(n, device=device) < 0.5
+    else:
+        turns = torch.randint(0, 4, (n,), generator=generator).to(device)
+        flips = (torch.rand(n, generator=generator) < 0.5).to(device)
+    out = images
+    square = images.shape[-1] == images.shape[-2]
+    for k in (1, 2, 3) if square else (2,):  # a quarter turn of a non-square image would change its shape
+        out = torch.where((turns == k)[:, None, None, None], torch.rot90(images, k, dims=(2, 3)), out)
+    return torch.where(flips[:, None, None, None], out.flip(-1), out)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
@@ -244,16 +248,16 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     seen = 0
     for step, (_, index, images, labels) in enumerate(ctx.grouped_batches(data, order)):
         if ctx.config.augment:
-            images = augment_batch(images, ctx.generator)
-        mask = ctx.objective.make_mask(images, ctx.generator)
+            images = augment_batch(images)  # drawn on the device: the step has no host work
+        mask = ctx.objective.make_mask(images, None)
         with ctx.runtime.autocast():
             output = ctx.forward_model(images, mask)
             loss, parts = ctx.objective(output, images, labels, mask)
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.runtime.scaler.scale(loss).backward()
-        if ctx.config.grad_clip > 0:
+        if ctx.grad_clip > 0:
             ctx.runtime.scaler.unscale_(ctx.optimizer)
-            nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.config.grad_clip)
+            nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.grad_clip)
         ctx.runtime.scaler.step(ctx.optimizer)
         ctx.runtime.scaler.update()
         ctx.scheduler.step()
@@ -394,27 +398,56 @@ def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: E
                             probed[name].probs, probed[name].labels, probed[name].embeddings) for name in ("val", "test"))
 
 
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")  # parameter names MAE keeps out of weight decay
+
+
+def parameter_groups(modules: list[nn.Module], weight_decay: float, decay_exempt: bool) -> list[dict]:
+    """AdamW groups: with ``decay_exempt`` (MAE, timm's ``param_groups_weight_decay``), params with ndim <= 1
+    (norms, biases, learned loss weights) and position embeddings / tokens get no decay; else one group."""
+    params = [(name, p) for module in modules for name, p in module.named_parameters() if p.requires_grad]
+    if not decay_exempt:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    exempt = [p.ndim <= 1 or any(word in name for word in NO_DECAY_NAMES) for name, p in params]
+    return [{"params": [p for (_, p), no in zip(params, exempt) if not no], "weight_decay": weight_decay},
+            {"params": [p for (_, p), no in zip(params, exempt) if no], "weight_decay": 0.0}]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """lr factor at a step: linear from 0 over ``warmup_steps``, then a half-cycle cosine to 0 (MAE's lr_sched)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return factor
+
+
 def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, runtime: Runtime | None = None, progress: bool = True) -> TrainingContext:
     """Seeded model, objective, AdamW and schedule for ``config``."""
     runtime = runtime or make_runtime(config.device)
     generator = seed_everything(config.seed)
-    model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
+    model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs, config.decoder_dim,
+                        config.decoder_depth, config.mask_ratio).to(runtime.device)
     if runtime.channels_last and prefers_channels_last(model):
         model = model.to(memory_format=torch.channels_last)  # NHWC convolution kernels (tensor cores on CUDA)
     objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
                           config.patch_size, config.mask_ratio, config.encoder_kind).to(runtime.device)
-    parameters = list(model.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    recipe, lr = config.recipe, config.lr_effective
+    groups = parameter_groups([model, objective], config.weight_decay_effective, recipe.decay_exempt)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas)
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+        # its own warmup (30 % of steps) and momentum cycle replace the recipe's warmup and beta1
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, round(recipe.warmup_share * total_steps)))
     ddp_model = None
     if runtime.world_size > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    ctx = TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+    ctx = TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model,
+                          grad_clip=config.grad_clip_effective)
     # The training forward only: evaluation runs the plain model (eval mode and its batch sizes would recompile).
     ctx.compiled = compile_model(ddp_model or model) if config.compile else None
     return ctx
@@ -531,7 +564,7 @@ def fit(
         start_epoch = resume_state["epoch"] + 1
         best_value, best_epoch = resume_state["best_value"], resume_state["best_epoch"]
         best_weights, history = resume_state["best_weights"], list(resume_state["history"])
-        if resume_state["epoch"] - best_epoch >= config.patience:
+        if config.recipe.early_stopping and resume_state["epoch"] - best_epoch >= config.patience:
             start_epoch = config.epochs + 1  # it had already stopped early; killed before the final evaluation
     train_seconds, train_images, epoch_seconds = 0.0, 0, []
     talk = progress and runtime.is_main_process
@@ -541,7 +574,7 @@ def fit(
         train_seconds += time.perf_counter() - started
         train_images += len(train.labels)
         metrics.update(evaluate(ctx, splits["val"], class_names, "val", embed=False).metrics)
-        metrics["lr"] = ctx.scheduler.get_last_lr()[0]
+        metrics["train/lr"] = ctx.scheduler.get_last_lr()[0]  # the lr of the epoch's last step: the warmup rises, then decays
         history.append(metrics)
         epoch_seconds.append(time.perf_counter() - started)
         if talk:  # printed whether or not stdout is a terminal; the tqdm bar is the TTY-only extra
@@ -554,7 +587,7 @@ def fit(
             on_epoch_end(epoch, metrics, lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
         if ctx.stop.requested(runtime.world_size, runtime.device):
             raise TrainingInterrupted(ctx.stop.signal_name, epoch)
-        if epoch - best_epoch >= config.patience:
+        if config.recipe.early_stopping and epoch - best_epoch >= config.patience:
             break
     ctx.model.load_state_dict(best_weights)
     val = evaluate(ctx, splits["val"], class_names, "val")  # FitResult carries the final embeddings

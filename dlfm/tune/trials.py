@@ -95,7 +95,7 @@ def _run_trial(trial: optuna.Trial, setup: TrialSetup) -> float:
     with tracking.trial_run(setup.parent_run_id, f"trial-{trial.number:03d} {params_text}", tags,
                             finished_on=(optuna.TrialPruned,)) as run_id:
         trial.set_user_attr("mlflow_run_id", run_id)
-        tracking.log_params({**config.to_dict(), "trial_number": trial.number})
+        tracking.log_params({**config.to_dict(), "lr_effective": config.lr_effective, "trial_number": trial.number})
         try:
             value = _train(trial, config, setup)
         except optuna.TrialPruned as pruned:

@@ -30,7 +30,8 @@ PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-fr
                   "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
-                   "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image")
+                   "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image",
+             "test/masked_norm_mse_vs_position_mean")
 
 
 def objective_params(objective: str, encoder: str) -> dict:

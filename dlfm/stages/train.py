@@ -245,5 +245,6 @@ def headline_metrics(metrics: dict[str, float], monitor: str) -> dict[str, float
     """The few numbers a description and the closing lines show: the monitored metric and the class metrics."""
     names = (monitor, "val/macro_auc", "val/accuracy", "test/macro_auc", "test/accuracy",
              "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image",
-             "test/masked_norm_mse_vs_mean_image")
+             "test/masked_norm_mse_vs_mean_image",
+             "test/masked_norm_mse_vs_position_mean")
     return {name: metrics[name] for name in dict.fromkeys(names) if name in metrics}

@@ -88,6 +88,8 @@ class TrainingContext:
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step (each read point under DDP)
     mean_images: dict = field(default_factory=dict)  # (H, W) → (1, 1, H, W) mean train image of that size: the reconstruction baseline
+    # (H, W) → (1, 1, H, W) mean per-patch-normalised train image: the position-only predictor of MAE's normalised loss
+    position_means: dict = field(default_factory=dict)
     compiled: nn.Module | None = None  # torch.compile of the (DDP-wrapped) model, with config.compile
     placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
@@ -199,6 +201,35 @@ def mean_images(data) -> dict[tuple[int, int], torch.Tensor]:
     return {size: (groups[0].mean(dim=0, keepdim=True) if len(groups) == 1 else
                    sum(images.sum(dim=0, keepdim=True) for images in groups) / sum(len(images) for images in groups))
             for size, groups in by_size.items()}
+
+
+def position_means(data, patch_size: int, device: torch.device, chunk: int = 1024) -> dict[tuple[int, int], torch.Tensor]:
+    """(H, W) → the mean per-patch-normalised image (1, 1, H, W) of ``data``: for each patch position, the mean
+    normalised patch (MAE's norm_pix target). As a prediction it knows positions and nothing of the image: the
+    baseline a masked normalised loss must beat (ratio 1.0 = the decoder ignores the encoder). Computed once."""
+    from dlfm.models.heads import expand_cells, patch_statistics
+
+    sums: dict[tuple[int, int], list] = {}
+    for group in data.groups:
+        size = tuple(group.images.shape[-2:])
+        total = sums.setdefault(size, [0.0, 0])
+        for images in group.images.split(chunk):
+            images = images.to(device).float()
+            mean, std = patch_statistics(images, patch_size)
+            normalised = (images - expand_cells(mean, patch_size, size)) / expand_cells(std, patch_size, size)
+            total[0] = total[0] + normalised.sum(dim=0, keepdim=True)
+            total[1] += len(images)
+    return {size: total / count for size, (total, count) in sums.items()}
+
+
+def position_mean_prediction(position_mean: torch.Tensor, images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The position-only predictor of ``images`` in image units: the mean normalised patch de-normalised with each
+    target patch's own statistics, as ``MaskedTokenDecoder`` returns its predictions."""
+    from dlfm.models.heads import expand_cells, patch_statistics
+
+    size = images.shape[-2:]
+    mean, std = patch_statistics(images, patch_size)
+    return position_mean * expand_cells(std, patch_size, size) + expand_cells(mean, patch_size, size)
 
 
 def decoder_baseline(means: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
@@ -314,7 +345,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     ctx.objective.eval()
     spec = ctx.objective.spec
     part = ctx.objective.recon_metric
-    sums = torch.zeros(3, dtype=sum_dtype(ctx.runtime.device), device=ctx.runtime.device)  # loss, recon, baseline (× images)
+    sums = torch.zeros(4, dtype=sum_dtype(ctx.runtime.device), device=ctx.runtime.device)  # loss, recon, baseline, position baseline (× images)
     zero = torch.zeros((), device=ctx.runtime.device)
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
@@ -326,23 +357,29 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
             loss, parts = ctx.objective(output, images, labels, mask)
             if embed:
                 embeddings.append((output.embedding if mask is None else ctx.model.encoder(images)).float())
-        recon, baseline_mse = zero, zero
+        recon, baseline_mse, position_mse = zero, zero, zero
         if spec.decodes:
             recon = parts[part]
             baseline = ctx.mean_image_for(images).expand_as(images)
             baseline_mse = ctx.objective.reconstruction_error(baseline, images, mask)
-        sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float()]).to(sums.dtype) * len(index)
+        if ctx.objective.normalised and tuple(images.shape[-2:]) in ctx.position_means:
+            predicted = position_mean_prediction(ctx.position_means[tuple(images.shape[-2:])], images, ctx.objective.patch_size)
+            position_mse = ctx.objective.reconstruction_error(predicted, images, mask)
+        sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float(), position_mse.float()]).to(sums.dtype) * len(index)
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1))
     labels_all = data.labels
     n = len(labels_all)
-    loss_sum, recon_sum, baseline_sum = sums.tolist()  # the one read of this pass
+    loss_sum, recon_sum, baseline_sum, position_sum = sums.tolist()  # the one read of this pass
     metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
         name = f"{prefix}/{part}"
         metrics[name] = recon_sum / n
         metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
         metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
+    if position_sum > 0:  # MAE's normalised loss: the baseline that knows positions only (1.0 = nothing learned)
+        metrics[f"{prefix}/{part}_position_mean"] = position_sum / n
+        metrics[f"{prefix}/{part}_vs_position_mean"] = recon_sum / position_sum
     labels_np = labels_all.cpu().numpy()
     probs_np = torch.cat(probs).cpu().numpy() if probs else None
     if probs_np is not None:
@@ -466,7 +503,8 @@ def format_duration(seconds: float) -> str:
 def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], monitor: str, seconds: float, eta: float) -> str:
     """One line per epoch that stays in logs (CI, tee, nohup): the train total, key val metrics, time and ETA."""
     train = [(k, v) for k, v in metrics.items() if k.startswith("train/loss_")][:1]  # the objective's total
-    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse", "val/masked_norm_mse")
+    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse", "val/masked_norm_mse",
+              "val/masked_norm_mse_vs_position_mean")
     val = [(k, metrics[k]) for k in dict.fromkeys(wanted) if k in metrics]
     parts = [f"{name} {value:.4f}" for name, value in train + val]
     width = len(str(epochs))
@@ -553,6 +591,8 @@ def fit(
     ctx.stop = stop or StopRequest()
     ctx.placement = placement
     ctx.mean_images = {size: mean.to(runtime.device) for size, mean in mean_images(train).items()}
+    if ctx.objective.normalised:
+        ctx.position_means = position_means(train, config.patch_size, runtime.device)
     if ctx.model.decoder is not None:  # before a resume restores the saved one
         ctx.model.decoder.set_baseline(decoder_baseline(ctx.mean_images))
     monitor, mode = config.monitor

@@ -24,7 +24,7 @@ from dlfm.training.interrupt import TrainingInterrupted
 
 def tiny_config(dataset, **changes) -> TrainConfig:
     base = dict(objective="multitask", dataset=str(dataset), encoder="conv4", epochs=4, batch_size=8, patience=10,
-                experiment_name="fault-test")
+                experiment_name="fault-test", checkpoint_every_s=0)
     return TrainConfig(**{**base, **changes})
 
 
@@ -131,7 +131,7 @@ def start_training(tmp_path: Path, dataset: Path, *extra: str) -> subprocess.Pop
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
     args = ["--dataset", str(dataset), "--encoder", "conv4", "--epochs", "8", "--batch_size", "4", "--patience", "100",
-            "--experiment_name", "fault-test", *extra]
+            "--experiment_name", "fault-test", "--checkpoint_every_s", "0", *extra]
     return subprocess.Popen([sys.executable, str(REPO / "pipelines/multitask.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

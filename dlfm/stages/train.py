@@ -1,6 +1,7 @@
 """The training stages (one per row of ``dlfm.objectives.OBJECTIVES``): one tracked run around ``training.fit``.
 
-Each epoch ends with a checkpoint (``checkpoints/last.pt`` artifact, and a local copy under
+An epoch ends with a checkpoint at most every ``checkpoint_every_s``, and always after the last one and
+on a stop (``checkpoints/last.pt`` artifact, and a local copy under
 ``checkpoints/<run_id>/``); ``resume=<run_id>`` reopens a killed or failed run and continues at
 the epoch after its checkpoint. SIGINT/SIGTERM finish the current step and end the run KILLED
 with a ``dlfm.resume_hint`` tag.
@@ -201,10 +202,15 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
                        "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
                        "dlfm.world_size": runtime.world_size})
 
+    # Epochs a killed run logged after its last checkpoint: a resume trains them again but does not log them twice.
+    logged = checkpoints.logged_epochs(run_id, config.objective) if resume_state else set()
+
     def on_epoch_end(epoch, metrics, make_checkpoint):
-        # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.
-        checkpoints.log_checkpoint(make_checkpoint(), run_id)
-        tracking.log_epoch_metrics(metrics, epoch)
+        # Checkpoint first (when one is due): a crash in between then leaves a step to backfill, never one to log twice.
+        if make_checkpoint is not None:
+            checkpoints.log_checkpoint(make_checkpoint(), run_id)
+        if metrics and epoch not in logged:
+            tracking.log_epoch_metrics(metrics, epoch)
 
     stop = StopRequest()
     try:

@@ -63,6 +63,8 @@ class TrainConfig:
     # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
     pretrain_mix: str = DEFAULT_MIX
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
+    # seconds between checkpoints at most (0 = after every epoch); one is always written after the last epoch and on a stop
+    checkpoint_every_s: float = 300.0
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     @property
@@ -123,6 +125,8 @@ class TrainConfig:
 
         if self.pretrain_dataset in MULTI_CORPORA:
             parse_mix(self.pretrain_mix, self.pretrain_dataset)  # a bad mix is one line before any work
+        need(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
+             f"checkpoint_every_s must be >= 0 (0 = every epoch), got {self.checkpoint_every_s!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(math.isfinite(self.lr) and self.lr >= 0, f"lr must be a positive number (or 0: the recipe's), got {self.lr!r}")
         need(math.isfinite(self.weight_decay) and (self.weight_decay >= 0 or self.weight_decay == -1),

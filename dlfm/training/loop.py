@@ -573,7 +573,9 @@ def fit(
     """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
 
     ``on_epoch_end(epoch, metrics, make_checkpoint)`` runs after every epoch (metrics logging,
-    checkpoints, Optuna pruning); it may raise to stop training. ``resume_state`` (a checkpoint)
+    checkpoints, Optuna pruning); it may raise to stop training. ``make_checkpoint`` is None when no
+    checkpoint is due (``config.checkpoint_every_s``); a stop mid-epoch whose last completed epoch has
+    none calls it once more with empty metrics and that epoch's checkpoint. ``resume_state`` (a checkpoint)
     continues at its next epoch. When ``stop`` is set (by a signal), the loop raises
     ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
     A probed (self-supervised) objective trains on ``splits`` and gets its classification
@@ -608,9 +610,16 @@ def fit(
             start_epoch = config.epochs + 1  # it had already stopped early; killed before the final evaluation
     train_seconds, train_images, epoch_seconds = 0.0, 0, []
     talk = progress and runtime.is_main_process
+    last_saved, saved_at = start_epoch - 1, time.monotonic()  # a resume starts from a saved epoch
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        metrics = train_one_epoch(ctx, train, epoch)
+        try:
+            metrics = train_one_epoch(ctx, train, epoch)
+        except TrainingInterrupted:
+            if on_epoch_end is not None and last_saved < epoch - 1:  # the last completed epoch has no checkpoint yet
+                done = epoch - 1
+                on_epoch_end(done, {}, lambda: checkpoint_state(ctx, done, best_value, best_epoch, best_weights, history))
+            raise
         train_seconds += time.perf_counter() - started
         train_images += len(train.labels)
         metrics.update(evaluate(ctx, splits["val"], class_names, "val", embed=False).metrics)
@@ -623,9 +632,17 @@ def fit(
         if is_better(metrics[monitor], best_value, mode):
             best_value, best_epoch = metrics[monitor], epoch
             best_weights = copy.deepcopy(ctx.model.state_dict())
+        stopping = ctx.stop.requested(runtime.world_size, runtime.device)
+        final = epoch == config.epochs or (config.recipe.early_stopping and epoch - best_epoch >= config.patience)
+        # A checkpoint (hundreds of MB for a ViT, fsynced and copied to MLflow) at most every checkpoint_every_s,
+        # and always after the last epoch and on a stop, so that a stop resumes exactly where it ended.
+        save = final or stopping or time.monotonic() - saved_at >= config.checkpoint_every_s
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics, lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
-        if ctx.stop.requested(runtime.world_size, runtime.device):
+            on_epoch_end(epoch, metrics, (lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
+                         if save else None)
+        if save:
+            last_saved, saved_at = epoch, time.monotonic()
+        if stopping:
             raise TrainingInterrupted(ctx.stop.signal_name, epoch)
         if config.recipe.early_stopping and epoch - best_epoch >= config.patience:
             break

@@ -114,6 +114,8 @@ def _train(trial: optuna.Trial, config: TrainConfig, setup: TrialSetup) -> float
     space = SEARCH_SPACES[config.objective]
 
     def on_epoch_end(epoch: int, metrics: dict, make_checkpoint) -> None:
+        if not metrics:  # a checkpoint-only call (a stop mid-epoch): trials keep no checkpoints
+            return
         tracking.log_epoch_metrics(metrics, epoch)
         if space.epoch_score is None:
             return

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dlfm.models.encoders import Encoder, create_encoder, encoder_row
-from dlfm.models.heads import ClassificationHead, Decoder, MaskedTokenDecoder
+from dlfm.models.heads import ClassificationHead, Decoder, MaskedTokenDecoder, patch_statistics
 from dlfm.objectives import MASKINGS, get_objective
 
 
@@ -16,6 +16,7 @@ class ModelOutput(NamedTuple):
     logits: torch.Tensor | None  # (B, num_classes), or None without a classification head
     reconstruction: torch.Tensor | None  # (B, 1, H, W), or None without a decoder
     embedding: torch.Tensor  # (B, embed_dim)
+    patch_std: torch.Tensor | None = None  # MAE: each patch's pixel std (B, C, rows, cols), computed once for decoder and loss
 
 
 class LensModel(nn.Module):
@@ -75,7 +76,8 @@ class LensModel(nn.Module):
         latent, grid = self.encoder.forward_tokens(images, keep)
         embedding = latent.mean(dim=1)
         logits = self.head(embedding) if self.head is not None else None
-        return ModelOutput(logits, self.decoder(latent, ids_restore, grid, images), embedding)
+        mean, std = patch_statistics(images, patch)  # once per step: the decoder de-normalises with them, the loss divides by std
+        return ModelOutput(logits, self.decoder(latent, ids_restore, grid, images, (mean, std)), embedding, std)
 
 
 def build_model(objective: str, encoder_name: str, num_classes: int, encoder_kwargs: dict | None = None,

@@ -223,8 +223,10 @@ class MaskedTokenDecoder(nn.Module):
     def set_baseline(self, mean_image: torch.Tensor) -> None:
         """No-op: normalised patches have no mean image to start from (the Decoder's residual start)."""
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int], images: torch.Tensor) -> torch.Tensor:
-        """Reconstruction (B, C, H, W) of ``images`` from ``latent`` (B, n_keep, encoder_dim) of the kept tokens."""
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int], images: torch.Tensor,
+                statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Reconstruction (B, C, H, W) of ``images`` from ``latent`` (B, n_keep, encoder_dim) of the kept tokens
+        (``statistics``: the images' ``patch_statistics``, when the caller has them already)."""
         from dlfm.models.encoders import sincos_position_embedding
 
         x = self.embed(latent)
@@ -241,5 +243,5 @@ class MaskedTokenDecoder(nn.Module):
         normalised = normalised.reshape(batch, self.out_chans, rows * p, cols * p)
         size = images.shape[-2:]
         normalised = nn.functional.pad(normalised, (0, size[1] - cols * p, 0, size[0] - rows * p))
-        mean, std = patch_statistics(images, p)
+        mean, std = statistics if statistics is not None else patch_statistics(images, p)
         return normalised * expand_cells(std, p, size) + expand_cells(mean, p, size)

@@ -1,6 +1,7 @@
 """Device throughput of the training loop: img/s and SM utilisation, before vs after each change of issue 20.
 
-One run prints, for the multitask, autoencoder and mae steps (ResNet18, 64 px; batch 256 and 1024):
+One run prints, for the multitask, autoencoder and mae steps (ResNet18, 64 px; batch 256 and 1024), and for the
+ViT-MAE step (`--vit vit_small`: 8-px tokens, mask 0.75, MAE's 512-wide 8-block decoder; issue 27's aim >= 50k img/s):
 
     rung            what it adds (each rung keeps the ones above it)
     before          batches indexed on the host and copied from pageable memory, a host read every step
@@ -134,12 +135,12 @@ def rung_settings(rung: str, device: torch.device) -> dict:
             "compile": level >= 4}
 
 
-def measure(objective: str, batch: int, rung: str, args, splits) -> dict:
+def measure(objective: str, batch: int, rung: str, args, splits, encoder: str | None = None) -> dict:
     """Warm-up epoch (compiles, autotunes), then ``args.epochs`` timed epochs of ``train_one_epoch``."""
     settings = rung_settings(rung, args.device)
     runtime = make_runtime(str(args.device), args.precision)
     runtime.channels_last = settings["channels_last"]
-    config = TrainConfig(objective=objective, encoder=args.encoder, batch_size=batch, epochs=args.epochs + 1,
+    config = TrainConfig(objective=objective, encoder=encoder or args.encoder, batch_size=batch, epochs=args.epochs + 1,
                          compile=settings["compile"], device=str(args.device), precision=args.precision)
     placed, _, placement = place_splits(splits, splits, runtime, settings["placement"])
     train = placed["train"]
@@ -160,7 +161,7 @@ def measure(objective: str, batch: int, rung: str, args, splits) -> dict:
         synchronize(args.device)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     images = args.epochs * len(train.labels)
-    return {"objective": objective, "batch": batch, "rung": rung, "placement": placement,
+    return {"objective": objective if encoder is None else f"{objective}/{encoder}", "batch": batch, "rung": rung, "placement": placement,
             "img_per_s": images / seconds, "sm_util": sampler.summary(), "util_source": sampler.source,
             "warmup_extra_s": max(0.0, warm - seconds / args.epochs), "cpu_s_per_1000": 1000 * cpu / images}
 
@@ -203,6 +204,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side (px)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement (after one warm-up epoch)")
     parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--vit", default="vit_small", help="the ViT-MAE rows (mae with this ViT, 8-px tokens, mask 0.75, "
+                                                           "MAE's 512x8 decoder) at every rung from +no-sync; empty: none")
     for rung, flag in RUNG_FLAGS.items():
         parser.add_argument(flag, dest=rung, action="store_true", help=f"leave out rung {rung}")
     parser.add_argument("--grid", choices=("auto", "skip"), default="auto", help="the 72-cell evaluate grid (auto: when mlflow is there)")
@@ -213,6 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         args.encoder, args.size, args.n, args.epochs, args.batch, args.grid = "conv4", 32, 8, 1, "4", "skip"
+        args.vit = args.vit and "vit_tiny"
         runtime_module.COMPILE_BACKEND = "eager"  # the wiring, without minutes of code generation on a CPU
     args.device = torch.device(args.device)
     rungs = [r for r in RUNGS if r == "before" or not getattr(args, r)]
@@ -234,6 +238,13 @@ def main() -> None:
                 print(f"| {objective} | {batch} | {rung} | {row['placement']} | {row['img_per_s']:.0f} | "
                       f"{row['img_per_s'] / base:.2f} | {row['sm_util']} | {row['warmup_extra_s']:.1f} | "
                       f"{row['cpu_s_per_1000']:.2f} |", flush=True)
+    # The ViT-MAE step (issue 27): no conv, so channels_last changes nothing; from +no-sync on, the rungs that apply.
+    for batch in (int(b) for b in args.batch.split(",")) if args.vit else ():
+        for rung in [r for r in rungs if RUNGS.index(r) >= RUNGS.index("+no-sync")]:
+            row = measure("mae", batch, rung, args, splits, encoder=args.vit)
+            rows.append(row)
+            print(f"| {row['objective']} | {batch} | {rung} | {row['placement']} | {row['img_per_s']:.0f} | - | {row['sm_util']} | "
+                  f"{row['warmup_extra_s']:.1f} | {row['cpu_s_per_1000']:.2f} |", flush=True)
     grid = run_grid(args) if args.grid == "auto" else "skipped (--grid skip)"
     print(f"\nevaluate grid: {grid}", flush=True)
     if args.json:

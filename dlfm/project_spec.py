@@ -78,7 +78,7 @@ ENTRY_POINTS = (
     EntryPoint("anomaly", "pipelines/anomaly.py", ("dlfm.anomaly:AnomalyConfig",)),
     EntryPoint("main", "pipelines/main.py", ("dlfm.stages.main:MainConfig",)),
     EntryPoint("tune", "pipelines/tune.py", (TRAIN, "dlfm.tune.config:TuneConfig"),
-               fixed=SINGLE_LOSS + ("resume", "nproc", "train"), advanced=TRAIN_ADVANCED,
+               fixed=SINGLE_LOSS + ("resume", "nproc", "train", "checkpoint_every_s"), advanced=TRAIN_ADVANCED,
                comment="n_trials counts the study's finished trials: rerunning the same command (or running it on another\n"
                        "machine with the same storage and study_name) joins the study and only adds the missing trials."),
 )

@@ -24,7 +24,7 @@ from dlfm.training.interrupt import TrainingInterrupted
 
 def tiny_config(dataset, **changes) -> TrainConfig:
     base = dict(objective="multitask", dataset=str(dataset), encoder="conv4", epochs=4, batch_size=8, patience=10,
-                experiment_name="fault-test")
+                experiment_name="fault-test", checkpoint_every_s=0)
     return TrainConfig(**{**base, **changes})
 
 
@@ -105,7 +105,7 @@ def test_refusals_leave_the_old_run_untouched(tracking_uri, tiny_classification_
             run_training_stage(config, progress=False)
     killed = client.search_runs([client.get_experiment_by_name("fault-test").experiment_id],
                                 "attributes.status = 'KILLED'")[0].info.run_id
-    for change, words in ((dict(lr=0.01), "lr=0.01 (checkpoint: 0.001)"), (dict(batch_size=4), "batch_size=4"),
+    for change, words in ((dict(lr=0.01), "lr=0.01 (checkpoint: 0.0)"), (dict(batch_size=4), "batch_size=4"),
                           (dict(epochs=2), "epochs=2 (checkpoint: 3)")):
         with pytest.raises(ConfigError, match="trained with another config") as refused:
             run_training_stage(dataclasses.replace(config, resume=killed, **change), progress=False)
@@ -203,7 +203,7 @@ def start_training(tmp_path: Path, dataset: Path, *extra: str) -> subprocess.Pop
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
     args = ["--dataset", str(dataset), "--encoder", "conv4", "--epochs", "8", "--batch_size", "4", "--patience", "100",
-            "--experiment_name", "fault-test", *extra]
+            "--experiment_name", "fault-test", "--checkpoint_every_s", "0", *extra]
     return subprocess.Popen([sys.executable, str(REPO / "pipelines/multitask.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -19,7 +19,8 @@ def test_the_gpu_benchmark_smoke_mode_runs_on_the_cpu(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [row["rung"] for row in rows] == ["before", "+placement", "+no-sync", "+channels_last"]
+    assert [row["rung"] for row in rows] == ["before", "+placement", "+no-sync", "+channels_last", "+no-sync", "+channels_last"]
+    assert [row["objective"] for row in rows[4:]] == ["mae/vit_tiny"] * 2  # the ViT-MAE rung (issue 27)
     assert all(row["img_per_s"] > 0 and row["placement"] == "host" for row in rows)
     assert "| multitask | 4 | +no-sync | host |" in done.stdout
     assert "evaluate grid: skipped" in done.stdout

@@ -232,7 +232,12 @@ def test_vit_mae_through_mlflow_run_logs_the_normalised_loss_and_registers(track
     client = mlflow.MlflowClient()
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`dlfm.stage` = 'mae'")
     assert run.info.status == "FINISHED" and run.data.params["encoder"] == "vit_tiny"
-    for name in ("val/masked_norm_mse", "val/masked_norm_mse_vs_mean_image", "val/macro_auc", "train/masked_norm_mse"):
+    for name in ("val/masked_norm_mse", "val/masked_norm_mse_vs_mean_image", "val/macro_auc", "train/masked_norm_mse",
+                 "train/lr", "val_epoch/masked_norm_mse_vs_position_mean", "val/masked_norm_mse_vs_position_mean",
+                 "test/masked_norm_mse_vs_position_mean"):  # issue 27: the schedule, and the position-only baseline
         assert name in run.data.metrics, name
+    # MAE's rule: the peak lr is the base 1.5e-4 per 256 images x the batch; the decoder is MAE's 512 x 8
+    assert float(run.data.params["lr_effective"]) == pytest.approx(1.5e-4 * 8 / 256)
+    assert (run.data.params["decoder_dim"], run.data.params["decoder_depth"]) == ("512", "8")
     version = client.get_model_version("dlfm-encoder", run.data.tags["dlfm.registered_version"])
     assert version.tags["objective"] == "mae"

@@ -63,9 +63,9 @@ def test_fit_returns_the_shared_metric_names(objective):
         for metric in ("recon_mse", "masked_mse"):
             assert (f"{prefix}/{metric}" in result.final_metrics) == (spec.recon_metric == metric)
             assert (f"{prefix}/{metric}_mean_image" in result.final_metrics) == (spec.recon_metric == metric)
-    # The objective's total has its own name; each part has the name its val metric has.
+    # The objective's total has its own name; each part has the name its val metric has; train/lr is the schedule.
     assert {name for name in result.history[0] if name.startswith("train/")} == (
-        {f"train/{spec.total_metric}"} | {f"train/{PARTS[p]}" for p in spec.parts})
+        {f"train/{spec.total_metric}", "train/lr"} | {f"train/{PARTS[p]}" for p in spec.parts})
 
 
 def test_the_probe_is_measured_the_same_way_for_a_head_and_a_self_supervised_objective():

@@ -156,16 +156,24 @@ class PatchMasker(nn.Module):
         self.mask_ratio = mask_ratio
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mask (B, 1, H, W) of 1.0 on hidden pixels, 0.0 on visible ones (partial edge cells stay visible)."""
+        """Mask (B, 1, H, W) of 1.0 on hidden pixels, 0.0 on visible ones (partial edge cells stay visible).
+
+        Without ``generator`` the token-level noise is drawn on the images' device (torch's seeded RNG of
+        that device): the training step then has no host work and no copy. With one (evaluation's fixed
+        masks), it is drawn on the host from it and copied, reproducible whatever the device.
+        """
         batch, _, height, width = images.shape
         rows, cols = height // self.patch_size, width // self.patch_size
         n_patches = rows * cols
-        n_hidden = round(n_patches * self.mask_ratio)
-        order = torch.rand(batch, n_patches, generator=generator).argsort(dim=1)[:, :n_hidden]
-        cells = torch.zeros(batch, n_patches).scatter_(1, order, 1.0).view(batch, 1, rows, cols)
-        mask = cells.repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
-        mask = nn.functional.pad(mask, (0, width - mask.shape[-1], 0, height - mask.shape[-2]))
-        return mask.to(images.device, non_blocking=True)  # no wait for the device (the mask is drawn on the host)
+        n_hidden = round(n_patches * self.mask_ratio)  # static: the same count in every image and every step
+        if generator is None:
+            noise = torch.rand(batch, n_patches, device=images.device)
+        else:
+            noise = torch.rand(batch, n_patches, generator=generator).to(images.device)
+        order = noise.argsort(dim=1)[:, :n_hidden]
+        cells = torch.zeros(batch, n_patches, device=images.device, dtype=images.dtype).scatter_(1, order, 1.0)
+        mask = cells.view(batch, 1, rows, cols).repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
+        return nn.functional.pad(mask, (0, width - mask.shape[-1], 0, height - mask.shape[-2]))
 
 
 PIXEL_NORM_EPS = 1e-6  # added to each patch's pixel variance before normalising by it (MAE's norm_pix_loss)
@@ -199,23 +207,26 @@ class MaskedTokenDecoder(nn.Module):
     are), so only its normalised shape is learned; the loss (``masked_norm_mse``) cancels them out.
     """
 
-    def __init__(self, encoder_dim: int, patch_size: int, out_chans: int = 1, width: int = 128, depth: int = 2, heads: int = 4):
+    def __init__(self, encoder_dim: int, patch_size: int, out_chans: int = 1, width: int = 512, depth: int = 8):
         super().__init__()
-        from dlfm.models.encoders import transformer_blocks
+        from dlfm.models.encoders import LAYER_NORM_EPS, init_vit_weights, transformer_blocks
 
-        self.patch_size, self.out_chans = patch_size, out_chans
+        self.patch_size, self.out_chans, self.width, self.depth = patch_size, out_chans, width, depth
         self.embed = nn.Linear(encoder_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        nn.init.normal_(self.mask_token, std=0.02)
-        self.blocks = transformer_blocks(width, depth, heads)
-        self.norm = nn.LayerNorm(width)
+        self.blocks = transformer_blocks(width, depth, max(1, width // 32))  # 32 channels per head: MAE's 512 wide, 16 heads
+        self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.predict = nn.Linear(width, patch_size * patch_size * out_chans)
+        self.apply(init_vit_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
 
     def set_baseline(self, mean_image: torch.Tensor) -> None:
         """No-op: normalised patches have no mean image to start from (the Decoder's residual start)."""
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int], images: torch.Tensor) -> torch.Tensor:
-        """Reconstruction (B, C, H, W) of ``images`` from ``latent`` (B, n_keep, encoder_dim) of the kept tokens."""
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int], images: torch.Tensor,
+                statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Reconstruction (B, C, H, W) of ``images`` from ``latent`` (B, n_keep, encoder_dim) of the kept tokens
+        (``statistics``: the images' ``patch_statistics``, when the caller has them already)."""
         from dlfm.models.encoders import sincos_position_embedding
 
         x = self.embed(latent)
@@ -232,5 +243,5 @@ class MaskedTokenDecoder(nn.Module):
         normalised = normalised.reshape(batch, self.out_chans, rows * p, cols * p)
         size = images.shape[-2:]
         normalised = nn.functional.pad(normalised, (0, size[1] - cols * p, 0, size[0] - rows * p))
-        mean, std = patch_statistics(images, p)
+        mean, std = statistics if statistics is not None else patch_statistics(images, p)
         return normalised * expand_cells(std, p, size) + expand_cells(mean, p, size)

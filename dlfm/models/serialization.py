@@ -42,7 +42,8 @@ def save_encoder(encoder: Encoder, directory: str | Path, image_size: int | None
     arch = {**encoder.arch_config, "embed_dim": encoder.embed_dim, "image_size": image_size, "objective": objective}
     if decoder is not None:
         torch.save({name: tensor.detach().cpu() for name, tensor in decoder.state_dict().items()}, directory / DECODER_FILE)
-        arch["decoder"] = {"tokens": isinstance(decoder, MaskedTokenDecoder), **(masking or {})}
+        tokens = isinstance(decoder, MaskedTokenDecoder)
+        arch["decoder"] = {"tokens": tokens, **({"width": decoder.width, "depth": decoder.depth} if tokens else {}), **(masking or {})}
     (directory / ARCH_FILE).write_text(json.dumps(arch, indent=2, sort_keys=True))
     return directory
 
@@ -81,12 +82,15 @@ def load_reconstructor(directory: str | Path, map_location: str | torch.device =
     arch = read_arch(directory)
     if not arch.get("decoder") or not (Path(directory) / DECODER_FILE).is_file():
         return None
-    model = LensModel(load_encoder(directory, map_location), None, reconstruct=True, drop_tokens=bool(arch["decoder"]["tokens"]))
+    saved = arch["decoder"]
+    # A token decoder saved before its size was stored is the old 128-wide, 2-block one.
+    model = LensModel(load_encoder(directory, map_location), None, reconstruct=True, drop_tokens=bool(saved["tokens"]),
+                      decoder_dim=saved.get("width", 128), decoder_depth=saved.get("depth", 2), mask_ratio=saved.get("mask_ratio", 0.75))
     state = load_weights_only(Path(directory) / DECODER_FILE, map_location)
     if "baseline" in state:  # the mean train image: its shape is the training image size, not the fresh (1, 1, 1, 1)
         model.decoder.baseline = torch.zeros_like(state["baseline"])
     model.decoder.load_state_dict(state)
-    masking = {key: value for key, value in arch["decoder"].items() if key != "tokens"}
+    masking = {key: value for key, value in saved.items() if key not in ("tokens", "width", "depth")}
     return Reconstructor(model.eval(), arch["objective"], masking)
 
 

@@ -30,7 +30,8 @@ PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-fr
                   "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
-                   "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image")
+                   "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image",
+             "test/masked_norm_mse_vs_position_mean")
 
 
 def objective_params(objective: str, encoder: str) -> dict:
@@ -63,7 +64,7 @@ class MainConfig:
     encoder: str = "resnet18"  # encoder for all four objectives (fair ablation)
     epochs: int = 4  # epochs of every training stage (demo size: make demo took 12 min 51 s on an idle 2-core fp32 CPU)
     batch_size: int = 64  # images per optimiser step in every training stage
-    lr: float = 1e-3  # peak AdamW learning rate of every training stage
+    lr: float = 0.0  # base AdamW lr per 256 images of every training stage (0 = each objective's recipe)
     recon_weight: float = 1.0  # multitask loss weight (or tuned, with tune=true)
     seed: int = 0  # training seed and the simulation seed of model_ii and regression (held-out evaluation set: seed + 1)
     tune: bool = False  # run the Optuna tune stage and let its best encoder compete
@@ -96,8 +97,8 @@ class MainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0 (0 = all cores), got {self.workers!r}")
-        if not self.lr > 0 or not self.recon_weight >= 0:
-            raise ConfigError("lr must be > 0 and recon_weight >= 0")
+        if not self.lr >= 0 or not self.recon_weight >= 0:
+            raise ConfigError("lr must be >= 0 (0: each objective's recipe) and recon_weight >= 0")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.pretrain_seed == self.seed:

@@ -1,6 +1,7 @@
 """The training stages (one per row of ``dlfm.objectives.OBJECTIVES``): one tracked run around ``training.fit``.
 
-Each epoch ends with a checkpoint (``checkpoints/last.pt`` artifact, and a local copy under
+An epoch ends with a checkpoint at most every ``checkpoint_every_s``, and always after the last one and
+on a stop (``checkpoints/last.pt`` artifact, and a local copy under
 ``checkpoints/<run_id>/``); ``resume=<run_id>`` reopens a killed or failed run and continues at
 the epoch after its checkpoint. SIGINT/SIGTERM finish the current step and end the run KILLED
 with a ``dlfm.resume_hint`` tag.
@@ -219,13 +220,20 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
                            "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
                            "dlfm.world_size": runtime.world_size})
-        # batch_size=auto: the number fit will use (the same rule, on the same split), beside the param as asked
-        tracking.log_params({"batch_size_resolved": config.with_batch_resolved(runtime.device.type, train_splits["train"]).batch_size})
+        # batch_size=auto: the number fit will use (the same rule, on the same split), beside the param as asked;
+        # lr_effective: the peak lr the recipe's rule gives at that batch
+        resolved = config.with_batch_resolved(runtime.device.type, train_splits["train"])
+        tracking.log_params({"batch_size_resolved": resolved.batch_size, "lr_effective": resolved.lr_effective})
+
+        # Epochs a killed run logged after its last checkpoint: a resume trains them again but does not log them twice.
+        logged = checkpoints.logged_epochs(run_id, config.objective) if resume_state else set()
 
         def on_epoch_end(epoch, metrics, make_checkpoint):
-            # Checkpoint first: a crash in between then leaves a step to backfill, never one to log twice.
-            checkpoints.log_checkpoint(make_checkpoint(), run_id)
-            tracking.log_epoch_metrics(metrics, epoch)
+            # Checkpoint first (when one is due): a crash in between then leaves a step to backfill, never one to log twice.
+            if make_checkpoint is not None:
+                checkpoints.log_checkpoint(make_checkpoint(), run_id)
+            if metrics and epoch not in logged:
+                tracking.log_epoch_metrics(metrics, epoch)
 
         if stop.signal_name is not None:  # stopped before the first step: the last checkpoint (if any) stands
             raise TrainingInterrupted(stop.signal_name, resume_state["epoch"] if resume_state else 0)
@@ -266,5 +274,6 @@ def headline_metrics(metrics: dict[str, float], monitor: str) -> dict[str, float
     """The few numbers a description and the closing lines show: the monitored metric and the class metrics."""
     names = (monitor, "val/macro_auc", "val/accuracy", "test/macro_auc", "test/accuracy",
              "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image",
-             "test/masked_norm_mse_vs_mean_image")
+             "test/masked_norm_mse_vs_mean_image",
+             "test/masked_norm_mse_vs_position_mean")
     return {name: metrics[name] for name in dict.fromkeys(names) if name in metrics}

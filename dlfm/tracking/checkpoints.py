@@ -117,6 +117,11 @@ def check_resumable(run_id: str, stage: str):
     return run
 
 
+def logged_epochs(run_id: str, objective: str) -> set[int]:
+    """Steps (epochs) at which ``run_id`` logged its train total ``train/loss_<objective>``."""
+    return {m.step for m in _client().get_metric_history(run_id, f"train/loss_{objective}")}
+
+
 def backfill_epoch_metrics(run_id: str, history: list[dict[str, float]]) -> int:
     """Log epochs of a checkpoint's history whose step the run lacks (killed between checkpoint and metrics).
 

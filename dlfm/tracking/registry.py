@@ -28,7 +28,10 @@ LOADER_MODULE = "dlfm.tracking.pyfunc_encoder"  # what every dlfm-made version's
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib")
 VERSION_TAG_METRICS = ("val/accuracy", "val/macro_auc", "val/probe_macro_auc", "test/accuracy", "test/macro_auc",
                        "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image",
-                       "test/masked_norm_mse_vs_mean_image")  # ratios: < 1 draws each image
+                       "test/masked_norm_mse_vs_mean_image", "test/masked_norm_mse_vs_position_mean")
+# Ratios to a baseline that knows no image: the mean train image (pixel MSEs: < 1 draws each image), and for MAE's
+# per-patch-normalised MSE the position-only predictor (1.0 = nothing learned beyond positions). Under per-patch
+# normalisation the mean image is a poor baseline (about 10x worse than positions), so its ratio < 1 proves nothing.
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 ONCE_TAG = "registered_for"  # version tag: what a once-only registration stands for (a tune study's best trial run)
 # Label provenance, version tags (issue 28): what labels the encoder's weights were chosen with, so that an

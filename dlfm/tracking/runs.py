@@ -402,7 +402,7 @@ EPOCH_SPLIT = "val_epoch"  # per-epoch validation curves; `val/…` is the best 
 
 
 def epoch_metric_names(metrics: dict[str, float]) -> dict[str, float]:
-    """One epoch's metrics under their curve names: ``val/x`` → ``val_epoch/x`` (``train/…`` and ``lr`` unchanged).
+    """One epoch's metrics under their curve names: ``val/x`` → ``val_epoch/x`` (``train/…``, ``train/lr`` included, unchanged).
 
     ``val/…`` and ``test/…`` are logged once, from the best epoch's weights (or the linear probe),
     so the UI draws them as one bar per run and the compare view lines up the encoder that was
@@ -412,7 +412,7 @@ def epoch_metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def log_epoch_metrics(metrics: dict[str, float], epoch: int) -> None:
-    """Log one epoch's metrics (train/…, val_epoch/…, lr) at step ``epoch``."""
+    """Log one epoch's metrics (train/…, train/lr, val_epoch/…) at step ``epoch``."""
     log_metrics(epoch_metric_names(metrics), step=epoch)
 
 

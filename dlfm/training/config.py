@@ -18,6 +18,7 @@ RESUME_IGNORED = ("resume",)
 # Params that only some objectives take, keyed by the table property that turns them on.
 WEIGHT_PARAMS = ("recon_weight", "loss_balance")
 MASK_PARAMS = ("mask_ratio", "patch_size")
+DECODER_PARAMS = ("decoder_dim", "decoder_depth")  # the token decoder of a masking objective (with a ViT)
 PRETRAIN_PARAMS = ("pretrain_dataset", "pretrain_n_train", "pretrain_n_val", "pretrain_n_test", "pretrain_seed", "pretrain_mix")  # fields a resumed run need not share with its checkpoint
 
 
@@ -34,17 +35,20 @@ class TrainConfig:
     # images per optimiser step; auto: 64 off CUDA, on CUDA per encoder and image size (dlfm/training/batching.py;
     # logged as batch_size_resolved)
     batch_size: int | str = "auto"
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    # base AdamW lr per 256 images: the peak lr is lr x batch_size x nproc / 256 (0 = the objective's recipe, dlfm.objectives.RECIPES)
+    lr: float = 0.0
+    weight_decay: float = -1.0  # AdamW decoupled weight decay (-1 = the recipe's: 1e-4, ViT mae 0.05 with norms, biases and tokens exempt)
     schedule: str = "cosine"  # learning-rate schedule over all steps: cosine | onecycle
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    grad_clip: float = -1.0  # max global gradient norm (0 = off; -1 = the recipe's: 1.0, ViT mae off)
     label_smoothing: float = 0.1  # cross-entropy label smoothing (same for supervised and multitask)
     recon_weight: float = 1.0  # multitask: loss = CE + recon_weight * MSE (fixed balance)
     loss_balance: str = "fixed"  # multitask: fixed | uncertainty (learned log-variance weights, Kendall et al. 2018)
     mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder (MAE's 0.75; SparK used 0.6); vit: 0.5-0.95
     patch_size: int = 8  # mae: side of a masked patch (pixels); 8 px = the stride of the decoded latent; vit: its token size
+    decoder_dim: int = 512  # ViT mae: width of MAE's transformer decoder (a multiple of 32; MAE's 512)
+    decoder_depth: int = 8  # ViT mae: blocks of MAE's transformer decoder (MAE's 8)
     augment: bool = True  # random flips and rot90 (lensing images are symmetric under them)
-    patience: int = 4  # early stopping: epochs without improvement of the monitored val metric
+    patience: int = 4  # early stopping: epochs without improvement of the monitored val metric (ViT mae runs every epoch, as MAE)
     seed: int = 0  # seeds torch, numpy, shuffling and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
@@ -65,6 +69,8 @@ class TrainConfig:
     # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
     pretrain_mix: str = DEFAULT_MIX
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
+    # seconds between checkpoints at most (0 = after every epoch); one is always written after the last epoch and on a stop
+    checkpoint_every_s: float = 300.0
     resume: str = ""  # id of a KILLED/FAILED run of this stage to continue from its last checkpoint ("" = new run)
 
     def __post_init__(self):
@@ -87,6 +93,28 @@ class TrainConfig:
     def masking(self) -> dict:
         """What a masked objective hides (mask_ratio, patch_size), saved beside its decoder; empty for the others."""
         return {name: getattr(self, name) for name in MASK_PARAMS} if get_objective(self.objective).masks_input else {}
+
+    @property
+    def recipe(self):
+        """The objective's optimiser recipe with this encoder (a row of dlfm.objectives.RECIPES)."""
+        return get_objective(self.objective).recipe_for(self.encoder_kind)
+
+    @property
+    def lr_effective(self) -> float:
+        """The peak lr: the base lr per 256 images (``lr``, else the recipe's) x the global batch / 256."""
+        if self.batch_size == AUTO:
+            raise ValueError("lr_effective needs the resolved batch: call with_batch_resolved first")
+        return (self.lr or self.recipe.base_lr) * self.batch_size * self.nproc / 256
+
+    @property
+    def weight_decay_effective(self) -> float:
+        """AdamW weight decay: ``weight_decay``, or the recipe's at -1."""
+        return self.recipe.weight_decay if self.weight_decay < 0 else self.weight_decay
+
+    @property
+    def grad_clip_effective(self) -> float:
+        """Max gradient norm (0 = off): ``grad_clip``, or the recipe's at -1."""
+        return (self.recipe.grad_clip or 0.0) if self.grad_clip < 0 else self.grad_clip
 
     @property
     def encoder_kind(self) -> str:
@@ -118,11 +146,17 @@ class TrainConfig:
 
         if self.pretrain_dataset in MULTI_CORPORA:
             parse_mix(self.pretrain_mix, self.pretrain_dataset)  # a bad mix is one line before any work
+        need(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
+             f"checkpoint_every_s must be >= 0 (0 = every epoch), got {self.checkpoint_every_s!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
-        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(math.isfinite(self.lr) and self.lr >= 0, f"lr must be a positive number (or 0: the recipe's), got {self.lr!r}")
+        need(math.isfinite(self.weight_decay) and (self.weight_decay >= 0 or self.weight_decay == -1),
+             f"weight_decay must be >= 0 (or -1: the recipe's), got {self.weight_decay!r}")
+        need(isinstance(self.decoder_dim, int) and self.decoder_dim > 0 and self.decoder_dim % 32 == 0,
+             f"decoder_dim must be a positive multiple of 32 (32 channels per attention head), got {self.decoder_dim!r}")
+        need(isinstance(self.decoder_depth, int) and self.decoder_depth > 0, f"decoder_depth must be a positive integer, got {self.decoder_depth!r}")
         need(math.isfinite(self.recon_weight) and self.recon_weight >= 0, f"recon_weight must be >= 0, got {self.recon_weight!r}")
-        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip!r}")
+        need(self.grad_clip >= 0 or self.grad_clip == -1, f"grad_clip must be >= 0 (0 turns clipping off; -1: the recipe's), got {self.grad_clip!r}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         need(self.loss_balance in LOSS_BALANCES, f"unknown loss_balance {self.loss_balance!r}; choose one of {', '.join(LOSS_BALANCES)}")
@@ -220,5 +254,5 @@ def fresh_command(entry: str) -> str:
 def objective_excluded_params(objective: str) -> tuple[str, ...]:
     """TrainConfig fields an objective's entry point does not take (read from the objectives table)."""
     spec = get_objective(objective)
-    return ((() if spec.weighted else WEIGHT_PARAMS) + (() if spec.masks_input else MASK_PARAMS)
+    return ((() if spec.weighted else WEIGHT_PARAMS) + (() if spec.masks_input else MASK_PARAMS + DECODER_PARAMS)
             + (() if spec.probed else PRETRAIN_PARAMS))

@@ -89,10 +89,13 @@ class TrainingContext:
     ddp_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world_size > 1
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM; checked after each step (each read point under DDP)
     mean_images: dict = field(default_factory=dict)  # (H, W) → (1, 1, H, W) mean train image of that size: the reconstruction baseline
+    # (H, W) → (1, 1, H, W) mean per-patch-normalised train image: the position-only predictor of MAE's normalised loss
+    position_means: dict = field(default_factory=dict)
     compiled: nn.Module | None = None  # torch.compile of the (DDP-wrapped) model, with config.compile
     placement: str = "host"  # where the split tensors live: a key of dlfm.training.placement.FEEDERS
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
     feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
+    grad_clip: float = 0.0  # max global gradient norm (0 = off): the config's, else its recipe's
 
     @property
     def forward_model(self) -> nn.Module:
@@ -152,20 +155,23 @@ class FitResult:
     data_placement: str = "host"  # where the splits lived: device | pinned | host (dlfm.training.placement)
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rot90 (k = 0..3) and horizontal flip per image: the dihedral symmetries of a lens image."""
-    n = images.shape[0]
-    # Drawn on the host (the generator lives there) and turned into index lists there, so that a batch on
-    # the device is augmented without a device → host read (a boolean-mask index would need one).
-    turns = torch.randint(0, 4, (n,), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
-    out = images.clone()
-    for k in range(1, 4):
-        chosen = (turns == k).nonzero().squeeze(1)
-        if len(chosen):
-            chosen = chosen.to(images.device, non_blocking=True)
-            out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
-    return torch.where(flips.to(images.device, non_blocking=True)[:, None, None, None], out.flip(-1), out)
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random rot90 (k = 0..3) and horizontal flip per image: the dihedral symmetries of a lens image.
+
+    Drawn on the images' device (torch's seeded RNG there; ``generator``, a host one, when given) and applied
+    with ``torch.where`` over the three rotations: no index list, no host read, no data-dependent shape.
+    """
+    n, device = images.shape[0], images.device
+    if generator is None:
+        turns, flips = torch.randint(0, 4, (n,), device=device), torch.rand(n, device=device) < 0.5
+    else:
+        turns = torch.randint(0, 4, (n,), generator=generator).to(device)
+        flips = (torch.rand(n, generator=generator) < 0.5).to(device)
+    out = images
+    square = images.shape[-1] == images.shape[-2]
+    for k in (1, 2, 3) if square else (2,):  # a quarter turn of a non-square image would change its shape
+        out = torch.where((turns == k)[:, None, None, None], torch.rot90(images, k, dims=(2, 3)), out)
+    return torch.where(flips[:, None, None, None], out.flip(-1), out)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
@@ -196,6 +202,35 @@ def mean_images(data) -> dict[tuple[int, int], torch.Tensor]:
     return {size: (groups[0].mean(dim=0, keepdim=True) if len(groups) == 1 else
                    sum(images.sum(dim=0, keepdim=True) for images in groups) / sum(len(images) for images in groups))
             for size, groups in by_size.items()}
+
+
+def position_means(data, patch_size: int, device: torch.device, chunk: int = 1024) -> dict[tuple[int, int], torch.Tensor]:
+    """(H, W) → the mean per-patch-normalised image (1, 1, H, W) of ``data``: for each patch position, the mean
+    normalised patch (MAE's norm_pix target). As a prediction it knows positions and nothing of the image: the
+    baseline a masked normalised loss must beat (ratio 1.0 = the decoder ignores the encoder). Computed once."""
+    from dlfm.models.heads import expand_cells, patch_statistics
+
+    sums: dict[tuple[int, int], list] = {}
+    for group in data.groups:
+        size = tuple(group.images.shape[-2:])
+        total = sums.setdefault(size, [0.0, 0])
+        for images in group.images.split(chunk):
+            images = images.to(device).float()
+            mean, std = patch_statistics(images, patch_size)
+            normalised = (images - expand_cells(mean, patch_size, size)) / expand_cells(std, patch_size, size)
+            total[0] = total[0] + normalised.sum(dim=0, keepdim=True)
+            total[1] += len(images)
+    return {size: total / count for size, (total, count) in sums.items()}
+
+
+def position_mean_prediction(position_mean: torch.Tensor, images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The position-only predictor of ``images`` in image units: the mean normalised patch de-normalised with each
+    target patch's own statistics, as ``MaskedTokenDecoder`` returns its predictions."""
+    from dlfm.models.heads import expand_cells, patch_statistics
+
+    size = images.shape[-2:]
+    mean, std = patch_statistics(images, patch_size)
+    return position_mean * expand_cells(std, patch_size, size) + expand_cells(mean, patch_size, size)
 
 
 def decoder_baseline(means: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
@@ -245,16 +280,16 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     seen = 0
     for step, (_, index, images, labels) in enumerate(ctx.grouped_batches(data, order)):
         if ctx.config.augment:
-            images = augment_batch(images, ctx.generator)
-        mask = ctx.objective.make_mask(images, ctx.generator)
+            images = augment_batch(images)  # drawn on the device: the step has no host work
+        mask = ctx.objective.make_mask(images, None)
         with ctx.runtime.autocast():
             output = ctx.forward_model(images, mask)
             loss, parts = ctx.objective(output, images, labels, mask)
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.runtime.scaler.scale(loss).backward()
-        if ctx.config.grad_clip > 0:
+        if ctx.grad_clip > 0:
             ctx.runtime.scaler.unscale_(ctx.optimizer)
-            nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.config.grad_clip)
+            nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.grad_clip)
         ctx.runtime.scaler.step(ctx.optimizer)
         ctx.runtime.scaler.update()
         ctx.scheduler.step()
@@ -311,7 +346,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
     ctx.objective.eval()
     spec = ctx.objective.spec
     part = ctx.objective.recon_metric
-    sums = torch.zeros(3, dtype=sum_dtype(ctx.runtime.device), device=ctx.runtime.device)  # loss, recon, baseline (× images)
+    sums = torch.zeros(4, dtype=sum_dtype(ctx.runtime.device), device=ctx.runtime.device)  # loss, recon, baseline, position baseline (× images)
     zero = torch.zeros((), device=ctx.runtime.device)
     probs, embeddings = [], []
     mask_generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
@@ -323,23 +358,29 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
             loss, parts = ctx.objective(output, images, labels, mask)
             if embed:
                 embeddings.append((output.embedding if mask is None else ctx.model.encoder(images)).float())
-        recon, baseline_mse = zero, zero
+        recon, baseline_mse, position_mse = zero, zero, zero
         if spec.decodes:
             recon = parts[part]
             baseline = ctx.mean_image_for(images).expand_as(images)
             baseline_mse = ctx.objective.reconstruction_error(baseline, images, mask)
-        sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float()]).to(sums.dtype) * len(index)
+        if ctx.objective.normalised and tuple(images.shape[-2:]) in ctx.position_means:
+            predicted = position_mean_prediction(ctx.position_means[tuple(images.shape[-2:])], images, ctx.objective.patch_size)
+            position_mse = ctx.objective.reconstruction_error(predicted, images, mask)
+        sums += torch.stack([loss.detach().float(), recon.float(), baseline_mse.float(), position_mse.float()]).to(sums.dtype) * len(index)
         if output.logits is not None:
             probs.append(torch.softmax(output.logits.float(), dim=1))
     labels_all = data.labels
     n = len(labels_all)
-    loss_sum, recon_sum, baseline_sum = sums.tolist()  # the one read of this pass
+    loss_sum, recon_sum, baseline_sum, position_sum = sums.tolist()  # the one read of this pass
     metrics = {f"{prefix}/{spec.total_metric}": loss_sum / n}
     if spec.decodes:
         name = f"{prefix}/{part}"
         metrics[name] = recon_sum / n
         metrics[f"{name}_mean_image"] = baseline_sum / n  # the MSE of predicting the mean train image
         metrics[f"{name}_vs_mean_image"] = recon_sum / max(baseline_sum, 1e-12)
+    if position_sum > 0:  # MAE's normalised loss: the baseline that knows positions only (1.0 = nothing learned)
+        metrics[f"{prefix}/{part}_position_mean"] = position_sum / n
+        metrics[f"{prefix}/{part}_vs_position_mean"] = recon_sum / position_sum
     labels_np = labels_all.cpu().numpy()
     probs_np = torch.cat(probs).cpu().numpy() if probs else None
     if probs_np is not None:
@@ -395,27 +436,56 @@ def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: E
                             probed[name].probs, probed[name].labels, probed[name].embeddings) for name in ("val", "test"))
 
 
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")  # parameter names MAE keeps out of weight decay
+
+
+def parameter_groups(modules: list[nn.Module], weight_decay: float, decay_exempt: bool) -> list[dict]:
+    """AdamW groups: with ``decay_exempt`` (MAE, timm's ``param_groups_weight_decay``), params with ndim <= 1
+    (norms, biases, learned loss weights) and position embeddings / tokens get no decay; else one group."""
+    params = [(name, p) for module in modules for name, p in module.named_parameters() if p.requires_grad]
+    if not decay_exempt:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    exempt = [p.ndim <= 1 or any(word in name for word in NO_DECAY_NAMES) for name, p in params]
+    return [{"params": [p for (_, p), no in zip(params, exempt) if not no], "weight_decay": weight_decay},
+            {"params": [p for (_, p), no in zip(params, exempt) if no], "weight_decay": 0.0}]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """lr factor at a step: linear from 0 over ``warmup_steps``, then a half-cycle cosine to 0 (MAE's lr_sched)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return factor
+
+
 def build_context(config: TrainConfig, num_classes: int, steps_per_epoch: int, runtime: Runtime | None = None, progress: bool = True) -> TrainingContext:
     """Seeded model, objective, AdamW and schedule for ``config``."""
     runtime = runtime or make_runtime(config.device)
     generator = seed_everything(config.seed)
-    model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs).to(runtime.device)
+    model = build_model(config.objective, config.encoder, num_classes, config.encoder_kwargs, config.decoder_dim,
+                        config.decoder_depth, config.mask_ratio).to(runtime.device)
     if runtime.channels_last and prefers_channels_last(model):
         model = model.to(memory_format=torch.channels_last)  # NHWC convolution kernels (tensor cores on CUDA)
     objective = Objective(config.objective, config.recon_weight, config.loss_balance, config.label_smoothing,
                           config.patch_size, config.mask_ratio, config.encoder_kind).to(runtime.device)
-    parameters = list(model.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    recipe, lr = config.recipe, config.lr_effective
+    groups = parameter_groups([model, objective], config.weight_decay_effective, recipe.decay_exempt)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas)
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+        # its own warmup (30 % of steps) and momentum cycle replace the recipe's warmup and beta1
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, round(recipe.warmup_share * total_steps)))
     ddp_model = None
     if runtime.world_size > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    ctx = TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model)
+    ctx = TrainingContext(config, model, objective, optimizer, scheduler, runtime, generator, progress, ddp_model,
+                          grad_clip=config.grad_clip_effective)
     # The training forward only: evaluation runs the plain model (eval mode and its batch sizes would recompile).
     ctx.compiled = compile_model(ddp_model or model) if config.compile else None
     return ctx
@@ -434,7 +504,8 @@ def format_duration(seconds: float) -> str:
 def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], monitor: str, seconds: float, eta: float) -> str:
     """One line per epoch that stays in logs (CI, tee, nohup): the train total, key val metrics, time and ETA."""
     train = [(k, v) for k, v in metrics.items() if k.startswith("train/loss_")][:1]  # the objective's total
-    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse", "val/masked_norm_mse")
+    wanted = (monitor, "val/accuracy", "val/macro_auc", "val/recon_mse", "val/masked_mse", "val/masked_norm_mse",
+              "val/masked_norm_mse_vs_position_mean")
     val = [(k, metrics[k]) for k in dict.fromkeys(wanted) if k in metrics]
     parts = [f"{name} {value:.4f}" for name, value in train + val]
     width = len(str(epochs))
@@ -503,7 +574,9 @@ def fit(
     """Train with early stopping on ``config.monitor``; evaluate the best weights on val and test.
 
     ``on_epoch_end(epoch, metrics, make_checkpoint)`` runs after every epoch (metrics logging,
-    checkpoints, Optuna pruning); it may raise to stop training. ``resume_state`` (a checkpoint)
+    checkpoints, Optuna pruning); it may raise to stop training. ``make_checkpoint`` is None when no
+    checkpoint is due (``config.checkpoint_every_s``); a stop mid-epoch whose last completed epoch has
+    none calls it once more with empty metrics and that epoch's checkpoint. ``resume_state`` (a checkpoint)
     continues at its next epoch. When ``stop`` is set (by a signal), the loop raises
     ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
     A probed (self-supervised) objective trains on ``splits`` and gets its classification
@@ -523,6 +596,8 @@ def fit(
     ctx.stop = stop or StopRequest()
     ctx.placement = placement
     ctx.mean_images = {size: mean.to(runtime.device) for size, mean in mean_images(train).items()}
+    if ctx.objective.normalised:
+        ctx.position_means = position_means(train, config.patch_size, runtime.device)
     if ctx.model.decoder is not None:  # before a resume restores the saved one
         ctx.model.decoder.set_baseline(decoder_baseline(ctx.mean_images))
     monitor, mode = config.monitor
@@ -534,17 +609,24 @@ def fit(
         start_epoch = resume_state["epoch"] + 1
         best_value, best_epoch = resume_state["best_value"], resume_state["best_epoch"]
         best_weights, history = resume_state["best_weights"], list(resume_state["history"])
-        if resume_state["epoch"] - best_epoch >= config.patience:
+        if config.recipe.early_stopping and resume_state["epoch"] - best_epoch >= config.patience:
             start_epoch = config.epochs + 1  # it had already stopped early; killed before the final evaluation
     train_seconds, train_images, epoch_seconds = 0.0, 0, []
     talk = progress and runtime.is_main_process
+    last_saved, saved_at = start_epoch - 1, time.monotonic()  # a resume starts from a saved epoch
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        metrics = train_one_epoch(ctx, train, epoch)
+        try:
+            metrics = train_one_epoch(ctx, train, epoch)
+        except TrainingInterrupted:
+            if on_epoch_end is not None and last_saved < epoch - 1:  # the last completed epoch has no checkpoint yet
+                done = epoch - 1
+                on_epoch_end(done, {}, lambda: checkpoint_state(ctx, done, best_value, best_epoch, best_weights, history))
+            raise
         train_seconds += time.perf_counter() - started
         train_images += len(train.labels)
         metrics.update(evaluate(ctx, splits["val"], class_names, "val", embed=False).metrics)
-        metrics["lr"] = ctx.scheduler.get_last_lr()[0]
+        metrics["train/lr"] = ctx.scheduler.get_last_lr()[0]  # the lr of the epoch's last step: the warmup rises, then decays
         history.append(metrics)
         epoch_seconds.append(time.perf_counter() - started)
         if talk:  # printed whether or not stdout is a terminal; the tqdm bar is the TTY-only extra
@@ -553,11 +635,19 @@ def fit(
         if is_better(metrics[monitor], best_value, mode):
             best_value, best_epoch = metrics[monitor], epoch
             best_weights = copy.deepcopy(ctx.model.state_dict())
+        stopping = ctx.stop.requested(runtime.world_size, runtime.device)
+        final = epoch == config.epochs or (config.recipe.early_stopping and epoch - best_epoch >= config.patience)
+        # A checkpoint (hundreds of MB for a ViT, fsynced and copied to MLflow) at most every checkpoint_every_s,
+        # and always after the last epoch and on a stop, so that a stop resumes exactly where it ended.
+        save = final or stopping or time.monotonic() - saved_at >= config.checkpoint_every_s
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics, lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
-        if ctx.stop.requested(runtime.world_size, runtime.device):
+            on_epoch_end(epoch, metrics, (lambda: checkpoint_state(ctx, epoch, best_value, best_epoch, best_weights, history))
+                         if save else None)
+        if save:
+            last_saved, saved_at = epoch, time.monotonic()
+        if stopping:
             raise TrainingInterrupted(ctx.stop.signal_name, epoch)
-        if epoch - best_epoch >= config.patience:
+        if config.recipe.early_stopping and epoch - best_epoch >= config.patience:
             break
     ctx.model.load_state_dict(best_weights)
     val = evaluate(ctx, splits["val"], class_names, "val")  # FitResult carries the final embeddings

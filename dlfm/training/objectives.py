@@ -17,13 +17,15 @@ def masked_mse(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.T
     return squared.sum() / (mask.sum() * images.shape[1]).clamp_min(1.0)
 
 
-def masked_norm_mse(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+def masked_norm_mse(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int,
+                    std: torch.Tensor | None = None) -> torch.Tensor:
     """MSE over hidden pixels in units of each target patch's std (MAE's norm_pix_loss on the hidden patches).
 
     Equal to MAE's loss on normalised pixels, ((prediction - (x - mean) / std)², for a reconstruction
     de-normalised with the target patch's mean and std, as ``MaskedTokenDecoder`` returns it.
     """
-    _, std = patch_statistics(images, patch_size)
+    if std is None:  # the model's forward usually has it already (ModelOutput.patch_std)
+        _, std = patch_statistics(images, patch_size)
     scale = expand_cells(std, patch_size, images.shape[-2:])
     squared = ((reconstruction.float() - images.float()) / scale) ** 2 * mask
     return squared.sum() / (mask.sum() * images.shape[1]).clamp_min(1.0)
@@ -58,12 +60,13 @@ class Objective(nn.Module):
         """A fresh random patch mask for masked objectives, None for the others."""
         return self.masker(images, generator) if self.masker is not None else None
 
-    def reconstruction_error(self, reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def reconstruction_error(self, reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
+                             patch_std: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction part's quantity (``recon_metric``) for any prediction, e.g. the mean-image baseline."""
         if mask is None:
             return F.mse_loss(reconstruction.float(), images.float())
         if self.normalised:
-            return masked_norm_mse(reconstruction, images, mask, self.patch_size)
+            return masked_norm_mse(reconstruction, images, mask, self.patch_size, patch_std)
         return masked_mse(reconstruction, images, mask)
 
     def per_image_error(self, reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -86,7 +89,7 @@ class Objective(nn.Module):
             parts[PARTS["cls"]] = loss_cls.detach()
             terms.append(loss_cls)
         if self.use_recon:
-            loss_recon = self.reconstruction_error(output.reconstruction, images, mask)
+            loss_recon = self.reconstruction_error(output.reconstruction, images, mask, output.patch_std)
             parts[self.recon_metric] = loss_recon.detach()
             terms.append(loss_recon)
         if self.uncertainty:

@@ -52,5 +52,6 @@ def search_space(trial: optuna.Trial, base: TrainConfig, tune_lr: bool) -> Train
     space = SEARCH_SPACES[base.objective]
     changes = {space.param: trial.suggest_float(space.param, *space.bounds, log=space.log)}
     if tune_lr:
-        changes["lr"] = trial.suggest_float("lr", base.lr / LR_FACTOR, base.lr * LR_FACTOR, log=True)
+        centre = base.lr or base.recipe.base_lr  # a base lr per 256 images (0: the objective's recipe)
+        changes["lr"] = trial.suggest_float("lr", centre / LR_FACTOR, centre * LR_FACTOR, log=True)
     return dataclasses.replace(base, **dict(space.fixed), **changes)

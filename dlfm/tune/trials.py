@@ -95,7 +95,9 @@ def _run_trial(trial: optuna.Trial, setup: TrialSetup) -> float:
     with tracking.trial_run(setup.parent_run_id, f"trial-{trial.number:03d} {params_text}", tags,
                             finished_on=(optuna.TrialPruned,)) as run_id:
         trial.set_user_attr("mlflow_run_id", run_id)
-        tracking.log_params({**config.to_dict(), "trial_number": trial.number})
+        resolved = config.with_batch_resolved(setup.runtime.device.type, setup.splits["train"])  # batch_size=auto: its number
+        tracking.log_params({**config.to_dict(), "batch_size_resolved": resolved.batch_size,
+                             "lr_effective": resolved.lr_effective, "trial_number": trial.number})
         try:
             value = _train(trial, config, setup)
         except optuna.TrialPruned as pruned:
@@ -114,6 +116,8 @@ def _train(trial: optuna.Trial, config: TrainConfig, setup: TrialSetup) -> float
     space = SEARCH_SPACES[config.objective]
 
     def on_epoch_end(epoch: int, metrics: dict, make_checkpoint) -> None:
+        if not metrics:  # a checkpoint-only call (a stop mid-epoch): trials keep no checkpoints
+            return
         tracking.log_epoch_metrics(metrics, epoch)
         if space.epoch_score is None:
             return

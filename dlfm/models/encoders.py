@@ -7,7 +7,6 @@ so that a decoder can draw from a map fine enough to keep the arcs.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -16,6 +15,8 @@ import torch
 from torch import nn
 
 from dlfm.errors import ConfigError
+from dlfm.models.heads import DECODE_REDUCTION  # the stride the reconstruction decoder reads
+from dlfm.models.layers import LAYER_NORM_EPS, init_vit_weights, sincos_position_embedding, transformer_blocks
 
 
 class Encoder(nn.Module):
@@ -184,79 +185,6 @@ def conv4(in_chans: int = 1, width: int = 16) -> Encoder:
     return Conv4Encoder(in_chans=in_chans, width=width)
 
 
-@functools.lru_cache(maxsize=64)
-def sincos_position_embedding(dim: int, rows: int, cols: int, device=None) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding (1, rows*cols, dim), as MAE's ``get_2d_sincos_pos_embed``.
-
-    Half the channels encode the row, half the column. Being a function of the grid, it needs no
-    interpolation when the grid changes (a multi-instrument batch of another size): it is computed once
-    per (grid, device), in float64 then stored as float32, and cached, so a forward pays no rebuild.
-    """
-    if dim % 4:
-        raise ValueError(f"sine-cosine position embedding needs dim divisible by 4, got {dim}")
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    row, col = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
-
-    def encode(positions: torch.Tensor) -> torch.Tensor:
-        angles = positions.reshape(-1, 1) * omega[None]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(col), encode(row)], dim=1).float()[None].to(device)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention on ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is no multiple of its {heads} heads")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
-
-
-class Block(nn.Module):
-    """The pre-norm ViT/MAE block (timm ``Block``): x + attn(norm(x)), then x + mlp(norm(x)); no dropout."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-LAYER_NORM_EPS = 1e-6  # MAE's / timm's ViT LayerNorm eps
-
-
-def init_vit_weights(module: nn.Module) -> None:
-    """timm/MAE init (``models_mae._init_weights``): xavier-uniform linears with zero biases, LayerNorm 1 and 0."""
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def transformer_blocks(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.ModuleList:
-    """``depth`` pre-norm transformer blocks (attention + GELU MLP), the ViT/MAE block, no dropout."""
-    return nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
-
 
 VIT_PATCH_SIZES = (4, 8)  # token side (px): 8 gives an 8x8 grid at 64 px, 4 a 16x16 grid (4x the tokens)
 
@@ -276,7 +204,6 @@ class VisionTransformerEncoder(Encoder):
         super().__init__()
         if patch_size not in VIT_PATCH_SIZES:
             raise ConfigError(f"vit patch_size must be one of {VIT_PATCH_SIZES}, got {patch_size!r}")
-        from dlfm.models.heads import DECODE_REDUCTION  # the stride the reconstruction decoder reads
 
         self.patch_size = patch_size
         self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from dlfm.models.layers import LAYER_NORM_EPS, init_vit_weights, sincos_position_embedding, transformer_blocks
+
 
 class ClassificationHead(nn.Module):
     """Embedding → class logits (one linear layer after dropout)."""
@@ -209,7 +211,6 @@ class MaskedTokenDecoder(nn.Module):
 
     def __init__(self, encoder_dim: int, patch_size: int, out_chans: int = 1, width: int = 512, depth: int = 8):
         super().__init__()
-        from dlfm.models.encoders import LAYER_NORM_EPS, init_vit_weights, transformer_blocks
 
         self.patch_size, self.out_chans, self.width, self.depth = patch_size, out_chans, width, depth
         self.embed = nn.Linear(encoder_dim, width)
@@ -227,7 +228,6 @@ class MaskedTokenDecoder(nn.Module):
                 statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Reconstruction (B, C, H, W) of ``images`` from ``latent`` (B, n_keep, encoder_dim) of the kept tokens
         (``statistics``: the images' ``patch_statistics``, when the caller has them already)."""
-        from dlfm.models.encoders import sincos_position_embedding
 
         x = self.embed(latent)
         batch, kept, width = x.shape

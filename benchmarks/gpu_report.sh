@@ -82,16 +82,10 @@ part() {  # $1 = part name, $2 = its cap (s), $3 = the command (a bash string); 
 }
 
 py=python3
-vit_note=""
-# 1. Throughput rungs (torch only). The ViT rung needs gpu_throughput.py to know ViTs (--help names vit_).
+# 1. Throughput rungs (torch only); the ViT-MAE rows are gpu_throughput.py's --vit (vit_tiny at --tiny).
 part throughput "$(cap throughput)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --objectives multitask --batch $([ $smoke = 1 ] && echo 4 || echo 256,1024) --json $logs/throughput.json"
 part throughput-mae "$(cap throughput-mae)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --objectives mae --batch $([ $smoke = 1 ] && echo 4 || echo 1024) --json $logs/throughput-mae.json"
-if $py benchmarks/gpu_throughput.py --help 2>/dev/null | grep -q "vit_"; then
-    part throughput-vit "$(cap throughput-vit)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --encoder $([ $smoke = 1 ] && echo vit_tiny || echo vit_small) --objectives mae --batch $([ $smoke = 1 ] && echo 4 || echo 512) --no-channels-last --json $logs/throughput-vit.json"
-else
-    vit_note="gpu_throughput.py has no ViT rung yet (its --help names no vit_ encoder): skipped"
-    part throughput-vit 0 "# $vit_note"
-fi
+part throughput-vit "$(cap throughput-vit)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --objectives '' --vit vit_small --batch $([ $smoke = 1 ] && echo 4 || echo 256,1024) --no-channels-last --no-compile --json $logs/throughput-vit.json"
 # 2. The user's command at its defaults (on the GPU: -P device=cuda and nothing else).
 part multitask "$(cap multitask)" "mlflow run . -e multitask --env-manager local --experiment-name gpu-report-multitask ${mt_args[*]}"
 # ... and at the size of the earlier H200 measurements (GPU only), where auto picks a batch that fills the card.
@@ -133,7 +127,6 @@ total=$(( $(date +%s) - started ))
     echo "| part | status | wall (s) | limit (s) |"
     echo "|---|---|---|---|"
     while IFS=$'\t' read -r name status wall limit; do echo "| $name | $status | $wall | $limit |"; done <"$logs/parts.tsv"
-    [ -n "$vit_note" ] && { echo; echo "Note: $vit_note."; }
     echo
     echo "## Commands"
     echo

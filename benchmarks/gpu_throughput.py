@@ -228,7 +228,7 @@ def main() -> None:
     rows = []
     print("\n| objective | batch | rung | placement | img/s | x before | SM util % (mean, p10) | warm-up extra s | CPU-s/1000 img |")
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
-    for objective in args.objectives.split(","):
+    for objective in [name for name in args.objectives.split(",") if name]:  # --objectives "": the ViT rows alone
         for batch in (int(b) for b in args.batch.split(",")):
             base = None
             for rung in rungs:

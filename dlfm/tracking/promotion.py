@@ -34,7 +34,7 @@ def promote(version: str, stage: str, if_better: str | None = None, reason: str 
     The comparison happens before anything changes, and the alias moves in one call, so a
     refused or failed promotion leaves every alias as it was.
     """
-    from dlfm.tracking.runs import check_store_writable
+    from dlfm.tracking.store import check_store_writable
 
     check_stage_name(stage)
     check_store_writable()

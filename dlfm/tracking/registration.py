@@ -65,7 +65,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
 
     from dlfm.models.serialization import read_arch
     from dlfm.tracking.pyfunc_encoder import INPUT_DESCRIPTION, example_images
-    from dlfm.tracking.runs import log_final_metrics
+    from dlfm.tracking.run_logs import log_final_metrics
 
     arch = read_arch(encoder_dir)
     image_size, embed_dim, objective = arch["image_size"], arch["embed_dim"], arch["objective"]

@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export MLFLOW_DISABLE_TELEMETRY := true
 # MLflow's HTTP client retries a down server for minutes by default; these fail in seconds and still ride out a
-# short restart (the values live in dlfm/tracking/runs.py HTTP_DEFAULTS; a test pins this copy).
+# short restart (the values live in dlfm/tracking/store.py HTTP_DEFAULTS; a test pins this copy).
 export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 3
 export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
 export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10

@@ -20,7 +20,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dlfm.training.config import TrainConfig  # noqa: E402
-from dlfm.training.loop import SplitTensors, augment_batch, batch_indices, build_context, evaluate  # noqa: E402
+from dlfm.training.batches import augment_batch, batch_indices  # noqa: E402
+from dlfm.training.context import SplitTensors  # noqa: E402
+from dlfm.training.evaluate import evaluate  # noqa: E402
+from dlfm.training.loop import build_context  # noqa: E402
 from dlfm.training.runtime import make_runtime  # noqa: E402
 
 OBJECTIVES = ("autoencoder", "mae", "supervised", "multitask")

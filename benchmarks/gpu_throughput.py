@@ -56,7 +56,9 @@ except ImportError:  # the loop's progress bar is off here anyway; a stand-in ke
 
 from dlfm.training import runtime as runtime_module  # noqa: E402
 from dlfm.training.config import TrainConfig  # noqa: E402
-from dlfm.training.loop import SplitTensors, build_context, place_splits, train_one_epoch  # noqa: E402
+from dlfm.training.context import SplitTensors  # noqa: E402
+from dlfm.training.epoch import train_one_epoch  # noqa: E402
+from dlfm.training.loop import build_context, place_splits  # noqa: E402
 from dlfm.training.runtime import CHANNELS_LAST_DEVICES, make_runtime  # noqa: E402
 
 RUNGS = ("before", "+placement", "+no-sync", "+channels_last", "+compile")

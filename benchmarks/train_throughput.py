@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from dlfm.models import build_model  # noqa: E402
 from dlfm.training import TrainConfig, fit  # noqa: E402
-from dlfm.training.loop import SplitTensors  # noqa: E402
+from dlfm.training.context import SplitTensors  # noqa: E402
 from dlfm.training.objectives import Objective  # noqa: E402
 from dlfm.training.runtime import autocast_for, cpu_has_bf16, make_runtime  # noqa: E402
 

@@ -6,7 +6,8 @@ import sys, time, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
 from test_recipe import ramps
 from dlfm.training import TrainConfig
-from dlfm.training.loop import SplitTensors, fit
+from dlfm.training.context import SplitTensors
+from dlfm.training.loop import fit
 torch.set_num_threads(2)
 batch, n, epochs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(0)

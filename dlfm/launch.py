@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from dlfm.tracking.runs import HTTP_DEFAULTS
+from dlfm.tracking.store import HTTP_DEFAULTS
 
 
 def mlflow_run_argv(args: list[str]) -> list[str]:
@@ -87,7 +87,7 @@ def print_help() -> None:
 def launch(args: list[str]) -> None:
     """Check the tracking store, then replace this process with ``mlflow run args`` (never returns on success)."""
     from dlfm.errors import ConfigError
-    from dlfm.tracking.runs import check_store_writable, resolve_tracking_uri
+    from dlfm.tracking.store import check_store_writable, resolve_tracking_uri
 
     if not args:
         raise ConfigError(USAGE)

@@ -20,7 +20,7 @@ credentials. The basic-auth app reads a generated ``basic_auth.ini`` (auth table
 user name); the admin password stays in the environment and is never written to disk.
 MLflow's host-header and CORS protections stay on: the wrapper refuses to disable them.
 
-``dlfm.tracking.runs.check_tracking_server`` is the client-side counterpart: entry points call it so that an
+``dlfm.tracking.store.check_tracking_server`` is the client-side counterpart: entry points call it so that an
 unreachable server or wrong credentials are one line instead of minutes of HTTP retries.
 """
 

@@ -47,7 +47,7 @@ def test_a_saved_decoder_reloads_and_scores_each_image_by_its_objectives_reconst
     from dlfm.evaluation.embedding import reconstruction_errors
     from dlfm.models.composite import build_model
     from dlfm.models.serialization import load_reconstructor, save_encoder
-    from dlfm.training.loop import EVAL_MASK_SEED
+    from dlfm.training.evaluate import EVAL_MASK_SEED
     from dlfm.training.objectives import Objective
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from dlfm.errors import ConfigError
 from dlfm.models import list_encoders
 from dlfm.training.batching import CPU_BATCH, auto_batch_size, channels_last_pays
 from dlfm.training.config import TrainConfig
-from dlfm.training.loop import SplitTensors
+from dlfm.training.context import SplitTensors
 
 
 @pytest.mark.parametrize("encoder", list_encoders())

@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 def _average_on_rank(rank: int, port: int, results) -> None:
-    from dlfm.training.loop import average_across_ranks
+    from dlfm.training.epoch import average_across_ranks
     from dlfm.training.runtime import Runtime
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -11,7 +11,7 @@ import sys
 from conftest import REPO, run_script
 
 from dlfm.launch import mlflow_run_argv
-from dlfm.tracking.runs import HTTP_DEFAULTS
+from dlfm.tracking.store import HTTP_DEFAULTS
 
 
 def test_env_manager_local_is_added_unless_given():
@@ -43,7 +43,7 @@ def test_dlfm_run_without_arguments_is_still_one_error_line(tmp_path):
 
 def test_store_note_does_not_claim_the_tracking_uri_was_unset(tmp_path):
     """Under `mlflow run` the child always sees MLFLOW_TRACKING_URI, so the note names both causes, not one."""
-    from dlfm.tracking.runs import unexpected_store_note
+    from dlfm.tracking.store import unexpected_store_note
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     note = unexpected_store_note(uri)

@@ -13,7 +13,8 @@ from dlfm.errors import ConfigError, DatasetError
 from dlfm.simulation import PRESETS
 from dlfm.simulation.multi import MultiCorpusConfig
 from dlfm.training import TrainConfig, fit
-from dlfm.training.loop import MultiSizeSplit, SplitTensors, batch_indices, group_batches
+from dlfm.training.batches import batch_indices, group_batches
+from dlfm.training.context import MultiSizeSplit, SplitTensors
 
 
 @pytest.fixture(scope="module")

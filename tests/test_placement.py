@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlfm.training import TrainConfig, fit
-from dlfm.training.loop import SplitTensors, batch_indices
+from dlfm.training.batches import batch_indices
 from dlfm.training.placement import DEVICE_MEMORY_FRACTION, FEEDERS, PLACEMENTS, choose_placement, split_bytes
 
 from test_training import CLASSES, random_splits

@@ -9,7 +9,8 @@ import torch
 
 from dlfm.objectives import OBJECTIVES, RECIPES
 from dlfm.training import TrainConfig
-from dlfm.training.loop import SplitTensors, build_context, fit, parameter_groups, warmup_cosine
+from dlfm.training.context import SplitTensors
+from dlfm.training.loop import build_context, fit, parameter_groups, warmup_cosine
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))

@@ -109,11 +109,13 @@ def test_registering_the_same_thing_twice_gives_one_version(tracking_uri):
 def test_the_later_of_two_racing_registrations_deletes_itself(tracking_uri, monkeypatch):
     """Two tune workers finish one study at once: both pass the first check, both register; one version stays."""
     encoder = create_encoder("conv4")
+    from dlfm.tracking import registration
+
     real = registry.versions_tagged
     with stage_run("tune", "tune-test", "registry-test", system_metrics=False) as run_id:
         first = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:abc")
         checks = iter([[]])  # the racing worker's first look finds nothing yet
-        monkeypatch.setattr(registry, "versions_tagged", lambda key, value: next(checks, None) or real(key, value))
+        monkeypatch.setattr(registration, "versions_tagged", lambda key, value: next(checks, None) or real(key, value))
         racer = registry.register_encoder_version(encoder, 64, "multitask", {}, "f" * 64, run_id, once_for="trial-run:abc")
     assert racer == first
     assert [v.version for v in registry.list_versions()] == [first] and aliases() == {"candidate": first}

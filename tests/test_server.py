@@ -22,7 +22,7 @@ import pytest
 from conftest import AWS_TEST_CREDENTIALS, REPO, free_port, require_postgres, run_script, spawn_process_group, stop_process_group
 from dlfm import server
 from dlfm.errors import ConfigError, DlfmError
-from dlfm.tracking.runs import check_tracking_server
+from dlfm.tracking.store import check_tracking_server
 
 ADMIN = ("admin", "admin-" + uuid.uuid4().hex[:16])
 SECRETS = {"MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}

@@ -13,7 +13,8 @@ from dlfm.errors import ConfigError
 from dlfm.models import build_model
 from dlfm.objectives import OBJECTIVES, PARTS
 from dlfm.training import TrainConfig, fit
-from dlfm.training.loop import SplitTensors, augment_batch
+from dlfm.training.batches import augment_batch
+from dlfm.training.context import SplitTensors
 from dlfm.training.objectives import Objective
 
 CLASSES = ("no_sub", "cdm", "axion")
@@ -149,13 +150,13 @@ def nan_splits(bad_image: int = 5):
 
 @pytest.mark.parametrize("read_every", [0, 1])
 def test_non_finite_loss_is_one_line_naming_the_epoch_and_step(read_every, monkeypatch):
-    from dlfm.training import loop
+    from dlfm.training import context, epoch as epoch_module
 
     # 0: the check runs once, on the epoch's sums (no per-step read); 1: at every step, as a progress bar might.
-    monkeypatch.setattr(loop.TrainingContext, "mid_epoch_reads", lambda self, show_bar: read_every)
+    monkeypatch.setattr(context.TrainingContext, "mid_epoch_reads", lambda self, show_bar: read_every)
     seen = []
     config = TrainConfig(objective="supervised", encoder="conv4", epochs=2, batch_size=8)
-    with pytest.raises(loop.NonFiniteLossError) as error:
+    with pytest.raises(epoch_module.NonFiniteLossError) as error:
         fit(config, nan_splits(), CLASSES, on_epoch_end=lambda epoch, *_: seen.append(epoch), progress=False)
     message = str(error.value)
     assert "\n" not in message
@@ -164,7 +165,7 @@ def test_non_finite_loss_is_one_line_naming_the_epoch_and_step(read_every, monke
 
 
 def test_the_step_named_is_the_first_non_finite_one():
-    from dlfm.training.loop import NonFiniteLossError, raise_if_not_finite
+    from dlfm.training.epoch import NonFiniteLossError, raise_if_not_finite
 
     step_losses = torch.tensor([0.5, 0.4, float("inf"), float("nan")])
     with pytest.raises(NonFiniteLossError, match=r"became inf at epoch 7 \(step 3 of 4\)"):
@@ -173,7 +174,8 @@ def test_the_step_named_is_the_first_non_finite_one():
 
 
 def test_host_reads_every_step_or_once_per_epoch_give_the_same_metrics():
-    from dlfm.training.loop import build_context, train_one_epoch
+    from dlfm.training.epoch import train_one_epoch
+    from dlfm.training.loop import build_context
 
     config = TrainConfig(objective="multitask", encoder="conv4", epochs=1, batch_size=8)
     results = []

@@ -212,7 +212,7 @@ def test_aggressive_median_pruning_prunes(tracking_uri, tiny_classification_dir,
 
 def test_a_raising_trial_is_recorded_fail_and_the_study_goes_on(tracking_uri, tiny_classification_dir, tmp_path, monkeypatch):
     from dlfm.stages.tune import run_tune_stage
-    from dlfm.training.loop import NonFiniteLossError
+    from dlfm.training.epoch import NonFiniteLossError
     from dlfm.tune import trials as search  # where the trial objective calls fit
 
     calls = []

@@ -10,7 +10,7 @@ def split_tensors(dataset: LensDataset | MultiInstrumentDataset, split: str):
     """Normalised images and labels of one split as tensors for the loop (one group per image size of a multi-instrument set)."""
     import torch
 
-    from dlfm.training.loop import MultiSizeSplit, SplitTensors
+    from dlfm.training.context import MultiSizeSplit, SplitTensors
 
     if isinstance(dataset, MultiInstrumentDataset):  # the loop batches each image size apart
         return MultiSizeSplit(tuple(split_tensors(part, split) for part in dataset.parts.values()), tuple(dataset.parts))

@@ -46,7 +46,7 @@ def reconstruction_errors(reconstructor, images: np.ndarray, device: torch.devic
     two sets of images are scored under the same masks.
     """
     from dlfm.models.encoders import encoder_row
-    from dlfm.training.loop import EVAL_MASK_SEED
+    from dlfm.training.evaluate import EVAL_MASK_SEED
     from dlfm.training.objectives import Objective
 
     model = reconstructor.model.eval().to(device)

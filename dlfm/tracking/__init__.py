@@ -3,16 +3,7 @@
 Everything else returns plain dicts and figures; stages call these functions.
 """
 
-from dlfm.tracking.runs import (
-    DEFAULT_EXPERIMENT,
-    DEFAULT_TRACKING_URI,
-    active_run_id,
-    configure_tracking,
-    describe_run,
-    resolve_experiment_name,
-    run_location,
-    stage_summary,
-    fail_pending_run,
+from dlfm.tracking.run_logs import (
     log_artifact,
     log_artifacts,
     log_dataset,
@@ -25,8 +16,18 @@ from dlfm.tracking.runs import (
     log_params,
     log_text,
     set_tags,
-    stage_run,
 )
+from dlfm.tracking.runs import (
+    DEFAULT_EXPERIMENT,
+    active_run_id,
+    describe_run,
+    fail_pending_run,
+    resolve_experiment_name,
+    run_location,
+    stage_run,
+    stage_summary,
+)
+from dlfm.tracking.store import DEFAULT_TRACKING_URI, configure_tracking
 from dlfm.tracking.trials import download_run_artifacts, terminate_run, trial_run
 
 __all__ = [

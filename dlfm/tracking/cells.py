@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlfm.tracking.runs import configure_tracking
+from dlfm.tracking.store import configure_tracking
 
 PAGE = 1000  # runs per search_runs page
 

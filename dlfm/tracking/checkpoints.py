@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 from dlfm.errors import ConfigError, DlfmError
-from dlfm.tracking.runs import RESUME_HINT_TAG, configure_tracking  # noqa: F401 - RESUME_HINT_TAG is read from here too
+from dlfm.tracking.runs import RESUME_HINT_TAG  # noqa: F401 - RESUME_HINT_TAG is read from here too
+from dlfm.tracking.store import configure_tracking
 
 CHECKPOINT_DIR = "checkpoints"  # local copies: checkpoints/<run_id>/last.pt under the working directory
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
@@ -128,7 +129,7 @@ def backfill_epoch_metrics(run_id: str, history: list[dict[str, float]]) -> int:
     The stage writes the checkpoint before the epoch's metrics, so a run never has a step its
     checkpoint lacks, and a resume never logs a step twice.
     """
-    from dlfm.tracking.runs import log_epoch_metrics
+    from dlfm.tracking.run_logs import log_epoch_metrics
 
     if not history:
         return 0

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from dlfm.errors import ConfigError
-from dlfm.tracking.runs import ERROR_TAG, configure_tracking
+from dlfm.tracking.runs import ERROR_TAG
+from dlfm.tracking.store import configure_tracking
 
 STALE_AFTER_S = 300.0  # same host: silent this long and the pid is gone
 OTHER_HOST_STALE_AFTER_S = 3600.0  # another host: we cannot see its processes, so wait much longer

@@ -1,4 +1,7 @@
-"""Starting and ending MLflow runs, and logging into the active one."""
+"""Starting and ending MLflow runs: a stage's run, its experiment, its end state and where to find it.
+
+What goes into the active run is ``dlfm.tracking.run_logs``; which store it goes to, ``dlfm.tracking.store``.
+"""
 
 from __future__ import annotations
 
@@ -6,132 +9,17 @@ import contextlib
 import os
 import socket
 import sys
-import tempfile
 import time
-import warnings
-from pathlib import Path
 from typing import Iterator
 
 from dlfm.constants import DEFAULT_EXPERIMENT  # noqa: F401 - re-exported by dlfm.tracking
 from dlfm.errors import DlfmError
 from dlfm.redact import redact, redact_uri, scrub
+from dlfm.tracking.store import check_store_writable, configure_tracking, unexpected_store_note
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 ERROR_TAG = "dlfm.error"
 RESUME_HINT_TAG = "dlfm.resume_hint"
 EARLIER_ERROR_TAG = "dlfm.earlier_error"  # a resumed run that finished keeps why its earlier attempt stopped here
-# MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s per request) make an unreachable
-# server cost minutes before any error. These still ride out a server restart of a few seconds;
-# `dlfm run` and the Makefile set them where the user has not, docs/development.md shows them (a test pins the copies).
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # retries per request
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s between the retries (s)
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",        # per request (s)
-}
-NOT_PARAMS = ("experiment_name",)  # config fields that are not logged as params (see log_params)
-_VERIFIED: set[tuple[str, str | None]] = set()  # (uri, user) already checked by this process
-
-
-def configure_tracking() -> str:
-    """Telemetry off; ``MLFLOW_TRACKING_URI`` wins, else the embedded SQLite store under mlruns/."""
-    uri = resolve_tracking_uri()
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def resolve_tracking_uri() -> str:
-    """The tracking URI (relative SQLite paths made absolute), a remote server checked; mlflow is not imported."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # Absolute, so nested project steps (run from the project root) share the same store.
-        database = Path(uri[len("sqlite:///"):]).resolve()
-        database.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{database}"
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-    check_tracking_server(uri)
-    return uri
-
-
-def unexpected_store_note(uri: str) -> str:
-    """One line when ``mlflow run`` filed the run in MLflow's own default store, not the project's; else "".
-
-    With ``MLFLOW_TRACKING_URI`` unset, MLflow 3 files runs in ``mlflow.db`` in the launcher's directory
-    (``make venv``'s activate hook prevents it). Stores inside an ``mlruns/`` folder are dlfm's or chosen
-    on purpose, and stay quiet.
-    """
-    if not uri.startswith("sqlite:///"):
-        return ""
-    database = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
-    if database.name != "mlflow.db" or database.parent.name == "mlruns":
-        return ""
-    # Under `mlflow run` the launcher always exports MLFLOW_TRACKING_URI to this process, so whether the user set it
-    # cannot be told from here: the note names both causes instead of claiming one.
-    return (f"dlfm: note: this run is in {uri}, not the project's mlruns/mlflow.db (either the MLFLOW_TRACKING_URI you set, "
-            f"or MLflow's default store, mlflow.db where `mlflow run` started, when none is set); see it with: "
-            f"mlflow ui --backend-store-uri {uri}  (after `make venv`, `source .venv/bin/activate` selects the project's store)")
-
-
-def check_store_writable(uri: str | None = None) -> None:
-    """DlfmError when the SQLite store (or its folder, where SQLite puts its journal) cannot be written.
-
-    Checked before a run starts: otherwise MLflow logs a long SQLAlchemy traceback before failing.
-    ``os.access`` also sees read-only mounts and immutable files, which stop even root.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if not uri.startswith("sqlite:///"):
-        return
-    database = Path(uri[len("sqlite:///"):].split("?")[0])
-    blocked = [str(p) for p in (database, database.parent) if p.exists() and not os.access(p, os.W_OK)]
-    if blocked:
-        raise DlfmError(f"the tracking store is read-only ({', '.join(blocked)} not writable); make mlruns/ writable "
-                        "or point MLFLOW_TRACKING_URI at a writable store")
-
-
-def check_tracking_server(uri: str | None = None, timeout: float = 10.0) -> None:
-    """For an http(s) tracking URI: the server answers and accepts our credentials, else one DlfmError line.
-
-    Without this, MLflow retries an unreachable server for minutes and then prints a long
-    traceback; a 401 surfaces deep inside the first logging call. Checked once per process.
-    """
-    import requests
-
-    uri = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
-    if not uri.startswith(("http://", "https://")):
-        return
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token and not username else {}
-    auth = (username, password or "") if username else None
-    verify = not str(os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "")).lower() in ("true", "1")
-    if (uri, username) in _VERIFIED:
-        return
-    url = f"{uri}/api/2.0/mlflow/experiments/search"
-    try:
-        response = requests.get(url, params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout, verify=verify)
-    except requests.exceptions.SSLError as error:
-        raise DlfmError(f"tracking server {uri}: TLS failed ({type(error).__name__}); check the certificate or the URL scheme") from None
-    except requests.exceptions.RequestException as error:
-        kind = "timed out" if isinstance(error, requests.exceptions.Timeout) else "refused or unresolvable"
-        raise DlfmError(f"cannot reach the MLflow tracking server {redact_uri(uri)}: it is unreachable (connection {kind}); "
-                        "start it (dlfm server) or fix MLFLOW_TRACKING_URI") from None
-    if response.status_code == 401:
-        if not (username or token):
-            raise DlfmError(f"tracking server {uri} requires a login; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-        raise DlfmError(f"tracking server {uri} rejected the credentials of user {username!r} (401); "
-                        "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-    if response.status_code == 403:
-        raise DlfmError(f"tracking server {uri} refused user {username!r} (403); ask the admin for a permission")
-    if response.status_code >= 400:
-        first = " ".join(response.text.split())[:200]
-        raise DlfmError(f"tracking server {uri} answered {response.status_code} ({first}); is MLFLOW_TRACKING_URI an MLflow server?")
-    _VERIFIED.add((uri, username))
 
 
 def _mlflow():
@@ -371,117 +259,3 @@ def active_run_id() -> str | None:
     run = _mlflow().active_run()
     return run.info.run_id if run else None
 
-
-def set_tags(tags: dict) -> None:
-    """Set tags on the active run (values become strings)."""
-    _mlflow().set_tags({k: redact(str(v)) for k, v in tags.items()})
-
-
-def param_string(value) -> str:
-    """A param as MLflow stores it; bools lowercase so they match the MLproject's "true"/"false"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else redact(str(value))
-
-
-def log_params(params: dict) -> None:
-    """Log a config dict as params; keys that ``mlflow run`` already logged (as given) are kept."""
-    mlflow = _mlflow()
-    run = mlflow.active_run()
-    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    # experiment_name is never a param: the run's experiment is its own attribute, and a param could disagree.
-    mlflow.log_params({k: param_string(v) for k, v in params.items() if k not in logged and k not in NOT_PARAMS})
-
-
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log one step of metrics (one call per epoch keeps tracking off the hot path)."""
-    _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-
-
-EPOCH_SPLIT = "val_epoch"  # per-epoch validation curves; `val/…` is the best weights' value, logged once
-
-
-def epoch_metric_names(metrics: dict[str, float]) -> dict[str, float]:
-    """One epoch's metrics under their curve names: ``val/x`` → ``val_epoch/x`` (``train/…``, ``train/lr`` included, unchanged).
-
-    ``val/…`` and ``test/…`` are logged once, from the best epoch's weights (or the linear probe),
-    so the UI draws them as one bar per run and the compare view lines up the encoder that was
-    registered; the per-epoch validation values are a curve of their own, never a dot beside one.
-    """
-    return {(f"{EPOCH_SPLIT}/{k[4:]}" if k.startswith("val/") else k): v for k, v in metrics.items()}
-
-
-def log_epoch_metrics(metrics: dict[str, float], epoch: int) -> None:
-    """Log one epoch's metrics (train/…, train/lr, val_epoch/…) at step ``epoch``."""
-    log_metrics(epoch_metric_names(metrics), step=epoch)
-
-
-def log_final_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
-    """Log the best weights' val/… and test/… once (step 0), linked to the logged model when ``model_id`` is given.
-
-    Linked metrics make ``mlflow.search_logged_models(filter_string="metrics.`val/macro_auc` > 0.8")``
-    and the Models tab rank encoders.
-    """
-    _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=0, model_id=model_id)
-
-
-def log_figure(figure, artifact_file: str) -> None:
-    """Log a matplotlib figure as a PNG artifact (e.g. figures/roc.png) and close it."""
-    import matplotlib.pyplot as plt
-
-    _mlflow().log_figure(figure, artifact_file)
-    plt.close(figure)
-
-
-def log_dict(data: dict, artifact_file: str) -> None:
-    """Log a dict as a JSON/YAML artifact."""
-    _mlflow().log_dict(_redacted(data), artifact_file)
-
-
-def _redacted(value):
-    """``value`` with every string in it (keys too) passed through the one redactor; numbers kept as they are."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {_redacted(k): _redacted(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_redacted(v) for v in value)
-    return value
-
-
-def log_text(text: str, artifact_file: str) -> None:
-    """Log a text artifact (markdown reports, tables)."""
-    _mlflow().log_text(redact(text), artifact_file)
-
-
-def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    """Log a local file as an artifact."""
-    _mlflow().log_artifact(str(path), artifact_path)
-
-
-def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
-    """Log a local directory's files as artifacts."""
-    _mlflow().log_artifacts(str(directory), artifact_path)
-
-
-def log_dataset(dataset, context: str = "training") -> None:
-    """Record the dataset as a run input, with its digest and source path (or URI)."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    source_uri = redact(str(dataset.manifest.get("source_uri") or (dataset.root.resolve() if dataset.root else "memory")))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        source = resolve_dataset_source(source_uri)
-    name = dataset.manifest.get("name") or (dataset.root.name if dataset.root else "dataset")
-    _mlflow().log_input(MetaDataset(source=source, name=name, digest=dataset.digest[:36]), context=context)
-
-
-def log_encoder(encoder, image_size: int, objective: str, decoder=None, masking: dict | None = None) -> str:
-    """Log the encoder (and its decoder, if any) as the artifact directory ``encoder/`` (format: dlfm.models.serialization)."""
-    from dlfm.models.serialization import save_encoder
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_encoder(encoder, tmp, image_size=image_size, objective=objective, decoder=decoder, masking=masking)
-        _mlflow().log_artifacts(tmp, "encoder")
-    return "encoder"

@@ -65,7 +65,7 @@ def purge_launcher_run() -> str:
     collection (``mlflow gc --run-ids``, in-process: the store URI never reaches a command line).
     Returns the sentence the refusal adds (empty when not under ``mlflow run``).
     """
-    from dlfm.tracking.runs import resolve_tracking_uri
+    from dlfm.tracking.store import resolve_tracking_uri
 
     run_id, launcher = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
     if not run_id or launcher == 1:
@@ -89,7 +89,7 @@ def purge_after(run_id: str, launcher_pid: int) -> None:
     from mlflow import MlflowClient
     from mlflow.cli import gc
 
-    from dlfm.tracking.runs import resolve_tracking_uri
+    from dlfm.tracking.store import resolve_tracking_uri
 
     deadline = time.monotonic() + WAIT_FOR_LAUNCHER_S
     while time.monotonic() < deadline and alive(launcher_pid):

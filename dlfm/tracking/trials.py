@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 from dlfm.redact import redact
-from dlfm.tracking.runs import configure_tracking, ended_on_exit
+from dlfm.tracking.runs import ended_on_exit
+from dlfm.tracking.store import configure_tracking
 
 
 def _mlflow():

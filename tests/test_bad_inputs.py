@@ -32,7 +32,7 @@ CASES = [
     ("autoencoder-zero-epochs", ["pipelines/autoencoder.py", "{good}", "--epochs", "0"], "epochs must be a positive integer", {}),
     ("supervised-negative-lr", ["pipelines/supervised.py", "{good}", "--lr", "-0.001"], "lr must be a positive number", {}),
     ("multitask-nan-lr", ["pipelines/multitask.py", "{good}", "--lr", "nan"], "lr must be a positive number", {}),
-    ("multitask-non-numeric-batch", ["pipelines/multitask.py", "{good}", "--batch_size", "four"], "batch_size must be an integer", {}),
+    ("multitask-non-numeric-batch", ["pipelines/multitask.py", "{good}", "--batch_size", "four"], "batch_size must be a positive integer or auto", {}),
     ("multitask-unknown-encoder", ["pipelines/multitask.py", "{good}", "--encoder", "vgg99"], "unknown encoder 'vgg99'", {}),
     ("multitask-missing-dataset", ["pipelines/multitask.py", "--dataset", "{tmp}/no/such/dir"], "neither a preset", {}),
     ("supervised-truncated-images", ["pipelines/supervised.py", "--dataset", "{bad}/truncated"], "truncated, or the header was edited", {}),

@@ -93,7 +93,6 @@ def test_evaluate_and_transfer_stages_report_the_csv_columns(production_version,
 
 
 @pytest.mark.parametrize("columns, message", [
-    ({"theta_E": lambda scale, rng: scale, "z_lens": np.full(N, 0.5)}, "fixed target columns ['z_lens']"),
     ({"theta_E": lambda scale, rng: scale, "sigma_v [km/s]": lambda scale, rng: rng.normal(size=N)},
      "target column 'sigma_v [km/s]' has characters metric names refuse"),
 ])
@@ -102,6 +101,14 @@ def test_columns_that_cannot_be_regressed_are_one_line_naming_them(tmp_path, cap
     with pytest.raises(DatasetError) as error:
         TASKS["regression"].load(load_dataset(lenses), str(lenses))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_target_with_no_spread_is_refused_at_import_in_one_line(tmp_path, capsys):
+    with pytest.raises(AssertionError) as refused:  # _import_lenses asserts the import exits 0
+        _import_lenses(tmp_path, capsys, {"theta_E": lambda scale, rng: scale, "z_lens": np.full(N, 0.5)})
+    message = str(refused.value).splitlines()[0]
+    assert message.startswith("dlfm: error:") and "column 'z_lens' is 0.5 for every image" in message
+    assert not (tmp_path / "data" / "lenses").exists()
 
 
 def test_a_simulated_regression_preset_keeps_the_lens_parameters(tiny_regression_dir):

@@ -352,7 +352,8 @@ def sigterm_under_mlflow_run(target, tracking_uri, tiny_classification_dir, tmp_
     launcher = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "multitask", "--env-manager", "local",
          "--experiment-name", experiment_name, "-P", f"dataset={tiny_classification_dir}", "-P", "encoder=conv4",
-         "-P", "epochs=50", "-P", "batch_size=4", "-P", "patience=100"],
+         "-P", "epochs=50", "-P", "batch_size=4", "-P", "patience=100",
+         "-P", "checkpoint_every_s=0"],  # a checkpoint after every epoch: the signal goes after the first one
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = mlflow.MlflowClient()
     run_id, deadline = None, time.time() + 300

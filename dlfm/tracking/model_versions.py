@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlfm.errors import RegistryError
+from dlfm.objectives import OBJECTIVES
 
 MODEL_NAME = "dlfm-encoder"
 STAGES = ("candidate", "staging", "production")
@@ -34,12 +35,6 @@ LABEL_COUNT_TAG = "dlfm.label_count"  # labelled train images the training loss 
 LABEL_DIGEST_TAG = "dlfm.label_dataset_digest"  # the dataset those labels came from ("" when none)
 LABEL_SELECTION_TAG = "dlfm.label_selection"  # which labels chose among epochs/trials: "none" or "<n> val labels"
 PROBE_DIGEST_TAG = "dlfm.probe_dataset_digest"  # the labelled set the promotion probe scored (labels never in the weights)
-
-
-def _objectives():
-    from dlfm.objectives import OBJECTIVES
-
-    return OBJECTIVES
 
 
 def _client():
@@ -93,8 +88,6 @@ def label_tags(objective: str, labelled=None, selected_on_val: bool | None = Non
     ``selected_on_val`` says whether val labels chose the best epoch (or trial); by default, whenever the
     objective's monitor is a classification metric.
     """
-    from dlfm.objectives import OBJECTIVES
-
     spec = OBJECTIVES[objective]
     if selected_on_val is None:
         selected_on_val = spec.selects_on_labels
@@ -130,8 +123,6 @@ class LabelProvenance:
 
 def label_provenance(version: "VersionInfo") -> LabelProvenance:
     """The version's label provenance from its tags; a version registered before them falls back on its objective."""
-    from dlfm.objectives import OBJECTIVES
-
     tags = version.tags
     objective = tags.get("objective", "?")
     digests = tuple(d for d in dict.fromkeys((tags.get("dataset_digest", ""), tags.get(LABEL_DIGEST_TAG, ""),

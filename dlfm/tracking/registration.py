@@ -5,9 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from dlfm.objectives import OBJECTIVES
 from dlfm.redact import redact
 from dlfm.tracking.model_versions import (LOADER_MODULE, MODEL_NAME, ONCE_TAG, STAGES, VERSION_TAG_METRICS, _client,
-                                          _objectives, label_tags, registry_lock, version_for_stage, versions_tagged)
+                                          label_tags, registry_lock, version_for_stage, versions_tagged)
 
 
 def register_encoder_version(encoder, image_size: int, objective: str, metrics: dict[str, float], dataset_digest: str,
@@ -93,7 +94,7 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
         "source_run_id": run_id, "image_size": str(image_size), "embed_dim": str(embed_dim),
         **{name: f"{metrics[name]:.6f}" for name in VERSION_TAG_METRICS if name in metrics},
         **({ONCE_TAG: once_for} if once_for else {}),
-        **(labels if labels is not None else label_tags(objective) if objective in _objectives() else {}),
+        **(labels if labels is not None else label_tags(objective) if objective in OBJECTIVES else {}),
     }
     description = (
         f"{objective} encoder ({arch.get('name', '?')}, embed_dim {embed_dim}, {image_size}px input) "

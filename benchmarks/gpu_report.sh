@@ -7,7 +7,8 @@
 #
 # It sets up like benchmarks/gpu_setup.sh, simulates what it needs (each call is a fresh machine), then runs each
 # part under its own `timeout`, clamped to what is left of GPU_REPORT_BUDGET seconds, so one slow part cannot sink
-# the rest: the gpu_throughput.py rungs (multitask, ResNet18 mae, ViT mae when that script has it), the user's
+# the rest: the gpu_throughput.py rungs (multitask, ResNet18 mae, ViT mae when that script has it), whether ViT-small
+# MAE learns in 30 epochs at batch 256 and 1024 (benchmarks/vit_mae_learns.sh, issue 27 item 4), the user's
 # `mlflow run . -e multitask -P device=cuda` at its defaults and at 15000 images, the 72-cell evaluate grid with workers 4, 2 and 1
 # (a part cut by its timeout still reports how many cells finished), one row of the transfer matrix, the anchor
 # side-by-side at SIZE=report (labelled), and, with time left, the 15000-image multitask stage with compile=true.
@@ -40,10 +41,10 @@ if [ "$smoke" = 1 ]; then
     grid_workers="1 2"; anchor_size=smoke; anchor_rows="vit-mae-0.75"; budgets_anchor=all
     transfer_env="CORPUS=60 HOLDOUT=30 EVAL=60 EVAL_VAL=30 EVAL_TEST=30 PROBE_N=60 EPOCHS=1 EVAL_EPOCHS=1 BATCH=16 SEEDS=0 BUDGETS=all ARMS=pretrained-frozen,random-frozen ENCODER=conv4 SOURCES=model_ii TARGETS=model_ii"
     # generous caps: on a shared 2-core box the budget, not a cap, is what binds (the test raises GPU_REPORT_BUDGET)
-    caps=(throughput=120 throughput-mae=90 throughput-vit=90 multitask=240 multitask-gpu-size=0 grid-data=180 grid-w1=180 grid-w2=180
+    caps=(throughput=120 throughput-mae=90 throughput-vit=90 vit-mae-learns=240 multitask=240 multitask-gpu-size=0 grid-data=180 grid-w1=180 grid-w2=180
           transfer-row=300 anchor=400 multitask-compile=0)
 else
-    budget=${GPU_REPORT_BUDGET:-525}; device=cuda
+    budget=${GPU_REPORT_BUDGET:-540}; device=cuda
     size_label="report: 5000-image pretraining corpus, vit_small, 4 epochs; 3000/300/3000 held-out sets, 4 epochs, seeds 0,1 (GPU size is 20000 / 15000, 100 epochs, 3 seeds)"
     throughput=(--device cuda --grid skip --no-compile)  # compile: measured over a whole stage (multitask-compile)
     mt_args=(-P device=cuda)
@@ -53,8 +54,8 @@ else
     grid_workers="4 2 1"; anchor_size=report; anchor_rows=""; budgets_anchor=100,all
     transfer_env="CORPUS=3000 HOLDOUT=300 EVAL=3000 EVAL_VAL=300 EVAL_TEST=1500 EPOCHS=4 EVAL_EPOCHS=6 BATCH=512 SEEDS=0,1 SOURCES=model_ii"
     # the order below is the priority: a part late in it gets what is left of the budget
-    caps=(throughput=40 throughput-mae=25 throughput-vit=35 multitask=50 multitask-gpu-size=70 grid-data=40 grid-w4=75 grid-w2=45
-          grid-w1=40 transfer-row=45 anchor=100 multitask-compile=90)
+    caps=(throughput=40 throughput-mae=25 throughput-vit=35 vit-mae-learns=260 multitask=45 multitask-gpu-size=60 grid-data=35
+          grid-w4=60 grid-w2=45 grid-w1=40 transfer-row=45 anchor=100 multitask-compile=90)
 fi
 deadline=$((started + budget))
 cap() { local item; for item in "${caps[@]}"; do [ "${item%%=*}" = "$1" ] && { echo "${item#*=}"; return; }; done; echo 0; }
@@ -86,6 +87,8 @@ py=python3
 part throughput "$(cap throughput)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --objectives multitask --batch $([ $smoke = 1 ] && echo 4 || echo 256,1024) --json $logs/throughput.json"
 part throughput-mae "$(cap throughput-mae)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --objectives mae --batch $([ $smoke = 1 ] && echo 4 || echo 1024) --json $logs/throughput-mae.json"
 part throughput-vit "$(cap throughput-vit)" "$py benchmarks/gpu_throughput.py ${throughput[*]} --objectives '' --vit vit_small --batch $([ $smoke = 1 ] && echo 4 || echo 256,1024) --no-channels-last --no-compile --json $logs/throughput-vit.json"
+# 1b. Issue 27 item 4: does ViT-small MAE learn in 30 epochs at batch 256 and 1024, and beat a random encoder's probe?
+part vit-mae-learns "$(cap vit-mae-learns)" "SIZE=$([ $smoke = 1 ] && echo smoke || echo gpu) EXPERIMENT=gpu-report-vit-mae-learns bash benchmarks/vit_mae_learns.sh"
 # 2. The user's command at its defaults (on the GPU: -P device=cuda and nothing else).
 part multitask "$(cap multitask)" "mlflow run . -e multitask --env-manager local --experiment-name gpu-report-multitask ${mt_args[*]}"
 # ... and at the size of the earlier H200 measurements (GPU only), where auto picks a batch that fills the card.
@@ -139,6 +142,10 @@ total=$(( $(date +%s) - started ))
     for name in throughput throughput-mae throughput-vit; do
         [ -f "$logs/$name.log" ] && grep -E '^\|' "$logs/$name.log"
     done | awk 'NR == 1 || !/^\| objective|^\|---/'
+    echo
+    echo "## Does ViT-MAE learn? (benchmarks/vit_mae_learns.sh)"
+    echo
+    $py benchmarks/vit_mae_learns_table.py --experiment gpu-report-vit-mae-learns 2>>"$logs/report.log"
     echo
     echo "## The user's multitask command"
     echo

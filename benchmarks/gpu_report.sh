@@ -44,7 +44,7 @@ if [ "$smoke" = 1 ]; then
     caps=(throughput=120 throughput-mae=90 throughput-vit=90 vit-mae-learns=240 multitask=240 multitask-gpu-size=0 grid-data=180 grid-w1=180 grid-w2=180
           transfer-row=300 anchor=400 multitask-compile=0)
 else
-    budget=${GPU_REPORT_BUDGET:-540}; device=cuda
+    budget=${GPU_REPORT_BUDGET:-520}; device=cuda
     size_label="report: 5000-image pretraining corpus, vit_small, 4 epochs; 3000/300/3000 held-out sets, 4 epochs, seeds 0,1 (GPU size is 20000 / 15000, 100 epochs, 3 seeds)"
     throughput=(--device cuda --grid skip --no-compile)  # compile: measured over a whole stage (multitask-compile)
     mt_args=(-P device=cuda)
@@ -54,8 +54,8 @@ else
     grid_workers="4 2 1"; anchor_size=report; anchor_rows=""; budgets_anchor=100,all
     transfer_env="CORPUS=3000 HOLDOUT=300 EVAL=3000 EVAL_VAL=300 EVAL_TEST=1500 EPOCHS=4 EVAL_EPOCHS=6 BATCH=512 SEEDS=0,1 SOURCES=model_ii"
     # the order below is the priority: a part late in it gets what is left of the budget
-    caps=(throughput=40 throughput-mae=25 throughput-vit=35 vit-mae-learns=260 multitask=45 multitask-gpu-size=60 grid-data=35
-          grid-w4=60 grid-w2=45 grid-w1=40 transfer-row=45 anchor=100 multitask-compile=90)
+    caps=(throughput=40 throughput-mae=25 throughput-vit=35 vit-mae-learns=250 multitask=40 multitask-gpu-size=60 grid-data=35
+          grid-w4=50 grid-w2=45 grid-w1=40 transfer-row=45 anchor=100 multitask-compile=90)
 fi
 deadline=$((started + budget))
 cap() { local item; for item in "${caps[@]}"; do [ "${item%%=*}" = "$1" ] && { echo "${item#*=}"; return; }; done; echo 0; }

@@ -74,12 +74,18 @@ def ordered_steps(steps: dict[str, dict]) -> list[tuple[str, dict]]:
     return sorted(steps.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
 
 
+def param_value(params: dict, name: str) -> str:
+    """A logged param as the script read it: MLproject's empty default ``''`` reaches the store as those two quotes."""
+    value = params[name]
+    return "" if value in ("''", '""') else value
+
+
 def demo_size(main: dict) -> str:
     """One sentence: whether the main run took `make demo`'s params (main's defaults), and which it changed."""
     row = next(r for r in ENTRY_POINTS if r.name == "main")
-    changed = [f"{f.name}={main['params'][f.name]} (demo {format_default(f.default)})"
+    changed = [f"{f.name}={param_value(main['params'], f.name) or '(empty)'} (demo {format_default(f.default) or '(empty)'})"
                for _cls, f in param_fields(row, declared_only=True)
-               if f.name in main["params"] and main["params"][f.name] != format_default(f.default)]
+               if f.name in main["params"] and param_value(main["params"], f.name) != format_default(f.default)]
     if not changed:
         return "The run took `make demo`'s params (every `main` param at its default)."
     return ("**Not the demo's size:** this run changed " + ", ".join(changed)
@@ -148,8 +154,8 @@ def evaluate_section(pipeline: dict) -> list[str]:
     lines = ["## Evaluate", "", f"Run {short(record['run_id'])}: version {tags.get('dlfm.encoder_version', '?')} "
              f"({tags.get('dlfm.encoder_objective', '?')}, {tags.get('dlfm.encoder', '?')}), which {provenance}, against "
              f"a random encoder. Budgets {params.get('budgets', '?')}, arms {params.get('arms', '?')}, seeds "
-             f"{params.get('seeds', '?')}, {params.get('epochs', '?')} epochs (at least {params.get('min_steps', '?')} "
-             "steps) per cell. Test metrics, mean ± sd over seeds.", ""]
+             f"{params.get('seeds', '?')}; per cell epochs={params.get('epochs', '?')}, min_steps={params.get('min_steps', '?')}. "
+             "Test metrics, mean ± sd over seeds.", ""]
     evaluation = pipeline["evaluation"]
     if not evaluation:
         return lines + ["The run has no `evaluation.json` artifact (an older or interrupted run).", ""]
@@ -212,7 +218,7 @@ def command(record: dict) -> str:
     names = sorted((n for n in record["params"] if n not in UNDECLARED and (not row or n in order or n in row.advanced)),
                    key=lambda n: (order.index(n) if n in order else len(order), n))
     lines = [f"mlflow run . -e {entry} --env-manager local --experiment-name {record['experiment']}"]
-    lines += [f"    -P {name}={quote(record['params'][name])}" for name in names]
+    lines += [f"    -P {name}={quote(param_value(record['params'], name))}" for name in names]
     return " \\\n".join(lines)
 
 

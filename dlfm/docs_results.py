@@ -109,8 +109,6 @@ def runs_section(pipeline: dict) -> list[str]:
 
 
 def encoders_section(pipeline: dict) -> list[str]:
-    from dlfm.stages.main import labelled
-
     trained = [(label, r) for label, r in ordered_steps(pipeline["steps"]) if r["tags"].get("dlfm.registered_version")]
     columns = [m for m in STAGE_METRICS if any(m in r["metrics"] for _, r in trained)]
     rows = []
@@ -119,7 +117,7 @@ def encoders_section(pipeline: dict) -> list[str]:
         seen = ("none" if not labels.get("saw_labels") else f"{labels.get('label_count', '?')} train labels") if labels else "?"
         if labels.get("selection", "none") not in ("none", ""):
             seen += f"; {labels['selection']} chose the weights"
-        mark = " (labelled upper bound)" if labelled(label) else ""
+        mark = " (labelled upper bound)" if labels.get("saw_labels") else ""  # the version's own provenance tags
         rows.append([label + mark, short(record["run_id"]), record["tags"]["dlfm.registered_version"],
                      record["params"].get("encoder", "?"), seen, *(metric(record["metrics"].get(m)) for m in columns)])
     return ["## Encoder versions", "", "One row per training step of the pipeline: the `dlfm-encoder` version it registered "

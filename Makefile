@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 
-.PHONY: test test-fast demo venv clean-runs ui-check docs
+.PHONY: test test-fast demo venv clean-runs ui-check docs results
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ ui-check: $(STAMP)
 # The whole pipeline at demo size on the embedded SQLite store.
 demo: $(STAMP)
 	dlfm run . -e main --env-manager local --experiment-name deeplense-fm
+
+# docs/results.md from the newest finished main run in the store (after `make demo`); the same store gives the same page.
+results: $(STAMP)
+	$(VENV)/bin/python -m dlfm.docs_results --out docs/results.md
 
 # The docs site (mkdocs-material) into site/, strict as in the tests; `.venv/bin/mkdocs serve` previews it.
 docs: $(STAMP)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The side-by-side table of docs/results.md § "Side by side with the anchor" (issue 21 item 5).
+# The side-by-side table of docs/results-log.md § "Side by side with the anchor" (issue 21 item 5).
 #
 # Rows: ViT-MAE at mask 0.75 and 0.9, ResNet18 autoencoder, ResNet18 MAE (SparK-style); the scratch rows are
 # the `scratch` arm (same architecture, random init, fine-tuned on the same labels), run once per

@@ -1,4 +1,4 @@
-"""The side-by-side table of docs/results.md (issue 21 item 5), read from the runs anchor_side_by_side.sh made.
+"""The side-by-side table of docs/results-log.md (issue 21 item 5), read from the runs anchor_side_by_side.sh made.
 
 Each FINISHED evaluate run of a version listed in the script's versions file (``<row> <version>`` lines)
 has an ``evaluation_summary.csv`` that gives the mean ± sd over seeds of every

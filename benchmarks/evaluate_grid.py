@@ -1,6 +1,6 @@
 """Evaluate grids that survive long runs: stops at random points, resume after a kill at ~80 %, workers 2 vs 1.
 
-Run from the repo root with .venv first on PATH (prints a markdown summary for docs/results.md):
+Run from the repo root with .venv first on PATH (prints a markdown summary for docs/results-log.md):
 
     .venv/bin/python benchmarks/evaluate_grid.py [--stops 5] [--skip-stops] [--skip-kill] [--skip-workers]
 

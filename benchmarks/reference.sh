@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU reference run of docs/results.md § Reference: every objective pretrained/trained at a size
+# The CPU reference run of docs/results-log.md § Reference: every objective pretrained/trained at a size
 # that fits about an hour on 2 CPU cores, the promoted encoder evaluated with all four arms at budgets
 # 25 and 100 over 3 seeds, then every registered version evaluated frozen (pretrained vs random) at
 # 25/100/all. Run from the repo root with .venv on PATH; it uses the current MLFLOW_TRACKING_URI.

@@ -13,7 +13,7 @@
 #
 #   source benchmarks/gpu_setup.sh && bash benchmarks/transfer_matrix.sh     # on the GPU machine, .whl/ carried (docs/gpus.md)
 #
-# Sizes are variables so the same script runs on a CPU. The CPU size of docs/results.md (frozen arms only:
+# Sizes are variables so the same script runs on a CPU. The CPU size of docs/results-log.md (frozen arms only:
 # fine-tuning 12 cells per pair is GPU work):
 #   CORPUS=1200 HOLDOUT=150 EVAL=600 EVAL_VAL=30 EVAL_TEST=300 EPOCHS=6 BATCH=64 DEVICE=cpu ARMS=pretrained-frozen,random-frozen \
 #   bash benchmarks/transfer_matrix.sh

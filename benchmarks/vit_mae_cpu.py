@@ -1,6 +1,6 @@
 """CPU check of issue 27: a vit_tiny MAE on ramp images learns beyond the position-only predictor.
 
-    python benchmarks/vit_mae_cpu.py BATCH N_TRAIN EPOCHS    # docs/results.md: 16 128 10
+    python benchmarks/vit_mae_cpu.py BATCH N_TRAIN EPOCHS    # docs/results-log.md: 16 128 10
 """
 import sys, time, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))

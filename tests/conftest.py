@@ -264,7 +264,7 @@ def pytest_configure(config) -> None:
 
 # `make test` runs two pytest-xdist workers with --dist loadfile (a module's tests, and so its module and
 # session fixtures, stay on one worker). The scheduler hands out modules in collection order, so the
-# longest ones (from `pytest --durations`, docs/results.md) go first and short ones fill the gaps;
+# longest ones (from `pytest --durations`, docs/results-log.md) go first and short ones fill the gaps;
 # a stale list only costs wall time, never a test.
 LONGEST_MODULES_FIRST = ("test_bad_inputs.py", "test_main.py", "test_server.py", "test_fault_tolerance.py",
                          "test_tune.py", "test_stages.py", "test_evaluate.py", "test_registry.py", "test_ui.py")

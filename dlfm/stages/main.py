@@ -157,7 +157,7 @@ class MainConfig:
 def run_main_stage(config: MainConfig) -> dict:
     """Chain every step as nested runs, promote the best encoder, evaluate it, and report."""
     version = steps.code_version(REPO_ROOT)
-    summary_rows, step_runs = [], {}
+    summary_rows = []
     description = ("The whole pipeline: simulate, train every objective (" + ", ".join(OBJECTIVES)
                    + (", tune" if config.tune else "") + f") for {config.epochs} epochs, promote the best by {PROMOTION_METRIC} "
                    f"to {config.promote_stage}, evaluate it against a random encoder. Children are the steps.")
@@ -166,20 +166,23 @@ def run_main_stage(config: MainConfig) -> dict:
         tracking.log_params(asdict(config))
         exp = tracking.run_location(run_id)["experiment"]  # the steps land where this run landed
 
-        def step(entry: str, params: dict):
+        def step(entry: str, params: dict, label: str = ""):
             run, reused = steps.run_step(REPO_ROOT, entry, params, exp, version)
             print(f"[main] {entry}: {'reused' if reused else 'ran'} run {run.info.run_id}", flush=True)
-            step_runs[entry] = run
+            # Which run each step was (a reused step is another main's child): the results page reads these.
+            tracking.set_tags({f"dlfm.step.{label or entry}": run.info.run_id})
             return run
 
         data_dir = str(Path("data").resolve())  # beside the caller, even though steps run in the project root
         common_sim = {"seed": config.seed, "workers": config.workers, "out_dir": data_dir}
         cls_run = step("simulate", {"preset": "model_ii", "n_train": config.n_train, "n_val": config.n_val,
-                                    "n_test": config.n_test, **common_sim})
+                                    "n_test": config.n_test, **common_sim}, "simulate-model_ii")
         reg_run = step("simulate", {"preset": "regression", "n_train": config.regression_n_train,
-                                    "n_val": config.regression_n_val, "n_test": config.regression_n_test, **common_sim})
+                                    "n_val": config.regression_n_val, "n_test": config.regression_n_test, **common_sim},
+                       "simulate-regression")
         corpus_run = step("simulate", {"preset": "pretrain", "n_train": config.pretrain_n_train, "n_val": config.pretrain_n_val,
-                                       "n_test": config.pretrain_n_test, **common_sim, "seed": config.pretrain_seed})
+                                       "n_test": config.pretrain_n_test, **common_sim, "seed": config.pretrain_seed},
+                          "simulate-pretrain")
         classification_dir, regression_dir = cls_run.data.tags["dlfm.dataset_dir"], reg_run.data.tags["dlfm.dataset_dir"]
         corpus_dir = corpus_run.data.tags["dlfm.dataset_dir"]
         train_params = {"dataset": classification_dir, "encoder": config.encoder, "epochs": config.epochs,
@@ -207,7 +210,8 @@ def run_main_stage(config: MainConfig) -> dict:
         promoted = best["version"]
         # evaluate scores on test and never reads val, so the held-out set's val split is token-sized
         held_out = step("simulate", {"preset": "model_ii", "n_train": config.eval_n_train, "n_val": HELD_OUT_N_VAL,
-                                     "n_test": config.eval_n_test, **common_sim, "seed": config.seed + 1})
+                                     "n_test": config.eval_n_test, **common_sim, "seed": config.seed + 1},
+                        "simulate-held_out")
         # The version, not the alias: a step reused by digest must have evaluated this very encoder.
         evaluate_run = step("evaluate", {"encoder_uri": f"models:/{registry.MODEL_NAME}/{promoted}",
                                          "classification_dataset": held_out.data.tags["dlfm.dataset_dir"],

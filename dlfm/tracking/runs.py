@@ -47,6 +47,32 @@ def parse_time_tag(text: str) -> float | None:
         return None
 
 
+def hardware_description() -> str:
+    """The machine in a few words, for the ``dlfm.hardware`` tag: cores and CPU model, and the GPUs NVML sees.
+
+    NVML (not torch.cuda) names the GPUs, so tagging never creates a CUDA context in a process that forks later.
+    """
+    import platform
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    gpus: list[str] = []
+    with contextlib.suppress(Exception):  # no NVIDIA driver or no nvidia-ml-py: a CPU-only machine
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            gpus = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    names = [g.decode() if isinstance(g, bytes) else str(g) for g in gpus]
+    shown = ", ".join(f"{names.count(n)}× {n}" for n in dict.fromkeys(names))
+    return f"{cores}-core {cpu}" + (f", {shown}" if shown else "")
+
+
 EXPERIMENT_DESCRIPTION = (
     "dlfm: a foundation encoder of simulated DeepLense strong-lensing images (lenstronomy, model_ii: no_sub / cdm / "
     "axion substructure). Runs are named <stage>-<what>; filter by tags.`dlfm.stage` (simulate, autoencoder, mae, "
@@ -160,7 +186,7 @@ def stage_run(stage: str, run_name: str, experiment_name: str = "", tags: dict |
     configure_tracking()
     launched_by_project = "MLFLOW_RUN_ID" in os.environ and not nested and run_id is None
     run_tags = {"dlfm.stage": stage, "dlfm.pid": str(os.getpid()), "dlfm.host": socket.gethostname(),
-                "dlfm.started_at": time_tag(),
+                "dlfm.started_at": time_tag(), "dlfm.hardware": hardware_description(),
                 **({"mlflow.note.content": redact(description)} if description else {}),
                 **{k: redact(str(v)) for k, v in (tags or {}).items()}}  # REST stores need string tag values
     check_store_writable(mlflow.get_tracking_uri())

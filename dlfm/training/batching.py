@@ -12,7 +12,7 @@ CPU_BATCH = 64  # the training stages' batch before `auto`: what every CPU resul
 MIN_STEPS_PER_EPOCH = 16  # auto never shrinks an epoch below this many steps (but never goes under CPU_BATCH)
 REFERENCE_SIDE = 64  # (px) the image side the CUDA table was measured at (Model II)
 # CUDA batch at REFERENCE_SIDE per encoder kind, measured with benchmarks/gpu_throughput.py on one H200 (issue 29,
-# ../docs/results; ResNet18, 15360 images of 64 px):
+# docs/gpus.md; ResNet18, 15360 images of 64 px):
 #   cnn  1024: multitask 16.6k img/s at batch 256 vs 24k at 1024 (placement, no-sync), 42-58k at 1024 with
 #              channels_last; mae 23.6k at 1024. At 256 the GPU idles between small kernels (SM 51-64 %).
 #   vit   256: ViT-small mae ran ~6.9k img/s at batch 256 and at 512 alike: a larger batch bought nothing.

@@ -115,7 +115,7 @@ def make_runtime(requested_device: str, precision: str = "auto") -> Runtime:
     resolved = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=resolved == "fp16")
     # NHWC convolutions where measured to pay (dlfm/training/batching.py): on a 2-core AVX2 CPU (oneDNN) 6-8 % fewer
-    # CPU-seconds per ResNet18 train step at batch 64 (docs/results.md, issue 20); on CUDA only from batch 1024, which
+    # CPU-seconds per ResNet18 train step at batch 64 (docs/results-log.md, issue 20); on CUDA only from batch 1024, which
     # `fit` decides once it knows the batch. MPS keeps NCHW (not measured there).
     return Runtime(device, autocast_for(device, resolved), scaler, resolved, rank, world_size,
                    channels_last=channels_last_pays(device.type, batch_size=0))

@@ -36,7 +36,7 @@ class TuneConfig:
     # ~/.pgpass), or env:NAME to read the full URL from environment variable NAME (e.g. env:OPTUNA_STORAGE)
     storage: str = DEFAULT_STORAGE
     study_name: str = "auto"  # joined if it exists; "auto" = tune-<encoder>-<dataset>-<epochs>ep-<digest of the trial settings>
-    # none | median | hyperband; none by the 3-seed benchmark (docs/results.md): no pruner saved >= 40 % of epochs
+    # none | median | hyperband; none by the 3-seed benchmark (docs/results-log.md): no pruner saved >= 40 % of epochs
     pruner: str = "none"
     tune_lr: bool = False  # also search lr, log-uniform over [lr/10, 10 lr]
     prune_startup_trials: int = 3  # median: trials that must complete before any trial is pruned

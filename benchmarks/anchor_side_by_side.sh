@@ -50,7 +50,7 @@ elif [ "$SIZE" = smoke ]; then
     VIT=vit_tiny
     PRETRAIN=(-P pretrain_dataset=pretrain -P pretrain_n_train=60 -P pretrain_n_val=30 -P pretrain_n_test=30
               -P sim_n_train=60 -P sim_n_val=30 -P sim_n_test=30 -P epochs=1 -P patience=1
-              -P batch_size=16 -P device=cpu)
+              -P batch_size=16 -P device=cpu -P decoder_dim=64 -P decoder_depth=1)  # not the recipe's 512 x 8: a toy
     EVAL=(-P budgets=$BUDGETS -P seeds=0 -P sim_n_train=60 -P sim_n_val=30 -P sim_n_test=30
           -P epochs=1 -P min_steps=1 -P batch_size=16 -P device=cpu)
 else

@@ -75,7 +75,7 @@ def decode_shard(data: bytes, image_size: int, name: str) -> tuple[np.ndarray, n
         raise DatasetError(f"shard {name} holds {column.type} images, expected {image_size}x{image_size} float32; {REWRITE_HINT}")
     images = np.frombuffer(column.buffers()[1], dtype="<f4", count=len(column) * image_size * image_size,
                            offset=column.offset * expected)
-    return images.reshape(len(column), 1, image_size, image_size), labels.astype(np.int64, copy=False)
+    return images.reshape(len(column), 1, image_size, image_size), np.array(labels, dtype=np.int64)  # writable: torch takes it
 
 
 @dataclass

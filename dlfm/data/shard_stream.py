@@ -1,8 +1,9 @@
 """Streaming a sharded corpus's train split through a torch DataLoader (the loop's ``BatchStream``).
 
 Per epoch: the train shards in a seeded order (``seed``, ``epoch``); each torchrun rank takes every
-``world_size``-th shard of that order (the order padded by its first shards so every rank gets as many, as
-``DistributedSampler`` pads), so ranks read disjoint shards that together cover the epoch; a rank's shards are
+``world_size``-th shard of that order, so ranks read disjoint shards that together cover the epoch (every rank
+takes as many steps as the rank with the most images: one with fewer reads its own shards again from the start to
+fill them, where ``DistributedSampler`` would pad with another rank's images); a rank's shards are
 read in windows of ``BUFFER_SHARDS`` shards, and the images of a window are shuffled together (the shuffle
 buffer: memory is bounded by a few shards, whatever the corpus size); DataLoader workers take every
 ``num_workers``-th window. A window is the unit of resume: a stop saves the windows trained on, a resume skips them.
@@ -36,15 +37,13 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def windows(self, epoch: int, rank: int, world_size: int, seed: int = 0) -> list[list[dict]]:
         """This rank's windows of shards in ``epoch``: a seeded shard order, every world_size-th shard, in windows."""
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.entries))
-        padded = math.ceil(len(order) / world_size) * world_size
-        order = np.concatenate([order, order[: padded - len(order)]])[rank::world_size]
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.entries))[rank::world_size]
         mine = [self.entries[k] for k in order]
         return [mine[start:start + self.buffer_shards] for start in range(0, len(mine), self.buffer_shards)]
 
     def steps(self, epoch: int, batch_size: int, world_size: int, skip: set[int], seed: int = 0) -> int:
-        """Steps every rank takes: the fewest any rank's windows give (a window's last batch may be short)."""
-        return min(sum(math.ceil(sum(e["num_images"] for e in window) / batch_size)
+        """Steps every rank takes: the most any rank's windows give (a window's last batch may be short)."""
+        return max(sum(math.ceil(sum(e["num_images"] for e in window) / batch_size)
                        for w, window in enumerate(self.windows(epoch, rank, world_size, seed)) if w not in skip)
                    for rank in range(world_size))
 

@@ -63,13 +63,23 @@ def epoch_batches(ctx, data, epoch: int) -> tuple[int, Iterator[tuple[int, torch
     skip = set(ctx.stream_skip.pop(epoch, ()))
     ctx.stream_done = (epoch, set(skip))
     steps = data.stream.steps(epoch, ctx.config.batch_size, runtime.world_size, skip, ctx.config.seed)
-    stream = data.stream.batches(epoch, ctx.config.batch_size, runtime.rank, runtime.world_size, skip, ctx.config.seed,
-                                 runtime.device.type == "cuda")
+    def passes():
+        """This rank's batches, then (a rank with fewer images than another) its shards again, to fill the steps."""
+        left = skip
+        while True:
+            empty = True
+            for item in data.stream.batches(epoch, ctx.config.batch_size, runtime.rank, runtime.world_size, left,
+                                            ctx.config.seed, runtime.device.type == "cuda"):
+                empty = False
+                yield item
+            if empty and not left:
+                return
+            left = set()
 
     def batches():
-        for step, (images, labels, window, last) in enumerate(stream):
-            if step >= steps:  # every rank stops at the same step: DDP's all-reduces stay matched
-                return
+        # zip asks range first: after the last step no further batch is read. Every rank stops at the same step,
+        # so DDP's all-reduces stay matched.
+        for _, (images, labels, window, last) in zip(range(steps), passes()):
             yield (len(labels), images.to(runtime.device, non_blocking=True), labels.to(runtime.device, non_blocking=True),
                    window if last else None)
 

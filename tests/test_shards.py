@@ -251,3 +251,24 @@ def test_mae_stage_pretrains_on_a_sharded_corpus_through_mlflow_run(tracking_uri
     assert run.data.tags["dlfm.pretrain_dataset_digest"] == load_sharded_dir(big).digest
     version = client.get_model_version("dlfm-encoder", run.data.tags["dlfm.registered_version"])
     assert version.tags["dataset_digest"] == load_sharded_dir(big).digest  # registry provenance names the corpus
+
+
+@pytest.mark.slow  # two torchrun agents and their ranks: about a minute on the loaded 2-core box
+def test_two_gloo_nodes_pretrain_on_disjoint_shards_that_cover_the_epoch(tmp_path):
+    """Two torchrun agents meet through a c10d rendezvous, as two machines would (one process each, gloo)."""
+    root = write_corpus(tmp_path / "c", n_train=40, shard_images=4)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=shards-test", str(REPO / "tests" / "shard_rank_worker.py"),
+               str(root), str(tmp_path)]
+    nodes = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(output[-2000:] for output in outputs)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert {r["world_size"] for r in ranks} == {2} and {r["node"] for r in ranks} == {"0", "1"}  # two nodes, one rank each
+    seen = [set(r["seen"]) for r in ranks]
+    assert not seen[0] & seen[1]  # disjoint shards
+    assert seen[0] | seen[1] == set(range(40))  # together, the whole epoch
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"])  # the same steps on both (DDP)

@@ -272,3 +272,62 @@ def test_two_gloo_nodes_pretrain_on_disjoint_shards_that_cover_the_epoch(tmp_pat
     assert not seen[0] & seen[1]  # disjoint shards
     assert seen[0] | seen[1] == set(range(40))  # together, the whole epoch
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"])  # the same steps on both (DDP)
+
+
+# ----------------------------------------------------------------------------- S3 (moto's server)
+
+def upload(root: Path, client, prefix: str) -> str:
+    """A corpus directory uploaded as-is (what `aws s3 cp --recursive` does), the manifest last."""
+    for path in [*sorted(root.glob("*.parquet")), root / "manifest.json"]:
+        client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def test_an_s3_corpus_is_streamed_verified_and_cached(moto_s3, tmp_path, monkeypatch):
+    from dlfm.data.shard_stream import ShardStream
+    from dlfm.sources import resolve_dataset
+
+    uri = upload(write_corpus(tmp_path / "c"), moto_s3.client, "corpus")
+    monkeypatch.setenv("DLFM_SHARD_CACHE", str(tmp_path / "cache"))
+    corpus = resolve_dataset(uri)
+    assert corpus.manifest["source_uri"] == uri and corpus.root is None  # streamed, not downloaded first
+    assert not (tmp_path / "cache").exists()
+    assert sorted(epoch_ids(ShardStream(corpus), 1)) == list(range(40))
+    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.parquet"))
+    assert cached == sorted(e["file"] for e in corpus.shards("train"))
+    moto_s3.client.delete_object(Bucket=BUCKET, Key="corpus/train-00002.parquet")
+    assert sorted(epoch_ids(ShardStream(corpus), 2)) == list(range(40))  # read from the verified cache
+
+
+def test_a_damaged_s3_shard_is_refused_in_one_line_naming_it(moto_s3, tmp_path, monkeypatch):
+    from dlfm.data.shard_stream import ShardStream
+    from dlfm.sources import resolve_dataset
+
+    monkeypatch.delenv("DLFM_SHARD_CACHE", raising=False)
+    root = write_corpus(tmp_path / "c")
+    uri = upload(root, moto_s3.client, "damaged")
+    data = bytearray((root / "train-00001.parquet").read_bytes())
+    data[100] ^= 0xFF
+    moto_s3.client.put_object(Bucket=BUCKET, Key="damaged/train-00001.parquet", Body=bytes(data))
+    with pytest.raises(DatasetError, match=rf"{uri} is corrupt \(shard train-00001.parquet sha256 mismatch\)") as info:
+        epoch_ids(ShardStream(resolve_dataset(uri)), 1)
+    assert "\n" not in str(info.value)
+    moto_s3.client.delete_object(Bucket=BUCKET, Key="damaged/train-00004.parquet")
+    with pytest.raises(DatasetError, match=rf"{uri} is missing shard train-00004.parquet"):
+        resolve_dataset(uri)
+
+
+def test_pretraining_streams_a_corpus_from_s3(moto_s3, tmp_path, monkeypatch):
+    from dlfm.data.tensors import split_tensors
+    from dlfm.sources import resolve_dataset
+    from dlfm.training import TrainConfig, fit
+
+    monkeypatch.delenv("DLFM_SHARD_CACHE", raising=False)
+    uri = upload(write_corpus(tmp_path / "c", n_train=24), moto_s3.client, "pretrain")
+    corpus = resolve_dataset(uri)
+    splits = {split: split_tensors(corpus, split) for split in ("train", "val", "test")}
+    splits["train"].stream = RecordingStream(splits["train"].stream)
+    config = TrainConfig(objective="mae", encoder="conv4", epochs=1, batch_size=4, device="cpu", seed=0)
+    result = fit(config, splits, ("a", "b"), progress=False, probe_splits=probe_set())
+    assert sorted(splits["train"].stream.seen) == list(range(24))
+    assert np.isfinite(result.final_metrics["val/masked_mse"])

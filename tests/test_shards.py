@@ -331,3 +331,24 @@ def test_pretraining_streams_a_corpus_from_s3(moto_s3, tmp_path, monkeypatch):
     result = fit(config, splits, ("a", "b"), progress=False, probe_splits=probe_set())
     assert sorted(splits["train"].stream.seen) == list(range(24))
     assert np.isfinite(result.final_metrics["val/masked_mse"])
+
+
+# ----------------------------------------------------------------------------- simulate -P shard_images=K
+
+def test_simulate_writes_shards_holding_the_same_images_as_images_npy(tmp_path):
+    """Rendered a shard at a time by the pool, each image is bit for bit the row simulate writes into images.npy."""
+    from dlfm.data.dataset import load_dataset_dir
+    from dlfm.simulation import SimulationConfig, simulate_dataset
+    from dlfm.simulation.sharded import simulate_shards
+
+    config = SimulationConfig(preset="pretrain", n_train=20, n_val=6, n_test=6, seed=7)
+    sharded = load_sharded_dir(simulate_shards(config, 8, out_dir=tmp_path, workers=2), normalize=False)
+    whole = load_dataset_dir(simulate_dataset(config, out_dir=tmp_path, workers=1, progress=False), normalize=False)
+    assert [e["num_images"] for e in sharded.shards("train")] == [8, 8, 4]
+    assert not list(Path(sharded.root).glob(".staging*"))  # the pool's staging file is gone
+    for split in ("train", "val", "test"):
+        images, labels = sharded.load_split(split)
+        assert np.array_equal(images, whole.get_images(split)) and np.array_equal(labels, whole.get_labels(split))
+    assert sharded.manifest["config_digest"] == config.digest()
+    again = simulate_shards(config, 8, out_dir=tmp_path)  # reused: verified, not rendered again
+    assert load_sharded_dir(again).digest == sharded.digest

@@ -1,0 +1,149 @@
+"""Sharded corpora (issue 32): training throughput streamed from shards vs in memory, and peak memory at scale.
+
+Two measurements:
+
+1. ``throughput``: the same ``dlfm.training.fit`` (autoencoder, conv4, 64 px, batch 64 as ``batch_size=auto`` gives on
+   the CPU) on the same images, once with the train split in memory and once streamed from Parquet shards, in
+   interleaved repeats (a burst of load on a shared machine hits both alike); prints img/s of each and the ratio.
+2. ``rss``: a corpus larger than the process may hold (``--images`` of 64 px float32: 100000 = 1.64 GB) written as a
+   ``.npy``, imported with ``dlfm dataset import --shard-images``, then one pretraining epoch streamed from the shards;
+   each in its own process, whose peak RSS (VmHWM) is printed.
+
+    .venv/bin/python benchmarks/shards.py throughput [--n 4096] [--shard-images 1000] [--epochs 1] [--repeats 3]
+        [--device cpu|cuda] [--batch-size 64|auto] [--workers 0]
+    .venv/bin/python benchmarks/shards.py rss [--images 100000] [--shard-images 1000] [--dir /tmp/dlfm-shards-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SIDE = 64
+
+
+def write_stack(path: Path, n: int) -> None:
+    """An n×64×64 float32 .npy of noisy images with a bright centre, written a block at a time (never held)."""
+    stack = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, SIDE, SIDE))
+    for start in range(0, n, 2000):
+        block = np.random.default_rng(start).random((min(2000, n - start), SIDE, SIDE), dtype=np.float32)
+        block[:, 28:36, 28:36] += 2.0
+        stack[start:start + len(block)] = block
+    stack.flush()
+
+
+def probe_set():
+    from dlfm.training.context import SplitTensors
+
+    rng = np.random.default_rng(3)
+    return {split: SplitTensors(torch.from_numpy(rng.random((64, 1, SIDE, SIDE), dtype=np.float32)), torch.arange(64) % 2)
+            for split in ("train", "val", "test")}
+
+
+def fit_images_per_second(splits, epochs: int, seed: int, device: str = "cpu", batch_size="64") -> float:
+    from dlfm.training import TrainConfig, fit
+
+    batch = batch_size if batch_size == "auto" else int(batch_size)
+    config = TrainConfig(objective="autoencoder", encoder="conv4", epochs=epochs, batch_size=batch, device=device, seed=seed)
+    return fit(config, splits, ("a", "b"), progress=False, probe_splits=probe_set()).images_per_second
+
+
+def throughput(args) -> None:
+    from dlfm.cli import main as dlfm
+    from dlfm.data.shards import load_sharded_dir
+    from dlfm.data.tensors import split_tensors
+    from dlfm.training.context import SplitTensors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_stack(Path(tmp) / "stack.npy", args.n)
+        dlfm(["dataset", "import", str(Path(tmp) / "stack.npy"), "--out", str(Path(tmp) / "corpus"),
+              "--shard-images", str(args.shard_images), "--val-fraction", "0.02", "--test-fraction", "0.02"])
+        corpus = load_sharded_dir(Path(tmp) / "corpus")
+        streamed = {split: split_tensors(corpus, split) for split in ("train", "val", "test")}
+        streamed["train"].stream.workers = args.workers
+        images, labels = corpus.load_split("train")
+        in_memory = {**streamed, "train": SplitTensors(torch.from_numpy(images), torch.from_numpy(labels))}
+        rates = {"in memory": [], "streamed": []}
+        for repeat in range(args.repeats):
+            for name, splits in (("in memory", in_memory), ("streamed", streamed))[:: 1 if repeat % 2 == 0 else -1]:
+                rates[name].append(fit_images_per_second(splits, args.epochs, repeat, args.device, args.batch_size))
+                print(f"repeat {repeat}  {name:9s}  {rates[name][-1]:7.0f} img/s", flush=True)
+    memory, stream = np.median(rates["in memory"]), np.median(rates["streamed"])
+    ratios = [s / m for s, m in zip(rates["streamed"], rates["in memory"])]
+    print(f"train images {corpus.indices('train').stop}, shards of {args.shard_images}, device {args.device}, batch "
+          f"{args.batch_size}, loader workers {args.workers}, torch threads {torch.get_num_threads()}")
+    print(f"median img/s: in memory {memory:.0f}, streamed {stream:.0f}; ratio streamed/in-memory {stream / memory:.3f} "
+          f"(per repeat {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+def peak_rss(code: str, *argv: str) -> tuple[float, float]:
+    """(peak RSS in MB (VmHWM), seconds) of ``python -c code argv`` in a fresh process."""
+    wrapped = code + "\nprint('VmHWM', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", wrapped, *argv], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    if result.returncode:
+        sys.exit(result.stderr[-3000:])
+    return int(result.stdout.split("VmHWM")[-1].strip().strip("'[]")) / 1024, time.perf_counter() - started
+
+
+EPOCH = """
+import sys, numpy as np, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from benchmarks.shards import fit_images_per_second
+from dlfm.data.shards import load_sharded_dir
+from dlfm.data.tensors import split_tensors
+corpus = load_sharded_dir(Path(sys.argv[1]))
+splits = {split: split_tensors(corpus, split) for split in ("train", "val", "test")}
+print("img/s", fit_images_per_second(splits, 1, 0))
+"""
+
+
+def rss(args) -> None:
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    source, corpus = root / "stack.npy", root / "corpus"
+    if not source.exists():
+        write_stack(source, args.images)
+    print(f"corpus {source}: {args.images} images of {SIDE}x{SIDE} float32, {source.stat().st_size / 1e9:.2f} GB")
+    mb, seconds = peak_rss("import sys; from dlfm.cli import main; main(sys.argv[1:])", "dataset", "import", str(source),
+                           "--out", str(corpus), "--shard-images", str(args.shard_images), "--force",
+                           "--val-fraction", "0.005", "--test-fraction", "0.005")
+    print(f"import --shard-images {args.shard_images}: peak RSS {mb:.0f} MB, {seconds:.0f} s")
+    mb, seconds = peak_rss(EPOCH, str(corpus), str(REPO))
+    print(f"one pretraining epoch streamed (autoencoder conv4, batch 64): peak RSS {mb:.0f} MB, {seconds:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    one = sub.add_parser("throughput")
+    one.add_argument("--n", type=int, default=4096)
+    one.add_argument("--shard-images", type=int, default=1000)
+    one.add_argument("--epochs", type=int, default=1)
+    one.add_argument("--repeats", type=int, default=3)
+    one.add_argument("--device", default="cpu")
+    one.add_argument("--batch-size", dest="batch_size", default="64", help="an integer, or auto (what batch_size=auto picks)")
+    one.add_argument("--workers", type=int, default=0, help="DataLoader processes reading shards")
+    two = sub.add_parser("rss")
+    two.add_argument("--images", type=int, default=100000)
+    two.add_argument("--shard-images", type=int, default=1000)
+    two.add_argument("--dir", default="/tmp/dlfm-shards-bench")
+    args = parser.parse_args()
+    throughput(args) if args.what == "throughput" else rss(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,12 +6,14 @@ Two measurements:
    the CPU) on the same images, once with the train split in memory and once streamed from Parquet shards, in
    interleaved repeats (a burst of load on a shared machine hits both alike); prints img/s of each and the ratio.
 2. ``rss``: a corpus larger than the process may hold (``--images`` of 64 px float32: 100000 = 1.64 GB) written as a
-   ``.npy``, imported with ``dlfm dataset import --shard-images``, then one pretraining epoch streamed from the shards;
+   ``.npy``, imported with ``dlfm dataset import --shard-images``, then one epoch of the train stream alone (every
+   shard read, no model), then one pretraining epoch through ``fit`` (``--train-shards`` limits it on a slow CPU);
    each in its own process, whose peak RSS (VmHWM) is printed.
 
     .venv/bin/python benchmarks/shards.py throughput [--n 4096] [--shard-images 1000] [--epochs 1] [--repeats 3]
         [--device cpu|cuda] [--batch-size 64|auto] [--workers 0]
     .venv/bin/python benchmarks/shards.py rss [--images 100000] [--shard-images 1000] [--dir /tmp/dlfm-shards-bench]
+        [--train-shards 0]
 """
 
 from __future__ import annotations
@@ -106,8 +108,23 @@ from benchmarks.shards import fit_images_per_second
 from dlfm.data.shards import load_sharded_dir
 from dlfm.data.tensors import split_tensors
 corpus = load_sharded_dir(Path(sys.argv[1]))
+train_shards = int(sys.argv[3])
+if train_shards:  # pretrain on the first shards only (a slow CPU): the same stream, fewer steps
+    train = corpus.shards("train")[:train_shards]
+    corpus.manifest = {**corpus.manifest, "shards": train + corpus.shards("val") + corpus.shards("test")}
 splits = {split: split_tensors(corpus, split) for split in ("train", "val", "test")}
 print("img/s", fit_images_per_second(splits, 1, 0))
+"""
+
+STREAM = """
+import sys
+from pathlib import Path
+from dlfm.data.shards import load_sharded_dir
+from dlfm.data.tensors import split_tensors
+train = split_tensors(load_sharded_dir(Path(sys.argv[1])), "train")
+steps = train.stream.steps(1, 64, 1, set(), 0)
+seen = sum(len(labels) for _, (_, labels, _, _) in zip(range(steps), train.stream.batches(1, 64, 0, 1, set(), 0, False)))
+print("images", seen)
 """
 
 
@@ -122,8 +139,12 @@ def rss(args) -> None:
                            "--out", str(corpus), "--shard-images", str(args.shard_images), "--force",
                            "--val-fraction", "0.005", "--test-fraction", "0.005")
     print(f"import --shard-images {args.shard_images}: peak RSS {mb:.0f} MB, {seconds:.0f} s")
-    mb, seconds = peak_rss(EPOCH, str(corpus), str(REPO))
-    print(f"one pretraining epoch streamed (autoencoder conv4, batch 64): peak RSS {mb:.0f} MB, {seconds:.0f} s")
+    mb, seconds = peak_rss(STREAM, str(corpus))
+    print(f"one epoch of the train stream (every shard read, verified, decoded, normalised, shuffled, batched at 64; "
+          f"no model): peak RSS {mb:.0f} MB, {seconds:.0f} s")
+    what = f"the first {args.train_shards} train shards" if args.train_shards else "the whole train split"
+    mb, seconds = peak_rss(EPOCH, str(corpus), str(REPO), str(args.train_shards))
+    print(f"one pretraining epoch streamed over {what} (fit: autoencoder conv4, batch 64, CPU): peak RSS {mb:.0f} MB, {seconds:.0f} s")
 
 
 def main() -> None:
@@ -141,6 +162,8 @@ def main() -> None:
     two.add_argument("--images", type=int, default=100000)
     two.add_argument("--shard-images", type=int, default=1000)
     two.add_argument("--dir", default="/tmp/dlfm-shards-bench")
+    two.add_argument("--train-shards", dest="train_shards", type=int, default=0,
+                     help="pretrain on this many train shards only (0 = all; the stream-only epoch always reads all)")
     args = parser.parse_args()
     throughput(args) if args.what == "throughput" else rss(args)
 

@@ -352,3 +352,13 @@ def test_simulate_writes_shards_holding_the_same_images_as_images_npy(tmp_path):
     assert sharded.manifest["config_digest"] == config.digest()
     again = simulate_shards(config, 8, out_dir=tmp_path)  # reused: verified, not rendered again
     assert load_sharded_dir(again).digest == sharded.digest
+
+
+def test_a_sharded_corpus_as_the_in_memory_dataset_is_refused_in_one_line(tmp_path):
+    from dlfm.stages.train import check_trainable
+    from dlfm.training import TrainConfig
+
+    corpus = load_sharded_dir(write_corpus(tmp_path / "c"))
+    with pytest.raises(DatasetError, match=r"is a sharded corpus: it is streamed as pretrain_dataset") as info:
+        check_trainable(TrainConfig(objective="mae", dataset=str(tmp_path / "c")), corpus)
+    assert "\n" not in str(info.value)

@@ -216,6 +216,14 @@ class ShardedDataset:
     def __len__(self) -> int:
         return int(self.manifest["num_images"])
 
+    def get_images(self, split: str):
+        """Refused: a sharded corpus is streamed, never read whole (it feeds pretraining, not the in-memory stages)."""
+        raise DatasetError(f"{self.manifest.get('source_uri') or self.root} is a sharded corpus: it is streamed as "
+                           "pretrain_dataset of autoencoder or mae; pass a dataset directory here "
+                           "(dlfm dataset import without --shard-images)")
+
+    get_labels = get_params = get_images
+
     def read_shard(self, entry: dict) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of one shard, verified; images normalised per image if ``normalize``."""
         images, labels = decode_shard(self.store.read(entry), self.image_size, entry["file"])

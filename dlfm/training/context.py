@@ -89,7 +89,7 @@ class TrainingContext:
     feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
     grad_clip: float = 0.0  # max global gradient norm (0 = off): the config's, else its recipe's
     stream_skip: dict = field(default_factory=dict)  # epoch → windows of shards a resumed run already trained on (streamed splits)
-    stream_done: tuple = (0, set())  # (epoch, windows of shards trained on so far in it): what a stop mid-epoch saves
+    stream_done: tuple = field(default_factory=lambda: (0, set()))  # (epoch, windows of shards trained on so far in it): what a stop mid-epoch saves
 
     @property
     def forward_model(self) -> nn.Module:

@@ -172,7 +172,8 @@ def fit(
     checkpoint is due (``config.checkpoint_every_s``); a stop mid-epoch whose last completed epoch has
     none calls it once more with empty metrics and that epoch's checkpoint. ``resume_state`` (a checkpoint)
     continues at its next epoch. When ``stop`` is set (by a signal), the loop raises
-    ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
+    ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint
+    (a streamed split, ``dlfm.training.streaming``: the weights now and the windows of shards trained on, to skip on resume).
     A probed (self-supervised) objective trains on ``splits`` and gets its classification
     metrics from a linear probe on ``probe_splits`` (the labelled downstream set; default ``splits``).
     The splits are placed once (``placement``: device | pinned | host; None chooses by size and free

@@ -79,6 +79,8 @@ def dataset_import(args) -> None:
     class_names = tuple(name.strip() for name in args.class_names.split(",")) if args.class_names else ()
     spec = UserArrays(images=args.images, labels=args.labels, params=args.params, class_names=class_names,
                       seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    if args.shard_images:
+        return import_shards(spec, args)
     target = import_dataset(spec, args.out, force=args.force)
     from dlfm.sources import load_dataset
 
@@ -90,6 +92,19 @@ def dataset_import(args) -> None:
         print(f"followed symlink: {link}")
     targets = ", ".join(dataset.manifest.get("targets", ()))
     print(IMPORT_HINTS[dataset.task].format(target=target, targets=targets))
+
+
+def import_shards(spec, args) -> None:
+    """``--shard-images K``: stream the images into a sharded corpus (never held whole) and say what was written."""
+    from dlfm.data.shard_import import import_sharded
+    from dlfm.data.shards import load_sharded_dir
+
+    target = import_sharded(spec, args.out, args.shard_images, force=args.force)
+    corpus = load_sharded_dir(target)
+    sizes = ", ".join(f"{split} {len(corpus.indices(split))}" for split in ("train", "val", "test"))
+    print(f"wrote {target}: {len(corpus)} {corpus.image_size}x{corpus.image_size} images in "
+          f"{len(corpus.manifest['shards'])} shards, {corpus.task} ({sizes}); digest {corpus.digest[:12]}")
+    print(f"stream it as a pretraining corpus: mlflow run . -e mae -P pretrain_dataset={target}")
 
 
 def add_dataset_parser(commands) -> None:
@@ -116,6 +131,9 @@ def add_dataset_parser(commands) -> None:
     imp.add_argument("--test-fraction", dest="test_fraction", type=typed("test-fraction", float), default=UserArrays.test_fraction,
                      help="share of each class in test when you give no split (default %(default)s)")
     imp.add_argument("--force", action="store_true", help="replace a dataset directory dlfm wrote there before")
+    imp.add_argument("--shard-images", dest="shard_images", type=typed("shard-images", int), default=0, metavar="K",
+                     help="write a sharded corpus (Parquet shards of K images, streamed: never held in memory) "
+                          "instead of one images.npy")
     imp.set_defaults(func=dataset_import)
 
 

@@ -12,7 +12,7 @@ from dlfm.errors import DatasetError
 from dlfm.sources import SOURCES, Request, Source, load_dataset, resolve_dataset, source_for
 from test_architecture import imports_of
 
-KINDS = {"preset", "corpus", "s3", "dataset_dir", "multi_dir", "deeplense", "image_folder"}
+KINDS = {"preset", "corpus", "s3", "shards", "dataset_dir", "multi_dir", "deeplense", "image_folder"}
 
 
 def test_one_row_per_spec_kind_each_its_own_file():
@@ -35,11 +35,14 @@ def specs(tmp_path_factory, tiny_classification_dir) -> dict[str, str]:
     for folder in ("no", "sphere", "vort"):
         (deeplense / folder).mkdir(parents=True)
         np.save(deeplense / folder / "0.npy", np.zeros((1, 8, 8), np.float32))
+    shards = root / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"files": {}, "digest": "0" * 64, "format": "dlfm-shards"}))
     images = root / "images"
     images.mkdir()
     np.save(images / "a.npy", np.zeros((8, 8), np.float32))
     return {"preset": "model_ii", "corpus": "pretrain_multi", "s3": "s3://bucket/tiny",
-            "dataset_dir": str(tiny_classification_dir), "multi_dir": str(multi), "deeplense": str(deeplense),
+            "shards": str(shards), "dataset_dir": str(tiny_classification_dir), "multi_dir": str(multi), "deeplense": str(deeplense),
             "image_folder": str(images)}
 
 

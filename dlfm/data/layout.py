@@ -38,6 +38,9 @@ MANIFEST_FILE = "manifest.json"
 DATA_FILES = (IMAGES_FILE, LABELS_FILE, PARAMS_FILE)  # the files the manifest's sha256s cover
 IMAGE_SET_FILE = "images_{name}.npy"  # a multi-instrument dataset's images of one set (instrument), in place of images.npy
 IMAGE_SET_PATTERN = "images_*.npy"
+# A sharded corpus (format owned by dlfm.data.shards) holds Parquet shards named so, beside manifest.json.
+SHARD_FILE = "{split}-{index:05d}.parquet"
+SHARD_PATTERN = "*-[0-9][0-9][0-9][0-9][0-9].parquet"
 FORMAT_NAME = "dlfm-dataset"  # manifest "format"
 FORMAT_VERSION = 1  # manifest "format_version"
 # The fix for a broken dataset, in the words users type (MLflow params, not script flags).
@@ -125,8 +128,9 @@ def check_image_sets(path: Path, manifest: dict) -> None:
 
 
 def owned_files(path: Path) -> tuple[str, ...]:
-    """The names in a dataset directory that dlfm writes: the data files, the manifest and any image-set files."""
-    return (*DATA_FILES, MANIFEST_FILE, *sorted(p.name for p in path.glob(IMAGE_SET_PATTERN)))
+    """The names in a dataset directory that dlfm writes: the data files, the manifest, any image-set files and shards."""
+    return (*DATA_FILES, MANIFEST_FILE, *sorted(p.name for p in path.glob(IMAGE_SET_PATTERN)),
+            *sorted(p.name for p in path.glob(SHARD_PATTERN) if p.name.split("-")[0] in SPLITS))
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

@@ -99,6 +99,13 @@ def _read_remote_manifest(client, bucket: str, prefix: str, uri: str, endpoint_u
     return body, manifest
 
 
+def read_s3_manifest(uri: str, endpoint_url: str | None = None) -> dict:
+    """The parsed manifest.json at ``uri`` (a dataset directory or a sharded corpus), or one DatasetError line."""
+    bucket, prefix = split_s3_uri(uri)
+    endpoint_url = s3_endpoint_url(endpoint_url)
+    return _read_remote_manifest(s3_client(endpoint_url), bucket, prefix, uri, endpoint_url)[1]
+
+
 def _cached_copy_ok(path: Path, digest: str) -> bool:
     if not (path / MANIFEST).is_file():
         return False

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from dlfm.data.dataset import LensDataset
 from dlfm.data.multi import MultiInstrumentDataset
+from dlfm.data.shards import ShardedDataset
 
 
-def split_tensors(dataset: LensDataset | MultiInstrumentDataset, split: str):
-    """Normalised images and labels of one split as tensors for the loop (one group per image size of a multi-instrument set)."""
+def split_tensors(dataset: LensDataset | MultiInstrumentDataset | ShardedDataset, split: str):
+    """Normalised images and labels of one split as tensors for the loop (one group per image size of a multi-instrument
+    set; a sharded corpus's train split streamed)."""
     import torch
+
+    if isinstance(dataset, ShardedDataset):
+        from dlfm.data.shard_stream import sharded_split
+
+        return sharded_split(dataset, split)
 
     from dlfm.training.context import MultiSizeSplit, SplitTensors
 

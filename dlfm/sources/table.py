@@ -11,6 +11,7 @@ import dlfm.sources.image_folder as image_folder
 import dlfm.sources.multi_dir as multi_dir
 import dlfm.sources.preset as preset
 import dlfm.sources.s3 as s3
+import dlfm.sources.shards as shards
 from dlfm.sources.base import Source
 
 # Asked in order; the first row that claims a spec loads it. Names and URIs come before paths, so a
@@ -19,6 +20,8 @@ SOURCES: tuple[Source, ...] = (
     Source("preset", "a preset name", preset.claims, preset.load, names=tuple(PRESETS)),
     Source("corpus", "a multi-instrument corpus name", corpus.claims, corpus.load, names=tuple(MULTI_CORPORA)),
     Source("s3", "an s3://bucket/prefix dataset directory", s3.claims, s3.load),
+    Source("shards", "a sharded corpus directory (Parquet shards, format dlfm-shards)", shards.claims, shards.load,
+           local_path=True),
     Source("dataset_dir", "a dlfm dataset directory (manifest.json)", dataset_dir.claims, dataset_dir.load, local_path=True),
     Source("multi_dir", "a multi-instrument dataset directory (image_sets in manifest.json)", multi_dir.claims,
            multi_dir.load, local_path=True),

@@ -24,6 +24,10 @@ def check_trainable(config: TrainConfig, dataset) -> None:
     from dlfm.models import create_encoder
     from dlfm.objectives import OBJECTIVES
 
+    from dlfm.data.shards import ShardedDataset
+
+    if isinstance(dataset, ShardedDataset):
+        dataset.get_images("train")  # refused in one line: `dataset` is read whole (and probed); a corpus streams as pretrain_dataset
     if dataset.task == "unlabelled" and not OBJECTIVES[config.objective].probed:
         raise DatasetError(
             f"dataset {config.dataset!r} has no labels; the {config.objective} objective reads labels, so import them "

@@ -82,7 +82,7 @@ class TrainConfig:
         if self.batch_size != AUTO:
             return self
         side = max(group.images.shape[-1] for group in train.groups)
-        return replace(self, batch_size=auto_batch_size(self.encoder_kind, side, device_type, len(train.labels)))
+        return replace(self, batch_size=auto_batch_size(self.encoder_kind, side, device_type, train.num_images))
 
     @property
     def monitor(self) -> tuple[str, str]:

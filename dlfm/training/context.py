@@ -32,6 +32,10 @@ class SplitTensors:
         """The split's groups of one image size each: itself."""
         return (self,)
 
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
     def placed(self, place: Callable[[torch.Tensor], torch.Tensor]) -> "SplitTensors":
         """The same split with ``place`` applied to each tensor."""
         return SplitTensors(place(self.images), place(self.labels))
@@ -52,6 +56,10 @@ class MultiSizeSplit:
     def labels(self) -> torch.Tensor:
         """(n,) int64 labels of every group, in group order."""
         return torch.cat([group.labels for group in self.groups])
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(group.labels) for group in self.groups)
 
     def placed(self, place: Callable[[torch.Tensor], torch.Tensor]) -> "MultiSizeSplit":
         """The same split with ``place`` applied to each group's tensors."""
@@ -80,6 +88,8 @@ class TrainingContext:
     read_every: int | None = None  # steps between mid-epoch host reads (0 = at the epoch's end only; None = HOST_READ_EVERY when a bar or DDP needs them)
     feeders: dict = field(default_factory=dict)  # id(split) → (split, its batch feeder), built once per split
     grad_clip: float = 0.0  # max global gradient norm (0 = off): the config's, else its recipe's
+    stream_skip: dict = field(default_factory=dict)  # epoch → windows of shards a resumed run already trained on (streamed splits)
+    stream_done: tuple = field(default_factory=lambda: (0, set()))  # (epoch, windows of shards trained on so far in it): what a stop mid-epoch saves
 
     @property
     def forward_model(self) -> nn.Module:

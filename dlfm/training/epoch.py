@@ -9,11 +9,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlfm.objectives import PARTS
-from dlfm.training.batches import augment_batch, group_batches
+from dlfm.training.batches import augment_batch
 from dlfm.training.context import SplitTensors, TrainingContext
 from dlfm.training.interrupt import TrainingInterrupted
 from dlfm.training.objectives import Objective
 from dlfm.training.runtime import Runtime
+from dlfm.training.streaming import epoch_batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,15 +51,15 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     ctx.model.train()
     ctx.objective.train()
     names = loss_names(ctx.objective)
-    order = group_batches(data, ctx.config.batch_size, ctx.generator, ctx.runtime.rank, ctx.runtime.world_size)
+    steps, batches = epoch_batches(ctx, data, epoch)  # in memory, or streamed from shards
     device, world_size = ctx.runtime.device, ctx.runtime.world_size
     sums = torch.zeros(len(names), dtype=sum_dtype(device), device=device)  # loss × images, summed
-    step_losses = torch.zeros(len(order), device=device)  # read only to name the step of a non-finite loss
+    step_losses = torch.zeros(steps, device=device)  # read only to name the step of a non-finite loss
     show_bar = ctx.progress and sys.stderr.isatty()
     read_every = ctx.mid_epoch_reads(show_bar)
-    bar = tqdm(total=len(order), desc=f"epoch {epoch}", leave=False, disable=not show_bar)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     seen = 0
-    for step, (_, index, images, labels) in enumerate(ctx.grouped_batches(data, order)):
+    for step, (batch, images, labels, window_done) in enumerate(batches):
         if ctx.config.augment:
             images = augment_batch(images)  # drawn on the device: the step has no host work
         mask = ctx.objective.make_mask(images, None)
@@ -73,8 +74,9 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
         ctx.runtime.scaler.step(ctx.optimizer)
         ctx.runtime.scaler.update()
         ctx.scheduler.step()
-        batch = len(index)
         seen += batch
+        if window_done is not None:  # a streamed window of shards is trained on: a stop from here on skips it
+            ctx.stream_done[1].add(window_done)
         values = torch.stack([loss.detach(), *(parts[name] for name in names[1:])]).float()
         sums += values.to(sums.dtype) * batch
         step_losses[step] = values[0]
@@ -92,7 +94,7 @@ def train_one_epoch(ctx: TrainingContext, data: SplitTensors, epoch: int) -> dic
     if world_size > 1:
         torch.distributed.all_reduce(sums)  # every rank then sees a non-finite loss of any rank, and raises with it
         seen *= world_size
-    raise_if_not_finite(sums, step_losses, len(order), epoch)
+    raise_if_not_finite(sums, step_losses, steps, epoch)
     return {f"train/{name}": value / seen for name, value in zip(names, sums.tolist())}
 
 

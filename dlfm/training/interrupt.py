@@ -3,7 +3,8 @@ evaluate also between cells).
 
 The loop then raises ``TrainingInterrupted``; the last *completed* epoch is already checkpointed
 (the partial epoch is discarded), so a resume continues at the next epoch and reproduces an
-uninterrupted run. No MLflow here: the stage turns the exception into a KILLED run.
+uninterrupted run (a streamed corpus instead saves the weights mid-epoch with the shards done: see
+``dlfm.training.streaming``). No MLflow here: the stage turns the exception into a KILLED run.
 """
 
 from __future__ import annotations

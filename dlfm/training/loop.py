@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from dlfm.models.composite import build_model
-from dlfm.training.batches import group_batches
 from dlfm.training.batching import channels_last_pays
 from dlfm.training.config import TrainConfig
 from dlfm.training.context import FitResult, SplitTensors, TrainingContext
@@ -28,6 +27,7 @@ from dlfm.training.interrupt import StopRequest, TrainingInterrupted
 from dlfm.training.objectives import Objective
 from dlfm.training.placement import PLACEMENTS, choose_placement, free_device_memory, place_tensor, split_bytes
 from dlfm.training.runtime import Runtime, compile_model, make_runtime, prefers_channels_last, seed_everything
+from dlfm.training.streaming import steps_per_epoch
 
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")  # parameter names MAE keeps out of weight decay
@@ -172,7 +172,8 @@ def fit(
     checkpoint is due (``config.checkpoint_every_s``); a stop mid-epoch whose last completed epoch has
     none calls it once more with empty metrics and that epoch's checkpoint. ``resume_state`` (a checkpoint)
     continues at its next epoch. When ``stop`` is set (by a signal), the loop raises
-    ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint.
+    ``TrainingInterrupted`` after the current step, leaving the last completed epoch's checkpoint
+    (a streamed split, ``dlfm.training.streaming``: the weights now and the windows of shards trained on, to skip on resume).
     A probed (self-supervised) objective trains on ``splits`` and gets its classification
     metrics from a linear probe on ``probe_splits`` (the labelled downstream set; default ``splits``).
     The splits are placed once (``placement``: device | pinned | host; None chooses by size and free
@@ -185,7 +186,7 @@ def fit(
     train = splits["train"]
     config = config.with_batch_resolved(runtime.device.type, train)  # batch_size=auto: its number, saved in checkpoints
     runtime.channels_last = channels_last_pays(runtime.device.type, config.batch_size)
-    steps = len(group_batches(train, config.batch_size, None, runtime.rank, runtime.world_size))
+    steps = steps_per_epoch(train, config.batch_size, runtime.rank, runtime.world_size)
     ctx = build_context(config, len(class_names), steps, runtime, progress)
     ctx.stop = stop or StopRequest()
     ctx.placement = placement
@@ -201,6 +202,8 @@ def fit(
     if resume_state is not None:
         restore_state(ctx, resume_state)
         start_epoch = resume_state["epoch"] + 1
+        if "stream" in resume_state:  # stopped mid-epoch on a streamed split: skip the shards it had trained on
+            ctx.stream_skip = {resume_state["stream"]["epoch"]: set(resume_state["stream"]["windows_done"])}
         best_value, best_epoch = resume_state["best_value"], resume_state["best_epoch"]
         best_weights, history = resume_state["best_weights"], list(resume_state["history"])
         if config.recipe.early_stopping and resume_state["epoch"] - best_epoch >= config.patience:
@@ -213,12 +216,17 @@ def fit(
         try:
             metrics = train_one_epoch(ctx, train, epoch)
         except TrainingInterrupted:
-            if on_epoch_end is not None and last_saved < epoch - 1:  # the last completed epoch has no checkpoint yet
-                done = epoch - 1
+            done = epoch - 1
+            streamed = ctx.stream_done[0] == epoch and ctx.stream_done[1]
+            if on_epoch_end is not None and streamed:  # mid-epoch, at shard granularity: the weights now, the shards done
+                position = {"epoch": epoch, "windows_done": sorted(ctx.stream_done[1])}
+                on_epoch_end(done, {}, lambda: {**checkpoint_state(ctx, done, best_value, best_epoch, best_weights, history),
+                                                "stream": position})
+            elif on_epoch_end is not None and last_saved < epoch - 1:  # the last completed epoch has no checkpoint yet
                 on_epoch_end(done, {}, lambda: checkpoint_state(ctx, done, best_value, best_epoch, best_weights, history))
             raise
         train_seconds += time.perf_counter() - started
-        train_images += len(train.labels)
+        train_images += train.num_images
         metrics.update(evaluate(ctx, splits["val"], class_names, "val", embed=False).metrics)
         metrics["train/lr"] = ctx.scheduler.get_last_lr()[0]  # the lr of the epoch's last step: the warmup rises, then decays
         history.append(metrics)

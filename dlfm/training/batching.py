@@ -15,7 +15,10 @@ REFERENCE_SIDE = 64  # (px) the image side the CUDA table was measured at (Model
 # docs/gpus.md; ResNet18, 15360 images of 64 px):
 #   cnn  1024: multitask 16.6k img/s at batch 256 vs 24k at 1024 (placement, no-sync), 42-58k at 1024 with
 #              channels_last; mae 23.6k at 1024. At 256 the GPU idles between small kernels (SM 51-64 %).
-#   vit   256: ViT-small mae ran ~6.9k img/s at batch 256 and at 512 alike: a larger batch bought nothing.
+#   vit   256: ViT-small mae ran ~6.9k img/s at batch 256 and at 512 alike with the old block. With the SDPA block
+#              (docs/results/gpu-2026-12-04.md): 5.0k at 256 (SM busy 44 %) vs 14.5k at 1024, but at 1024 the MAE
+#              recipe had not reached the 0.8 position-only ratio in 26 epochs (256: by epoch 19). Kept at 256 until a
+#              run shows 1024 learns as well per epoch.
 # Larger images keep the activation memory of the reference: the batch scales with (REFERENCE_SIDE / side)².
 CUDA_BATCH = {"cnn": 1024, "vit": 256}
 CHANNELS_LAST_MIN_CUDA_BATCH = 1024  # NHWC on CUDA: 42-58k img/s at batch 1024, but 14.3k vs 16.6k (slower) at 256

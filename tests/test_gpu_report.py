@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("## Commit and hardware", "## Parts", "## Commands", "## Throughput", "## The user's multitask command",
+SECTIONS = ("## Commit and hardware", "## Parts", "## Commands", "## Throughput", "## Does ViT-MAE learn?",
+            "## The user's multitask command",
             "## Evaluate grid", "## Transfer matrix: one row", "## Anchor side by side")
-PARTS = ("throughput", "throughput-mae", "throughput-vit", "multitask", "multitask-gpu-size", "grid-data", "grid-w1", "grid-w2",
+PARTS = ("throughput", "throughput-mae", "throughput-vit", "vit-mae-learns", "multitask", "multitask-gpu-size", "grid-data", "grid-w1", "grid-w2",
          "transfer-row", "anchor", "multitask-compile")
 
 
@@ -35,7 +36,7 @@ def test_the_cpu_smoke_run_writes_every_section_and_a_status_per_part(tmp_path):
     parts = text[text.find("## Parts"):text.find("## Commands")]
     statuses = dict(re.findall(r"^\| ([\w-]+) \| (ok|timed out at \d+ s|failed \(exit \d+[^|]*|skipped: [^|]+) \|", parts, re.M))
     assert set(statuses) == set(PARTS), statuses  # each part reports a status, none is lost
-    for part in ("throughput", "throughput-mae", "multitask", "grid-data", "grid-w1", "grid-w2"):
+    for part in ("throughput", "throughput-mae", "vit-mae-learns", "multitask", "grid-data", "grid-w1", "grid-w2"):
         assert statuses[part] == "ok", (part, statuses[part], (tmp_path / "logs" / f"{part}.log").read_text()[-2000:])
     assert "| gpu-report-multitask | FINISHED |" in text
     assert re.search(r"^\| 2 \| ok \| \d+ \| (\d+) of \1 \| FINISHED \|", text, re.M)  # workers=2 finished every cell

@@ -4,8 +4,8 @@
 # encoder against a random encoder of the same architecture: frozen linear probe on held-out Model II, 3 seeds.
 #
 #   SIZE=gpu (default)  the GPU size of issue 27: 20000-image corpus, vit_small, 30 epochs; held-out 3000/300/3000
-#   SIZE=smoke          toy size on the CPU (gpu_report.sh --cpu-smoke): 60 images, vit_tiny with a 64 x 1 decoder, 2 epochs,
-#                       batch 8 and 16
+#   SIZE=smoke          toy size on the CPU (gpu_report.sh --cpu-smoke): 60 images, vit_tiny with a 1-block 64-wide decoder,
+#                       2 epochs, batch 8 and 16
 #
 # Aim (issue 27): val/masked_norm_mse_vs_position_mean <= 0.8 within 30 epochs at both batches (1.0 = the predictor
 # that knows patch positions only), and the probe clearly above the random encoder's.
@@ -24,7 +24,7 @@ else
     BATCHES=${BATCHES:-8 16}
     PRETRAIN=(-P encoder=vit_tiny -P pretrain_dataset=pretrain -P pretrain_n_train=60 -P pretrain_n_val=30
               -P pretrain_n_test=30 -P sim_n_train=60 -P sim_n_val=30 -P sim_n_test=30 -P epochs=2 -P device=cpu
-              -P decoder_dim=64 -P decoder_depth=1)  # the recipe's 512 x 8 decoder is ~10 GFLOP per image: seconds a step here
+              -P decoder_dim=64 -P decoder_depth=1)  # MAE's 8 x 512 decoder was most of a CPU smoke run's time
     EVAL=(--budgets all --seeds 0 --epochs 1 --min_steps 1 --batch_size 16 --sim_n_train 60 --sim_n_val 30
           --sim_n_test 30 --device cpu --workers 1)
 fi

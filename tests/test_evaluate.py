@@ -288,13 +288,18 @@ def test_a_supervised_encoders_evaluation_says_it_saw_labels(tracking_uri, tiny_
 
 
 def test_evaluating_on_the_encoders_own_training_set_is_refused(tracking_uri, tmp_path, tiny_classification_dir):
+    # In-process: the refusal is logic; that a ConfigError reaches the user as one line and exit 2 through
+    # pipelines/evaluate.py is test_budget_larger_than_the_pool_is_one_error_line's subprocess.
+    from dlfm.errors import ConfigError
+    from dlfm.stages.evaluate import run_evaluate_stage
+
     version = register_supervised(load_dataset(tiny_classification_dir))
-    done = run_script([str(REPO / "pipelines/evaluate.py"), "--encoder_uri", f"models:/dlfm-encoder/{version}",
-                       "--tasks", "classification", "--classification_dataset", str(tiny_classification_dir),
-                       "--budgets", "2", "--experiment_name", "eval-own"], cwd=tmp_path)
-    assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if "Traceback" in line or line.startswith("dlfm:")]
-    assert len(lines) == 1 and lines[0].startswith("dlfm: error: classification dataset") and "trained or probed on" in lines[0]
+    config = EvaluateConfig(encoder_uri=f"models:/dlfm-encoder/{version}", tasks="classification",
+                            classification_dataset=str(tiny_classification_dir), budgets="2", experiment_name="eval-own")
+    with pytest.raises(ConfigError) as refused:
+        run_evaluate_stage(config)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and message.startswith("classification dataset") and "trained or probed on" in message
 
 
 def test_the_bootstrap_headline_is_the_macro_auc_of_the_drawn_images(tiny_tasks):

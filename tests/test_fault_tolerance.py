@@ -295,6 +295,7 @@ def test_sigterm_twice_during_a_resumed_run_ends_it_killed_with_the_hint_and_no_
     store.close()
 
 
+@pytest.mark.slow  # a real subprocess killed by a real signal, then two CLI processes: run by make test, not make test-fast
 def test_sigkill_mid_epoch_then_repair_then_resume(tracking_uri, tiny_classification_dir, tmp_path):
     process = start_training(tmp_path, tiny_classification_dir)
     run_id = wait_for_checkpoint(tmp_path, process)

@@ -71,6 +71,7 @@ def test_tune_storage_from_environment_never_reaches_params(monkeypatch):
 
 
 @pytest.mark.services
+@pytest.mark.slow  # a real server process on PostgreSQL: run by make test, not make test-fast
 def test_server_keeps_a_percent_encoded_password_off_argv_and_logs(tmp_path, postgres_storage):
     """Real dlfm server on PostgreSQL (trust auth ignores the password): starts, and no process's argv
     and no log line holds the password, raw or encoded."""

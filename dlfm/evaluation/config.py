@@ -13,7 +13,6 @@ from dlfm.training.config import PRECISIONS
 
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
 TASK_NAMES = ("classification", "regression", "superres")
-FROZEN_NORMS = ("target", "saved")  # where the frozen arms' BatchNorm statistics come from (EvaluateConfig.frozen_norm)
 ALL = "all"  # the budget that uses every labelled train image
 RESUME_IGNORED = ("resume", "workers", "device", "experiment_name")  # may differ between a run and its resume
 
@@ -54,7 +53,6 @@ class EvaluateConfig:
     lr: float = 1e-3  # AdamW learning rate of the head (every arm)
     encoder_lr: float = 1e-4  # AdamW learning rate of the encoder in the fine-tune arms (pretrained-finetune, scratch)
     weight_decay: float = 1e-4  # AdamW weight decay (every arm)
-    frozen_norm: str = "target"  # BatchNorm statistics of the frozen arms: target (re-estimated on the task's unlabelled train images, AdaBN; no weight changes) | saved (the encoder's own, a blend of its pretraining instruments)
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
     sim_n_train: int = 1200  # preset datasets not cached yet: split sizes (classification: balanced over classes)
@@ -129,8 +127,6 @@ class EvaluateConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.frozen_norm not in FROZEN_NORMS:
-            raise ConfigError(f"unknown frozen_norm {self.frozen_norm!r}; choose one of {', '.join(FROZEN_NORMS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.encoder_uri and not self.encoder_uri.startswith("models:/"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -22,23 +21,6 @@ def random_encoder_like(encoder, seed: int):
 
     torch.manual_seed(random_init_seed(seed))
     return create_encoder(encoder.name, **{k: v for k, v in encoder.arch_config.items() if k != "name"})
-
-
-@torch.no_grad()
-def adapt_batchnorm(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> nn.Module:
-    """A copy of ``encoder`` whose BatchNorm running statistics are re-estimated on ``images`` (no labels; weights as saved).
-
-    AdaBN (Li et al. 2016, arXiv 1603.04779), with torch's ``update_bn``. Training normalises every batch by its
-    own statistics, and a multi-instrument corpus batches each instrument apart; so the saved running statistics
-    are a blend of instruments, led by the last few batches, which fits none of them. A frozen encoder read with
-    them gave Model I macro AUC 0.55, below a random encoder (docs/results.md, issue 27). An encoder without
-    BatchNorm (the ViTs) comes back unchanged.
-    """
-    adapted = copy.deepcopy(encoder).to(device)
-    batches = (torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-               for start in range(0, len(images), batch_size))
-    torch.optim.swa_utils.update_bn(batches, adapted, device=device)
-    return adapted.eval()
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from dlfm.evaluation.config import ALL, EvaluateConfig
 from dlfm.evaluation.fit import Schedule, fit, predict
 from dlfm.evaluation.tasks import TASKS, TaskData
 from dlfm.training.interrupt import StopRequest
-from dlfm.evaluation.embedding import adapt_batchnorm, embed, random_encoder_like
+from dlfm.evaluation.embedding import embed, random_encoder_like
 from dlfm.evaluation.regression import Standardizer
 from dlfm.models.heads import FrozenEncoder
 
@@ -84,23 +84,11 @@ class EmbeddingCache:
 
 
 class Encoders:
-    """The pretrained encoder, one random encoder per seed built on first use, and their frozen copies per task."""
+    """The pretrained encoder, and one random encoder per seed built on first use."""
 
-    def __init__(self, pretrained: nn.Module, frozen_norm: str = "target", device: torch.device = torch.device("cpu")):
+    def __init__(self, pretrained: nn.Module):
         self.pretrained = pretrained
         self.random: dict[int, nn.Module] = {}
-        self.frozen_norm = frozen_norm  # EvaluateConfig.frozen_norm: target | saved
-        self.device = device
-        self.adapted: dict[tuple[str, str], nn.Module] = {}
-
-    def frozen(self, key: str, encoder: nn.Module, data: TaskData) -> nn.Module:
-        """The encoder a frozen arm reads ``data`` with: its BatchNorm statistics re-estimated on the task's unlabelled
-        train images (``frozen_norm=target``, once per encoder and task), or as saved."""
-        if self.frozen_norm == "saved":
-            return encoder
-        if (data.task, key) not in self.adapted:
-            self.adapted[(data.task, key)] = adapt_batchnorm(encoder, data.train.images, self.device)
-        return self.adapted[(data.task, key)]
 
     def get(self, kind: str, seed: int) -> tuple[str, nn.Module]:
         """(cache key, encoder) of an arm's encoder kind at a seed."""
@@ -134,9 +122,7 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
     schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
     key, encoder = encoders.get(arm.encoder, cell.seed)
     targets = task.targets(data, index)
-    if arm.frozen:
-        encoder = encoders.frozen(key, encoder, data)
-    else:
+    if not arm.frozen:
         encoder = copy.deepcopy(encoder)  # the cached original stays untouched for the other arms
     torch.manual_seed(head_init_seed(cell.seed))
     head = task.head(encoder, data)
@@ -235,7 +221,7 @@ def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.
     stop = stop or StopRequest()
     full_plan = cells is None  # a worker's share leaves the renamed copies to whoever collects every cell
     cells = plan(config, tasks) if cells is None else cells
-    encoders = Encoders(pretrained, config.frozen_norm, device)
+    encoders = Encoders(pretrained)
     results: list[CellResult] = []
 
     def safe_point() -> None:

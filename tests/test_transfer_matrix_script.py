@@ -1,0 +1,42 @@
+"""benchmarks/transfer_matrix.sh hands MIN_STEPS to every evaluate call (issue 27 item 5: 50-step frozen heads had not
+converged and put the multi row below random on Model I). Run with stand-in ``python`` and ``dlfm`` commands that
+record their arguments, so no training happens."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "transfer_matrix.sh"
+
+
+def evaluate_calls(tmp_path, **env) -> list[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    for name in ("python", "dlfm"):  # `python -c …` prints the version the script promotes
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n[ "$1" = "-c" ] && echo 1\nexit 0\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+                   "SOURCES": "pretrain_multi", "TARGETS": "model_i", **env}
+    subprocess.run(["bash", str(SCRIPT)], env=environment, check=True, capture_output=True, timeout=60)
+    return [line for line in log.read_text().splitlines() if "pipelines/evaluate.py" in line]
+
+
+@pytest.mark.parametrize("env, steps", [({}, "50"), ({"MIN_STEPS": "1000"}, "1000")])
+def test_every_evaluate_call_gets_min_steps(tmp_path, env, steps):
+    calls = evaluate_calls(tmp_path, **env)
+    assert calls and all(f"--min_steps {steps} " in call for call in calls)
+
+
+def test_the_documented_cpu_size_converges_its_frozen_heads():
+    header = SCRIPT.read_text().split("set -euo pipefail")[0]
+    cpu_command = re.search(r"CORPUS=1200 .*?bash benchmarks/transfer_matrix.sh", header, re.S).group(0)
+    assert "MIN_STEPS=1000" in cpu_command

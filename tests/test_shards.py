@@ -18,6 +18,7 @@ from conftest import REPO, free_port, run_script
 from dlfm.data.layout import dataset_digest
 from dlfm.data.shards import ShardWriter, load_sharded_dir
 from dlfm.errors import DatasetError
+from shard_rank_worker import RecordingStream  # the two-rank worker's pass-through (tests/ is on the path)
 
 BUCKET = "lensing-shards"
 S3_BUCKETS = (BUCKET,)  # created by conftest's moto_s3 fixture
@@ -142,21 +143,6 @@ def test_a_missing_or_corrupt_shard_is_refused_in_one_line_naming_it(tmp_path):
 
 
 # ----------------------------------------------------------------------------- pretraining on shards
-
-class RecordingStream:
-    """A ShardStream passed through, keeping the ids of the images the loop trained on (the stream is the real one)."""
-
-    def __init__(self, stream):
-        self.stream, self.seen = stream, []
-
-    def steps(self, *args):
-        return self.stream.steps(*args)
-
-    def batches(self, *args):
-        for images, labels, window, last in self.stream.batches(*args):
-            self.seen.extend(labels.tolist())
-            yield images, labels, window, last
-
 
 class StopAfter:
     """The loop's stop flag, set (as SIGTERM would) after ``steps`` optimiser steps."""

@@ -14,6 +14,7 @@ from dlfm.training.config import PRECISIONS
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
 TASK_NAMES = ("classification", "regression", "superres")
 ALL = "all"  # the budget that uses every labelled train image
+FROZEN_HEAD = "probe-cv"  # how frozen arms on embeddings train (dlfm.evaluation.probe); part of every cell's digest
 RESUME_IGNORED = ("resume", "workers", "device", "experiment_name")  # may differ between a run and its resume
 
 
@@ -47,12 +48,12 @@ class EvaluateConfig:
     arms: str = ",".join(ARM_NAMES)  # which of pretrained-frozen, random-frozen, pretrained-finetune, scratch to run
     finetune_budgets: str = ""  # budgets (of `budgets`) at which the fine-tune arms run; empty: every budget (fine-tuning is the grid's cost)
     seeds: str = "0,1,2"  # each seed draws its own label subset (shared by every arm), head init and random encoder
-    epochs: int = 20  # passes over the labelled subset, identical for every arm
-    min_steps: int = 50  # optimiser steps at least, so tiny budgets still train (same rule for every arm)
+    epochs: int = 20  # passes over the labelled subset of every arm the loop trains (fine-tune arms; superres frozen); frozen heads on embeddings are fitted to convergence
+    min_steps: int = 50  # optimiser steps at least, so tiny budgets still train (every arm the loop trains)
     batch_size: int = 32  # labelled images (or embeddings) per step
-    lr: float = 1e-3  # AdamW learning rate of the head (every arm)
+    lr: float = 1e-3  # AdamW learning rate of the head (every arm the loop trains)
     encoder_lr: float = 1e-4  # AdamW learning rate of the encoder in the fine-tune arms (pretrained-finetune, scratch)
-    weight_decay: float = 1e-4  # AdamW weight decay (every arm)
+    weight_decay: float = 1e-4  # AdamW weight decay (every arm the loop trains)
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA GPUs with it and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
     sim_n_train: int = 1200  # preset datasets not cached yet: split sizes (classification: balanced over classes)
@@ -139,6 +140,7 @@ class EvaluateConfig:
     def cell_digest(self) -> str:
         """What every cell of this grid was computed under: the config less the fields a resume may change."""
         kept = {k: v for k, v in sorted(self.to_dict().items()) if k not in RESUME_IGNORED}
+        kept["frozen_head"] = FROZEN_HEAD  # cells of an older frozen head are not this grid's: a resume recomputes them
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
     def resumed_from(self, saved: dict[str, str]) -> "EvaluateConfig":

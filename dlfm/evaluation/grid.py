@@ -1,4 +1,4 @@
-"""The grid: (task, budget, arm, seed) cells, an embedding cache for the frozen arms, one loop for all.
+"""The grid: (task, budget, arm, seed) cells, an embedding cache and a converged probe for the frozen arms, one loop for the rest.
 
 Cost rules (issue 13): a frozen arm never re-embeds per budget or seed: each encoder embeds each
 image once (``EmbeddingCache``); the random encoder of a seed is built once and serves both
@@ -60,11 +60,15 @@ class Cell:
 
 @dataclass
 class EmbeddingCache:
-    """Standardised train/test embeddings per (task, encoder key), computed once; ``enabled=False`` is the naive loop."""
+    """Standardised train/test embeddings per (task, encoder key), computed once; ``enabled=False`` is the naive loop.
+
+    Embeddings are computed in fp32 whatever the run's precision: rounding to bf16 cost a random vit_small's
+    features 0.13 probe AUC (0.878 → 0.752, docs/results-log.md), so a bf16 cache would move the random floor
+    that every frozen margin is measured from. Embedding is one forward pass per image: fp32 costs little.
+    """
 
     device: torch.device
     enabled: bool = True
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext  # the resolved precision (Runtime.autocast)
     safe_point: Callable[[], None] = lambda: None  # runs between embedding batches: a stop request raises there
     store: dict = field(default_factory=dict)
     embedded: Counter = field(default_factory=Counter)  # images pushed through each encoder key (for tests, benchmarks)
@@ -73,8 +77,8 @@ class EmbeddingCache:
         """{"train", "test"} features of ``data`` by ``encoder``; the scaler is fitted on the unlabelled train pool."""
         if self.enabled and (data.task, key) in self.store:
             return self.store[(data.task, key)]
-        raw = {split: embed(encoder, getattr(data, split).images, self.device, autocast=self.autocast,
-                            safe_point=self.safe_point) for split in ("train", "test")}
+        raw = {split: embed(encoder, getattr(data, split).images, self.device, safe_point=self.safe_point)
+               for split in ("train", "test")}
         self.embedded[(data.task, key)] += sum(len(v) for v in raw.values())
         scaler = Standardizer.fit(raw["train"])
         features = {split: scaler.forward(values).astype(np.float32) for split, values in raw.items()}
@@ -103,9 +107,10 @@ class Encoders:
 class CellResult:
     cell: Cell
     metrics: dict[str, float]  # test/… metrics
-    history: list[float]  # mean training loss per epoch
+    history: list[float]  # mean training loss per epoch (a probe: its one converged loss)
     predictions: np.ndarray  # test predictions as the task keeps them (``keep``): class probabilities, lens parameters
     # in physical units, or per-image super-resolution scores
+    head: dict = field(default_factory=dict)  # what a probe chose (probe_penalty, probe_folds); logged as params
 
 
 def head_init_seed(seed: int) -> int:
@@ -117,28 +122,34 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
              config: EvaluateConfig, device: torch.device,
              autocast: Callable[[], ContextManager] = contextlib.nullcontext,
              safe_point: Callable[[], None] = lambda: None) -> CellResult:
-    """Train one arm on one label subset with the shared loop; score it on the test split."""
+    """Train one arm on one label subset and score it on the test split.
+
+    A frozen arm whose head reads the pooled embedding fits the task's converged probe on cached embeddings
+    (``dlfm.evaluation.probe``); every other arm trains with the shared loop (``fit``).
+    """
     task, arm = TASKS[cell.task], ARMS[cell.arm]
-    schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
     key, encoder = encoders.get(arm.encoder, cell.seed)
     targets = task.targets(data, index)
+    if arm.frozen and task.head_input == "embedding":  # pooled embeddings: computed once per encoder (cache)
+        features = cache.features(data, key, encoder)
+        probe = task.probe(features["train"][index], targets, cell.seed)
+        predictions = task.decode(probe.outputs(features["test"]), targets)
+        kept = task.keep(predictions, data)
+        head = {"probe_penalty": probe.penalty, "probe_folds": probe.folds}
+        return CellResult(cell, task.metrics(kept, data), [probe.train_loss], kept, head)
     if not arm.frozen:
         encoder = copy.deepcopy(encoder)  # the cached original stays untouched for the other arms
     torch.manual_seed(head_init_seed(cell.seed))
     head = task.head(encoder, data)
     groups = [{"params": list(head.parameters()), "lr": config.lr}]
-    if arm.frozen and task.head_input == "embedding":  # a head on pooled embeddings: computed once per encoder (cache)
-        features = cache.features(data, key, encoder)
-        model, test_inputs = head, features["test"]
-        inputs = torch.from_numpy(features["train"][index])
-    else:  # images in: end to end, or (a head on feature maps, too large to cache) the frozen encoder at every step
-        model = task.network(FrozenEncoder(encoder) if arm.frozen else encoder, head)
-        test_inputs = data.test.images
-        inputs = torch.from_numpy(np.ascontiguousarray(data.train.images[index]))
-        if not arm.frozen:
-            groups.insert(0, {"params": list(encoder.parameters()), "lr": config.encoder_lr})
+    # images in: end to end, or (a head on feature maps, too large to cache) the frozen encoder at every step
+    model = task.network(FrozenEncoder(encoder) if arm.frozen else encoder, head)
+    inputs = torch.from_numpy(np.ascontiguousarray(data.train.images[index]))
+    if not arm.frozen:
+        groups.insert(0, {"params": list(encoder.parameters()), "lr": config.encoder_lr})
+    schedule = Schedule(config.epochs, config.min_steps, config.batch_size, config.weight_decay)
     history = fit(model, groups, inputs, targets.values, task.loss, schedule, cell.seed, device, autocast, safe_point)
-    predictions = task.decode(predict(model, test_inputs, device, autocast=autocast, safe_point=safe_point), targets)
+    predictions = task.decode(predict(model, data.test.images, device, autocast=autocast, safe_point=safe_point), targets)
     kept = task.keep(predictions, data)  # superres scores each image here, once; metrics average that
     return CellResult(cell, task.metrics(kept, data), history, kept)
 
@@ -214,8 +225,8 @@ def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.
              cells: list[tuple[Cell, np.ndarray]] | None = None) -> list[CellResult]:
     """Run ``cells`` (default: every cell of the plan); ``on_cell(cell, compute)`` wraps each (the stage opens a child run there).
 
-    ``autocast`` (``Runtime.autocast`` of the resolved precision) wraps every forward pass: embedding,
-    head and fine-tune training, prediction. ``stop`` is checked between cells and after every batch:
+    ``autocast`` (``Runtime.autocast`` of the resolved precision) wraps the loop's forward passes: head and
+    fine-tune training, prediction (the frozen arms' cached embeddings are fp32: ``EmbeddingCache``). ``stop`` is checked between cells and after every batch:
     a requested stop raises GridInterrupted there (a KeyboardInterrupt), never in the middle of a store write.
     """
     stop = stop or StopRequest()
@@ -227,7 +238,7 @@ def run_grid(config: EvaluateConfig, tasks: dict[str, TaskData], pretrained: nn.
     def safe_point() -> None:
         stop.check(len(results), len(cells))
 
-    cache = cache if cache is not None else EmbeddingCache(device, autocast=autocast)
+    cache = cache if cache is not None else EmbeddingCache(device)
     cache.safe_point = safe_point
     on_cell = on_cell or (lambda cell, compute: compute())
     for cell, index in cells:

@@ -166,6 +166,12 @@ class ClassificationTask(Task):
     def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(outputs, values)
 
+    def probe(self, features: np.ndarray, targets: Targets, seed: int):
+        """The frozen arms' head on embeddings, converged: logistic regression, penalty by stratified k-fold."""
+        from dlfm.evaluation.probe import fit_logistic
+
+        return fit_logistic(features, targets.values.numpy(), seed)
+
     def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
         """Logits → class probabilities."""
         return torch.softmax(torch.as_tensor(outputs), dim=1).numpy()
@@ -206,6 +212,12 @@ class RegressionTask(Task):
 
     def loss(self, outputs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(outputs, values)
+
+    def probe(self, features: np.ndarray, targets: Targets, seed: int):
+        """The frozen arms' head on embeddings, converged: ridge regression, penalty by leave-one-out (``seed`` unused)."""
+        from dlfm.evaluation.probe import fit_ridge
+
+        return fit_ridge(features, targets.values.numpy())
 
     def decode(self, outputs: np.ndarray, targets: Targets) -> np.ndarray:
         """Standardised outputs → the learned columns in their own units."""

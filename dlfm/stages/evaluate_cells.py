@@ -78,6 +78,8 @@ def child_run(share: Share):
             for epoch, loss in enumerate(result.history, start=1):
                 tracking.log_metrics({f"train/loss_{cell.task}": loss}, step=epoch)
             tracking.log_metrics(result.metrics)
+            if result.head:
+                tracking.log_params(result.head)
             store.log_array(result.predictions, PREDICTIONS)
         print(f"[{stage}] {cell.task} budget={cell.budget} {cell.arm} seed={cell.seed}: "
               f"{TASKS[cell.task].headline}={result.metrics[TASKS[cell.task].headline]:.4f}", flush=True)

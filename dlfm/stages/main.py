@@ -72,12 +72,12 @@ class MainConfig:
     eval_n_train: int = 300  # held-out model_ii images (seed + 1, never trained on) that evaluate's budgets draw from
     eval_n_test: int = 150  # held-out model_ii images evaluate scores classification on
     eval_budgets: str = "10,50,all"  # evaluate label budgets (per class for classification: all = eval_n_train / 3)
-    # Demo: frozen arms only. Their heads train on cached embeddings, so hundreds of steps cost seconds; the
+    # Demo: frozen arms only. Their heads are fitted to convergence on cached embeddings, in seconds; the
     # fine-tune arms need ~50+ steps of a ResNet18 per cell to leave chance, minutes each on 2 CPU cores.
     eval_arms: str = "pretrained-frozen,random-frozen"  # evaluate arms (add pretrained-finetune,scratch on a GPU)
     eval_finetune_budgets: str = ""  # the eval_budgets at which the fine-tune arms run, when eval_arms has them (empty: all)
-    eval_epochs: int = 20  # evaluate epochs of every arm over its labelled subset
-    eval_min_steps: int = 200  # evaluate: optimiser steps at least per cell (frozen heads: seconds)
+    eval_epochs: int = 20  # evaluate epochs over its labelled subset (fine-tune arms; frozen heads are fitted to convergence)
+    eval_min_steps: int = 200  # evaluate: optimiser steps at least per cell the loop trains (fine-tune arms)
     seeds: str = "0,1,2"  # evaluate seeds: three, so a verdict's 95% CI (t with 2 dof: ±2.5 sd) can exclude 0
     promote_stage: str = "production"  # the stage the best encoder is promoted to (gated on val/probe_macro_auc)
     # Which candidates may be promoted (and so evaluated): by default only the label-free objectives; add supervised,

@@ -19,10 +19,10 @@ class TransferConfig:
     encoder_stage: str = "production"  # registry alias to load: models:/dlfm-encoder@<stage>
     encoder_uri: str = ""  # any models:/… URI; overrides encoder_stage when given
     dataset: str = "regression"  # preset (simulated and cached if missing), a dataset dir with lens parameters, or an imported set's numeric CSV columns
-    epochs: int = 60  # head training epochs (cheap: the head trains on cached embeddings)
-    lr: float = 1e-3  # AdamW learning rate of the head
-    weight_decay: float = 1e-4  # AdamW weight decay
-    batch_size: int = 128  # embeddings per step
+    epochs: int = 60  # finetune=true: training epochs (frozen encoders get a ridge head fitted to convergence)
+    lr: float = 1e-3  # finetune=true: AdamW learning rate of encoder and head
+    weight_decay: float = 1e-4  # finetune=true: AdamW weight decay
+    batch_size: int = 128  # finetune=true: images per step
     seeds: str = "0,1,2"  # comma-separated seeds; each gives one pretrained and one random child run
     finetune: bool = False  # false: frozen encoders (the ablation); true: both trained end to end (pretrained-finetune vs scratch)
     device: str = "auto"  # auto | cpu | cuda | mps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -82,6 +83,14 @@ def test_a_tiny_bf16_fit_on_the_cpu_gives_finite_metrics(objective):
     assert all(math.isfinite(v) for epoch in result.history for v in epoch.values())
     assert all(math.isfinite(v) for v in result.final_metrics.values())
     assert result.val.embeddings.dtype == "float32"  # downstream code never sees bf16 arrays
+    # and they are fp32 values, not bf16 ones widened: the probe reads what an fp32 encoder gives
+    images = random_splits()["val"].images
+    with torch.no_grad():
+        fp32 = result.model.encoder.eval()(images).numpy()
+        with autocast_for(CPU, "bf16")():
+            bf16 = result.model.encoder(images).float().numpy()
+    assert not np.allclose(fp32, bf16, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.val.embeddings, fp32, rtol=1e-4, atol=1e-5)
     assert next(result.model.parameters()).dtype == torch.float32  # autocast keeps fp32 master weights
 
 

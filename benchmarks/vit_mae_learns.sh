@@ -10,6 +10,9 @@
 # Aim (issue 27): val/masked_norm_mse_vs_position_mean <= 0.8 within 30 epochs at both batches (1.0 = the predictor
 # that knows patch positions only), and the probe clearly above the random encoder's.
 # Runs in the current MLFLOW_TRACKING_URI (experiment $EXPERIMENT); the table: python benchmarks/vit_mae_learns_table.py
+# LRS: base lrs per 256 images to try at every batch (0.0 = the recipe's 1.5e-4), e.g. the batch-1024 question of
+# docs/results/gpu-2026-12-04.md: SIZE=gpu BATCHES=1024 LRS="0.0 3e-4 6e-4" EVALUATE=0 bash benchmarks/vit_mae_learns.sh
+# EVALUATE=0 skips the probe against random (it probes the first run's encoder).
 set -euo pipefail
 SIZE=${SIZE:-gpu}
 exp=${EXPERIMENT:-vit-mae-learns}
@@ -30,10 +33,14 @@ else
 fi
 first_version=""
 for batch in $BATCHES; do
-    mlflow run . -e mae --env-manager local --experiment-name "$exp" --run-name "vit-mae-batch$batch" \
-        -P mask_ratio=0.75 -P patch_size=8 -P batch_size="$batch" "${PRETRAIN[@]}"
-    version=$(python -c "from dlfm.tracking import configure_tracking, registry; configure_tracking(); print(max(int(v.version) for v in registry.list_versions()))")
-    [ -n "$first_version" ] || first_version=$version
+    for lr in ${LRS:-0.0}; do
+        name="vit-mae-batch$batch"; [ "$lr" = 0.0 ] || name="$name-blr$lr"
+        mlflow run . -e mae --env-manager local --experiment-name "$exp" --run-name "$name" \
+            -P mask_ratio=0.75 -P patch_size=8 -P batch_size="$batch" -P lr="$lr" "${PRETRAIN[@]}"
+        version=$(python -c "from dlfm.tracking import configure_tracking, registry; configure_tracking(); print(max(int(v.version) for v in registry.list_versions()))")
+        [ -n "$first_version" ] || first_version=$version
+    done
 done
+[ "${EVALUATE:-1}" = 1 ] || exit 0
 python pipelines/evaluate.py --encoder_uri "models:/dlfm-encoder/$first_version" --tasks classification \
     --arms pretrained-frozen,random-frozen "${EVAL[@]}" --experiment_name "$exp"

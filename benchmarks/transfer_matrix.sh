@@ -16,10 +16,9 @@
 # Sizes are variables so the same script runs on a CPU. The CPU size of docs/results-log.md (frozen arms only:
 # fine-tuning 12 cells per pair is GPU work):
 #   CORPUS=1200 HOLDOUT=150 EVAL=600 EVAL_VAL=30 EVAL_TEST=300 EPOCHS=6 BATCH=64 DEVICE=cpu ARMS=pretrained-frozen,random-frozen \
-#   MIN_STEPS=1000 bash benchmarks/transfer_matrix.sh
-# MIN_STEPS: evaluate's min_steps. Frozen heads train on cached embeddings (seconds), and at 50 steps they had not
-# converged: the multi row's Model I cell read 0.57 against random 0.64, at 1000 steps 0.77 against 0.79 (issue 27,
-# docs/results-log.md). Fine-tune arms (the GPU size) pay per step, so the default stays 50.
+#   bash benchmarks/transfer_matrix.sh
+# Frozen arms fit a converged logistic-regression probe (dlfm/evaluation/probe.py); MIN_STEPS and EVAL_EPOCHS set the
+# fine-tune arms' loop only.
 # SOURCES="pretrain_multi" runs the multi-instrument row alone, TARGETS="model_ii" one column; HOLDOUT (val and test
 # images per instrument of a corpus) and EVAL_VAL, EVAL_TEST (of each evaluation set) shrink the held-out sets.
 set -euo pipefail
@@ -28,7 +27,7 @@ CORPUS=${CORPUS:-5000}        # pretraining corpus train images per instrument
 EVAL=${EVAL:-3000}            # evaluation train images per instrument (balanced over the 3 classes)
 EPOCHS=${EPOCHS:-6}
 EVAL_EPOCHS=${EVAL_EPOCHS:-8}
-MIN_STEPS=${MIN_STEPS:-50}    # evaluate's min_steps (see above: 1000 for frozen arms)
+MIN_STEPS=${MIN_STEPS:-50}    # evaluate's min_steps (the fine-tune arms' loop)
 BUDGETS=${BUDGETS:-100,all}
 ARMS=${ARMS:-pretrained-finetune,scratch}
 BATCH=${BATCH:-256}           # pretraining batch (a CPU-size corpus wants 64: enough optimiser steps per epoch)

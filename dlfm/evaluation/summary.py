@@ -205,8 +205,9 @@ def markdown(rows: list[dict], verdict_rows: list[dict], regression: TaskData | 
     ``opening`` (the encoder saw labels) is the first line under the title.
     """
     lines = ["# Label-efficiency evaluation", "", *([opening, ""] if opening else []),
-             "Test metrics, mean ± sd over seeds. Every arm of a (budget, seed) shares the label subset, head init, "
-             "optimiser and schedule.", ""]
+             "Test metrics, mean ± sd over seeds. Every arm of a (budget, seed) shares the label subset. Frozen arms "
+             "on embeddings fit a converged probe (logistic or ridge regression on fp32 embeddings, L2 penalty by "
+             "cross-validation on the subset); the other arms share head init, optimiser and schedule.", ""]
     for task_name, task in TASKS.items():
         task_rows = [r for r in rows if r["task"] == task_name]
         if not task_rows:

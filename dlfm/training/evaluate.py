@@ -124,8 +124,11 @@ def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from threadpoolctl import threadpool_limits
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    probe.fit(train.embeddings, train.labels)
+    with threadpool_limits(1):  # a small problem: BLAS threads spinning on a busy box cost up to 30x (evaluation.probe)
+        probe.fit(train.embeddings, train.labels)
     probed = {}
     for prefix, output in others.items():
         probs = probe.predict_proba(output.embeddings)

@@ -234,10 +234,28 @@ def command_section(pipeline: dict) -> list[str]:
             "passed them, shown on each step's run.", "", "```", command(main), "```", ""]
 
 
+GPU_SECTION = """\
+## GPU figures
+
+Not in this store: a `main` run on this page is whatever machine ran it. The GPU numbers of issue 27 (throughput of
+the ResNet18 and ViT-small MAE steps, whether ViT-small MAE learns at batch 256 and 1024, its probe against a random
+encoder) are measured on a GPU machine by these commands, and each report is committed under `docs/results/`
+(the newest: [gpu-2026-12-04](results/gpu-2026-12-04.md)):
+
+```
+bash benchmarks/gpu_report.sh --out reports/gpu       # the one-call report (docs/gpus.md): every part under one budget
+python benchmarks/gpu_throughput.py --objectives mae,multitask --batch 1024                       # aim >= 60k img/s
+python benchmarks/gpu_throughput.py --objectives '' --vit vit_small --batch 256,1024 --no-channels-last   # aim >= 50k img/s
+SIZE=gpu bash benchmarks/vit_mae_learns.sh                                      # ratio <= 0.8 in 30 epochs, probe vs random
+SIZE=gpu BATCHES=1024 LRS="0.0 3e-4 6e-4" EVALUATE=0 bash benchmarks/vit_mae_learns.sh   # batch 1024: which base lr learns
+```
+"""
+
+
 def render_results(pipeline: dict) -> str:
     """The Markdown of the results page, from ``dlfm.tracking.results.main_pipeline()``'s records."""
     sections = [[HEADER], runs_section(pipeline), encoders_section(pipeline), promotion_section(pipeline),
-                evaluate_section(pipeline), datasets_section(pipeline), command_section(pipeline)]
+                evaluate_section(pipeline), datasets_section(pipeline), command_section(pipeline), [GPU_SECTION]]
     return "\n".join("\n".join(s) for s in sections).rstrip("\n") + "\n"
 
 

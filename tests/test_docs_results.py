@@ -4,6 +4,7 @@ own numbers, commands the docs checker accepts, and a site that still builds str
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,4 +116,9 @@ def test_the_committed_page_is_a_rendered_one():
 
     page = (REPO / PAGE).read_text()
     assert page.startswith("# Results\n") and REGENERATE in page and "](results-log.md)" in page
+    gpu = page.split("## GPU figures", 1)[1]  # issue 27: the GPU figures' exact commands, on the page itself
+    for script in ("benchmarks/gpu_report.sh", "benchmarks/gpu_throughput.py", "benchmarks/vit_mae_learns.sh"):
+        assert script in gpu and (REPO / script).exists()
+    for report in re.findall(r"\]\((results/gpu-[\d-]+\.md)\)", gpu):
+        assert (REPO / "docs" / report).exists()
     assert (REPO / "docs" / "results-log.md").read_text().startswith("# Results log\n")

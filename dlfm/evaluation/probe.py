@@ -23,6 +23,10 @@ import numpy as np
 
 PENALTIES = tuple(10.0 ** k for k in range(-2, 6))  # L2 strengths λ tried: logistic C = 1/λ, ridge alpha = λ
 FOLDS = 5  # classification: stratified folds at most (fewer when a class has fewer labels)
+# The penalty is chosen on the metric the cell reports (macro one-vs-rest AUC). On log-loss, folds of two labels per
+# class chose the strongest penalty and the probe ranked worse than chance: the demo's 10-label cells read 0.559
+# (0.652 on AUC), one random 50-label cell 0.458 (docs/results-log.md, 2026-12-04 evening).
+CV_SCORE = "roc_auc_ovr"
 MAX_ITER = 5000  # L-BFGS iterations at most (standardised features converge in far fewer)
 
 
@@ -46,7 +50,7 @@ class Probe:
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, seed: int) -> Probe:
-    """Multinomial logistic regression on ``features``, C = 1/λ chosen by stratified k-fold log-loss (folds shuffled by ``seed``)."""
+    """Multinomial logistic regression on ``features``, C = 1/λ chosen by stratified k-fold macro AUC (folds shuffled by ``seed``)."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
@@ -54,10 +58,11 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, seed: int) -> Probe:
     folds = int(min(FOLDS, np.bincount(labels)[np.unique(labels)].min()))
     with one_blas_thread():
         if folds >= 2:  # strongest penalty first: each weaker fit warm-starts from the previous solution
-            model = LogisticRegressionCV(Cs=[1.0 / p for p in reversed(PENALTIES)], l1_ratios=(0.0,), scoring="neg_log_loss",
+            penalties = sorted(PENALTIES, reverse=True)
+            model = LogisticRegressionCV(Cs=[1.0 / p for p in penalties], l1_ratios=(0.0,), scoring=CV_SCORE,
                                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), max_iter=MAX_ITER,
                                          use_legacy_attributes=False).fit(features, labels)
-            penalty = 1.0 / float(model.C_)
+            penalty = penalties[int(np.argmin([abs(1.0 / p - float(model.C_)) for p in penalties]))]
         else:
             folds, penalty = 0, 1.0
             model = LogisticRegression(C=1.0 / penalty, max_iter=MAX_ITER).fit(features, labels)

@@ -135,8 +135,8 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
         probe = task.probe(features["train"][index], targets, cell.seed)
         predictions = task.decode(probe.outputs(features["test"]), targets)
         kept = task.keep(predictions, data)
-        head = {"probe_penalty": probe.penalty, "probe_folds": probe.folds}
-        return CellResult(cell, task.metrics(kept, data), [probe.train_loss], kept, head)
+        return CellResult(cell, task.metrics(kept, data), [probe.train_loss], kept,
+                          {"probe_penalty": probe.penalty, "probe_folds": probe.folds})
     if not arm.frozen:
         encoder = copy.deepcopy(encoder)  # the cached original stays untouched for the other arms
     torch.manual_seed(head_init_seed(cell.seed))

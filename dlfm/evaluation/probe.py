@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from dlfm.training.runtime import one_blas_thread
+
 PENALTIES = tuple(10.0 ** k for k in range(-2, 6))  # L2 strengths λ tried: logistic C = 1/λ, ridge alpha = λ
 FOLDS = 5  # classification: stratified folds at most (fewer when a class has fewer labels)
 # The penalty is chosen on the metric the cell reports (macro one-vs-rest AUC). On log-loss, folds of two labels per
@@ -28,14 +30,6 @@ FOLDS = 5  # classification: stratified folds at most (fewer when a class has fe
 # (0.652 on AUC), one random 50-label cell 0.458 (docs/results-log.md, 2026-12-04 evening).
 CV_SCORE = "roc_auc_ovr"
 MAX_ITER = 5000  # L-BFGS iterations at most (standardised features converge in far fewer)
-
-
-def one_blas_thread():
-    """BLAS on one thread for these small problems: threads that spin on a busy 2-core box made a 600-label
-    cross-validated fit 30x slower (40 s against 1.3 s)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1)
 
 
 @dataclass(frozen=True)
@@ -59,10 +53,11 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, seed: int) -> Probe:
     with one_blas_thread():
         if folds >= 2:  # strongest penalty first: each weaker fit warm-starts from the previous solution
             penalties = sorted(PENALTIES, reverse=True)
-            model = LogisticRegressionCV(Cs=[1.0 / p for p in penalties], l1_ratios=(0.0,), scoring=CV_SCORE,
-                                         cv=StratifiedKFold(folds, shuffle=True, random_state=seed), max_iter=MAX_ITER,
+            cs = [1.0 / p for p in penalties]
+            model = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), scoring=CV_SCORE, max_iter=MAX_ITER,
+                                         cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                          use_legacy_attributes=False).fit(features, labels)
-            penalty = penalties[int(np.argmin([abs(1.0 / p - float(model.C_)) for p in penalties]))]
+            penalty = penalties[cs.index(float(model.C_))]  # C_ is one of cs; 1 / C_ would not round-trip to the grid
         else:
             folds, penalty = 0, 1.0
             model = LogisticRegression(C=1.0 / penalty, max_iter=MAX_ITER).fit(features, labels)

@@ -12,6 +12,7 @@ from dlfm.training.batches import group_batches
 from dlfm.training.context import EvalOutput, SplitTensors, TrainingContext
 from dlfm.training.epoch import sum_dtype
 from dlfm.training.metrics import classification_metrics
+from dlfm.training.runtime import one_blas_thread
 
 
 def mean_images(data) -> dict[tuple[int, int], torch.Tensor]:
@@ -87,7 +88,7 @@ def evaluate(ctx: TrainingContext, data: SplitTensors, class_names: tuple[str, .
             output = ctx.model(images, mask)
             loss, parts = ctx.objective(output, images, labels, mask)
         if embed:  # fp32 whatever the precision: bf16 rounding moved a random ViT's probe by 0.13 AUC (results-log)
-            embeddings.append(ctx.model.encoder(images.float()).float())
+            embeddings.append(ctx.model.encoder(images))
         recon, baseline_mse, position_mse = zero, zero, zero
         if spec.decodes:
             recon = parts[part]
@@ -124,10 +125,8 @@ def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from threadpoolctl import threadpool_limits
-
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    with threadpool_limits(1):  # a small problem: BLAS threads spinning on a busy box cost up to 30x (evaluation.probe)
+    with one_blas_thread():
         probe.fit(train.embeddings, train.labels)
     probed = {}
     for prefix, output in others.items():

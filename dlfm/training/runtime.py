@@ -107,6 +107,14 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextMa
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+def one_blas_thread() -> ContextManager:
+    """BLAS on one thread, for the small scikit-learn fits of the probes: threads that spin on a busy 2-core box made
+    a 600-label cross-validated fit 30x slower (40 s against 1.3 s, docs/results-log.md 2026-12-04 evening)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 def make_runtime(requested_device: str, precision: str = "auto") -> Runtime:
     """Device, precision (autocast + GradScaler for fp16), rank: resolved once, before the loop."""
     device = resolve_device(requested_device)

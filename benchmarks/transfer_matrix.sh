@@ -19,6 +19,8 @@
 #   bash benchmarks/transfer_matrix.sh
 # Frozen arms fit a converged logistic-regression probe (dlfm/evaluation/probe.py); MIN_STEPS and EVAL_EPOCHS set the
 # fine-tune arms' loop only.
+# PIXEL_SCALE=0.101 pretrains every row at one pixel scale (Euclid's: Model I 150 -> 74 px, Model III 64 -> 51 px), and
+# evaluate reads each target at the encoder's scale (issue 27 item 5).
 # SOURCES="pretrain_multi" runs the multi-instrument row alone, TARGETS="model_ii" one column; HOLDOUT (val and test
 # images per instrument of a corpus) and EVAL_VAL, EVAL_TEST (of each evaluation set) shrink the held-out sets.
 set -euo pipefail
@@ -38,6 +40,7 @@ DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-0,1,2}
 ENCODER=${ENCODER:-resnet18}  # the pretrained architecture (conv4 at toy size)
 PROBE_N=${PROBE_N:-300}       # the pretraining stage's own model_ii probe set: train images (val and test: half each)
+PIXEL_SCALE=${PIXEL_SCALE:-0} # arcsec/px every row's encoder reads all images at (evaluate follows the encoder); 0: native grids
 LOGS=${OUT:-reports/transfer_matrix}
 mkdir -p "$LOGS"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} MLFLOW_DISABLE_TELEMETRY=true MPLBACKEND=Agg
@@ -53,7 +56,7 @@ for source in $SOURCES; do
         mix="model_i=0,model_ii=0,model_iii=0"; mix=${mix/$source=0/$source=1}; parts=1
     fi
     corpus=(--pretrain_dataset pretrain_multi --pretrain_mix "$mix" --pretrain_n_train $((parts * CORPUS))
-            --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii --encoder "$ENCODER")
+            --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii --encoder "$ENCODER" --pixel_scale "$PIXEL_SCALE")
     python pipelines/autoencoder.py "${corpus[@]}" --sim_n_train "$PROBE_N" --sim_n_val $((PROBE_N / 2)) \
         --sim_n_test $((PROBE_N / 2)) --epochs "$EPOCHS" \
         --batch_size "$BATCH" --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1

@@ -114,6 +114,6 @@ def load_multi_dataset_dir(path: Path, normalize: bool = True, verify: bool = Tr
             raise DatasetError(f"{path / layout.PARAMS_FILE} has unknown split values; {layout.REBUILD_HINT}")
         parts[name] = LensDataset(images=images, labels=labels[start:start + count].astype(np.int64, copy=False), params=rows,
                                   split=split, class_names=class_names, task=manifest.get("task", "classification"),
-                                  manifest={**manifest, "image_size": size}, root=path, normalize=normalize)
+                                  manifest={**manifest, "image_size": size, "pixel_scale_arcsec": entry.get("pixel_scale_arcsec")}, root=path, normalize=normalize)
         start += count
     return MultiInstrumentDataset(parts, class_names, manifest.get("task", "classification"), manifest, path)

@@ -91,11 +91,18 @@ def list_encoders() -> list[str]:
     return sorted(ENCODERS)
 
 
-def create_encoder(name: str, in_chans: int = 1, **kwargs) -> Encoder:
-    """Build a registered encoder with random weights (nothing is downloaded)."""
+def create_encoder(name: str, in_chans: int = 1, pixel_scale: float = 0.0, **kwargs) -> Encoder:
+    """Build a registered encoder with random weights (nothing is downloaded).
+
+    ``pixel_scale`` (arcsec/px) is the grid it reads every image at (``dlfm.data.resample``); 0 reads each
+    instrument at its own grid. It is part of the arch config, so a saved encoder and its random twin keep it.
+    """
+    if not (isinstance(pixel_scale, (int, float)) and pixel_scale >= 0):
+        raise ConfigError(f"pixel_scale must be a non-negative number of arcsec per pixel (0: native grids), got {pixel_scale!r}")
     encoder = encoder_row(name).factory(in_chans=in_chans, **kwargs)
     encoder.name = name
-    encoder.arch_config = {"name": name, "in_chans": in_chans, **kwargs}
+    encoder.pixel_scale = float(pixel_scale)
+    encoder.arch_config = {"name": name, "in_chans": in_chans, **({"pixel_scale": float(pixel_scale)} if pixel_scale else {}), **kwargs}
     return encoder
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from dlfm import tracking
 from dlfm.anomaly import (ANOMALY_KINDS, NORMAL_IS_CORPUS, RECONSTRUCTION_SCORE, SCORES, AnomalyConfig, CorpusDensity,
                           auroc, summarise, table_markdown)
+from dlfm.data.resample import dataset_for_encoder
 from dlfm.errors import ConfigError
 from dlfm.simulation import PRESETS
 from dlfm.evaluation.embedding import reconstruction_errors
@@ -27,20 +28,20 @@ from dlfm.tracking import registry
 EVALUATION_SEED_OFFSET = 2000  # normal and anomalous test sets use seed 2000 + s: never a training or corpus seed
 
 
-def _test_images(preset: str, n_images: int, seed: int, image_size_check):
-    """The test split of a preset simulated at ``seed`` (tiny train/val splits: only the test split is scored)."""
-    dataset = resolve_dataset(preset, n_train=3, n_val=3, n_test=n_images, seed=seed)
-    image_size_check(dataset.image_size)
+def _test_images(preset: str, n_images: int, seed: int, encoder):
+    """The test split of a preset simulated at ``seed`` (tiny train/val splits: only the test split is scored), on the
+    grid ``encoder`` reads."""
+    dataset = dataset_for_encoder(resolve_dataset(preset, n_train=3, n_val=3, n_test=n_images, seed=seed), encoder, preset)
     return dataset, dataset.get_images("test")
 
 
-def normal_test_images(config: AnomalyConfig, corpus, seed: int, image_size_check) -> np.ndarray:
+def normal_test_images(config: AnomalyConfig, corpus, seed: int, encoder) -> np.ndarray:
     """Held-out normal images of one evaluation seed: by default from the reference's own distribution."""
     if config.normal != NORMAL_IS_CORPUS:
-        return _test_images(config.normal, config.n_images, seed, image_size_check)[1]
+        return _test_images(config.normal, config.n_images, seed, encoder)[1]
     preset = corpus.manifest.get("preset", "") if config.corpus not in PRESETS else config.corpus
     if config.corpus in PRESETS:  # the corpus's preset, drawn afresh: same distribution, images it never held
-        return _test_images(preset, config.n_images, seed, image_size_check)[1]
+        return _test_images(preset, config.n_images, seed, encoder)[1]
     held_out = corpus.get_images("test")  # a dataset dir: its own held-out split (the same images every seed)
     if len(held_out) < 3:
         raise ConfigError(f"corpus {config.corpus!r} has {len(held_out)} test images; normal=corpus needs its test split "
@@ -93,7 +94,7 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
                            "dlfm.encoder_objective": version.tags.get("objective", ""), "dlfm.anomaly.reconstruction": note})
 
         corpus = resolve_dataset(config.corpus, n_train=config.corpus_n_train, n_val=3, n_test=3, seed=config.corpus_seed)
-        encoder.check_image_size(corpus.image_size)
+        corpus = dataset_for_encoder(corpus, encoder, "corpus")
         tracking.log_dataset(corpus, context="anomaly-corpus")
         embed = lambda images: predict(encoder, images, device, batch_size=config.batch_size)  # noqa: E731
         density = CorpusDensity.fit(embed(corpus.get_images("train")))
@@ -112,11 +113,11 @@ def run_anomaly_stage(config: AnomalyConfig) -> dict:
         per_image = []
         for seed in config.seed_list:
             sim_seed = EVALUATION_SEED_OFFSET + seed
-            normal_images = normal_test_images(config, corpus, sim_seed, encoder.check_image_size)
+            normal_images = normal_test_images(config, corpus, sim_seed, encoder)
             normal = score(normal_images)
             sets = {"normal": normal}
             for kind in config.kind_list:
-                _, images = _test_images(ANOMALY_KINDS[kind], config.n_images, sim_seed, encoder.check_image_size)
+                _, images = _test_images(ANOMALY_KINDS[kind], config.n_images, sim_seed, encoder)
                 sets[kind] = score(images)
                 for s in scores_used:
                     aurocs[kind, s].append(auroc(normal[s], sets[kind][s]))

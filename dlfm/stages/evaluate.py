@@ -38,8 +38,10 @@ def resolve_version(config: EvaluateConfig):
     return asked, f"models:/{registry.MODEL_NAME}/{version.version}", version
 
 
-def load_tasks(config: EvaluateConfig, image_size_check) -> tuple[dict, dict]:
-    """({task: typed data}, {task: dataset}) of each asked task; budgets larger than a task's pool are refused first."""
+def load_tasks(config: EvaluateConfig, encoder) -> tuple[dict, dict]:
+    """({task: typed data}, {task: dataset}) of each asked task, its images on the grid ``encoder`` reads (its pixel
+    scale, which its random twins share); budgets larger than a task's pool are refused first."""
+    from dlfm.data.resample import dataset_for_encoder
     from dlfm.stages.common import resolve_dataset
 
     tasks, datasets = {}, {}
@@ -47,7 +49,7 @@ def load_tasks(config: EvaluateConfig, image_size_check) -> tuple[dict, dict]:
         task = TASKS[name]
         spec = getattr(config, task.dataset_field)
         dataset = resolve_dataset(spec, config.sim_n_train, config.sim_n_val, config.sim_n_test, seed=config.sim_seed)
-        image_size_check(dataset.image_size)
+        dataset = dataset_for_encoder(dataset, encoder, task.dataset_field)
         data = task.load(dataset, spec)
         too_big = [b for b in config.budget_list if b != ALL and b > task.available(data)]
         if too_big:
@@ -79,7 +81,7 @@ def join_parent(parent_run_id: str, rank: int, world: int, stop: StopRequest) ->
     runtime = make_runtime(config.device, config.precision)
     tags = parent.data.tags
     pretrained = registry.load_registered_encoder(tags["dlfm.encoder_uri"])
-    tasks, _ = load_tasks(config, pretrained.check_image_size)
+    tasks, _ = load_tasks(config, pretrained)
     check_same_datasets(parent_run_id, tags, tasks)
     share = cells.Share(parent_run_id, tags["dlfm.stage"], config, tags["dlfm.encoder_version"],
                         {name: data.digest for name, data in tasks.items()}, rank, world,
@@ -193,7 +195,7 @@ def prepare(config: EvaluateConfig, version_uri: str | None = None, asked: str |
         version = registry.resolve_encoder_uri("", version_uri)[1]
         asked = asked or version_uri
     pretrained = registry.load_registered_encoder(version_uri)
-    tasks, datasets = load_tasks(config, pretrained.check_image_size)
+    tasks, datasets = load_tasks(config, pretrained)
     check_held_out(version, tasks)
     return asked, version_uri, version, tasks, datasets, pretrained
 

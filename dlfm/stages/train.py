@@ -84,9 +84,14 @@ def check_corpus_sizes(config: TrainConfig) -> None:
     from dlfm.models import create_encoder
     from dlfm.simulation import PRESETS
 
+    from dlfm.data.resample import resampled_side
+
     encoder = create_encoder(config.encoder, **config.encoder_kwargs)
     for instrument in parse_mix(config.pretrain_mix, config.pretrain_dataset):  # instruments of weight 0 are not simulated
-        encoder.check_image_size(PRESETS[MULTI_CORPORA[config.pretrain_dataset][instrument]].image_size)
+        preset = PRESETS[MULTI_CORPORA[config.pretrain_dataset][instrument]]
+        size = (resampled_side(preset.image_size, preset.instrument.pixel_scale, config.pixel_scale) if config.pixel_scale
+                else preset.image_size)
+        encoder.check_image_size(size)
 
 
 def prepare_data(config: TrainConfig, runtime):
@@ -95,6 +100,7 @@ def prepare_data(config: TrainConfig, runtime):
     Returns the downstream dataset, its tensors per split, and the pretraining corpus with its
     tensors (the same objects as the downstream ones without ``pretrain_dataset``).
     """
+    from dlfm.data.resample import at_pixel_scale
     from dlfm.stages.common import resolve_dataset, split_tensors
 
     check_corpus_sizes(config)
@@ -109,6 +115,9 @@ def prepare_data(config: TrainConfig, runtime):
     resolved = resolve() if runtime.is_main_process else None
     distributed.barrier()
     dataset, corpus = resolved or resolve()
+    resampled = at_pixel_scale(dataset, config.pixel_scale, "dataset")  # the encoder's one grid (0: native)
+    corpus = resampled if corpus is dataset else at_pixel_scale(corpus, config.pixel_scale, "pretrain_dataset")
+    dataset = resampled
     check_trainable(config, dataset)
     splits = {name: split_tensors(dataset, name) for name in ("train", "val", "test")}
     if corpus is dataset:

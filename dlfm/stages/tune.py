@@ -7,6 +7,7 @@ import tempfile
 from collections import Counter
 
 from dlfm import tracking
+from dlfm.data.resample import at_pixel_scale
 from dlfm.sources import resolve_dataset
 from dlfm.errors import DlfmError, SecretInParams
 from dlfm.plots import tune as plots
@@ -48,7 +49,7 @@ def run_tune_stage(config: TuneConfig) -> dict:
                     + (("lr",) if config.tune_lr else ()))
         tracking.log_params({**{k: v for k, v in train.to_dict().items() if k not in excluded}, **config.params()})
         dataset = resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test)
-        check_trainable(train, dataset)
+        check_trainable(train, at_pixel_scale(dataset, train.pixel_scale))  # the workers resample their own copy
         tracking.log_dataset(dataset, context="training")
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype,
                            "dlfm.precision": runtime.amp_dtype})

@@ -68,6 +68,9 @@ class TrainConfig:
     # when `pretrain_dataset` is a multi-instrument corpus (pretrain_multi: Model I, II and III, each at its native size):
     # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
     pretrain_mix: str = DEFAULT_MIX
+    # (arcsec/px) the one pixel scale the encoder reads every image at (corpus, dataset, and evaluate's), resampled from
+    # each instrument's grid (Model I 0.05, II 0.101, III 0.08) and recorded in its arch config; 0 = native grids
+    pixel_scale: float = 0.0
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     # seconds between checkpoints at most (0 = after every epoch); one is always written after the last epoch and on a stop
     checkpoint_every_s: float = 300.0
@@ -148,6 +151,8 @@ class TrainConfig:
             parse_mix(self.pretrain_mix, self.pretrain_dataset)  # a bad mix is one line before any work
         need(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
              f"checkpoint_every_s must be >= 0 (0 = every epoch), got {self.checkpoint_every_s!r}")
+        need(math.isfinite(self.pixel_scale) and self.pixel_scale >= 0,
+             f"pixel_scale must be >= 0 arcsec/px (0 = each instrument at its own grid; e.g. 0.101, Euclid's), got {self.pixel_scale!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(math.isfinite(self.lr) and self.lr >= 0, f"lr must be a positive number (or 0: the recipe's), got {self.lr!r}")
         need(math.isfinite(self.weight_decay) and (self.weight_decay >= 0 or self.weight_decay == -1),
@@ -181,7 +186,8 @@ class TrainConfig:
     @property
     def encoder_kwargs(self) -> dict:
         """Keyword arguments for create_encoder beyond the name."""
-        return {"stem": self.stem} if self.encoder == "resnet18" else {}
+        return {**({"stem": self.stem} if self.encoder == "resnet18" else {}),
+                **({"pixel_scale": self.pixel_scale} if self.pixel_scale else {})}
 
     def to_dict(self) -> dict:
         """Plain dict of every field (logged as params, stored in checkpoints)."""

@@ -12,6 +12,7 @@ import optuna
 from dlfm.data.layout import SPLITS
 from dlfm.data.tensors import split_tensors
 from dlfm.errors import ConfigError, DlfmError
+from dlfm.data.resample import at_pixel_scale
 from dlfm.sources import resolve_dataset
 from dlfm.training.runtime import make_runtime
 from dlfm.tune.config import TuneConfig
@@ -72,7 +73,8 @@ class WorkerSpec:
 
 
 def load_setup(config: TuneConfig, parent_run_id: str, dataset) -> TrialSetup:
-    """Tensors and runtime for this worker's trials."""
+    """Tensors and runtime for this worker's trials (the images at the trials' pixel scale, when they set one)."""
+    dataset = at_pixel_scale(dataset, config.train.pixel_scale)
     splits = {name: split_tensors(dataset, name) for name in SPLITS}
     return TrialSetup(config, parent_run_id, splits, dataset.class_names, dataset.image_size,
                       make_runtime(config.train.device, config.train.precision))

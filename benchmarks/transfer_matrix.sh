@@ -21,6 +21,8 @@
 # fine-tune arms' loop only.
 # PIXEL_SCALE=0.101 pretrains every row at one pixel scale (Euclid's: Model I 150 -> 74 px, Model III 64 -> 51 px), and
 # evaluate reads each target at the encoder's scale (issue 27 item 5).
+# PRETRAIN_SEED=1 pretrains every row again with another seed: the evaluate seeds' spread is conditional on one
+# pretraining run, and a row against row comparison needs the pretraining spread too.
 # SOURCES="pretrain_multi" runs the multi-instrument row alone, TARGETS="model_ii" one column; HOLDOUT (val and test
 # images per instrument of a corpus) and EVAL_VAL, EVAL_TEST (of each evaluation set) shrink the held-out sets.
 set -euo pipefail
@@ -41,6 +43,7 @@ SEEDS=${SEEDS:-0,1,2}
 ENCODER=${ENCODER:-resnet18}  # the pretrained architecture (conv4 at toy size)
 PROBE_N=${PROBE_N:-300}       # the pretraining stage's own model_ii probe set: train images (val and test: half each)
 PIXEL_SCALE=${PIXEL_SCALE:-0} # arcsec/px every row's encoder reads all images at (evaluate follows the encoder); 0: native grids
+PRETRAIN_SEED=${PRETRAIN_SEED:-0}  # the pretraining run's seed (init, shuffling, augmentation; the corpus stays the same)
 LOGS=${OUT:-reports/transfer_matrix}
 mkdir -p "$LOGS"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} MLFLOW_DISABLE_TELEMETRY=true MPLBACKEND=Agg
@@ -59,7 +62,7 @@ for source in $SOURCES; do
             --pretrain_n_val $((parts * HOLDOUT)) --pretrain_n_test $((parts * HOLDOUT)) --dataset model_ii --encoder "$ENCODER" --pixel_scale "$PIXEL_SCALE")
     python pipelines/autoencoder.py "${corpus[@]}" --sim_n_train "$PROBE_N" --sim_n_val $((PROBE_N / 2)) \
         --sim_n_test $((PROBE_N / 2)) --epochs "$EPOCHS" \
-        --batch_size "$BATCH" --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1
+        --batch_size "$BATCH" --seed "$PRETRAIN_SEED" --device "$DEVICE" --experiment_name transfer-matrix > "$LOGS/pretrain-$source.log" 2>&1
     version=$(python -c "from dlfm.tracking import configure_tracking, registry; configure_tracking(); print(registry.version_for_stage('candidate'))")
     dlfm registry promote "$version" --stage "$alias" --reason "transfer matrix: pretrained on $source" >> "$LOGS/pretrain-$source.log"
     for target in $TARGETS; do

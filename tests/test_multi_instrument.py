@@ -170,6 +170,48 @@ def test_autoencoder_stage_pretrains_on_pretrain_multi_and_registers_its_decoder
     assert (tmp_path / "data").is_dir() and any(p.name.startswith("pretrain_multi-") for p in (tmp_path / "data").iterdir())
 
 
+def test_pixel_scale_reads_every_instrument_on_one_grid(tiny_multi_dir):
+    from dlfm.data import split_tensors
+    from dlfm.data.resample import at_pixel_scale, describe_grid
+    from dlfm.sources import load_dataset
+
+    dataset = load_dataset(tiny_multi_dir[0])
+    read = at_pixel_scale(dataset, 0.101)  # Euclid's grid: Model I 150 px at 0.05 -> 74, Model III 64 px at 0.08 -> 51
+    assert dict(zip(read.parts, read.image_sizes)) == {"model_i": 74, "model_ii": 64, "model_iii": 51}
+    assert [tuple(group.images.shape[1:]) for group in split_tensors(read, "train").groups] == [(1, 74, 74), (1, 64, 64), (1, 51, 51)]
+    assert read.get_labels("train").tolist() == dataset.get_labels("train").tolist()
+    assert describe_grid(read).startswith("model_i: 74 px at 0.101 arcsec/px (resampled from 150 px at 0.05); "
+                                          "model_ii: 64 px at 0.101 arcsec/px (native grid)")
+    assert dataset.image_sizes == (150, 64, 64)  # the corpus itself is unchanged
+
+
+@pytest.mark.slow
+def test_an_encoder_pretrained_at_one_pixel_scale_is_evaluated_at_it(tracking_uri, tmp_path, tiny_classification_dir):
+    import mlflow
+
+    from dlfm.evaluation import EvaluateConfig
+    from dlfm.stages.evaluate import run_evaluate_stage
+    from dlfm.stages.train import run_training_stage
+    from dlfm.tracking import registry
+
+    config = TrainConfig(objective="autoencoder", encoder="conv4", dataset=str(tiny_classification_dir),
+                         pretrain_dataset="pretrain_multi", pretrain_n_train=9, pretrain_n_val=9, pretrain_n_test=9,
+                         pixel_scale=0.101, epochs=1, batch_size=4, device="cpu", precision="fp32", experiment_name="multi-test")
+    summary = run_training_stage(config, progress=False)
+    client = mlflow.MlflowClient()
+    tags = client.get_run(summary["run_id"]).data.tags
+    assert tags["dlfm.grid.pretrain_dataset"].startswith("model_i: 74 px at 0.101 arcsec/px (resampled from 150 px")
+    assert registry.load_registered_encoder(f"models:/dlfm-encoder/{summary['version']}").pixel_scale == 0.101
+
+    evaluated = run_evaluate_stage(EvaluateConfig(encoder_uri=f"models:/dlfm-encoder/{summary['version']}",
+                                                  tasks="classification", classification_dataset="model_i", sim_n_train=9,
+                                                  sim_n_val=3, sim_n_test=9, budgets="all", seeds="0",
+                                                  arms="pretrained-frozen,random-frozen", device="cpu", experiment_name="multi-test"))
+    parent = client.get_run(evaluated["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dlfm.grid.classification"] == "74 px at 0.101 arcsec/px (resampled from 150 px at 0.05)"
+
+
 @pytest.mark.slow
 def test_a_vit_on_pretrain_multi_with_model_i_is_one_error_line(tracking_uri, tiny_classification_dir):
     from dlfm.stages.train import run_training_stage

@@ -86,3 +86,17 @@ def dataset_for_encoder(dataset, encoder, name: str = "dataset"):
     for size in dataset.image_sizes:
         encoder.check_image_size(size)
     return dataset
+
+
+def describe_grid(dataset) -> str:
+    """The grid a dataset's images are on, in words: '74 px at 0.101 arcsec/px (resampled from 150 px at 0.05)'."""
+    from dlfm.data.multi import MultiInstrumentDataset
+
+    if isinstance(dataset, MultiInstrumentDataset):
+        return "; ".join(f"{name}: {describe_grid(part)}" for name, part in dataset.parts.items())
+    native = native_pixel_scale(dataset.manifest)
+    words = f"{dataset.image_size} px" + (f" at {native:g} arcsec/px" if native else "")
+    source = dataset.manifest.get("resampled_from")
+    if source:
+        return words + f" (resampled from {source['image_size']} px at {source['pixel_scale_arcsec']:g})"
+    return words + " (native grid)"

@@ -217,6 +217,7 @@ def check_held_out(version, tasks: dict) -> None:
 def grid_in_run(config: EvaluateConfig, stage: str, extra, stop: StopRequest, run_id: str, hint: str, description: str,
                 prepared) -> dict:
     """The body of the parent run: tags, worker 0's share (others in their processes), the summary over all cells."""
+    from dlfm.data.resample import describe_grid
     from dlfm.stages.common import announce_device
     from dlfm.training.runtime import make_runtime
 
@@ -237,6 +238,11 @@ def grid_in_run(config: EvaluateConfig, stage: str, extra, stop: StopRequest, ru
     if not config.resume:
         for name, dataset in datasets.items():
             tracking.log_dataset(dataset, context=f"evaluate-{name}")
+    grids = {name: describe_grid(dataset) for name, dataset in datasets.items()}
+    tracking.set_tags({f"dlfm.grid.{name}": grid for name, grid in grids.items()})  # the pixel grid every arm read
+    if pretrained.pixel_scale:
+        print(f"[{stage}] encoder reads {pretrained.pixel_scale:g} arcsec/px: "
+              + "; ".join(f"{name} {grid}" for name, grid in grids.items()), flush=True)
     _, world = torchrun_rank()
     world = world if world > 1 else config.workers
     tracking.set_tags({"dlfm.config_digest": config.cell_digest(), "dlfm.cells": len(plan(config, tasks)),

@@ -230,6 +230,10 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
             tracking.log_dataset(corpus, context="pretraining")
             tracking.log_dataset(dataset, context="probe")
             tracking.set_tags({"dlfm.pretrain_dataset_digest": corpus.digest})
+        if config.pixel_scale:  # the grid the encoder learned on, beside the param
+            from dlfm.data.resample import describe_grid
+
+            tracking.set_tags({"dlfm.grid.dataset": describe_grid(dataset), "dlfm.grid.pretrain_dataset": describe_grid(corpus)})
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
                            "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
                            "dlfm.world_size": runtime.world_size})

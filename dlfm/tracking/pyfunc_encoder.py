@@ -32,6 +32,8 @@ class EncoderPredictor:
 
         The encoder pools globally, so one version embeds every instrument at its native size (issue 22);
         ``Encoder.check_image_size`` says which sizes it cannot take (too small; a ViT: no whole number of tokens).
+        An encoder pretrained with a ``pixel_scale`` (its arch.json) expects images on that grid: a serving client
+        resamples first (``dlfm.data.resample.resample_images``), as evaluate does.
         """
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 

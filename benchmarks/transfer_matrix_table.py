@@ -6,6 +6,9 @@ pretrained-finetune on the GPU size); the last row is the second arm of the firs
 scratch: same architecture and seeds whatever the source, so one row serves every source).
 
     python benchmarks/transfer_matrix_table.py reports/transfer_matrix/matrix.txt [--figure docs/figures/transfer_matrix.png]
+
+Several files (one per pretraining seed, PRETRAIN_SEED=0,1,2): each cell is then the mean over files of each file's
+seed mean, ± the sd over files: the spread pretraining adds, which one file's evaluate seeds do not show.
 """
 
 from __future__ import annotations
@@ -29,6 +32,21 @@ def parse(text: str) -> tuple[dict, tuple[str, str]]:
             budget, a, a_sd, b, b_sd = match.groups()
             cells[(source, target, budget)] = ((float(a), float(a_sd or 0)), (float(b), float(b_sd or 0)))
     return cells, arms
+
+
+def combine(runs: list[dict]) -> dict:
+    """Cells of several pretraining seeds: (mean over runs, sd over runs) of each arm's per-run mean, on the cells all share."""
+    import statistics
+
+    shared = set.intersection(*(set(run) for run in runs))
+    combined = {}
+    for key in shared:
+        arms = []
+        for arm in (0, 1):
+            means = [run[key][arm][0] for run in runs]
+            arms.append((statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0))
+        combined[key] = tuple(arms)
+    return combined
 
 
 def markdown(cells: dict, arms: tuple[str, str], budget: str) -> str:
@@ -76,10 +94,12 @@ def figure(cells: dict, arms: tuple[str, str], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("matrix")
+    parser.add_argument("matrix", nargs="+", help="matrix.txt, or one per pretraining seed")
     parser.add_argument("--figure", default="")
     args = parser.parse_args()
-    cells, arms = parse(open(args.matrix).read())
+    parsed = [parse(open(path).read()) for path in args.matrix]
+    arms = parsed[0][1]
+    cells = parsed[0][0] if len(parsed) == 1 else combine([run for run, _ in parsed])
     for budget in sorted({k[2] for k in cells}, key=lambda b: (b == "all", b)):
         print(f"\n{budget} labels per class:\n" if budget != "all" else "\nall labels:\n")
         print(markdown(cells, arms, budget))

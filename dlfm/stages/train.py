@@ -81,10 +81,9 @@ def check_corpus_sizes(config: TrainConfig) -> None:
 
     if config.pretrain_dataset not in MULTI_CORPORA:
         return
+    from dlfm.data.resample import resampled_side
     from dlfm.models import create_encoder
     from dlfm.simulation import PRESETS
-
-    from dlfm.data.resample import resampled_side
 
     encoder = create_encoder(config.encoder, **config.encoder_kwargs)
     for instrument in parse_mix(config.pretrain_mix, config.pretrain_dataset):  # instruments of weight 0 are not simulated
@@ -233,7 +232,8 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         if config.pixel_scale:  # the grid the encoder learned on, beside the param
             from dlfm.data.resample import describe_grid
 
-            tracking.set_tags({"dlfm.grid.dataset": describe_grid(dataset), "dlfm.grid.pretrain_dataset": describe_grid(corpus)})
+            grids = {"dataset": dataset} if corpus is dataset else {"dataset": dataset, "pretrain_dataset": corpus}
+            tracking.set_tags({f"dlfm.grid.{name}": describe_grid(data) for name, data in grids.items()})
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device,
                            "dlfm.amp": runtime.amp_dtype, "dlfm.precision": runtime.amp_dtype,
                            "dlfm.world_size": runtime.world_size})

@@ -78,7 +78,8 @@ def dataset_import(args) -> None:
 
     class_names = tuple(name.strip() for name in args.class_names.split(",")) if args.class_names else ()
     spec = UserArrays(images=args.images, labels=args.labels, params=args.params, class_names=class_names,
-                      seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+                      seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                      pixel_scale=args.pixel_scale)
     if args.shard_images:
         return import_shards(spec, args)
     target = import_dataset(spec, args.out, force=args.force)
@@ -130,6 +131,9 @@ def add_dataset_parser(commands) -> None:
                      help="share of each class in val when you give no split (default %(default)s)")
     imp.add_argument("--test-fraction", dest="test_fraction", type=typed("test-fraction", float), default=UserArrays.test_fraction,
                      help="share of each class in test when you give no split (default %(default)s)")
+    imp.add_argument("--pixel-scale", dest="pixel_scale", type=typed("pixel-scale", float), default=UserArrays.pixel_scale,
+                     metavar="ARCSEC", help="arcsec per pixel of your images: an encoder pretrained with pixel_scale "
+                                            "then reads them on its grid (default: not stated)")
     imp.add_argument("--force", action="store_true", help="replace a dataset directory dlfm wrote there before")
     imp.add_argument("--shard-images", dest="shard_images", type=typed("shard-images", int), default=0, metavar="K",
                      help="write a sharded corpus (Parquet shards of K images, streamed: never held in memory) "

@@ -401,3 +401,21 @@ def test_import_names_followed_symlinks_and_respects_the_umask(tmp_path, capsys)
     assert f"followed symlink: {tmp_path / 'mine' / 'spiral'} -> {real / 'spiral'}" in out
     assert f"followed symlink: {tmp_path / 'mine' / 'ring' / 'img00.npy'} -> {real / 'ring' / 'img00.npy'}" in out
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750  # what mkdir gives under umask 027, not 0700
+
+
+def test_an_imported_pixel_scale_lets_an_encoder_read_the_set_on_its_grid(tmp_path, capsys):
+    from dlfm.data.resample import dataset_for_encoder
+    from dlfm.errors import ConfigError
+    from dlfm.models import create_encoder
+
+    source = _class_folders(tmp_path / "mine")
+    assert _import(capsys, source, "--out", tmp_path / "stated", "--pixel-scale", "0.05")[0] == 0
+    assert _import(capsys, source, "--out", tmp_path / "unstated")[0] == 0
+    encoder = create_encoder("conv4", pixel_scale=0.1)  # pixels twice as wide: 32 px -> 16 px, the same field of view
+    read = dataset_for_encoder(load_dataset(tmp_path / "stated"), encoder)
+    assert read.image_size == SIZE // 2 and read.get_images("train").shape[-2:] == (SIZE // 2, SIZE // 2)
+    with pytest.raises(ConfigError, match="does not record its pixel scale.*--pixel-scale <arcsec>"):
+        dataset_for_encoder(load_dataset(tmp_path / "unstated"), encoder)
+    code, _, err = _import(capsys, source, "--out", tmp_path / "negative", "--pixel-scale", "-1")
+    assert code != 0 and "pixel-scale must be >= 0 arcsec per pixel" in err and err.count("\n") == 1
+    assert not (tmp_path / "negative").exists()

@@ -66,6 +66,7 @@ def import_dataset(spec: UserArrays, out, force: bool = False) -> Path:
                              if k in ("images", "labels", "params") and v},
                           "content_digest": dataset.manifest["digest"]},
         "import_settings": dataclasses.asdict(spec),
+        **({"pixel_scale_arcsec": spec.pixel_scale} if spec.pixel_scale else {}),  # dlfm.data.resample reads it
         "followed_symlinks": followed_symlinks(spec),
         "software": _software_versions(),
     }

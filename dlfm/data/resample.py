@@ -7,7 +7,8 @@ per-image min-max normalisation: area-averaged when the pixels grow (what a coar
 when they shrink. The side becomes ``round(side × native / pixel_scale)``, so the field of view is kept.
 
 A dataset records its native scale in its manifest: a preset's ``preset_settings.instrument.pixel_scale``, a
-multi-instrument corpus's ``pixel_scale_arcsec`` per image set.
+multi-instrument corpus's ``pixel_scale_arcsec`` per image set, an imported one's ``pixel_scale_arcsec``
+(``dlfm dataset import --pixel-scale``).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def at_pixel_scale(dataset, pixel_scale: float, name: str = "dataset"):
     native = native_pixel_scale(dataset.manifest)
     if native is None:
         raise ConfigError(f"{name} {dataset.root or dataset.manifest.get('preset', '')} does not record its pixel scale, "
-                          f"so it cannot be read at the encoder's {pixel_scale} arcsec/px; use an encoder pretrained with "
-                          "pixel_scale=0 (native grids) or a simulated preset")
+                          f"so it cannot be read at the encoder's {pixel_scale} arcsec/px; import it with "
+                          "`dlfm dataset import … --pixel-scale <arcsec>`, or use an encoder pretrained with pixel_scale=0")
     side = resampled_side(dataset.image_size, native, pixel_scale)
     if side == dataset.image_size:
         return dataset

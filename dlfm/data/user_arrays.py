@@ -53,6 +53,7 @@ class UserArrays:
     seed: int = 0  # seed of the stratified split when the user gives none
     val_fraction: float = 0.15  # share of each class in val when the user gives no split
     test_fraction: float = 0.15  # share of each class in test when the user gives no split
+    pixel_scale: float = 0.0  # (arcsec/px) of the images, recorded so an encoder pretrained at a pixel_scale can read them (0 = not stated)
 
 
 def _labels(array: np.ndarray, name: str, class_names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -169,6 +170,8 @@ def _check_fractions(spec: UserArrays) -> None:
     for name, value in (("val_fraction", spec.val_fraction), ("test_fraction", spec.test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {value}; pass e.g. 0.15")
+    if not (np.isfinite(spec.pixel_scale) and spec.pixel_scale >= 0):
+        raise ConfigError(f"pixel-scale must be >= 0 arcsec per pixel (0: not stated), got {spec.pixel_scale}; pass e.g. 0.101")
     if spec.val_fraction + spec.test_fraction >= 1.0:
         raise ConfigError(f"val_fraction + test_fraction = {spec.val_fraction + spec.test_fraction} leaves no "
                           "training images; keep the sum below 1")

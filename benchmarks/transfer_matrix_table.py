@@ -35,18 +35,42 @@ def parse(text: str) -> tuple[dict, tuple[str, str]]:
 
 
 def combine(runs: list[dict]) -> dict:
-    """Cells of several pretraining seeds: (mean over runs, sd over runs) of each arm's per-run mean, on the cells all share."""
+    """Cells of several pretraining seeds, on the cells all share: the first arm's (mean over runs, sd over runs) of each
+    run's mean; the second arm as the first run has it (random or scratch encoders: the same in every run, so its
+    spread is over evaluate's seeds)."""
     import statistics
 
     shared = set.intersection(*(set(run) for run in runs))
     combined = {}
     for key in shared:
-        arms = []
-        for arm in (0, 1):
-            means = [run[key][arm][0] for run in runs]
-            arms.append((statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0))
-        combined[key] = tuple(arms)
+        means = [run[key][0][0] for run in runs]
+        combined[key] = ((statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0), runs[0][key][1])
     return combined
+
+
+def multi_versus_single(runs: list[dict], budget: str) -> str:
+    """Issue 27 item 5's test, one line per instrument: pretrain_multi minus that instrument's own row, per file (pretraining
+    seed) and their mean with a 95% t interval over files; 'not below' / 'below' only when the interval excludes 0."""
+    import statistics
+
+    from scipy import stats
+
+    lines = []
+    for target in TARGETS:
+        diffs = [run[("pretrain_multi", target, budget)][0][0] - run[(target, target, budget)][0][0] for run in runs
+                 if ("pretrain_multi", target, budget) in run and (target, target, budget) in run]
+        if not diffs:
+            continue
+        mean = statistics.fmean(diffs)
+        if len(diffs) > 1:
+            half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+            verdict = "above" if mean - half > 0 else "below" if mean + half < 0 else "within the spread"
+            interval = f", 95% CI [{mean - half:+.3f}, {mean + half:+.3f}] → {verdict}"
+        else:
+            interval = " (one pretraining seed: no interval)"
+        lines.append(f"- {target}: pretrain_multi − {target} = {mean:+.3f} over {len(diffs)} pretraining seed(s) "
+                     f"({', '.join(f'{d:+.3f}' for d in diffs)}){interval}")
+    return "\n".join(lines)
 
 
 def markdown(cells: dict, arms: tuple[str, str], budget: str) -> str:
@@ -61,7 +85,7 @@ def markdown(cells: dict, arms: tuple[str, str], budget: str) -> str:
     return "\n".join(lines)
 
 
-def figure(cells: dict, arms: tuple[str, str], path: str) -> None:
+def figure(cells: dict, arms: tuple[str, str], path: str, runs: int = 1) -> None:
     """Heatmaps of the first arm minus the second, per budget (green: pretraining on that row helps that column)."""
     import matplotlib
 
@@ -88,7 +112,8 @@ def figure(cells: dict, arms: tuple[str, str], path: str) -> None:
         ax.set_title(f"{budget} labels per class" if budget != "all" else "all labels")
     axes[0][0].set_ylabel("pretrained on")
     fig.colorbar(image, ax=axes[0].tolist(), label=f"test macro AUC, {arms[0]} − {arms[1]}")
-    fig.suptitle("Cross-instrument transfer (mean over seeds)")
+    fig.suptitle("Cross-instrument transfer (mean over seeds)" if runs == 1 else
+                 f"Cross-instrument transfer (mean over {runs} pretraining seeds × evaluate's seeds)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -103,8 +128,10 @@ def main() -> None:
     for budget in sorted({k[2] for k in cells}, key=lambda b: (b == "all", b)):
         print(f"\n{budget} labels per class:\n" if budget != "all" else "\nall labels:\n")
         print(markdown(cells, arms, budget))
+        if any(key[0] == "pretrain_multi" for key in cells):
+            print(f"\n{multi_versus_single([run for run, _ in parsed], budget)}")
     if args.figure:
-        figure(cells, arms, args.figure)
+        figure(cells, arms, args.figure, runs=len(parsed))
 
 
 if __name__ == "__main__":

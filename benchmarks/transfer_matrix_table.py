@@ -113,7 +113,7 @@ def figure(cells: dict, arms: tuple[str, str], path: str, runs: int = 1) -> None
     axes[0][0].set_ylabel("pretrained on")
     fig.colorbar(image, ax=axes[0].tolist(), label=f"test macro AUC, {arms[0]} − {arms[1]}")
     fig.suptitle("Cross-instrument transfer (mean over seeds)" if runs == 1 else
-                 f"Cross-instrument transfer (mean over {runs} pretraining seeds × evaluate's seeds)")
+                 f"Cross-instrument transfer (mean over {runs} pretraining seeds × evaluate's seeds)", y=1.04)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 

@@ -48,8 +48,11 @@ def run_tune_stage(config: TuneConfig) -> dict:
         excluded = ((space.param, *objective_excluded_params(config.objective), *dict(space.fixed))
                     + (("lr",) if config.tune_lr else ()))
         tracking.log_params({**{k: v for k, v in train.to_dict().items() if k not in excluded}, **config.params()})
-        dataset = resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test)
-        check_trainable(train, at_pixel_scale(dataset, train.pixel_scale))  # the workers resample their own copy
+        # On the trials' grid once: an in-process worker's at_pixel_scale is then a no-op; spawned workers read the
+        # directory (dataset.root) and resample their own copy.
+        dataset = at_pixel_scale(resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test),
+                                 train.pixel_scale)
+        check_trainable(train, dataset)
         tracking.log_dataset(dataset, context="training")
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype,
                            "dlfm.precision": runtime.amp_dtype})

@@ -50,7 +50,7 @@ def combine(runs: list[dict]) -> dict:
 
 def multi_versus_single(runs: list[dict], budget: str) -> str:
     """Issue 27 item 5's test, one line per instrument: pretrain_multi minus that instrument's own row, per file (pretraining
-    seed) and their mean with a 95% t interval over files; 'not below' / 'below' only when the interval excludes 0."""
+    seed) and their mean with a 95% t interval over files; 'above' / 'below' only when the interval excludes 0."""
     import statistics
 
     from scipy import stats

@@ -20,7 +20,9 @@
 # Frozen arms fit a converged logistic-regression probe (dlfm/evaluation/probe.py); MIN_STEPS and EVAL_EPOCHS set the
 # fine-tune arms' loop only.
 # PIXEL_SCALE=0.101 pretrains every row at one pixel scale (Euclid's: Model I 150 -> 74 px, Model III 64 -> 51 px), and
-# evaluate reads each target at the encoder's scale (issue 27 item 5).
+# evaluate reads each target at the encoder's scale (issue 27 item 5). The default, auto, is the stages' own: a row whose
+# corpus and model_ii probe set differ in scale (Model I, III, multi) is pretrained and evaluated at 0.101, the Model II
+# row at native grids (it records no scale, so it reads Model I at 150 px); PIXEL_SCALE=0 is the native-grid matrix.
 # PRETRAIN_SEED=1 pretrains every row again with another seed: the evaluate seeds' spread is conditional on one
 # pretraining run, and a row against row comparison needs the pretraining spread too.
 # SOURCES="pretrain_multi" runs the multi-instrument row alone, TARGETS="model_ii" one column; HOLDOUT (val and test
@@ -42,7 +44,7 @@ DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-0,1,2}
 ENCODER=${ENCODER:-resnet18}  # the pretrained architecture (conv4 at toy size)
 PROBE_N=${PROBE_N:-300}       # the pretraining stage's own model_ii probe set: train images (val and test: half each)
-PIXEL_SCALE=${PIXEL_SCALE:-0} # arcsec/px every row's encoder reads all images at (evaluate follows the encoder); 0: native grids
+PIXEL_SCALE=${PIXEL_SCALE:-auto} # arcsec/px every row's encoder reads all images at (evaluate follows it); 0: native; auto: the stages' choice
 PRETRAIN_SEED=${PRETRAIN_SEED:-0}  # the pretraining run's seed (init, shuffling, augmentation; the corpus stays the same)
 LOGS=${OUT:-reports/transfer_matrix}
 mkdir -p "$LOGS"

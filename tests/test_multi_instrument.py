@@ -164,6 +164,10 @@ def test_autoencoder_stage_pretrains_on_pretrain_multi_and_registers_its_decoder
     summary = run_training_stage(config, progress=False)
     run = mlflow.MlflowClient().get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["pretrain_mix"] == DEFAULT_MIX
+    # pixel_scale=auto: the instruments' scales differ, so every image is read on the coarsest grid, Euclid's 0.101
+    assert (run.data.params["pixel_scale"], run.data.params["pixel_scale_resolved"]) == ("auto", "0.101")
+    assert run.data.tags["dlfm.grid.pretrain_dataset"].startswith("model_i: 74 px at 0.101 arcsec/px (resampled from 150 px")
+    assert registry.load_registered_encoder(f"models:/dlfm-encoder/{summary['version']}").pixel_scale == 0.101
     assert np.isfinite(summary["metrics"]["test/recon_mse"]) and "test/probe_macro_auc" in summary["metrics"]
     reconstructor = registry.load_registered_reconstructor(f"models:/dlfm-encoder/{summary['version']}")
     assert reconstructor is not None and reconstructor.objective == "autoencoder"
@@ -219,12 +223,15 @@ def test_a_vit_on_pretrain_multi_with_model_i_is_one_error_line(tracking_uri, ti
     config = TrainConfig(objective="mae", encoder="vit_tiny", patch_size=8, dataset=str(tiny_classification_dir),
                          pretrain_dataset="pretrain_multi", pretrain_n_train=9, pretrain_n_val=9, pretrain_n_test=9,
                          epochs=1, device="cpu", experiment_name="multi-test")
-    with pytest.raises(ConfigError, match="150 px is no multiple of 8"):
+    with pytest.raises(ConfigError, match="150 px is no multiple of 8"):  # and at 0.101 (auto) 74 px is none either
         run_training_stage(config, progress=False)
     without_model_i = TrainConfig(**{**config.to_dict(), "pretrain_mix": "model_i=0,model_ii=1,model_iii=1"})
     from dlfm.stages.train import check_corpus_sizes
 
     check_corpus_sizes(without_model_i)  # 64-px instruments only: a whole number of 8-px tokens
+    # auto would read Model III at 0.101 (51 px, no whole number of tokens): it keeps native grids instead
+    with pytest.raises(ConfigError, match="51 px is no multiple of 8"):
+        check_corpus_sizes(TrainConfig(**{**without_model_i.to_dict(), "pixel_scale": 0.101}))
 
 
 @pytest.mark.slow  # a real `mlflow run` process

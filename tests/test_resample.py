@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from dlfm.data.dataset import LensDataset
-from dlfm.data.resample import at_pixel_scale, dataset_for_encoder, describe_grid, resample_images, resampled_side
+from dlfm.data.resample import (at_pixel_scale, auto_pixel_scale, dataset_for_encoder, describe_grid, image_grids,
+                                resample_images, resampled_side)
 from dlfm.errors import ConfigError
 from dlfm.models import create_encoder
+from dlfm.stages.train import resolve_pixel_scale
 from dlfm.training import TrainConfig
 
 
@@ -94,5 +96,36 @@ def test_train_config_passes_the_pixel_scale_to_the_encoder_and_refuses_a_negati
     config = TrainConfig(objective="autoencoder", pixel_scale=0.101)
     assert config.encoder_kwargs == {"stem": "imagenet", "pixel_scale": 0.101}
     assert TrainConfig(objective="autoencoder").encoder_kwargs == {"stem": "imagenet"}
-    with pytest.raises(ConfigError, match="pixel_scale must be >= 0 arcsec/px"):
+    with pytest.raises(ConfigError, match="pixel_scale must be auto or >= 0 arcsec/px"):
         TrainConfig(objective="autoencoder", pixel_scale=-1.0).validate()
+
+
+def test_auto_reads_images_at_several_scales_on_the_coarsest_grid_the_encoder_takes():
+    conv4 = create_encoder("conv4")
+    scale, reason = auto_pixel_scale(image_grids({"dataset": lens_dataset(64, 0.101), "corpus": lens_dataset(150, 0.05)}), conv4)
+    assert scale == 0.101 and reason.startswith("pixel_scale=auto: every image on the coarsest grid, 0.101 arcsec/px")
+    # one scale: nothing to choose, nothing said; the encoder records no scale, so it still reads sets that state none
+    assert auto_pixel_scale(image_grids({"dataset": lens_dataset(64, 0.101), "corpus": lens_dataset(32, 0.101)}), conv4) == (0.0, "")
+    assert auto_pixel_scale(image_grids({"dataset": lens_dataset(64, None), "corpus": lens_dataset(32, 0.101)}), conv4) == (0.0, "")
+    # a set that states no scale cannot be resampled: every image stays native, and the line names it
+    scale, reason = auto_pixel_scale(image_grids({"dataset": lens_dataset(64, None), "corpus": lens_dataset(150, 0.05),
+                                                  "other": lens_dataset(64, 0.08)}), conv4)
+    assert scale == 0.0 and "dataset states no pixel scale" in reason and "--pixel-scale" in reason
+    # 150 px at 0.05 is 74 px at 0.101: no whole number of a vit_tiny's 8-px tokens, so native grids (which it may refuse later)
+    scale, reason = auto_pixel_scale(image_grids({"a": lens_dataset(64, 0.101), "b": lens_dataset(150, 0.05)}), create_encoder("vit_tiny"))
+    assert scale == 0.0 and "b would be 74 px" in reason and "no multiple of 8" in reason
+
+
+def test_pixel_scale_is_auto_by_default_a_param_string_becomes_a_number_and_a_word_is_refused():
+    assert TrainConfig(objective="mae").pixel_scale == "auto"
+    assert TrainConfig(objective="mae", pixel_scale="0.101").pixel_scale == 0.101  # as MLflow passes it
+    assert TrainConfig(objective="mae", pixel_scale=0).pixel_scale == 0.0
+    with pytest.raises(ConfigError, match="pixel_scale must be auto or >= 0 arcsec/px .* got 'fine'"):
+        TrainConfig(objective="mae", pixel_scale="fine").validate()
+    datasets = {"dataset": lens_dataset(64, 0.101), "pretrain_dataset": lens_dataset(150, 0.05)}
+    resolved, reason = resolve_pixel_scale(TrainConfig(objective="autoencoder", encoder="conv4"), datasets)
+    assert resolved.pixel_scale == 0.101 and resolved.encoder_kwargs == {"pixel_scale": 0.101} and reason
+    native = TrainConfig(objective="autoencoder", encoder="conv4", pixel_scale=0.0)
+    assert resolve_pixel_scale(native, datasets) == (native, "")  # a number is the user's choice
+    # a checkpoint written before auto existed (pixel_scale 0.0) resumes at its own grid when the param is left at auto
+    assert TrainConfig(objective="autoencoder", resume="abc").resumed_from({"pixel_scale": 0.0}).pixel_scale == 0.0

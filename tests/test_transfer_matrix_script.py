@@ -36,7 +36,7 @@ def test_every_evaluate_call_gets_min_steps(tmp_path, env, steps):
 
 
 
-@pytest.mark.parametrize("env, expected", [({}, "--pixel_scale 0 .*--seed 0 "),
+@pytest.mark.parametrize("env, expected", [({}, "--pixel_scale auto .*--seed 0 "),
                                            ({"PIXEL_SCALE": "0.101", "PRETRAIN_SEED": "2"}, "--pixel_scale 0.101 .*--seed 2 ")])
 def test_every_pretraining_call_gets_the_pixel_scale_and_seed(tmp_path, env, expected):
     import re

@@ -119,6 +119,10 @@ def test_auto_study_name_follows_the_trial_settings():
     other = TuneConfig(train=TrainConfig(objective="multitask", epochs=9))
     assert base.resolved_study_name() == same.resolved_study_name() != other.resolved_study_name()
     assert TuneConfig(train=base.train, study_name="fm-v1").resolved_study_name() == "fm-v1"
+    # trials read one dataset, at one scale: pixel_scale=auto is native there, so studies begun at 0.0 keep their names
+    native = TuneConfig(train=TrainConfig(objective="multitask", pixel_scale=0.0))
+    finer = TuneConfig(train=TrainConfig(objective="multitask", pixel_scale=0.08))
+    assert base.resolved_study_name() == native.resolved_study_name() != finer.resolved_study_name()
     # Readable, so optuna-dashboard tells studies apart: encoder, dataset and epochs before the digest.
     named = TuneConfig(train=TrainConfig(objective="multitask", encoder="conv4", dataset="data/model_ii-abc", epochs=3))
     assert named.resolved_study_name().startswith("tune-conv4-model_ii-abc-3ep-")

@@ -6,6 +6,13 @@ recorded in its arch config) reads every image at that one scale instead. Raw fl
 per-image min-max normalisation: area-averaged when the pixels grow (what a coarser detector adds up), bilinear
 when they shrink. The side becomes ``round(side × native / pixel_scale)``, so the field of view is kept.
 
+``pixel_scale=auto`` (the training stages' default) picks the grid from the data: when the images a run reads
+come at several pixel scales (``pretrain_multi``: 0.05, 0.101 and 0.08), the coarsest, so no image is
+upsampled; on the CPU transfer matrix that is the grid on which the multi-instrument encoder hurts no
+instrument (results log, 2026-12-04). Images at one scale keep their grid and the encoder records none, so it
+reads any set, scale stated or not, as before. A set that states no scale, or a size the encoder cannot take
+at the coarsest grid, keeps the native grids, with a line saying why.
+
 A dataset records its native scale in its manifest: a preset's ``preset_settings.instrument.pixel_scale``, a
 multi-instrument corpus's ``pixel_scale_arcsec`` per image set, an imported one's ``pixel_scale_arcsec``
 (``dlfm dataset import --pixel-scale``).
@@ -87,6 +94,52 @@ def dataset_for_encoder(dataset, encoder, name: str = "dataset"):
     for size in dataset.image_sizes:
         encoder.check_image_size(size)
     return dataset
+
+
+def image_grids(datasets: dict) -> dict[str, tuple[int, float | None]]:
+    """{name: (side, native arcsec/px or None)} of every image set in ``datasets`` ({name: dataset}), multi parts apart.
+
+    A sharded corpus states no scale here: it streams at its native grid, so ``auto`` leaves every set native.
+    """
+    from dlfm.data.multi import MultiInstrumentDataset
+    from dlfm.data.shards import ShardedDataset
+
+    grids = {}
+    for name, dataset in datasets.items():
+        if isinstance(dataset, MultiInstrumentDataset):
+            grids.update(image_grids({f"{name} ({part_name})": part for part_name, part in dataset.parts.items()}))
+        elif isinstance(dataset, ShardedDataset):
+            grids[name] = (dataset.image_size, None)
+        else:
+            grids[name] = (dataset.image_size, native_pixel_scale(dataset.manifest))
+    return grids
+
+
+def auto_pixel_scale(grids: dict[str, tuple[int, float | None]], encoder) -> tuple[float, str]:
+    """pixel_scale=auto for image sets ``grids`` ({name: (side, native arcsec/px or None)}): the scale, and why.
+
+    Several scales: the coarsest, if ``encoder`` takes every side resampled to it; else 0 (native grids). The
+    reason is "" when there was nothing to choose (one scale, or none stated), else one line for the run's log.
+    """
+    scales = {scale for _, scale in grids.values() if scale}
+    if len(scales) <= 1:
+        return 0.0, ""
+    unstated = [name for name, (_, scale) in grids.items() if not scale]
+    if unstated:
+        return 0.0, (f"pixel_scale=auto: {', '.join(unstated)} states no pixel scale (a sharded corpus, or a set imported "
+                     "without --pixel-scale), so every image is read at its native grid; import it with --pixel-scale to "
+                     "read all on one grid")
+    coarsest = max(scales)
+    sides = {name: resampled_side(side, scale, coarsest) for name, (side, scale) in grids.items()}
+    for name, side in sides.items():
+        try:
+            encoder.check_image_size(side)
+        except ConfigError as error:
+            return 0.0, (f"pixel_scale=auto: at the coarsest grid, {coarsest:g} arcsec/px, {name} would be {side} px "
+                         f"({str(error).split(';')[0]}), so every image is read at its native grid; pass "
+                         "pixel_scale=<arcsec> for a grid the encoder takes")
+    listed = ", ".join(f"{name} {scale:g}" for name, (_, scale) in grids.items())
+    return coarsest, f"pixel_scale=auto: every image on the coarsest grid, {coarsest:g} arcsec/px (native: {listed})"
 
 
 def describe_grid(dataset) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 
 from dlfm import tracking
 from dlfm.tracking import checkpoints, registry
 from dlfm.errors import DatasetError
 from dlfm.training import TrainConfig, distributed, fit
+from dlfm.training.config import PIXEL_AUTO
 from dlfm.training.interrupt import StopRequest, TrainingInterrupted, graceful_stop
 
 
@@ -75,29 +77,47 @@ def check_pretrainable(config: TrainConfig, corpus, dataset) -> None:
         )
 
 
+def resolve_pixel_scale(config: TrainConfig, datasets: dict) -> tuple[TrainConfig, str]:
+    """``config`` with ``pixel_scale=auto`` replaced by its scale for ``datasets`` ({name: dataset}), and why.
+
+    The reason is one line for the run's log ("" when there was nothing to choose); a number stays as it is.
+    """
+    if config.pixel_scale != PIXEL_AUTO:
+        return config, ""
+    from dlfm.data.resample import auto_pixel_scale, image_grids
+    from dlfm.models import create_encoder
+
+    scale, reason = auto_pixel_scale(image_grids(datasets), create_encoder(config.encoder, **config.encoder_kwargs_at(0.0)))
+    return replace(config, pixel_scale=scale), reason
+
+
 def check_corpus_sizes(config: TrainConfig) -> None:
     """A multi-instrument corpus's image sizes are known before it is simulated: refuse an encoder that cannot take one first."""
     from dlfm.corpora import MULTI_CORPORA, parse_mix
 
     if config.pretrain_dataset not in MULTI_CORPORA:
         return
-    from dlfm.data.resample import resampled_side
+    from dlfm.data.resample import auto_pixel_scale, resampled_side
     from dlfm.models import create_encoder
     from dlfm.simulation import PRESETS
 
-    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs_at(0.0))
+    grids = {}
     for instrument in parse_mix(config.pretrain_mix, config.pretrain_dataset):  # instruments of weight 0 are not simulated
         preset = PRESETS[MULTI_CORPORA[config.pretrain_dataset][instrument]]
-        size = (resampled_side(preset.image_size, preset.instrument.pixel_scale, config.pixel_scale) if config.pixel_scale
-                else preset.image_size)
-        encoder.check_image_size(size)
+        grids[instrument] = (preset.image_size, preset.instrument.pixel_scale)
+    # auto: the grid prepare_data will choose from the corpus (the downstream set is not resolved yet; it is checked there)
+    scale = auto_pixel_scale(grids, encoder)[0] if config.pixel_scale == PIXEL_AUTO else config.pixel_scale
+    for side, native in grids.values():
+        encoder.check_image_size(resampled_side(side, native, scale) if scale else side)
 
 
 def prepare_data(config: TrainConfig, runtime):
     """Resolve (rank 0 first: it may simulate the cache) and check the datasets.
 
-    Returns the downstream dataset, its tensors per split, and the pretraining corpus with its
-    tensors (the same objects as the downstream ones without ``pretrain_dataset``).
+    Returns the config with its pixel scale resolved (``auto``: from the datasets), the downstream dataset,
+    its tensors per split, and the pretraining corpus with its tensors (the same objects as the
+    downstream ones without ``pretrain_dataset``).
     """
     from dlfm.data.resample import at_pixel_scale
     from dlfm.stages.common import resolve_dataset, split_tensors
@@ -114,15 +134,19 @@ def prepare_data(config: TrainConfig, runtime):
     resolved = resolve() if runtime.is_main_process else None
     distributed.barrier()
     dataset, corpus = resolved or resolve()
+    config, reason = resolve_pixel_scale(config, {"dataset": dataset} if corpus is dataset
+                                         else {"dataset": dataset, "pretrain_dataset": corpus})
+    if reason and runtime.is_main_process:
+        print(reason, flush=True)
     resampled = at_pixel_scale(dataset, config.pixel_scale, "dataset")  # the encoder's one grid (0: native)
     corpus = resampled if corpus is dataset else at_pixel_scale(corpus, config.pixel_scale, "pretrain_dataset")
     dataset = resampled
     check_trainable(config, dataset)
     splits = {name: split_tensors(dataset, name) for name in ("train", "val", "test")}
     if corpus is dataset:
-        return dataset, splits, corpus, splits
+        return config, dataset, splits, corpus, splits
     check_pretrainable(config, corpus, dataset)
-    return dataset, splits, corpus, {name: split_tensors(corpus, name) for name in ("train", "val", "test")}
+    return config, dataset, splits, corpus, {name: split_tensors(corpus, name) for name in ("train", "val", "test")}
 
 
 def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
@@ -136,7 +160,7 @@ def train_on_other_rank(config: TrainConfig, progress: bool) -> dict:
     distributed.init_process_group(runtime.device)
     stop = StopRequest()
     try:
-        dataset, splits, _, train_splits = prepare_data(config, runtime)
+        config, dataset, splits, _, train_splits = prepare_data(config, runtime)
         with graceful_stop(stop):
             fit(config, train_splits, dataset.class_names, resume_state=resume_state, runtime=runtime, progress=False,
                 stop=stop, probe_splits=splits)
@@ -222,7 +246,7 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         tracking.log_params(config.to_dict())  # on a resume, params already logged are kept as they are
         if resume_state:
             checkpoints.backfill_epoch_metrics(run_id, resume_state["history"])
-        dataset, splits, corpus, train_splits = prepare_data(config, runtime)
+        config, dataset, splits, corpus, train_splits = prepare_data(config, runtime)  # pixel_scale=auto resolved
         if corpus is dataset:
             tracking.log_dataset(dataset, context="training")
         else:  # the encoder learns from the corpus; the downstream set only feeds the linear probe
@@ -240,7 +264,8 @@ def train_in_run(config: TrainConfig, run_id: str, resume_state: dict | None, pr
         # batch_size=auto: the number fit will use (the same rule, on the same split), beside the param as asked;
         # lr_effective: the peak lr the recipe's rule gives at that batch
         resolved = config.with_batch_resolved(runtime.device.type, train_splits["train"])
-        tracking.log_params({"batch_size_resolved": resolved.batch_size, "lr_effective": resolved.lr_effective})
+        tracking.log_params({"batch_size_resolved": resolved.batch_size, "lr_effective": resolved.lr_effective,
+                             "pixel_scale_resolved": config.pixel_scale})
 
         # Epochs a killed run logged after its last checkpoint: a resume trains them again but does not log them twice.
         logged = checkpoints.logged_epochs(run_id, config.objective) if resume_state else set()

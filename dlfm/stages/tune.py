@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from collections import Counter
@@ -11,7 +12,7 @@ from dlfm.data.resample import at_pixel_scale
 from dlfm.sources import resolve_dataset
 from dlfm.errors import DlfmError, SecretInParams
 from dlfm.plots import tune as plots
-from dlfm.stages.train import check_trainable
+from dlfm.stages.train import check_trainable, resolve_pixel_scale
 from dlfm.tracking import registry
 from dlfm.stages.common import announce_device
 from dlfm.tracking.status_guard import purge_launcher_run
@@ -50,8 +51,13 @@ def run_tune_stage(config: TuneConfig) -> dict:
         tracking.log_params({**{k: v for k, v in train.to_dict().items() if k not in excluded}, **config.params()})
         # On the trials' grid once: an in-process worker's at_pixel_scale is then a no-op; spawned workers read the
         # directory (dataset.root) and resample their own copy.
-        dataset = at_pixel_scale(resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test),
-                                 train.pixel_scale)
+        dataset = resolve_dataset(train.dataset, train.sim_n_train, train.sim_n_val, train.sim_n_test)
+        train, reason = resolve_pixel_scale(train, {"dataset": dataset})  # auto: one set, so its native grid
+        if reason:
+            print(reason, flush=True)
+        config = dataclasses.replace(config, train=train)  # the trials' (and spawned workers') scale
+        tracking.log_params({"pixel_scale_resolved": train.pixel_scale})
+        dataset = at_pixel_scale(dataset, train.pixel_scale)
         check_trainable(train, dataset)
         tracking.log_dataset(dataset, context="training")
         tracking.set_tags({"dlfm.dataset_digest": dataset.digest, "dlfm.device": runtime.device, "dlfm.amp": runtime.amp_dtype,

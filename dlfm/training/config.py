@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
@@ -10,6 +11,7 @@ from dlfm.params import param_from_string
 from dlfm.errors import ConfigError
 from dlfm.objectives import OBJECTIVES, get_objective
 from dlfm.training.batching import AUTO, auto_batch_size
+PIXEL_AUTO = AUTO  # pixel_scale=auto: the stages choose the grid from their datasets (dlfm.stages.train.resolve_pixel_scale)
 LOSS_BALANCES = ("fixed", "uncertainty")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -69,8 +71,9 @@ class TrainConfig:
     # instrument=weight, each instrument's share of every split (normalised; equal thirds by default)
     pretrain_mix: str = DEFAULT_MIX
     # (arcsec/px) the one pixel scale the encoder reads every image at (corpus, dataset, and evaluate's), resampled from
-    # each instrument's grid (Model I 0.05, II 0.101, III 0.08) and recorded in its arch config; 0 = native grids
-    pixel_scale: float = 0.0
+    # each instrument's grid (Model I 0.05, II 0.101, III 0.08) and recorded in its arch config; 0 = native grids;
+    # auto: the coarsest when the images come at several scales (pretrain_multi: 0.101), else native (logged as pixel_scale_resolved)
+    pixel_scale: float | str = "auto"
     experiment_name: str = ""  # MLflow experiment of a run dlfm starts (empty: MLFLOW_EXPERIMENT_NAME, else deeplense-fm); not an MLproject param: `mlflow run --experiment-name` files those runs
     # seconds between checkpoints at most (0 = after every epoch); one is always written after the last epoch and on a stop
     checkpoint_every_s: float = 300.0
@@ -79,6 +82,11 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():  # a param arrives as a string
             object.__setattr__(self, "batch_size", int(self.batch_size))
+        if isinstance(self.pixel_scale, str) and self.pixel_scale != PIXEL_AUTO:  # "0.101" from a param; else validate refuses it
+            with contextlib.suppress(ValueError):
+                object.__setattr__(self, "pixel_scale", float(self.pixel_scale))
+        elif isinstance(self.pixel_scale, int) and not isinstance(self.pixel_scale, bool):
+            object.__setattr__(self, "pixel_scale", float(self.pixel_scale))
 
     def with_batch_resolved(self, device_type: str, train) -> "TrainConfig":
         """This config with ``batch_size=auto`` replaced by its batch for this device and train split (else itself)."""
@@ -151,8 +159,10 @@ class TrainConfig:
             parse_mix(self.pretrain_mix, self.pretrain_dataset)  # a bad mix is one line before any work
         need(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
              f"checkpoint_every_s must be >= 0 (0 = every epoch), got {self.checkpoint_every_s!r}")
-        need(math.isfinite(self.pixel_scale) and self.pixel_scale >= 0,
-             f"pixel_scale must be >= 0 arcsec/px (0 = each instrument at its own grid; e.g. 0.101, Euclid's), got {self.pixel_scale!r}")
+        need(self.pixel_scale == PIXEL_AUTO or (isinstance(self.pixel_scale, float) and math.isfinite(self.pixel_scale)
+                                                and self.pixel_scale >= 0),
+             f"pixel_scale must be {PIXEL_AUTO} or >= 0 arcsec/px (0 = each instrument at its own grid; e.g. 0.101, Euclid's), "
+             f"got {self.pixel_scale!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(math.isfinite(self.lr) and self.lr >= 0, f"lr must be a positive number (or 0: the recipe's), got {self.lr!r}")
         need(math.isfinite(self.weight_decay) and (self.weight_decay >= 0 or self.weight_decay == -1),
@@ -185,9 +195,17 @@ class TrainConfig:
 
     @property
     def encoder_kwargs(self) -> dict:
-        """Keyword arguments for create_encoder beyond the name."""
+        """Keyword arguments for create_encoder beyond the name.
+
+        ``pixel_scale=auto`` still unresolved counts as native grids: the stages resolve it when they read their
+        datasets (``dlfm.stages.train.resolve_pixel_scale``), so a caller of ``fit`` that did not has handed it native images.
+        """
+        return self.encoder_kwargs_at(0.0 if self.pixel_scale == PIXEL_AUTO else self.pixel_scale)
+
+    def encoder_kwargs_at(self, pixel_scale: float) -> dict:
+        """create_encoder's keyword arguments beyond the name, at ``pixel_scale`` (0: native grids, no key)."""
         return {**({"stem": self.stem} if self.encoder == "resnet18" else {}),
-                **({"pixel_scale": self.pixel_scale} if self.pixel_scale else {})}
+                **({"pixel_scale": pixel_scale} if pixel_scale else {})}
 
     def to_dict(self) -> dict:
         """Plain dict of every field (logged as params, stored in checkpoints)."""

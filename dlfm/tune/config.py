@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from dlfm.errors import ConfigError, SecretInParams
 from dlfm.training import TrainConfig
+from dlfm.training.config import PIXEL_AUTO
 from dlfm.redact import redact_uri as mask_password
 from dlfm.redact import has_secret
 
@@ -105,6 +106,8 @@ class TuneConfig:
         searched = SEARCH_SPACES[self.objective].param
         key = {k: v for k, v in self.train.to_dict().items() if k not in STUDY_KEY_EXCLUDES and k != searched}
         key["tune_lr"] = self.tune_lr
+        if key.get("pixel_scale") == PIXEL_AUTO:  # trials read one `dataset`, at one scale: auto is its native grid,
+            key["pixel_scale"] = 0.0  # and studies named before auto existed (pixel_scale 0.0) keep their names
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         # Readable first (optuna-dashboard lists studies by name), the digest keeps different settings apart.
         dataset = re.sub(r"[^\w.\-]+", "_", self.train.dataset.rstrip("/").rsplit("/", 1)[-1])[:40].strip("._-") or "data"

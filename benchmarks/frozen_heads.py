@@ -1,7 +1,7 @@
 """Frozen heads before and after: evaluate's converged probe against the SGD loop it replaced, on the same embeddings.
 
 For one registered encoder and one task, each seed's label subset is read by the pretrained encoder and by that
-seed's random encoder through (a) the probe (``dlfm.evaluation.probe``: logistic or ridge regression, penalty by
+seed's random encoder through (a) the probe (``dlfm.training.probe``: logistic or ridge regression, penalty by
 cross-validation on the subset) and (b) the task's head trained by the shared loop (``fit``: AdamW lr 1e-3, cosine,
 batch 32, 20 epochs and at least ``--steps`` steps), as evaluate's frozen arms did before the probe. Prints the
 headline metric, mean ± sd over seeds, per reader and budget, and the pretrained − random margin of each.

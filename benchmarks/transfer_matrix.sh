@@ -17,7 +17,7 @@
 # fine-tuning 12 cells per pair is GPU work):
 #   CORPUS=1200 HOLDOUT=150 EVAL=600 EVAL_VAL=30 EVAL_TEST=300 EPOCHS=6 BATCH=64 DEVICE=cpu ARMS=pretrained-frozen,random-frozen \
 #   bash benchmarks/transfer_matrix.sh
-# Frozen arms fit a converged logistic-regression probe (dlfm/evaluation/probe.py); MIN_STEPS and EVAL_EPOCHS set the
+# Frozen arms fit a converged logistic-regression probe (dlfm/training/probe.py); MIN_STEPS and EVAL_EPOCHS set the
 # fine-tune arms' loop only.
 # PIXEL_SCALE=0.101 pretrains every row at one pixel scale (Euclid's: Model I 150 -> 74 px, Model III 64 -> 51 px), and
 # evaluate reads each target at the encoder's scale (issue 27 item 5). The default, auto, is the stages' own: a row whose

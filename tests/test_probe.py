@@ -10,8 +10,8 @@ import torch
 from dlfm.sources import load_dataset
 from dlfm.evaluation import TASKS, EvaluateConfig, run_grid
 from dlfm.evaluation.grid import EmbeddingCache
-from dlfm.evaluation.regression import Standardizer
-from dlfm.evaluation.probe import PENALTIES, fit_logistic, fit_ridge
+from dlfm.training.probe import Standardizer
+from dlfm.training.probe import PENALTIES, fit_logistic, fit_ridge
 from dlfm.models import create_encoder
 
 
@@ -110,3 +110,20 @@ def test_cached_embeddings_are_fp32_under_a_bf16_run(classification):
     train = embed(encoder, classification.train.images, torch.device("cpu"))
     standardised = Standardizer.fit(train).forward(fp32)
     np.testing.assert_allclose(cache.store[("classification", "pretrained")]["test"], standardised, rtol=1e-3, atol=1e-3)
+
+
+def test_the_stages_probe_is_evaluates_frozen_probe():
+    """main promotes on the training stages' val/probe_macro_auc: it must be evaluate's probe, not a fixed C = 1."""
+    from dlfm.training.context import EvalOutput
+    from dlfm.training.evaluate import linear_probe
+
+    train_x, train_y = blobs(12, 64, seed=0, shift=0.7)  # few labels, many features: CV picks a strong penalty
+    val_x, val_y = blobs(30, 64, seed=1, shift=0.7)
+    train_x, val_x = 3 * train_x + 1, 3 * val_x + 1  # not standardised: the probe standardises on train
+    stage = linear_probe(EvalOutput({}, None, train_y, train_x), {"val": EvalOutput({}, None, val_y, val_x)},
+                         ("a", "b", "c"), seed=0)["val"]
+    scaler = Standardizer.fit(train_x)
+    probe = fit_logistic(scaler.forward(train_x), train_y, seed=0)
+    frozen = torch.softmax(torch.from_numpy(probe.outputs(scaler.forward(val_x))), dim=1).numpy()
+    np.testing.assert_allclose(stage.probs, frozen, rtol=1e-4, atol=1e-6)
+    assert probe.penalty > 1.0  # the old stage probe's C = 1 would have scored another model

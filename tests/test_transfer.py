@@ -14,7 +14,7 @@ from dlfm.models import create_encoder
 from dlfm.stages.transfer import run_transfer_stage
 from dlfm.tracking import registry, stage_run
 from dlfm.evaluation.embedding import random_encoder_like
-from dlfm.evaluation.probe import PENALTIES
+from dlfm.training.probe import PENALTIES
 from dlfm.evaluation.regression import REPORTED, circular_abs_diff, mae_per_parameter
 from dlfm.transfer import TransferConfig
 
@@ -60,7 +60,7 @@ def test_transfer_runs_both_arms_per_seed_with_every_mae(production_encoder, tin
     for child in children:
         for name in REPORTED:  # scored on the held-out test split (a fixed schedule: val picks nothing)
             assert f"test/mae_{name}" in child.data.metrics
-        # frozen arms fit a ridge head to convergence (dlfm.evaluation.probe): one loss, and the penalty it chose
+        # frozen arms fit a ridge head to convergence (dlfm.training.probe): one loss, and the penalty it chose
         losses = [m.value for m in client.get_metric_history(child.info.run_id, "train/loss_regression")]
         assert len(losses) == 1 and np.isfinite(losses[0])
         assert float(child.data.params["probe_penalty"]) in PENALTIES and int(child.data.params["probe_folds"]) == 24

@@ -14,7 +14,7 @@ from dlfm.training.config import PRECISIONS
 ARM_NAMES = ("pretrained-frozen", "random-frozen", "pretrained-finetune", "scratch")  # order of tables and legends
 TASK_NAMES = ("classification", "regression", "superres")
 ALL = "all"  # the budget that uses every labelled train image
-# How frozen arms on embeddings train (dlfm.evaluation.probe: penalty chosen on CV macro AUC); part of every cell's digest.
+# How frozen arms on embeddings train (dlfm.training.probe: penalty chosen on CV macro AUC); part of every cell's digest.
 FROZEN_HEAD = "probe-cv-auc"
 RESUME_IGNORED = ("resume", "workers", "device", "experiment_name")  # may differ between a run and its resume
 

@@ -24,7 +24,7 @@ from dlfm.evaluation.fit import Schedule, fit, predict
 from dlfm.evaluation.tasks import TASKS, TaskData
 from dlfm.training.interrupt import StopRequest
 from dlfm.evaluation.embedding import embed, random_encoder_like
-from dlfm.evaluation.regression import Standardizer
+from dlfm.training.probe import Standardizer
 from dlfm.models.heads import FrozenEncoder
 
 
@@ -125,7 +125,7 @@ def run_cell(cell: Cell, index: np.ndarray, data: TaskData, encoders: Encoders, 
     """Train one arm on one label subset and score it on the test split.
 
     A frozen arm whose head reads the pooled embedding fits the task's converged probe on cached embeddings
-    (``dlfm.evaluation.probe``); every other arm trains with the shared loop (``fit``).
+    (``dlfm.training.probe``); every other arm trains with the shared loop (``fit``).
     """
     task, arm = TASKS[cell.task], ARMS[cell.arm]
     key, encoder = encoders.get(arm.encoder, cell.seed)

@@ -1,4 +1,4 @@
-"""Regression pieces of the evaluation engine (pure numpy; no MLflow): readouts, MAE, the standardiser.
+"""Regression pieces of the evaluation engine (pure numpy; no MLflow): readouts and MAE (the standardiser: dlfm.training.probe).
 
 A ``Readout`` says which params columns a regression learns, how its predictions become the reported
 values, and which MAEs carry which unit. ``READOUT_RULES`` picks one per dataset, once, when the task
@@ -176,23 +176,3 @@ def choose_readout(params, manifest: dict, dataset_name: str) -> Readout:
 def mae_per_parameter(predicted: np.ndarray, true: np.ndarray, prefix: str) -> dict[str, float]:
     """``{prefix}/mae_<param>`` of the lens readout in physical units; φ and ψ as circular differences (period π)."""
     return LENS.mae(predicted, true, prefix)
-
-
-@dataclass
-class Standardizer:
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, values: np.ndarray) -> "Standardizer":
-        std = values.std(axis=0)
-        # A feature (e.g. a dead ReLU of a random encoder) that is constant on train must not blow
-        # up on val/test, so the floor is relative to the typical spread, not just 1e-8.
-        floor = max(1e-3 * float(np.median(std)), 1e-8)
-        return cls(values.mean(axis=0), np.maximum(std, floor))
-
-    def forward(self, values: np.ndarray) -> np.ndarray:
-        return (values - self.mean) / self.std
-
-    def inverse(self, values: np.ndarray) -> np.ndarray:
-        return values * self.std + self.mean

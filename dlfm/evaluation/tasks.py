@@ -14,7 +14,8 @@ from torch import nn
 from dlfm.errors import ConfigError
 from dlfm.evaluation.config import ALL
 from dlfm.models.heads import ClassificationHead, RegressionHead
-from dlfm.evaluation.regression import Readout, Standardizer, choose_readout
+from dlfm.evaluation.regression import Readout, choose_readout
+from dlfm.training.probe import Standardizer
 
 SUBSET_STREAM = 0x5EED  # the label subsets' own seed stream, apart from head init and random encoders
 
@@ -168,7 +169,7 @@ class ClassificationTask(Task):
 
     def probe(self, features: np.ndarray, targets: Targets, seed: int):
         """The frozen arms' head on embeddings, converged: logistic regression, penalty by stratified k-fold."""
-        from dlfm.evaluation.probe import fit_logistic
+        from dlfm.training.probe import fit_logistic
 
         return fit_logistic(features, targets.values.numpy(), seed)
 
@@ -215,7 +216,7 @@ class RegressionTask(Task):
 
     def probe(self, features: np.ndarray, targets: Targets, seed: int):
         """The frozen arms' head on embeddings, converged: ridge regression, penalty by leave-one-out (``seed`` unused)."""
-        from dlfm.evaluation.probe import fit_ridge
+        from dlfm.training.probe import fit_ridge
 
         return fit_ridge(features, targets.values.numpy())
 

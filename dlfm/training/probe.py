@@ -1,4 +1,7 @@
-"""The frozen arms' heads on cached embeddings, fitted to convergence, their L2 penalty chosen on the labelled subset.
+"""Linear probes on frozen embeddings, fitted to convergence, their L2 penalty chosen on the labelled subset.
+
+One probe for every number that ranks an encoder: evaluate's frozen arms on cached embeddings, and the
+training stages' own ``val/probe_macro_auc`` (``dlfm.training.evaluate.linear_probe``), which ``main`` promotes on.
 
 A head trained for a fixed number of SGD steps ranks encoders partly by how fast it converges on them: at
 50 AdamW steps a random resnet18's Model I cells read 0.05 macro AUC above a pretrained one's, at 1000 steps
@@ -77,3 +80,25 @@ def fit_ridge(features: np.ndarray, targets: np.ndarray) -> Probe:
     train_loss = float(np.mean((model.predict(features) - targets) ** 2))
     return Probe(lambda x: np.asarray(model.predict(x), dtype=np.float32).reshape(len(x), -1), train_loss,
                  float(model.alpha_), len(targets))
+
+
+@dataclass
+class Standardizer:
+    """Per-column mean and spread of a train set: the probes' features (and ridge's targets) in standard units."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "Standardizer":
+        std = values.std(axis=0)
+        # A feature (e.g. a dead ReLU of a random encoder) that is constant on train must not blow
+        # up on val/test, so the floor is relative to the typical spread, not just 1e-8.
+        floor = max(1e-3 * float(np.median(std)), 1e-8)
+        return cls(values.mean(axis=0), np.maximum(std, floor))
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.mean) / self.std
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return values * self.std + self.mean

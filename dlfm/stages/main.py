@@ -25,8 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # split, measured the same way for every objective (a supervised head's val/macro_auc is another quantity).
 PROMOTION_METRIC = "val/probe_macro_auc"
 PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-free objectives) are ranked on "
-                  f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of "
-                  "the same model_ii train split, scored on its val split, for every objective); the best goes to staging, "
+                  f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of the same model_ii train split, "
+                  "evaluate's probe with its penalty chosen by cross-validation, scored on its val split, for every "
+                  "objective); the best goes to staging, "
                   "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",

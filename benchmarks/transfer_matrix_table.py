@@ -49,27 +49,23 @@ def combine(runs: list[dict]) -> dict:
 
 
 def multi_versus_single(runs: list[dict], budget: str) -> str:
-    """Issue 27 item 5's test, one line per instrument: pretrain_multi minus that instrument's own row, per file (pretraining
-    seed) and their mean with a 95% t interval over files; 'above' / 'below' only when the interval excludes 0."""
-    import statistics
+    """Issue 27 item 5's test, one line per instrument: pretrain_multi minus that instrument's own row, paired by file
+    (pretraining seed), with evaluate's verdict rule (95% t interval over files); 'above' / 'below' only when it excludes 0."""
+    from dlfm.evaluation.summary import verdict
 
-    from scipy import stats
-
+    words = {"better": "above", "worse": "below"}
     lines = []
     for target in TARGETS:
-        diffs = [run[("pretrain_multi", target, budget)][0][0] - run[(target, target, budget)][0][0] for run in runs
-                 if ("pretrain_multi", target, budget) in run and (target, target, budget) in run]
-        if not diffs:
+        paired = [(run[("pretrain_multi", target, budget)][0][0], run[(target, target, budget)][0][0]) for run in runs
+                  if ("pretrain_multi", target, budget) in run and (target, target, budget) in run]
+        if not paired:
             continue
-        mean = statistics.fmean(diffs)
-        if len(diffs) > 1:
-            half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-            verdict = "above" if mean - half > 0 else "below" if mean + half < 0 else "within the spread"
-            interval = f", 95% CI [{mean - half:+.3f}, {mean + half:+.3f}] → {verdict}"
-        else:
-            interval = " (one pretraining seed: no interval)"
-        lines.append(f"- {target}: pretrain_multi − {target} = {mean:+.3f} over {len(diffs)} pretraining seed(s) "
-                     f"({', '.join(f'{d:+.3f}' for d in diffs)}){interval}")
+        multi, own = zip(*paired)
+        v = verdict(list(multi), list(own), higher_is_better=True)
+        interval = (f", 95% CI [{v.ci_low:+.3f}, {v.ci_high:+.3f}] → {words.get(v.word, 'within the spread')}"
+                    if v.n_seeds > 1 else " (one pretraining seed: no interval)")
+        lines.append(f"- {target}: pretrain_multi − {target} = {v.difference:+.3f} over {v.n_seeds} pretraining seed(s) "
+                     f"({', '.join(f'{m - o:+.3f}' for m, o in paired)}){interval}")
     return "\n".join(lines)
 
 

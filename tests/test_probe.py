@@ -10,8 +10,7 @@ import torch
 from dlfm.sources import load_dataset
 from dlfm.evaluation import TASKS, EvaluateConfig, run_grid
 from dlfm.evaluation.grid import EmbeddingCache
-from dlfm.training.probe import Standardizer
-from dlfm.training.probe import PENALTIES, fit_logistic, fit_ridge
+from dlfm.training.probe import PENALTIES, Standardizer, fit_logistic, fit_ridge
 from dlfm.models import create_encoder
 
 

@@ -159,3 +159,80 @@ def test_a_bad_promote_from_is_refused(value):
 
     with pytest.raises(ConfigError, match="promote_from must be"):
         MainConfig(promote_from=value).validate()
+
+
+def register_probed(dataset, probe_auc: float, seed: int) -> str:
+    """A conv4 "autoencoder" version whose val/probe_macro_auc was (said to be) measured on ``dataset``."""
+    import torch
+
+    from dlfm.models import create_encoder
+    from dlfm.tracking import registry, stage_run
+
+    torch.manual_seed(seed)
+    with stage_run("autoencoder", "autoencoder-test", "main-gate-test", system_metrics=False) as run_id:
+        return registry.register_encoder_version(create_encoder("conv4"), 64, "autoencoder", {"val/probe_macro_auc": probe_auc},
+                                                 "e" * 64, run_id, labels=registry.label_tags("autoencoder", dataset))
+
+
+def test_the_gate_scores_a_holder_of_another_probe_set_again(tracking_uri, tiny_classification_dir, tmp_path):
+    from dlfm.simulation import SimulationConfig, simulate_dataset
+    from dlfm.sources.resolve import load_dataset
+    from dlfm.stages.main import PROMOTION_METRIC, holder_scored_again, promote_best
+    from dlfm.tracking import registry
+
+    this_set = load_dataset(tiny_classification_dir)
+    other_dir = simulate_dataset(SimulationConfig(preset="model_ii", n_train=24, n_val=12, n_test=12, seed=7),
+                                 out_dir=tmp_path / "other", workers=1, progress=False)
+    # The holder logged 0.99 on another run's probe set: as logged it would keep production against anything here.
+    holder = register_probed(load_dataset(other_dir), 0.99, seed=0)
+    registry.promote(holder, "production")
+    candidate = register_probed(this_set, 0.995, seed=1)
+    assert "probe set" in registry.probe_mismatch(registry.get_version(candidate), registry.get_version(holder), PROMOTION_METRIC)
+
+    # Without a new score the gate compares nothing, and keeps the holder with one line saying why.
+    kept = registry.promote(candidate, "production", if_better=PROMOTION_METRIC)
+    assert not kept.promoted and "not one quantity" in kept.message and registry.version_for_stage("production") == holder
+
+    rescored = holder_scored_again(candidate, "production", str(tiny_classification_dir), seed=0, device="cpu")
+    assert set(rescored) == {holder} and rescored[holder] < 0.995  # a random conv4 on 12 val images, scored here
+    rows = [{"stage": "autoencoder", "version": candidate, PROMOTION_METRIC: 0.995}]
+    _, outcome = promote_best(rows, "production", "run-x", rescored=rescored)
+    assert outcome.promoted and "scored again" in outcome.message and registry.version_for_stage("production") == candidate
+    last = registry.promotion_history("production")[-1]
+    assert last["version"] == candidate and "beats" in last["reason"] and "scored again" in last["reason"]
+
+    # Same probe set, same probe: the logged numbers compare, and nothing is scored again.
+    assert holder_scored_again(register_probed(this_set, 0.5, seed=2), "production", str(tiny_classification_dir), 0, "cpu") == {}
+
+
+def test_a_probe_of_another_method_is_not_compared(tracking_uri, tiny_classification_dir):
+    from dlfm.sources.resolve import load_dataset
+    from dlfm.stages.main import PROMOTION_METRIC
+    from dlfm.tracking import registry
+
+    dataset = load_dataset(tiny_classification_dir)
+    older = register_probed(dataset, 0.9, seed=0)
+    mlflow.MlflowClient().delete_model_version_tag(registry.MODEL_NAME, older, registry.PROBE_METHOD_TAG)  # before the tag
+    newer = register_probed(dataset, 0.95, seed=1)
+    why = registry.probe_mismatch(registry.get_version(newer), registry.get_version(older), PROMOTION_METRIC)
+    assert "did not record" in why and "probe set" not in why
+    assert registry.probe_mismatch(registry.get_version(newer), registry.get_version(older), "val/macro_auc") == ""
+
+
+def test_scoring_a_version_again_gives_the_probe_numbers_its_stage_logged(tracking_uri, tiny_classification_dir):
+    """What the gate compares a candidate with is the candidate's own method: a stage's encoder, scored again on
+    its probe set, reads what the stage logged (same grid, layout, embeddings, probe and folds)."""
+    from dlfm.evaluation.probe_score import probe_scores
+    from dlfm.sources.resolve import load_dataset
+    from dlfm.stages.train import run_training_stage
+    from dlfm.tracking import registry
+    from dlfm.training import TrainConfig
+
+    config = TrainConfig(objective="autoencoder", encoder="resnet18", dataset=str(tiny_classification_dir), epochs=1,
+                         batch_size=8, device="cpu", seed=3, experiment_name="rescore-test")
+    run = mlflow.MlflowClient().get_run(run_training_stage(config, progress=False)["run_id"])
+    version = run.data.tags["dlfm.registered_version"]
+    encoder = registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{version}")
+    scores = probe_scores(encoder, load_dataset(tiny_classification_dir), seed=3, device="cpu")
+    assert scores == pytest.approx({name: run.data.metrics[name] for name in scores}, abs=1e-9)
+    assert registry.get_version(version).tags[registry.PROBE_METHOD_TAG]  # the method travels with the version

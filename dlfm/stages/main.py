@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlfm import tracking
-from dlfm.errors import ConfigError, RegistryError
+from dlfm.errors import ConfigError, DlfmError, RegistryError
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
@@ -28,7 +28,8 @@ PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-fr
                   f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of the same model_ii train split, "
                   "evaluate's probe with its penalty chosen by cross-validation, scored on its val split, for every "
                   "objective); the best goes to staging, "
-                  "and to {stage} only if it beats the holder's {metric}; evaluate runs on that best version, by version")
+                  "and to {stage} only if it beats the holder's {metric} (a holder scored on another probe set, or by "
+                  "another probe, is scored again on this run's); evaluate runs on that best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
                    "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image",
@@ -205,7 +206,13 @@ def run_main_stage(config: MainConfig) -> dict:
             summary_rows.append({"stage": objective, "run": run.info.run_id[:8],
                                  "version": run.data.tags.get("dlfm.registered_version", ""),
                                  **{name: metrics.get(name) for name in SUMMARY_METRICS}})
-        best, outcome = promote_best(summary_rows, config.promote_stage, run_id, config.promote_from_list)
+        # A holder scored on another probe set, or by another probe, is scored again on this run's (one quantity).
+        rescored = holder_scored_again(best_candidate(summary_rows, config.promote_from_list)["version"],
+                                       config.promote_stage, classification_dir, config.seed, config.device)
+        if rescored:
+            tracking.set_tags({"dlfm.gate_holder_scored_again": ", ".join(f"version {v}: {PROMOTION_METRIC} {value:.4f}"
+                                                                          for v, value in rescored.items())})
+        best, outcome = promote_best(summary_rows, config.promote_stage, run_id, config.promote_from_list, rescored)
         print(f"[main] {outcome.message}", flush=True)
         # This run's best version, even when the gate kept an older holder on the stage: never whoever holds the alias.
         promoted = best["version"]
@@ -259,12 +266,40 @@ def best_candidate(rows: list[dict], promote_from: list[str] | None = None) -> d
     return max(ranked, key=lambda row: row[PROMOTION_METRIC])
 
 
-def promote_best(rows: list[dict], stage: str, run_id: str, promote_from: list[str] | None = None):
-    """(best row, outcome): the best candidate goes to staging, and to ``stage`` only if it beats the holder."""
+def promote_best(rows: list[dict], stage: str, run_id: str, promote_from: list[str] | None = None,
+                 rescored: dict[str, float] | None = None):
+    """(best row, outcome): the best candidate goes to staging, and to ``stage`` only if it beats the holder
+    (``rescored``: a holder's PROMOTION_METRIC measured again on this run's probe set)."""
     best = best_candidate(rows, promote_from)
     reason = f"best {PROMOTION_METRIC} of main run {run_id}"
     registry.promote(best["version"], "staging", reason=reason)
-    return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason)
+    return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason, rescored=rescored)
+
+
+def holder_scored_again(candidate: str, stage: str, probe_dataset: str, seed: int, device: str) -> dict[str, float]:
+    """{holder: its PROMOTION_METRIC on ``probe_dataset``} when ``stage``'s holder logged that metric on another
+    probe set or by another probe than version ``candidate`` (``registry.probe_mismatch``); {} when the logged
+    numbers compare, or there is no other holder. The holder is scored as the stages score a candidate
+    (``dlfm.evaluation.probe_score``) with this run's seed; one that cannot be (its grid, its code) is named, and
+    the gate then keeps it."""
+    holder = registry.version_for_stage(stage)
+    if holder is None or holder == candidate:
+        return {}
+    mismatch = registry.probe_mismatch(registry.get_version(candidate), registry.get_version(holder), PROMOTION_METRIC)
+    if not mismatch:
+        return {}
+    from dlfm.evaluation.probe_score import probe_scores
+    from dlfm.sources.resolve import load_dataset
+
+    print(f"[main] {mismatch}: scoring {stage} version {holder} again on this run's probe set", flush=True)
+    try:
+        encoder = registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{holder}")
+        value = probe_scores(encoder, load_dataset(probe_dataset), seed, device)[PROMOTION_METRIC]
+    except DlfmError as error:
+        print(f"[main] {stage} version {holder} could not be scored again ({error}); the gate keeps it", flush=True)
+        return {}
+    print(f"[main] {stage} version {holder}: {PROMOTION_METRIC} {value:.4f} on this run's probe set", flush=True)
+    return {holder: value}
 
 
 def summary_metrics(rows: list[dict], promoted: str, evaluate_metrics: dict[str, float]) -> dict[str, float]:

@@ -35,6 +35,7 @@ LABEL_COUNT_TAG = "dlfm.label_count"  # labelled train images the training loss 
 LABEL_DIGEST_TAG = "dlfm.label_dataset_digest"  # the dataset those labels came from ("" when none)
 LABEL_SELECTION_TAG = "dlfm.label_selection"  # which labels chose among epochs/trials: "none" or "<n> val labels"
 PROBE_DIGEST_TAG = "dlfm.probe_dataset_digest"  # the labelled set the promotion probe scored (labels never in the weights)
+PROBE_METHOD_TAG = "dlfm.probe_method"  # the probe behind val/probe_… (dlfm.training.probe.PROBE_METHOD); absent: older
 
 
 def _client():
@@ -92,8 +93,11 @@ def label_tags(objective: str, labelled=None, selected_on_val: bool | None = Non
     if selected_on_val is None:
         selected_on_val = spec.selects_on_labels
     n_val = len(labelled.indices("val")) if labelled is not None else 0
+    from dlfm.training.probe import PROBE_METHOD
+
     tags = {LABEL_COUNT_TAG: "0", LABEL_DIGEST_TAG: "", LABEL_SELECTION_TAG: "none",
-            PROBE_DIGEST_TAG: labelled.digest if labelled is not None else ""}
+            PROBE_DIGEST_TAG: labelled.digest if labelled is not None else "",
+            PROBE_METHOD_TAG: PROBE_METHOD if labelled is not None else ""}
     if spec.classifies and labelled is None:
         tags[LABEL_COUNT_TAG] = "unknown"
     if spec.classifies and labelled is not None:
@@ -197,6 +201,27 @@ def version_for_run(run_id: str) -> str:
         raise RegistryError(f"run {run_id} registered no {MODEL_NAME} version; pass a version number, "
                             "see `dlfm registry list`")
     return matches[0].version
+
+
+def probe_mismatch(candidate: VersionInfo, holder: VersionInfo, metric: str) -> str:
+    """Why a probe ``metric`` (val/probe_…) of the two versions is not one quantity: their probes scored different
+    labelled sets, or ran different methods. "" when it is one quantity, or when it is no probe metric.
+
+    A version registered before a tag cannot show it matches: an unrecorded method differs from a recorded one
+    (the stages' probe changed, from C = 1 to evaluate's, without a tag); an unrecorded probe set is not compared.
+    """
+    if "probe" not in metric:
+        return ""
+    theirs, ours = holder.tags.get(PROBE_DIGEST_TAG, ""), candidate.tags.get(PROBE_DIGEST_TAG, "")
+    if theirs and ours and theirs != ours:
+        return (f"version {holder.version}'s {metric} was measured on probe set {theirs[:12]}, "
+                f"version {candidate.version}'s on {ours[:12]}")
+    theirs, ours = holder.tags.get(PROBE_METHOD_TAG, ""), candidate.tags.get(PROBE_METHOD_TAG, "")
+    if theirs != ours:
+        unrecorded = "a probe it did not record (registered before the dlfm.probe_method tag)"
+        return (f"version {holder.version}'s {metric} came from {theirs or unrecorded}, "
+                f"version {candidate.version}'s from {ours or unrecorded}")
+    return ""
 
 
 def version_metric(version: VersionInfo, metric: str) -> float | None:

@@ -15,8 +15,8 @@ from dlfm.errors import RegistryError
 from dlfm.redact import redact
 from dlfm.tracking.model_trust import check_dlfm_made
 from dlfm.tracking.model_versions import (HISTORY_EXPERIMENT, LOWER_IS_BETTER, MODEL_NAME, VersionInfo, _client,
-                                          check_stage_name, get_version, registry_lock, version_for_stage,
-                                          version_metric)
+                                          check_stage_name, get_version, probe_mismatch, registry_lock,
+                                          version_for_stage, version_metric)
 
 
 @dataclass
@@ -28,11 +28,15 @@ class PromotionOutcome:
     message: str
 
 
-def promote(version: str, stage: str, if_better: str | None = None, reason: str = "") -> PromotionOutcome:
+def promote(version: str, stage: str, if_better: str | None = None, reason: str = "",
+            rescored: dict[str, float] | None = None) -> PromotionOutcome:
     """Point ``stage`` at ``version``; with ``if_better``, only when its metric beats the holder's.
 
     The comparison happens before anything changes, and the alias moves in one call, so a
-    refused or failed promotion leaves every alias as it was.
+    refused or failed promotion leaves every alias as it was. A probe metric is compared only as one
+    quantity (``probe_mismatch``): ``rescored`` ({version: value}) gives a holder's value measured the
+    candidate's way (``main`` scores it again on its own probe set); a holder that differs and was not
+    scored again keeps the stage, with a line saying why.
     """
     from dlfm.tracking.store import check_store_writable
 
@@ -41,10 +45,11 @@ def promote(version: str, stage: str, if_better: str | None = None, reason: str 
     candidate = get_version(version)
     check_dlfm_made(f"models:/{MODEL_NAME}/{candidate.version}")  # before anything moves
     with registry_lock():  # the comparison, the move and its record happen as one step
-        return _promote_locked(candidate, stage, if_better, reason)
+        return _promote_locked(candidate, stage, if_better, reason, rescored or {})
 
 
-def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, reason: str) -> PromotionOutcome:
+def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, reason: str,
+                    rescored: dict[str, float]) -> PromotionOutcome:
     version = candidate.version
     previous = version_for_stage(stage)
     if if_better:
@@ -53,14 +58,24 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
             raise RegistryError(f"version {version} has no metric {if_better!r}; pick a metric its run logged, "
                                 "e.g. val/macro_auc")
         if previous is not None and previous != candidate.version:
-            old_value = version_metric(get_version(previous), if_better)
+            holder = get_version(previous)
+            mismatch = "" if previous in rescored else probe_mismatch(candidate, holder, if_better)
+            if mismatch:
+                return PromotionOutcome(False, stage, candidate.version, previous,
+                                        f"not promoted: {mismatch}, so the two numbers are not one quantity; {stage} stays "
+                                        f"at version {previous} (main scores the holder again on its own probe set; "
+                                        f"or promote without --if-better)")
+            old_value = rescored.get(previous, version_metric(holder, if_better))
+            scored_again = " (scored again on this probe set)" if previous in rescored else ""
             lower = any(word in if_better for word in LOWER_IS_BETTER)
             better = old_value is None or (new_value < old_value if lower else new_value > old_value)
             if not better:
                 return PromotionOutcome(False, stage, candidate.version, previous,
                                         f"not promoted: version {candidate.version} {if_better}={new_value:.4f} does not beat "
-                                        f"{stage} version {previous} ({old_value:.4f}); {stage} stays at version {previous}")
-            reason = reason or f"{if_better} {new_value:.4f} beats {old_value:.4f}"
+                                        f"{stage} version {previous} ({old_value:.4f}{scored_again}); {stage} stays at "
+                                        f"version {previous}")
+            compared = f"{if_better} {new_value:.4f} beats {old_value:.4f}{scored_again}"
+            reason = f"{reason}: {compared}" if reason else compared
         else:
             reason = reason or f"{if_better} {new_value:.4f}; no previous holder"
     if previous == candidate.version:
@@ -71,8 +86,10 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
     with permission_needed(f"EDIT on experiment '{HISTORY_EXPERIMENT}' (where promotions are recorded; "
                            f"{stage!r} already moved to version {candidate.version})"):
         record_promotion(stage, candidate.version, previous, reason or "manual promotion")
+    scored_again = (f"; version {previous} scored again on this probe set: {rescored[previous]:.4f}"
+                    if previous in rescored else "")
     return PromotionOutcome(True, stage, candidate.version, previous,
-                            f"promoted version {candidate.version} to {stage} (was {previous or 'unset'})")
+                            f"promoted version {candidate.version} to {stage} (was {previous or 'unset'}){scored_again}")
 
 
 @contextlib.contextmanager

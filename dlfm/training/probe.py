@@ -33,6 +33,9 @@ FOLDS = 5  # classification: stratified folds at most (fewer when a class has fe
 # (0.652 on AUC), one random 50-label cell 0.458 (docs/results-log.md, 2026-12-04 evening).
 CV_SCORE = "roc_auc_ovr"
 MAX_ITER = 5000  # L-BFGS iterations at most (standardised features converge in far fewer)
+# Names the probe behind a version's val/probe_macro_auc (version tag dlfm.probe_method): numbers of two methods are
+# two quantities, so main's gate scores a holder of another method again. Change it whenever the probe changes.
+PROBE_METHOD = f"logistic-l2-standardised-cv{FOLDS}-macro-auc"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,38 @@
+"""A registered encoder's promotion probe on a labelled set: the training stages' ``val/probe_macro_auc``, recomputed.
+
+``main`` gates a promotion on ``val/probe_macro_auc``. A holder scored on another probe set (another run's
+``model_ii`` split) or by another probe method has a number that does not compare with the candidate's, so
+``main`` scores the holder again here, the way the stages score a candidate (``dlfm.training.evaluate``):
+the set read on the encoder's grid, fp32 embeddings of the unmasked images in eval mode, in the memory layout
+the stage used on that device (NHWC convolutions on the CPU), evaluate's logistic probe fitted on the train split
+with ``seed``'s folds, scored on val and test. Rescoring a candidate on its own probe set gives its logged numbers.
+
+Layout matters more than it looks at toy sizes: NCHW and NHWC embeddings differ by ~1e-6, and on 60 images
+with near-random features that moved the cross-validated penalty from 0.1 to 10 and val AUC by 0.008.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dlfm.data.resample import dataset_for_encoder
+from dlfm.evaluation.embedding import embed
+from dlfm.training.context import EvalOutput
+from dlfm.training.evaluate import linear_probe, probe_named
+from dlfm.training.runtime import make_runtime, prefers_channels_last
+
+
+def probe_scores(encoder, dataset, seed: int, device: str = "auto") -> dict[str, float]:
+    """{val,test}/probe_{macro_auc,accuracy} of ``encoder`` on the labelled ``dataset`` (train → val, test)."""
+    dataset = dataset_for_encoder(dataset, encoder, "dataset")
+    runtime = make_runtime(device, "fp32")
+    if runtime.channels_last and prefers_channels_last(encoder):
+        encoder = encoder.to(memory_format=torch.channels_last)
+
+    def output(split: str) -> EvalOutput:
+        images = dataset.get_images(split).astype(np.float32, copy=False)
+        return EvalOutput({}, None, np.asarray(dataset.get_labels(split)), embed(encoder, images, runtime.device))
+
+    probed = linear_probe(output("train"), {"val": output("val"), "test": output("test")}, tuple(dataset.class_names), seed)
+    return probe_named(probed)

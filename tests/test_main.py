@@ -234,5 +234,6 @@ def test_scoring_a_version_again_gives_the_probe_numbers_its_stage_logged(tracki
     version = run.data.tags["dlfm.registered_version"]
     encoder = registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{version}")
     scores = probe_scores(encoder, load_dataset(tiny_classification_dir), seed=3, device="cpu")
+    assert "probe_penalty" in scores  # the chosen L2 strength is logged too
     assert scores == pytest.approx({name: run.data.metrics[name] for name in scores}, abs=1e-9)
     assert registry.get_version(version).tags[registry.PROBE_METHOD_TAG]  # the method travels with the version

@@ -135,6 +135,7 @@ def linear_probe(train: EvalOutput, others: dict[str, EvalOutput], class_names: 
         probs = np.exp(probe.outputs(scaler.forward(output.embeddings)))
         probs /= probs.sum(axis=1, keepdims=True)
         metrics = classification_metrics(probs, output.labels, class_names, prefix)
+        metrics["probe_penalty"] = probe.penalty  # the L2 strength the cross-validation chose (evaluate logs its own per cell)
         probed[prefix] = EvalOutput(metrics, probs, output.labels, output.embeddings)
     return probed
 
@@ -153,8 +154,10 @@ def run_probe(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalO
 
 
 def probe_named(probed: dict[str, EvalOutput]) -> dict[str, float]:
-    """<split>/probe_<metric>: the probe's numbers under names every objective shares (a head's AUC is another quantity)."""
-    return {f"{split}/probe_{name}": out.metrics[f"{split}/{name}"] for split, out in probed.items() for name in PROBE_METRICS}
+    """<split>/probe_<metric>: the probe's numbers under names every objective shares (a head's AUC is another quantity),
+    and ``probe_penalty``, the L2 strength its cross-validation chose on the train split."""
+    named = {f"{split}/probe_{name}": out.metrics[f"{split}/{name}"] for split, out in probed.items() for name in PROBE_METRICS}
+    return {**named, **{"probe_penalty": out.metrics["probe_penalty"] for out in probed.values()}}
 
 
 def probe_metrics(ctx: TrainingContext, splits: dict, probe_splits: dict, val: EvalOutput, test: EvalOutput,

@@ -313,3 +313,39 @@ def test_a_version_records_how_many_labels_of_which_dataset_its_training_read(tr
     old = registry.label_provenance(registry.VersionInfo("9", [], {"objective": "multitask"}, "", 0.0))
     assert old.saw_labels and old.label_count == "unknown"
     assert not registry.label_provenance(registry.VersionInfo("9", [], {"objective": "mae"}, "", 0.0)).saw_labels
+
+
+def test_pyfunc_reads_images_of_another_pixel_scale_on_the_encoders_grid(tracking_uri):
+    """An encoder pretrained at 0.101 arcsec/px (a multi-instrument corpus) serves Model I's 150-px 0.05 arcsec/px
+    images on its own grid when the client says their scale, as evaluate reads a dataset."""
+    import torch
+
+    from dlfm.data.dataset import normalize_images
+    from dlfm.data.resample import resample_images
+
+    torch.manual_seed(0)
+    encoder = create_encoder("conv4", pixel_scale=0.101).eval()
+    with stage_run("autoencoder", "autoencoder-test", "registry-test", system_metrics=False) as run_id:
+        version = registry.register_encoder_version(encoder, 74, "autoencoder", {"val/macro_auc": 0.7}, "f" * 64, run_id)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+    raw = np.random.default_rng(0).gamma(2.0, 40.0, size=(3, 1, 150, 150)).astype(np.float32)
+    with torch.no_grad():
+        on_grid = encoder(torch.from_numpy(resample_images(normalize_images(raw), 74))).numpy()
+        as_given = encoder(torch.from_numpy(normalize_images(raw))).numpy()
+    np.testing.assert_allclose(model.predict(raw, params={"pixel_scale": 0.05}), on_grid, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(raw), as_given, rtol=1e-5, atol=1e-5)  # no scale given: as before
+    assert not np.allclose(on_grid, as_given, atol=1e-3)  # the grid matters to this encoder
+    np.testing.assert_allclose(model.predict(raw, params={"pixel_scale": 0.101}), as_given, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="pixel_scale=-1.0 is negative"):
+        model.predict(raw, params={"pixel_scale": -1.0})
+
+
+def test_pyfunc_names_the_resampled_size_a_vit_cannot_take(tmp_path):
+    from dlfm.models.serialization import save_encoder
+    from dlfm.tracking.pyfunc_encoder import _load_pyfunc
+
+    save_encoder(create_encoder("vit_tiny", pixel_scale=0.101), tmp_path, image_size=64, objective="mae")
+    served = _load_pyfunc(str(tmp_path))
+    with pytest.raises(Exception) as refused:  # 150 px at 0.05 arcsec/px is 74 px on the encoder's grid: no 8-px tokens
+        served.predict(np.zeros((1, 1, 150, 150), dtype=np.float32), params={"pixel_scale": 0.05})
+    assert "(1, 1, 150, 150) (resampled to 74 px)" in str(refused.value)

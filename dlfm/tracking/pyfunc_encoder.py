@@ -13,7 +13,10 @@ import torch
 
 INPUT_DESCRIPTION = ("images: float32 array (N, 1, S, S) of raw simulated flux (or already min-max normalised images), "
                      "S any size the encoder takes (trained at {size} px; e.g. 150 px Model I or 64 px Model II/III); "
-                     "each image is min-max normalised to [0, 1] here, as in training")
+                     "each image is min-max normalised to [0, 1] here, as in training; the inference param pixel_scale "
+                     "(arcsec/px of the images, default 0 = already on the encoder's grid) resamples them to the grid of "
+                     "an encoder pretrained at a pixel_scale")
+PIXEL_SCALE_PARAM = "pixel_scale"  # predict(images, params={"pixel_scale": 0.05}): the images' arcsec per pixel
 
 
 class EncoderPredictor:
@@ -28,29 +31,38 @@ class EncoderPredictor:
         self.image_size = image_size
 
     def check_shape(self, images: np.ndarray) -> np.ndarray:
-        """(N,1,S,S) float32 with S any size the encoder takes, or one short error naming the shape (never the values).
-
-        The encoder pools globally, so one version embeds every instrument at its native size (issue 22);
-        ``Encoder.check_image_size`` says which sizes it cannot take (too small; a ViT: no whole number of tokens).
-        An encoder pretrained with a ``pixel_scale`` (its arch.json) expects images on that grid: a serving client
-        resamples first (``dlfm.data.resample.resample_images``), as evaluate does.
-        """
-        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
-
-        from dlfm.errors import ConfigError
-
+        """(N,1,S,S) float32, or one short error naming the shape (never the values)."""
         if images.ndim == 3:
             images = images[:, None]
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
-            raise MlflowException(f"dlfm-encoder expects square images shaped (N, 1, S, S) (trained at S = {self.image_size}); "
-                                  f"got shape {tuple(images.shape)}", error_code=INVALID_PARAMETER_VALUE)
+            raise refusal(f"dlfm-encoder expects square images shaped (N, 1, S, S) (trained at S = {self.image_size}); "
+                          f"got shape {tuple(images.shape)}")
+        return images
+
+    def check_size(self, images: np.ndarray, given: tuple) -> None:
+        """S any size the encoder takes, or one short error naming the shape it was given.
+
+        The encoder pools globally, so one version embeds every instrument at its native size (issue 22);
+        ``Encoder.check_image_size`` says which sizes it cannot take (too small; a ViT: no whole number of tokens).
+        """
+        from dlfm.errors import ConfigError
+
         try:
             self.encoder.check_image_size(int(images.shape[-1]))
         except ConfigError as error:
             reason = str(error).split("; ")[0]  # the reason; the fix names training params, not a serving client's
-            raise MlflowException(f"dlfm-encoder cannot embed images of shape {tuple(images.shape)}: {reason}",
-                                  error_code=INVALID_PARAMETER_VALUE) from None
-        return images
+            resampled = f" (resampled to {images.shape[-1]} px)" if tuple(images.shape) != given else ""
+            raise refusal(f"dlfm-encoder cannot embed images of shape {given}{resampled}: {reason}") from None
+
+    def on_encoder_grid(self, images: np.ndarray, pixel_scale: float) -> np.ndarray:
+        """Normalised ``images`` of ``pixel_scale`` arcsec/px on the grid of an encoder pretrained at a pixel_scale
+        (arch.json), resampled as evaluate resamples a dataset; as they are when either scale is 0 (native grids)."""
+        from dlfm.data.resample import resample_images, resampled_side
+
+        target = float(getattr(self.encoder, "pixel_scale", 0.0) or 0.0)
+        if not pixel_scale or not target or pixel_scale == target:
+            return images
+        return resample_images(images, resampled_side(int(images.shape[-1]), pixel_scale, target))
 
     @torch.no_grad()
     def predict(self, model_input, params=None):
@@ -59,7 +71,20 @@ class EncoderPredictor:
         if isinstance(model_input, dict):  # a named tensor signature delivers {"images": array}
             model_input = model_input.get("images", next(iter(model_input.values())))
         images = self.check_shape(np.asarray(model_input, dtype=np.float32))
-        return self.encoder(torch.from_numpy(normalize_images(images))).numpy()
+        pixel_scale = float((params or {}).get(PIXEL_SCALE_PARAM) or 0.0)
+        if pixel_scale < 0:
+            raise refusal(f"params {PIXEL_SCALE_PARAM}={pixel_scale} is negative; pass the images' arcsec per pixel, "
+                          "or 0 for images already on the encoder's grid")
+        grid = self.on_encoder_grid(normalize_images(images), pixel_scale)
+        self.check_size(grid, tuple(images.shape))
+        return self.encoder(torch.from_numpy(np.ascontiguousarray(grid))).numpy()
+
+
+def refusal(message: str):
+    """The serving error of a bad request: one line, MLflow's invalid-parameter code (HTTP 400 under `mlflow models serve`)."""
+    from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _load_pyfunc(data_path: str, model_config=None) -> EncoderPredictor:

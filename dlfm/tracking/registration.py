@@ -62,10 +62,10 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     from dlfm.models.serialization import read_arch
-    from dlfm.tracking.pyfunc_encoder import INPUT_DESCRIPTION, example_images
+    from dlfm.tracking.pyfunc_encoder import INPUT_DESCRIPTION, PIXEL_SCALE_PARAM, example_images
     from dlfm.tracking.run_logs import log_final_metrics
 
     arch = read_arch(encoder_dir)
@@ -75,6 +75,8 @@ def register_encoder_dir(encoder_dir: str | Path, metrics: dict[str, float], dat
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1), "images")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embed_dim), "embedding")]),
+        # the images' arcsec per pixel: an encoder pretrained at a pixel_scale resamples them to its grid (0: as given)
+        params=ParamSchema([ParamSpec(PIXEL_SCALE_PARAM, "double", 0.0)]),
     )
     import torch
 

@@ -177,7 +177,7 @@ def register_probed(dataset, probe_auc: float, seed: int) -> str:
 def test_the_gate_scores_a_holder_of_another_probe_set_again(tracking_uri, tiny_classification_dir, tmp_path):
     from dlfm.simulation import SimulationConfig, simulate_dataset
     from dlfm.sources.resolve import load_dataset
-    from dlfm.stages.main import PROMOTION_METRIC, holder_scored_again, promote_best
+    from dlfm.stages.main import PROMOTION_METRIC, gate_evidence, promote_best
     from dlfm.tracking import registry
 
     this_set = load_dataset(tiny_classification_dir)
@@ -193,16 +193,27 @@ def test_the_gate_scores_a_holder_of_another_probe_set_again(tracking_uri, tiny_
     kept = registry.promote(candidate, "production", if_better=PROMOTION_METRIC)
     assert not kept.promoted and "not one quantity" in kept.message and registry.version_for_stage("production") == holder
 
-    rescored = holder_scored_again(candidate, "production", str(tiny_classification_dir), seed=0, device="cpu")
-    assert set(rescored) == {holder} and rescored[holder] < 0.995  # a random conv4 on 12 val images, scored here
+    # main scores both on its probe set: the holder's 0.99 was another set's; the candidate's logged 0.995 is replaced too.
+    evidence = gate_evidence(candidate, "production", str(tiny_classification_dir), seed=0, device="cpu")
+    assert set(evidence.rescored) == {holder, candidate} and evidence.n_val == 12
+    low, high = evidence.interval
+    difference = evidence.rescored[candidate] - evidence.rescored[holder]
+    assert low <= difference <= high and "95 % paired bootstrap interval" in evidence.sentence()
+    assert evidence.metrics()["gate/difference"] == pytest.approx(difference)
     rows = [{"stage": "autoencoder", "version": candidate, PROMOTION_METRIC: 0.995}]
-    _, outcome = promote_best(rows, "production", "run-x", rescored=rescored)
+    _, outcome = promote_best(rows, "production", "run-x", rescored=evidence.rescored)
+    assert outcome.promoted == (difference > 0) and registry.version_for_stage("production") == (candidate if difference > 0 else holder)
+
+    # Forced: the holder reads lower on this set, so the gate promotes on the rescored numbers, and says so.
+    registry.promote(holder, "production")
+    _, outcome = promote_best(rows, "production", "run-y", rescored={holder: 0.5, candidate: 0.6})
     assert outcome.promoted and "scored again" in outcome.message and registry.version_for_stage("production") == candidate
     last = registry.promotion_history("production")[-1]
-    assert last["version"] == candidate and "beats" in last["reason"] and "scored again" in last["reason"]
+    assert "0.6000 beats 0.5000 (scored again on this probe set)" in last["reason"]
 
-    # Same probe set, same probe: the logged numbers compare, and nothing is scored again.
-    assert holder_scored_again(register_probed(this_set, 0.5, seed=2), "production", str(tiny_classification_dir), 0, "cpu") == {}
+    # The holder itself, or no holder: nothing is scored.
+    assert gate_evidence(candidate, "production", str(tiny_classification_dir), 0, "cpu").rescored == {}
+    assert gate_evidence(candidate, "nobody-holds-this", str(tiny_classification_dir), 0, "cpu").rescored == {}
 
 
 def test_a_probe_of_another_method_is_not_compared(tracking_uri, tiny_classification_dir):

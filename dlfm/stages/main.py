@@ -28,8 +28,9 @@ PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-fr
                   f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of the same model_ii train split, "
                   "evaluate's probe with its penalty chosen by cross-validation, scored on its val split, for every "
                   "objective); the best goes to staging, "
-                  "and to {stage} only if it beats the holder's {metric} (a holder scored on another probe set, or by "
-                  "another probe, is scored again on this run's); evaluate runs on that best version, by version")
+                  "and to {stage} only if it beats the holder's {metric}, both scored again on this run's probe set (one "
+                  "quantity even when the holder was probed on another set or by another probe); evaluate runs on that "
+                  "best version, by version")
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
                    "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image",
@@ -206,13 +207,14 @@ def run_main_stage(config: MainConfig) -> dict:
             summary_rows.append({"stage": objective, "run": run.info.run_id[:8],
                                  "version": run.data.tags.get("dlfm.registered_version", ""),
                                  **{name: metrics.get(name) for name in SUMMARY_METRICS}})
-        # A holder scored on another probe set, or by another probe, is scored again on this run's (one quantity).
-        rescored = holder_scored_again(best_candidate(summary_rows, config.promote_from_list)["version"],
-                                       config.promote_stage, classification_dir, config.seed, config.device)
-        if rescored:
-            tracking.set_tags({"dlfm.gate_holder_scored_again": ", ".join(f"version {v}: {PROMOTION_METRIC} {value:.4f}"
-                                                                          for v, value in rescored.items())})
-        best, outcome = promote_best(summary_rows, config.promote_stage, run_id, config.promote_from_list, rescored)
+        # The gate compares one quantity: candidate and holder scored on this run's probe set, with the val noise.
+        evidence = gate_evidence(best_candidate(summary_rows, config.promote_from_list)["version"],
+                                 config.promote_stage, classification_dir, config.seed, config.device)
+        if evidence.rescored:
+            tracking.set_tags({"dlfm.gate_evidence": evidence.sentence()})
+            tracking.log_metrics(evidence.metrics())
+        best, outcome = promote_best(summary_rows, config.promote_stage, run_id, config.promote_from_list,
+                                     evidence.rescored)
         print(f"[main] {outcome.message}", flush=True)
         # This run's best version, even when the gate kept an older holder on the stage: never whoever holds the alias.
         promoted = best["version"]
@@ -228,7 +230,7 @@ def run_main_stage(config: MainConfig) -> dict:
                                          "seeds": config.seeds, "epochs": config.eval_epochs,
                                          "min_steps": config.eval_min_steps, "device": config.device,
                                          "precision": config.precision})
-        report = write_report(config, summary_rows, best, outcome, evaluate_run)
+        report = write_report(config, summary_rows, best, outcome, evaluate_run, evidence)
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")
         tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"],
@@ -276,30 +278,64 @@ def promote_best(rows: list[dict], stage: str, run_id: str, promote_from: list[s
     return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason, rescored=rescored)
 
 
-def holder_scored_again(candidate: str, stage: str, probe_dataset: str, seed: int, device: str) -> dict[str, float]:
-    """{holder: its PROMOTION_METRIC on ``probe_dataset``} when ``stage``'s holder logged that metric on another
-    probe set or by another probe than version ``candidate`` (``registry.probe_mismatch``); {} when the logged
-    numbers compare, or there is no other holder. The holder is scored as the stages score a candidate
-    (``dlfm.evaluation.probe_score``) with this run's seed; one that cannot be (its grid, its code) is named, and
-    the gate then keeps it."""
+@dataclass
+class GateEvidence:
+    """What main's gate compares: the candidate and the holder scored on this run's probe set, and how far the
+    val split's own sampling moves their difference."""
+
+    candidate: str
+    holder: str | None
+    rescored: dict[str, float]  # {version: PROMOTION_METRIC on this run's probe set}; {} when not scored
+    interval: tuple[float, float] | None = None  # 95 % paired bootstrap interval of candidate − holder on val
+    n_val: int = 0
+
+    def sentence(self) -> str:
+        """One line for the terminal and the report ("" when nothing was scored)."""
+        if self.interval is None:
+            return ""
+        low, high = self.interval
+        difference = self.rescored[self.candidate] - self.rescored[self.holder]
+        where = "beyond" if low > 0 or high < 0 else "within"
+        return (f"{PROMOTION_METRIC} of version {self.candidate} − version {self.holder} on this run's probe set: "
+                f"{difference:+.4f}, 95 % paired bootstrap interval [{low:+.4f}, {high:+.4f}] over its {self.n_val} "
+                f"val images: {where} the val split's noise")
+
+    def metrics(self) -> dict[str, float]:
+        if self.interval is None:
+            return {}
+        return {"gate/difference": self.rescored[self.candidate] - self.rescored[self.holder],
+                "gate/difference_low": self.interval[0], "gate/difference_high": self.interval[1]}
+
+
+def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, device: str) -> GateEvidence:
+    """Version ``candidate`` and ``stage``'s holder scored again on ``probe_dataset``, as the stages score a
+    candidate (``dlfm.evaluation.probe_score``, this run's seed): one quantity even when the holder logged
+    PROMOTION_METRIC on another probe set or by another probe (``registry.probe_mismatch``), and paired, so the
+    val split's noise is measured. Nothing is scored without another holder. A holder that cannot be loaded or
+    cannot read the set (not dlfm-made, its grid) is named; the gate then compares logged numbers, and keeps a holder
+    whose number is another quantity."""
     holder = registry.version_for_stage(stage)
     if holder is None or holder == candidate:
-        return {}
-    mismatch = registry.probe_mismatch(registry.get_version(candidate), registry.get_version(holder), PROMOTION_METRIC)
-    if not mismatch:
-        return {}
-    from dlfm.evaluation.probe_score import probe_scores
+        return GateEvidence(candidate, holder, {})
+    from dlfm.evaluation.probe_score import paired_interval, probe_outputs
     from dlfm.sources.resolve import load_dataset
 
-    print(f"[main] {mismatch}: scoring {stage} version {holder} again on this run's probe set", flush=True)
+    mismatch = registry.probe_mismatch(registry.get_version(candidate), registry.get_version(holder), PROMOTION_METRIC)
+    print(f"[main] {mismatch + ': s' if mismatch else 'S'}coring version {candidate} and {stage} version {holder} "
+          "on this run's probe set", flush=True)
     try:
-        encoder = registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{holder}")
-        value = probe_scores(encoder, load_dataset(probe_dataset), seed, device)[PROMOTION_METRIC]
+        dataset = load_dataset(probe_dataset)
+        outputs = {version: probe_outputs(registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{version}"),
+                                          dataset, seed, device)["val"] for version in (candidate, holder)}
     except DlfmError as error:
-        print(f"[main] {stage} version {holder} could not be scored again ({error}); the gate keeps it", flush=True)
-        return {}
-    print(f"[main] {stage} version {holder}: {PROMOTION_METRIC} {value:.4f} on this run's probe set", flush=True)
-    return {holder: value}
+        print(f"[main] {stage} version {holder} could not be scored again ({error}); the gate compares logged numbers",
+              flush=True)
+        return GateEvidence(candidate, holder, {})
+    rescored = {version: output.metrics["val/macro_auc"] for version, output in outputs.items()}
+    evidence = GateEvidence(candidate, holder, rescored, paired_interval(outputs[candidate], outputs[holder]),
+                            len(outputs[candidate].labels))
+    print(f"[main] {evidence.sentence()}", flush=True)
+    return evidence
 
 
 def summary_metrics(rows: list[dict], promoted: str, evaluate_metrics: dict[str, float]) -> dict[str, float]:
@@ -316,16 +352,17 @@ def format_value(value) -> str:
     return "" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
-def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, evaluate_run) -> str:
+def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, evaluate_run,
+                 evidence: GateEvidence | None = None) -> str:
     """Markdown summary (stages, promotion, evaluation tables and verdicts) plus figures in ``config.report_dir``.
 
     Written into a fresh directory that replaces the previous report in one rename.
     """
     return write_report_dir(config.report_dir,
-                            lambda out: _write_report_files(out, config, rows, best, outcome, evaluate_run))
+                            lambda out: _write_report_files(out, config, rows, best, outcome, evaluate_run, evidence))
 
 
-def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, evaluate_run) -> str:
+def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, evaluate_run, evidence=None) -> str:
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
     saw_labels = evaluate_run.data.tags.get("dlfm.encoder_saw_labels") == "true"
@@ -345,7 +382,8 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, eval
               + ". `val/macro_auc` is a head's AUC for supervised and multitask, a probe's for autoencoder and mae: "
               "not one quantity, so it does not rank.", "",
               f"- best by {PROMOTION_METRIC}: {best['stage']} (version {promoted}, {best[PROMOTION_METRIC]:.4f})",
-              f"- {outcome.message}", f"- `{config.promote_stage}` now holds version {holder}", "",
+              f"- {outcome.message}", *([f"- {evidence.sentence()}"] if evidence and evidence.sentence() else []),
+              f"- `{config.promote_stage}` now holds version {holder}", "",
               f"## Evaluation of version {promoted} (budgets {config.eval_budgets}, arms {config.eval_arms}, seeds {config.seeds})",
               ""]
     table_path = tracking.download_run_artifacts(evaluate_run.info.run_id, "evaluation.md", out)

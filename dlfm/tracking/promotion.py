@@ -34,9 +34,9 @@ def promote(version: str, stage: str, if_better: str | None = None, reason: str 
 
     The comparison happens before anything changes, and the alias moves in one call, so a
     refused or failed promotion leaves every alias as it was. A probe metric is compared only as one
-    quantity (``probe_mismatch``): ``rescored`` ({version: value}) gives a holder's value measured the
-    candidate's way (``main`` scores it again on its own probe set); a holder that differs and was not
-    scored again keeps the stage, with a line saying why.
+    quantity (``probe_mismatch``): ``rescored`` ({version: value}) gives values measured again on one probe
+    set (``main`` scores the candidate and the holder on its own), used instead of the logged ones; a holder
+    that differs and was not scored again keeps the stage, with a line saying why.
     """
     from dlfm.tracking.store import check_store_writable
 
@@ -53,7 +53,7 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
     version = candidate.version
     previous = version_for_stage(stage)
     if if_better:
-        new_value = version_metric(candidate, if_better)
+        new_value = rescored.get(version, version_metric(candidate, if_better))
         if new_value is None:
             raise RegistryError(f"version {version} has no metric {if_better!r}; pick a metric its run logged, "
                                 "e.g. val/macro_auc")

@@ -107,3 +107,23 @@ def test_edited_copy_of_a_version_is_neither_promoted_nor_loaded(tracking_uri, t
     assert "carries dlfm code that is not the installed dlfm's (dlfm/tracking/pyfunc_encoder.py differs)" in loaded.stderr
     fine = _pyfunc_load(f"models:/{MODEL_NAME}@production", tmp_path, tracking_uri)
     assert fine.returncode == 0 and "loaded" in fine.stdout, fine.stderr[-2000:]
+
+
+def test_an_older_dlfms_version_is_read_for_its_weights_but_not_promoted(tracking_uri, tmp_path):
+    """main's gate scores a holder registered by another dlfm: its weights load through the installed loader, its carried
+    code neither runs nor passes; promote and the full loader still refuse it, and a foreign version stays refused."""
+    import torch
+
+    marker = tmp_path / "pwned"
+    good = _register_dlfm_version()
+    older = _register_edited_copy(good, tmp_path, marker)  # carried code differs, as after an upgrade
+    with pytest.raises(RegistryError, match="carries dlfm code"):
+        registry.load_registered_encoder(f"models:/{MODEL_NAME}/{older}")
+    read = registry.load_registered_weights(f"models:/{MODEL_NAME}/{older}")
+    reference = registry.load_registered_encoder(f"models:/{MODEL_NAME}/{good}")
+    assert all(torch.equal(a, b) for a, b in zip(read.state_dict().values(), reference.state_dict().values()))
+    assert not marker.exists()  # the carried code never ran
+    with pytest.raises(RegistryError, match="carries dlfm code"):
+        registry.promote(older, "production")
+    with pytest.raises(RegistryError, match="not a dlfm-made encoder"):
+        registry.load_registered_weights(f"models:/{MODEL_NAME}/{_register_foreign_version()}")

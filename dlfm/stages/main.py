@@ -271,7 +271,7 @@ def best_candidate(rows: list[dict], promote_from: list[str] | None = None) -> d
 def promote_best(rows: list[dict], stage: str, run_id: str, promote_from: list[str] | None = None,
                  rescored: dict[str, float] | None = None):
     """(best row, outcome): the best candidate goes to staging, and to ``stage`` only if it beats the holder
-    (``rescored``: a holder's PROMOTION_METRIC measured again on this run's probe set)."""
+    (``rescored``: versions' PROMOTION_METRIC measured again on this run's probe set, used instead of the logged)."""
     best = best_candidate(rows, promote_from)
     reason = f"best {PROMOTION_METRIC} of main run {run_id}"
     registry.promote(best["version"], "staging", reason=reason)
@@ -321,15 +321,18 @@ def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, dev
     from dlfm.sources.resolve import load_dataset
 
     mismatch = registry.probe_mismatch(registry.get_version(candidate), registry.get_version(holder), PROMOTION_METRIC)
-    print(f"[main] {mismatch + ': s' if mismatch else 'S'}coring version {candidate} and {stage} version {holder} "
-          "on this run's probe set", flush=True)
+    why = f"{mismatch}; " if mismatch else ""
+    print(f"[main] {why}scoring version {candidate} and {stage} version {holder} on this run's probe set", flush=True)
     try:
         dataset = load_dataset(probe_dataset)
-        outputs = {version: probe_outputs(registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{version}"),
-                                          dataset, seed, device)["val"] for version in (candidate, holder)}
+        # This run's candidate passes every check (promote makes them again); the holder is only read, so an older
+        # dlfm's version (carried code not the installed dlfm's) is scored on its weights, never running that code.
+        encoders = {candidate: registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{candidate}"),
+                    holder: registry.load_registered_weights(f"models:/{registry.MODEL_NAME}/{holder}")}
+        outputs = {version: probe_outputs(encoder, dataset, seed, device)["val"] for version, encoder in encoders.items()}
     except DlfmError as error:
-        print(f"[main] {stage} version {holder} could not be scored again ({error}); the gate compares logged numbers",
-              flush=True)
+        print(f"[main] versions {candidate} and {holder} could not both be scored again ({error}); the gate compares "
+              "logged numbers", flush=True)
         return GateEvidence(candidate, holder, {})
     rescored = {version: output.metrics["val/macro_auc"] for version, output in outputs.items()}
     evidence = GateEvidence(candidate, holder, rescored, paired_interval(outputs[candidate], outputs[holder]),

@@ -65,16 +65,17 @@ def _not_dlfm_made(model_dir: Path) -> str | None:
     return None
 
 
-def check_dlfm_made(model_uri: str, model_dir: Path | None = None) -> None:
-    """Refuse (one line) a registry version that dlfm did not make: no code runs from the registry."""
+def check_dlfm_made(model_uri: str, model_dir: Path | None = None, same_code: bool = True) -> None:
+    """Refuse (one line) a registry version that dlfm did not make: no code runs from the registry.
+    ``same_code``: also one whose carried code is not the installed dlfm's."""
     if model_dir is None:
         with tempfile.TemporaryDirectory(prefix="dlfm-check-") as tmp:
-            return check_dlfm_made(model_uri, _download(model_uri, Path(tmp)))
+            return check_dlfm_made(model_uri, _download(model_uri, Path(tmp)), same_code)
     why = _not_dlfm_made(model_dir)
     if why:
         raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
                             "register encoders with a dlfm training stage and pick one of those versions")
-    why = _carried_code_differs(model_dir)
+    why = _carried_code_differs(model_dir) if same_code else None
     if why:
         raise RegistryError(f"{model_uri} carries dlfm code that is not the installed dlfm's ({why}), so dlfm will not "
                             "promote or load it (mlflow.pyfunc would run that code); pick a version registered by this "
@@ -123,14 +124,25 @@ def load_registered_reconstructor(model_uri: str):
     return _load_registered(model_uri, load_reconstructor)
 
 
-def _load_registered(model_uri: str, load):
-    """``load(encoder_dir)`` on a downloaded registry version that dlfm made (weights-only, never unpickling)."""
+def load_registered_weights(model_uri: str):
+    """The registered encoder for reading numbers off it, whichever dlfm registered it: weights-only through the
+    installed dlfm's loader, after the same made-by-dlfm check (flavor, loader, no pickles) but without requiring its
+    carried code to be the installed dlfm's. That code is never imported here, and the version is not promoted,
+    served or evaluated through this call: ``main``'s gate scores a holder registered by an older dlfm with it."""
+    from dlfm.models.serialization import load_encoder
+
+    return _load_registered(model_uri, load_encoder, same_code=False)
+
+
+def _load_registered(model_uri: str, load, same_code: bool = True):
+    """``load(encoder_dir)`` on a downloaded registry version that dlfm made (weights-only, never unpickling);
+    ``same_code``: and whose carried code is the installed dlfm's."""
     from dlfm.models.serialization import ARCH_FILE
 
     with tempfile.TemporaryDirectory(prefix="dlfm-model-") as tmp:
         local = _download(model_uri, Path(tmp))
         if (local / "MLmodel").exists() or model_uri.startswith("models:/"):
-            check_dlfm_made(model_uri, local)
+            check_dlfm_made(model_uri, local, same_code)
         candidates = [p.parent for p in local.rglob(ARCH_FILE)]
         if not candidates:
             raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")

@@ -63,6 +63,7 @@ from dlfm.tracking.model_trust import (  # noqa: F401
     check_dlfm_made,
     load_registered_encoder,
     load_registered_reconstructor,
+    load_registered_weights,
 )
 
 __all__ = [
@@ -110,5 +111,6 @@ __all__ = [
     "resolve_encoder_uri",
     "check_dlfm_made",
     "load_registered_encoder",
+    "load_registered_weights",
     "load_registered_reconstructor",
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dlfm.entrypoint import ParamParser, run_entry_point, typed
-from dlfm.errors import RegistryError
+from dlfm.errors import ConfigError, RegistryError
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
@@ -44,7 +45,17 @@ def registry_promote(args) -> None:
     if (args.version is None) == (args.run_id is None):
         raise RegistryError("give exactly one of VERSION or --run-id RUN to promote")
     version = args.version if args.version is not None else registry.version_for_run(args.run_id)
-    outcome = registry.promote(version, args.stage, if_better=args.if_better, reason=args.reason)
+    rescored = {}
+    if args.probe_set:
+        from dlfm.stages.main import PROMOTION_METRIC, gate_evidence
+
+        if args.if_better != PROMOTION_METRIC:
+            raise ConfigError(f"--probe-set scores {PROMOTION_METRIC}; pass --if-better {PROMOTION_METRIC} with it")
+        if not Path(args.probe_set).exists():
+            raise ConfigError(f"--probe-set {args.probe_set} does not exist; pass a labelled dataset directory "
+                              "(e.g. a model_ii set under data/)")
+        rescored = gate_evidence(version, args.stage, args.probe_set, args.seed, "auto").rescored
+    outcome = registry.promote(version, args.stage, if_better=args.if_better, reason=args.reason, rescored=rescored)
     print(outcome.message)
     if args.if_better and not outcome.promoted and outcome.previous != outcome.version:
         sys.exit(1)
@@ -154,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--stage", required=True, help="candidate, staging, production or another lowercase name")
     promote.add_argument("--if-better", dest="if_better", metavar="METRIC",
                          help="promote only if this metric beats the current holder's (loss/mse/mae: lower is better)")
+    promote.add_argument("--probe-set", dest="probe_set", metavar="DATASET",
+                         help="with --if-better val/probe_macro_auc: score both versions on this labelled dataset "
+                              "directory first, as main's gate does (needed when they were probed on different sets)")
+    promote.add_argument("--seed", type=int, default=0, help="the probe's cross-validation seed with --probe-set")
     promote.add_argument("--reason", default="", help="why (kept in the history)")
     promote.set_defaults(func=registry_promote)
     history = reg_commands.add_parser("history", help="who promoted which version to which stage, and when")

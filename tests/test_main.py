@@ -248,3 +248,32 @@ def test_scoring_a_version_again_gives_the_probe_numbers_its_stage_logged(tracki
     assert "probe_penalty" in scores  # the chosen L2 strength is logged too
     assert scores == pytest.approx({name: run.data.metrics[name] for name in scores}, abs=1e-9)
     assert registry.get_version(version).tags[registry.PROBE_METHOD_TAG]  # the method travels with the version
+
+
+def test_cli_promote_scores_both_on_a_probe_set_when_asked(tracking_uri, tiny_classification_dir, tmp_path, capsys):
+    from dlfm.cli import main as cli
+    from dlfm.simulation import SimulationConfig, simulate_dataset
+    from dlfm.sources.resolve import load_dataset
+    from dlfm.tracking import registry
+
+    other_dir = simulate_dataset(SimulationConfig(preset="model_ii", n_train=24, n_val=12, n_test=12, seed=7),
+                                 out_dir=tmp_path / "other", workers=1, progress=False)
+    holder = register_probed(load_dataset(other_dir), 0.99, seed=0)
+    registry.promote(holder, "production")
+    candidate = register_probed(load_dataset(tiny_classification_dir), 0.995, seed=1)
+    gate = ["registry", "promote", candidate, "--stage", "production", "--if-better", "val/probe_macro_auc"]
+    with pytest.raises(SystemExit) as refused:
+        cli(gate)
+    out = capsys.readouterr().out
+    assert refused.value.code == 1 and "not one quantity" in out and "--probe-set DATASET" in out
+    try:
+        cli([*gate, "--probe-set", str(tiny_classification_dir)])
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code
+    out = capsys.readouterr().out
+    assert "95 % paired bootstrap interval" in out and "scored again on this probe set" in out
+    assert (code == 0) == (registry.version_for_stage("production") == candidate)
+    with pytest.raises(SystemExit) as bad:
+        cli(["registry", "promote", candidate, "--stage", "production", "--probe-set", str(tiny_classification_dir)])
+    assert bad.value.code == 2 and "pass --if-better val/probe_macro_auc with it" in capsys.readouterr().err

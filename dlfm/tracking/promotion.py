@@ -63,8 +63,8 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
             if mismatch:
                 return PromotionOutcome(False, stage, candidate.version, previous,
                                         f"not promoted: {mismatch}, so the two numbers are not one quantity; {stage} stays "
-                                        f"at version {previous} (main scores the holder again on its own probe set; "
-                                        f"or promote without --if-better)")
+                                        f"at version {previous} (score both on one set: --probe-set DATASET, as main "
+                                        f"does on its own; or promote without --if-better)")
             old_value = rescored.get(previous, version_metric(holder, if_better))
             scored_again = " (scored again on this probe set)" if previous in rescored else ""
             lower = any(word in if_better for word in LOWER_IS_BETTER)

@@ -54,7 +54,7 @@ def registry_promote(args) -> None:
         if not Path(args.probe_set).exists():
             raise ConfigError(f"--probe-set {args.probe_set} does not exist; pass a labelled dataset directory "
                               "(e.g. a model_ii set under data/)")
-        rescored = gate_evidence(version, args.stage, args.probe_set, args.seed, "auto").rescored
+        rescored = gate_evidence(version, args.stage, args.probe_set, args.seed, "auto", speaker="[promote]").rescored
     outcome = registry.promote(version, args.stage, if_better=args.if_better, reason=args.reason, rescored=rescored)
     print(outcome.message)
     if args.if_better and not outcome.promoted and outcome.previous != outcome.version:

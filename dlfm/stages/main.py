@@ -296,7 +296,7 @@ class GateEvidence:
         low, high = self.interval
         difference = self.rescored[self.candidate] - self.rescored[self.holder]
         where = "beyond" if low > 0 or high < 0 else "within"
-        return (f"{PROMOTION_METRIC} of version {self.candidate} − version {self.holder} on this run's probe set: "
+        return (f"{PROMOTION_METRIC} of version {self.candidate} − version {self.holder} on the probe set: "
                 f"{difference:+.4f}, 95 % paired bootstrap interval [{low:+.4f}, {high:+.4f}] over its {self.n_val} "
                 f"val images: {where} the val split's noise")
 
@@ -307,7 +307,8 @@ class GateEvidence:
                 "gate/difference_low": self.interval[0], "gate/difference_high": self.interval[1]}
 
 
-def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, device: str) -> GateEvidence:
+def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, device: str,
+                  speaker: str = "[main]") -> GateEvidence:
     """Version ``candidate`` and ``stage``'s holder scored again on ``probe_dataset``, as the stages score a
     candidate (``dlfm.evaluation.probe_score``, this run's seed): one quantity even when the holder logged
     PROMOTION_METRIC on another probe set or by another probe (``registry.probe_mismatch``), and paired, so the
@@ -322,7 +323,8 @@ def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, dev
 
     mismatch = registry.probe_mismatch(registry.get_version(candidate), registry.get_version(holder), PROMOTION_METRIC)
     why = f"{mismatch}; " if mismatch else ""
-    print(f"[main] {why}scoring version {candidate} and {stage} version {holder} on this run's probe set", flush=True)
+    print(f"{speaker} {why}scoring version {candidate} and {stage} version {holder} on probe set {probe_dataset}",
+          flush=True)
     try:
         dataset = load_dataset(probe_dataset)
         # This run's candidate passes every check (promote makes them again); the holder is only read, so an older
@@ -331,13 +333,13 @@ def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, dev
                     holder: registry.load_registered_weights(f"models:/{registry.MODEL_NAME}/{holder}")}
         outputs = {version: probe_outputs(encoder, dataset, seed, device)["val"] for version, encoder in encoders.items()}
     except DlfmError as error:
-        print(f"[main] versions {candidate} and {holder} could not both be scored again ({error}); the gate compares "
+        print(f"{speaker} versions {candidate} and {holder} could not both be scored again ({error}); the gate compares "
               "logged numbers", flush=True)
         return GateEvidence(candidate, holder, {})
     rescored = {version: output.metrics["val/macro_auc"] for version, output in outputs.items()}
     evidence = GateEvidence(candidate, holder, rescored, paired_interval(outputs[candidate], outputs[holder]),
                             len(outputs[candidate].labels))
-    print(f"[main] {evidence.sentence()}", flush=True)
+    print(f"{speaker} {evidence.sentence()}", flush=True)
     return evidence
 
 

@@ -2,7 +2,8 @@
 
 ``main`` gates a promotion on ``val/probe_macro_auc``. A holder scored on another probe set (another run's
 ``model_ii`` split) or by another probe method has a number that does not compare with the candidate's, so
-``main`` scores the holder again here, the way the stages score a candidate (``dlfm.training.evaluate``):
+``main`` (and ``dlfm registry promote --probe-set``) scores both versions again here, the way the stages score a
+candidate (``dlfm.training.evaluate``):
 the set read on the encoder's grid, fp32 embeddings of the unmasked images in eval mode, in the memory layout
 the stage used on that device (NHWC convolutions on the CPU), evaluate's logistic probe fitted on the train split
 with ``seed``'s folds, scored on val and test. Rescoring a candidate on its own probe set gives its logged numbers.

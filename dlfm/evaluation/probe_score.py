@@ -26,8 +26,10 @@ from dlfm.training.evaluate import linear_probe, probe_named
 from dlfm.training.runtime import make_runtime, prefers_channels_last
 
 
-def probe_outputs(encoder, dataset, seed: int, device: str = "auto") -> dict[str, EvalOutput]:
-    """{"val", "test"}: ``encoder``'s probe outputs (metrics, probabilities, labels) on the labelled ``dataset``."""
+def probe_outputs(encoder, dataset, seed: int, device: str = "auto",
+                  scored: tuple[str, ...] = ("val", "test")) -> dict[str, EvalOutput]:
+    """{split: ``encoder``'s probe outputs (metrics, probabilities, labels)} for each ``scored`` split of the labelled
+    ``dataset``, the probe fitted on its train split. The gate needs val alone, so it embeds no test image."""
     dataset = dataset_for_encoder(dataset, encoder, "dataset")
     runtime = make_runtime(device, "fp32")
     if runtime.channels_last and prefers_channels_last(encoder):
@@ -37,7 +39,7 @@ def probe_outputs(encoder, dataset, seed: int, device: str = "auto") -> dict[str
         images = dataset.get_images(split).astype(np.float32, copy=False)
         return EvalOutput({}, None, np.asarray(dataset.get_labels(split)), embed(encoder, images, runtime.device))
 
-    return linear_probe(output("train"), {"val": output("val"), "test": output("test")}, tuple(dataset.class_names), seed)
+    return linear_probe(output("train"), {split: output(split) for split in scored}, tuple(dataset.class_names), seed)
 
 
 def probe_scores(encoder, dataset, seed: int, device: str = "auto") -> dict[str, float]:

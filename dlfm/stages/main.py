@@ -331,7 +331,8 @@ def gate_evidence(candidate: str, stage: str, probe_dataset: str, seed: int, dev
         # dlfm's version (carried code not the installed dlfm's) is scored on its weights, never running that code.
         encoders = {candidate: registry.load_registered_encoder(f"models:/{registry.MODEL_NAME}/{candidate}"),
                     holder: registry.load_registered_weights(f"models:/{registry.MODEL_NAME}/{holder}")}
-        outputs = {version: probe_outputs(encoder, dataset, seed, device)["val"] for version, encoder in encoders.items()}
+        outputs = {version: probe_outputs(encoder, dataset, seed, device, scored=("val",))["val"]
+                   for version, encoder in encoders.items()}
     except DlfmError as error:
         print(f"{speaker} versions {candidate} and {holder} could not both be scored again ({error}); the gate compares "
               "logged numbers", flush=True)

@@ -54,6 +54,7 @@ except ImportError:  # the loop's progress bar is off here anyway; a stand-in ke
     sys.modules["tqdm"] = types.ModuleType("tqdm")
     sys.modules["tqdm.auto"] = types.SimpleNamespace(tqdm=_NoBar)
 
+from dlfm.models.layers import prepare_position_tables  # noqa: E402
 from dlfm.training import runtime as runtime_module  # noqa: E402
 from dlfm.training.config import TrainConfig  # noqa: E402
 from dlfm.training.context import SplitTensors  # noqa: E402
@@ -151,6 +152,7 @@ def measure(objective: str, batch: int, rung: str, args, splits, encoder: str | 
     ctx.placement, ctx.read_every = placement, settings["read_every"]
     if ctx.model.decoder is not None:
         ctx.model.decoder.set_baseline(train.images.mean(dim=0, keepdim=True).to(args.device))
+    prepare_position_tables(ctx.model, [tuple(train.images.shape[-2:])], runtime.device)  # as fit: outside the graph
     synchronize(args.device)
     started = time.perf_counter()
     train_one_epoch(ctx, train, 1)

@@ -45,7 +45,10 @@ def registry_promote(args) -> None:
     if (args.version is None) == (args.run_id is None):
         raise RegistryError("give exactly one of VERSION or --run-id RUN to promote")
     version = args.version if args.version is not None else registry.version_for_run(args.run_id)
-    rescored = {}
+    rescored, interval = {}, None
+    if args.beyond_noise and not args.probe_set:
+        raise ConfigError("--beyond-noise measures the difference's noise on a probe set; pass --probe-set DATASET "
+                          "and --if-better val/probe_macro_auc with it")
     if args.probe_set:
         from dlfm.stages.main import PROMOTION_METRIC, gate_evidence
 
@@ -54,8 +57,10 @@ def registry_promote(args) -> None:
         if not Path(args.probe_set).exists():
             raise ConfigError(f"--probe-set {args.probe_set} does not exist; pass a labelled dataset directory "
                               "(e.g. a model_ii set under data/)")
-        rescored = gate_evidence(version, args.stage, args.probe_set, args.seed, "auto", speaker="[promote]").rescored
-    outcome = registry.promote(version, args.stage, if_better=args.if_better, reason=args.reason, rescored=rescored)
+        evidence = gate_evidence(version, args.stage, args.probe_set, args.seed, "auto", speaker="[promote]")
+        rescored, interval = evidence.rescored, evidence.interval
+    outcome = registry.promote(version, args.stage, if_better=args.if_better, reason=args.reason, rescored=rescored,
+                               beyond_noise=args.beyond_noise, interval=interval)
     print(outcome.message)
     if args.if_better and not outcome.promoted and outcome.previous != outcome.version:
         sys.exit(1)
@@ -168,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--probe-set", dest="probe_set", metavar="DATASET",
                          help="with --if-better val/probe_macro_auc: score both versions on this labelled dataset "
                               "directory first, as main's gate does (needed when they were probed on different sets)")
+    promote.add_argument("--beyond-noise", dest="beyond_noise", action="store_true",
+                         help="with --probe-set: promote only if the 95%% paired bootstrap interval of the difference "
+                              "over the probe set's val images lies above 0 (main's gate=beyond_noise)")
     promote.add_argument("--seed", type=int, default=0, help="the probe's cross-validation seed with --probe-set")
     promote.add_argument("--reason", default="", help="why (kept in the history)")
     promote.set_defaults(func=registry_promote)

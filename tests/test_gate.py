@@ -123,3 +123,35 @@ def test_cli_promote_scores_both_on_a_probe_set_when_asked(tracking_uri, tiny_cl
     with pytest.raises(SystemExit) as bad:
         cli(["registry", "promote", candidate, "--stage", "production", "--probe-set", str(tiny_classification_dir)])
     assert bad.value.code == 2 and "pass --if-better val/probe_macro_auc with it" in capsys.readouterr().err
+
+
+def test_beyond_noise_keeps_a_holder_the_candidate_beats_within_the_noise(tracking_uri, tiny_classification_dir, capsys):
+    """gate=beyond_noise (main) and --beyond-noise (the CLI): a candidate that reads higher takes the stage only if
+    the 95 % interval of its difference lies above 0; an unmeasured interval keeps the holder too."""
+    from dlfm.cli import main as cli
+    from dlfm.sources.resolve import load_dataset
+    from dlfm.stages.main import PROMOTION_METRIC, MainConfig, promote_best
+    from dlfm.tracking import registry
+
+    dataset = load_dataset(tiny_classification_dir)
+    holder = register_probed(dataset, 0.90, seed=0)
+    registry.promote(holder, "production")
+    candidate = register_probed(dataset, 0.95, seed=1)
+    rows = [{"stage": "autoencoder", "version": candidate, PROMOTION_METRIC: 0.95}]
+    scores = {holder: 0.90, candidate: 0.95}
+
+    for interval, why in (((-0.02, 0.12), "reaches 0, so it is within the noise"), (None, "noise was not measured")):
+        _, kept = promote_best(rows, "production", "run-x", rescored=scores, beyond_noise=True, interval=interval)
+        assert not kept.promoted and why in kept.message and registry.version_for_stage("production") == holder
+    _, the_default = promote_best(rows, "production", "run-y", rescored=scores, interval=(-0.02, 0.12))
+    assert the_default.promoted  # gate=better: any positive difference, as before
+    registry.promote(holder, "production")
+    _, moved = promote_best(rows, "production", "run-z", rescored=scores, beyond_noise=True, interval=(0.01, 0.09))
+    assert moved.promoted and registry.version_for_stage("production") == candidate
+    assert "beyond the noise (95 % interval of the difference [+0.0100, +0.0900])" in registry.promotion_history("production")[-1]["reason"]
+
+    with pytest.raises(Exception, match="unknown gate 'noisy'; choose one of better, beyond_noise"):
+        MainConfig(gate="noisy").validate()
+    with pytest.raises(SystemExit) as bad:
+        cli(["registry", "promote", candidate, "--stage", "production", "--if-better", PROMOTION_METRIC, "--beyond-noise"])
+    assert bad.value.code == 2 and "pass --probe-set DATASET" in capsys.readouterr().err

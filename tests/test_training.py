@@ -197,3 +197,23 @@ def test_compile_wraps_the_training_forward_and_keeps_the_results(monkeypatch):
     compiled = fit(replace(base, compile=True), random_splits(), CLASSES, progress=False)
     assert compiled.history == plain.history
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()  # no _orig_mod. prefix in artifacts
+
+
+def test_a_compiled_vit_step_reads_its_position_tables_and_never_builds_them(monkeypatch):
+    """Issue 27: the sine-cosine table (float64 arange/sin/cos) is filled before the first compiled step, so no
+    compiled graph contains it; it stays out of the weights."""
+    from dlfm.training import runtime
+
+    graphs = []
+
+    def recording_backend(graph, example_inputs):
+        graphs.append(graph.code)
+        return graph.forward
+
+    monkeypatch.setattr(runtime, "COMPILE_BACKEND", recording_backend)
+    result = fit(TrainConfig(objective="mae", encoder="vit_tiny", epochs=1, batch_size=8, seed=1, compile=True,
+                             decoder_dim=32, decoder_depth=1), random_splits(), CLASSES, progress=False)
+    assert graphs and not [code for code in graphs if "float64" in code or "arange" in code]
+    assert {name for name, _ in result.model.named_buffers() if "positions" in name} == {
+        "encoder.positions.grid_4x4", "decoder.positions.grid_4x4"}
+    assert not [key for key in result.model.state_dict() if "positions" in key]

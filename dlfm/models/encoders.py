@@ -16,7 +16,7 @@ from torch import nn
 
 from dlfm.errors import ConfigError
 from dlfm.models.heads import DECODE_REDUCTION  # the stride the reconstruction decoder reads
-from dlfm.models.layers import LAYER_NORM_EPS, init_vit_weights, sincos_position_embedding, transformer_blocks
+from dlfm.models.layers import LAYER_NORM_EPS, SinCosPositions, init_vit_weights, transformer_blocks
 
 
 class Encoder(nn.Module):
@@ -214,6 +214,7 @@ class VisionTransformerEncoder(Encoder):
 
         self.patch_size = patch_size
         self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.positions = SinCosPositions(dim, patch_size)
         self.blocks = transformer_blocks(dim, depth, heads)
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.apply(init_vit_weights)
@@ -238,7 +239,7 @@ class VisionTransformerEncoder(Encoder):
         """Encoded tokens (B, n, dim) in row-major grid order, or of the ``keep`` indices (B, n_keep) only; and the grid."""
         x = self.patch_embed(images)
         batch, dim, rows, cols = x.shape
-        x = x.flatten(2).transpose(1, 2) + sincos_position_embedding(dim, rows, cols, x.device).to(x.dtype)
+        x = x.flatten(2).transpose(1, 2) + self.positions(rows, cols, x)
         if keep is not None:
             x = torch.gather(x, 1, keep[..., None].expand(-1, -1, dim))
         for block in self.blocks:

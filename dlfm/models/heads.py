@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from dlfm.models.layers import LAYER_NORM_EPS, init_vit_weights, sincos_position_embedding, transformer_blocks
+from dlfm.models.layers import LAYER_NORM_EPS, SinCosPositions, init_vit_weights, transformer_blocks
 
 
 class ClassificationHead(nn.Module):
@@ -215,6 +215,7 @@ class MaskedTokenDecoder(nn.Module):
         self.patch_size, self.out_chans, self.width, self.depth = patch_size, out_chans, width, depth
         self.embed = nn.Linear(encoder_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.positions = SinCosPositions(width, patch_size)
         self.blocks = transformer_blocks(width, depth, max(1, width // 32))  # 32 channels per head: MAE's 512 wide, 16 heads
         self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.predict = nn.Linear(width, patch_size * patch_size * out_chans)
@@ -234,7 +235,7 @@ class MaskedTokenDecoder(nn.Module):
         n_tokens = ids_restore.shape[1]
         x = torch.cat([x, self.mask_token.to(x.dtype).expand(batch, n_tokens - kept, width)], dim=1)
         x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, width))
-        x = x + sincos_position_embedding(width, *grid, device=x.device).to(x.dtype)
+        x = x + self.positions(*grid, x)
         for block in self.blocks:
             x = block(x)
         patches = self.predict(self.norm(x))  # (B, rows*cols, p*p*C), normalised pixels

@@ -5,25 +5,20 @@ A leaf of dlfm.models: ``encoders`` and ``heads`` both import it, and it imports
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 LAYER_NORM_EPS = 1e-6  # MAE's / timm's ViT LayerNorm eps
 
 
-@functools.lru_cache(maxsize=64)
-def sincos_position_embedding(dim: int, rows: int, cols: int, device=None) -> torch.Tensor:
+def sincos_position_embedding(dim: int, rows: int, cols: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding (1, rows*cols, dim), as MAE's ``get_2d_sincos_pos_embed``.
 
-    Half the channels encode the row, half the column. Being a function of the grid, it needs no
-    interpolation when the grid changes (a multi-instrument batch of another size): it is computed once
-    per (grid, device), in float64 then stored as float32, and cached, so a forward pays no rebuild.
+    Half the channels encode the row, half the column; computed in float64, returned as float32 on the CPU.
+    Being a function of the grid, it needs no interpolation when the grid changes (a multi-instrument batch
+    of another size). Models hold it through ``SinCosPositions``, which computes it once per grid.
     """
-    if dim % 4:
-        raise ValueError(f"sine-cosine position embedding needs dim divisible by 4, got {dim}")
-    quarter = dim // 4
+    quarter = dim // 4  # dim is a multiple of 4 (SinCosPositions checks)
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     row, col = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
 
@@ -31,7 +26,43 @@ def sincos_position_embedding(dim: int, rows: int, cols: int, device=None) -> to
         angles = positions.reshape(-1, 1) * omega[None]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([encode(col), encode(row)], dim=1).float()[None].to(device)
+    return torch.cat([encode(col), encode(row)], dim=1).float()[None]
+
+
+class SinCosPositions(nn.Module):
+    """The position embedding of a ViT's token grid, kept as one non-persistent buffer per grid.
+
+    A buffer moves with the model (``.to``) and stays out of its ``state_dict``, so checkpoints and
+    registered weights are unchanged. A forward reads the buffer, and computes it only for a grid it has not
+    seen. Under ``torch.compile`` that computation (float64, a new attribute) would enter the graph and
+    force a recompile, so training fills every grid of its data first (``prepare_position_tables``).
+    """
+
+    def __init__(self, dim: int, patch_size: int):
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"sine-cosine position embedding needs dim divisible by 4, got {dim}")
+        self.dim, self.patch_size = dim, patch_size
+
+    def forward(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        """(1, rows*cols, dim) in ``like``'s dtype, on ``like``'s device."""
+        name = f"grid_{rows}x{cols}"
+        if name not in self._buffers:
+            self.register_buffer(name, sincos_position_embedding(self.dim, rows, cols).to(like.device), persistent=False)
+        return self._buffers[name].to(like.dtype)
+
+    def prepare(self, image_size: tuple[int, int], device: torch.device) -> None:
+        """Fill the table of ``image_size`` images (their whole tokens, as the patch embedding cuts them)."""
+        rows, cols = image_size[0] // self.patch_size, image_size[1] // self.patch_size
+        self(rows, cols, torch.empty(0, device=device))
+
+
+def prepare_position_tables(model: nn.Module, image_sizes, device: torch.device) -> None:
+    """Fill every ``SinCosPositions`` of ``model`` for each (H, W) of ``image_sizes``: before a compiled step."""
+    for module in model.modules():
+        if isinstance(module, SinCosPositions):
+            for size in image_sizes:
+                module.prepare(size, device)
 
 
 class Attention(nn.Module):

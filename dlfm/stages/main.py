@@ -28,9 +28,12 @@ PROMOTION_RULE = (f"this run's candidates of promote_from (default: the label-fr
                   f"{PROMOTION_METRIC} (logistic regression on frozen embeddings of the same model_ii train split, "
                   "evaluate's probe with its penalty chosen by cross-validation, scored on its val split, for every "
                   "objective); the best goes to staging, "
-                  "and to {stage} only if it beats the holder's {metric}, both scored again on this run's probe set (one "
-                  "quantity even when the holder was probed on another set or by another probe); evaluate runs on that "
-                  "best version, by version")
+                  "and to {stage} only if it beats the holder's {metric}{gate}, both scored again on this run's probe set "
+                  "(one quantity even when the holder was probed on another set or by another probe); evaluate runs on "
+                  "that best version, by version")
+GATE_WORDS = {"better": "", "beyond_noise": " beyond the val split's noise (gate=beyond_noise: the 95 % paired "
+                                             "bootstrap interval of the difference lies above 0)"}
+GATES = tuple(GATE_WORDS)  # MainConfig.gate
 SUMMARY_METRICS = (PROMOTION_METRIC, "val/accuracy", "val/macro_auc", "test/probe_macro_auc", "test/accuracy",
                    "test/macro_auc", "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse",
                    "test/masked_mse_vs_mean_image", "test/masked_norm_mse_vs_mean_image",
@@ -86,6 +89,9 @@ class MainConfig:
     # Which candidates may be promoted (and so evaluated): by default only the label-free objectives; add supervised,
     # multitask or tune to let a labelled encoder win, which the report then calls a labelled upper bound.
     promote_from: str = "autoencoder,mae"  # comma-separated objectives (and tune) that compete for promotion
+    # When the best candidate takes promote_stage from its holder, both scored on this run's probe set: better (any
+    # positive difference) | beyond_noise (also the 95 % paired bootstrap interval of the difference lies above 0)
+    gate: str = "better"
     device: str = "auto"  # every training step and evaluate: auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # every training step and evaluate: auto (bf16 where the hardware has it) | fp32 | bf16
     workers: int = 0  # simulation processes (0 = all cores)
@@ -108,6 +114,8 @@ class MainConfig:
             raise ConfigError(f"pretrain_seed must differ from seed ({self.seed}) so that the corpus shares no image "
                               "with the evaluation sets; pass another pretrain_seed")
         registry.check_stage_name(self.promote_stage)
+        if self.gate not in GATES:
+            raise ConfigError(f"unknown gate {self.gate!r}; choose one of {', '.join(GATES)}")
         self.promote_from_list  # noqa: B018 - parses and checks
         check_report_dir(self.report_dir)  # before any work: never wipe a folder dlfm did not write
         for config in self.step_configs():  # every param a step will take, checked before anything is simulated
@@ -214,7 +222,8 @@ def run_main_stage(config: MainConfig) -> dict:
             tracking.set_tags({"dlfm.gate_evidence": evidence.sentence()})
             tracking.log_metrics(evidence.metrics())
         best, outcome = promote_best(summary_rows, config.promote_stage, run_id, config.promote_from_list,
-                                     evidence.rescored)
+                                     evidence.rescored, beyond_noise=config.gate == "beyond_noise",
+                                     interval=evidence.interval)
         print(f"[main] {outcome.message}", flush=True)
         # This run's best version, even when the gate kept an older holder on the stage: never whoever holds the alias.
         promoted = best["version"]
@@ -234,7 +243,8 @@ def run_main_stage(config: MainConfig) -> dict:
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")
         tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"],
-                           "dlfm.promotion_rule": PROMOTION_RULE.format(stage=config.promote_stage, metric=PROMOTION_METRIC),
+                           "dlfm.promotion_rule": PROMOTION_RULE.format(stage=config.promote_stage, metric=PROMOTION_METRIC,
+                                                                         gate=GATE_WORDS[config.gate]),
                            f"dlfm.{config.promote_stage}_version": registry.version_for_stage(config.promote_stage) or ""})
         parent_metrics = summary_metrics(summary_rows, promoted, evaluate_run.data.metrics)
         tracking.log_metrics(parent_metrics)
@@ -269,13 +279,16 @@ def best_candidate(rows: list[dict], promote_from: list[str] | None = None) -> d
 
 
 def promote_best(rows: list[dict], stage: str, run_id: str, promote_from: list[str] | None = None,
-                 rescored: dict[str, float] | None = None):
+                 rescored: dict[str, float] | None = None, beyond_noise: bool = False,
+                 interval: tuple[float, float] | None = None):
     """(best row, outcome): the best candidate goes to staging, and to ``stage`` only if it beats the holder
-    (``rescored``: versions' PROMOTION_METRIC measured again on this run's probe set, used instead of the logged)."""
+    (``rescored``: versions' PROMOTION_METRIC measured again on this run's probe set, used instead of the logged;
+    ``beyond_noise``: and only if ``interval``, the difference's 95 % interval, lies above 0: ``registry.promote``)."""
     best = best_candidate(rows, promote_from)
     reason = f"best {PROMOTION_METRIC} of main run {run_id}"
     registry.promote(best["version"], "staging", reason=reason)
-    return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason, rescored=rescored)
+    return best, registry.promote(best["version"], stage, if_better=PROMOTION_METRIC, reason=reason, rescored=rescored,
+                                  beyond_noise=beyond_noise, interval=interval)
 
 
 @dataclass
@@ -384,7 +397,8 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, eval
         mark = {"stage": " (labelled upper bound)" if labelled(row["stage"]) else ""}
         lines.append("| " + " | ".join(format_value(row.get(c)) + mark.get(c, "") for c in columns) + " |")
     promoted, holder = best["version"], registry.version_for_stage(config.promote_stage)
-    lines += ["", "## Promotion", "", "Rule: " + PROMOTION_RULE.format(stage=f"`{config.promote_stage}`", metric=PROMOTION_METRIC)
+    lines += ["", "## Promotion", "", "Rule: " + PROMOTION_RULE.format(stage=f"`{config.promote_stage}`", metric=PROMOTION_METRIC,
+                                                                              gate=GATE_WORDS[config.gate])
               + ". `val/macro_auc` is a head's AUC for supervised and multitask, a probe's for autoencoder and mae: "
               "not one quantity, so it does not rank.", "",
               f"- best by {PROMOTION_METRIC}: {best['stage']} (version {promoted}, {best[PROMOTION_METRIC]:.4f})",

@@ -29,27 +29,34 @@ class PromotionOutcome:
 
 
 def promote(version: str, stage: str, if_better: str | None = None, reason: str = "",
-            rescored: dict[str, float] | None = None) -> PromotionOutcome:
+            rescored: dict[str, float] | None = None, beyond_noise: bool = False,
+            interval: tuple[float, float] | None = None) -> PromotionOutcome:
     """Point ``stage`` at ``version``; with ``if_better``, only when its metric beats the holder's.
 
     The comparison happens before anything changes, and the alias moves in one call, so a
     refused or failed promotion leaves every alias as it was. A probe metric is compared only as one
     quantity (``probe_mismatch``): ``rescored`` ({version: value}) gives values measured again on one probe
     set (``main`` scores the candidate and the holder on its own), used instead of the logged ones; a holder
-    that differs and was not scored again keeps the stage, with a line saying why.
+    that differs and was not scored again keeps the stage, with a line saying why. ``beyond_noise`` asks more of
+    a candidate that beats a holder: ``interval``, the 95 % interval of candidate − holder (``main``'s gate
+    measures it by a paired bootstrap over the probe set's val images), must lie wholly on the better side of 0;
+    without an interval the holder stays.
     """
     from dlfm.tracking.store import check_store_writable
 
     check_stage_name(stage)
+    if beyond_noise and not if_better:
+        raise RegistryError("a difference beyond the noise needs a metric to compare: pass if_better (--if-better) too")
     check_store_writable()
     candidate = get_version(version)
     check_dlfm_made(f"models:/{MODEL_NAME}/{candidate.version}")  # before anything moves
     with registry_lock():  # the comparison, the move and its record happen as one step
-        return _promote_locked(candidate, stage, if_better, reason, rescored or {})
+        return _promote_locked(candidate, stage, if_better, reason, rescored or {}, beyond_noise, interval)
 
 
 def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, reason: str,
-                    rescored: dict[str, float]) -> PromotionOutcome:
+                    rescored: dict[str, float], beyond_noise: bool,
+                    interval: tuple[float, float] | None) -> PromotionOutcome:
     version = candidate.version
     previous = version_for_stage(stage)
     if if_better:
@@ -75,6 +82,13 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
                                         f"{stage} version {previous} ({old_value:.4f}{scored_again}); {stage} stays at "
                                         f"version {previous}")
             compared = f"{if_better} {new_value:.4f} beats {old_value:.4f}{scored_again}"
+            if beyond_noise:
+                noise = noise_refusal(interval, lower)
+                if noise:
+                    return PromotionOutcome(False, stage, candidate.version, previous,
+                                            f"not promoted: version {candidate.version}'s {compared}, but {noise}; "
+                                            f"{stage} stays at version {previous}")
+                compared += f", beyond the noise (95 % interval of the difference [{interval[0]:+.4f}, {interval[1]:+.4f}])"
             reason = f"{reason}: {compared}" if reason else compared
         else:
             reason = reason or f"{if_better} {new_value:.4f}; no previous holder"
@@ -90,6 +104,18 @@ def _promote_locked(candidate: VersionInfo, stage: str, if_better: str | None, r
                     if previous in rescored else "")
     return PromotionOutcome(True, stage, candidate.version, previous,
                             f"promoted version {candidate.version} to {stage} (was {previous or 'unset'}){scored_again}")
+
+
+def noise_refusal(interval: tuple[float, float] | None, lower_is_better: bool) -> str:
+    """Why a difference is not beyond the noise ("" when its interval lies wholly on the better side of 0)."""
+    if interval is None:
+        return ("the difference's noise was not measured (both versions scored again on one probe set: main's gate, "
+                "or --probe-set), and the rule asks for a difference beyond it")
+    low, high = interval
+    if (high < 0) if lower_is_better else (low > 0):
+        return ""
+    return (f"its 95 % interval of the difference [{low:+.4f}, {high:+.4f}] reaches 0, so it is within the noise "
+            "and the rule asks for a difference beyond it")
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dlfm.models.composite import build_model
+from dlfm.models.layers import prepare_position_tables
 from dlfm.training.batching import channels_last_pays
 from dlfm.training.config import TrainConfig
 from dlfm.training.context import FitResult, SplitTensors, TrainingContext
@@ -191,6 +192,8 @@ def fit(
     ctx.stop = stop or StopRequest()
     ctx.placement = placement
     ctx.mean_images = {size: mean.to(runtime.device) for size, mean in mean_images(train).items()}
+    # a ViT's position table of every grid before the first step: its float64 build never enters a compiled graph
+    prepare_position_tables(ctx.model, ctx.mean_images, runtime.device)
     if ctx.objective.normalised:
         ctx.position_means = position_means(train, config.patch_size, runtime.device)
     if ctx.model.decoder is not None:  # before a resume restores the saved one

@@ -1,4 +1,4 @@
-"""The ``dlfm`` command: ``dlfm registry list|promote|history``, ``dlfm dataset import``, ``dlfm runs repair``,
+"""The ``dlfm`` command: ``dlfm registry list|promote|adopt|history``, ``dlfm dataset import``, ``dlfm runs repair``,
 ``dlfm server``, ``dlfm run``."""
 
 from __future__ import annotations
@@ -64,6 +64,13 @@ def registry_promote(args) -> None:
     print(outcome.message)
     if args.if_better and not outcome.promoted and outcome.previous != outcome.version:
         sys.exit(1)
+
+
+def registry_adopt(args) -> None:
+    from dlfm.tracking import configure_tracking, registry
+
+    configure_tracking()
+    print(registry.adopt(args.version, reason=args.reason).message)
 
 
 def registry_history(args) -> None:
@@ -179,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--seed", type=int, default=0, help="the probe's cross-validation seed with --probe-set")
     promote.add_argument("--reason", default="", help="why (kept in the history)")
     promote.set_defaults(func=registry_promote)
+    adopt = reg_commands.add_parser(
+        "adopt", help="register an older dlfm's version again with this dlfm's code (its weights only, its code never run)",
+        description="A version carries the dlfm code that registered it, and promote, evaluate, transfer and serving "
+                    "refuse one whose code is not the installed dlfm's: after an upgrade, every earlier version. adopt "
+                    "reads the version's weights weights-only (its code never runs), checks they load into this dlfm's "
+                    "architecture, and registers them as a new version carrying this dlfm's code, with the old "
+                    "version's tags and its source run's val/test numbers (measured by the older code).")
+    adopt.add_argument("version", help="the version to adopt")
+    adopt.add_argument("--reason", default="", help="why (kept on the adopt run)")
+    adopt.set_defaults(func=registry_adopt)
     history = reg_commands.add_parser("history", help="who promoted which version to which stage, and when")
     history.add_argument("--stage", default=None)
     history.set_defaults(func=registry_history)

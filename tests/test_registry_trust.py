@@ -127,3 +127,51 @@ def test_an_older_dlfms_version_is_read_for_its_weights_but_not_promoted(trackin
         registry.promote(older, "production")
     with pytest.raises(RegistryError, match="not a dlfm-made encoder"):
         registry.load_registered_weights(f"models:/{MODEL_NAME}/{_register_foreign_version()}")
+
+
+def test_adopt_registers_an_older_dlfms_weights_with_this_dlfms_code(tracking_uri, tmp_path, capsys):
+    """After an upgrade every earlier version is refused; `dlfm registry adopt` registers its weights again with the
+    installed code (its own code never runs), keeping its provenance; the old version stays as it was."""
+    import torch
+
+    from dlfm.cli import main as cli
+
+    marker = tmp_path / "pwned"
+    good = _register_dlfm_version()
+    older = _register_edited_copy(good, tmp_path, marker)  # carried code differs, as after an upgrade
+    client = mlflow.MlflowClient()
+    provenance = {registry.PROBE_DIGEST_TAG: "d" * 64, registry.PROBE_METHOD_TAG: "an older probe",
+                  registry.LABEL_COUNT_TAG: "300", "val/macro_auc": "0.600000"}
+    for key, value in provenance.items():
+        client.set_model_version_tag(MODEL_NAME, older, key, value)
+
+    outcome = registry.adopt(older, reason="upgraded dlfm")
+    new = outcome.version
+    assert outcome.adopted and new not in (good, older) and f"Version {older} is unchanged" in outcome.message
+    assert not marker.exists()  # the old carried code never ran
+    adopted = registry.load_registered_encoder(f"models:/{MODEL_NAME}/{new}")  # passes every check now
+    reference = registry.load_registered_encoder(f"models:/{MODEL_NAME}/{good}")
+    assert all(torch.equal(a, b) for a, b in zip(adopted.state_dict().values(), reference.state_dict().values()))
+    info = registry.get_version(new)
+    assert info.tags[registry.ADOPTED_FROM_TAG] == older
+    assert {key: info.tags.get(key) for key in provenance} == provenance  # label provenance and numbers travel
+    assert registry.version_metric(info, "val/macro_auc") == pytest.approx(0.6)  # logged on the adopt run
+    run = client.get_run(info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["dlfm.stage"] == "adopt"
+    assert "pyfunc_encoder.py differs" in run.data.tags["dlfm.adopted_code_difference"]
+    assert f"Version {older}'s weights" in client.get_model_version(MODEL_NAME, new).description
+    assert registry.promote(new, "production").promoted
+    with pytest.raises(RegistryError, match="carries dlfm code"):  # the old version is refused as before
+        registry.load_registered_encoder(f"models:/{MODEL_NAME}/{older}")
+
+    again = registry.adopt(older)  # the same installed code: the same new version, no new run
+    assert not again.adopted and again.version == new and "adopted by this dlfm already" in again.message
+    assert not registry.adopt(good).adopted  # already this dlfm's code: nothing to do
+    with pytest.raises(RegistryError, match="not a dlfm-made encoder"):
+        registry.adopt(_register_foreign_version())
+    cli(["registry", "adopt", good])
+    assert "already carries the installed dlfm's code" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as unknown:
+        cli(["registry", "adopt", "999"])
+    err = capsys.readouterr().err
+    assert unknown.value.code != 0 and len(err.strip().splitlines()) == 1 and "999" in err

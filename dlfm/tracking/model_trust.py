@@ -79,7 +79,7 @@ def check_dlfm_made(model_uri: str, model_dir: Path | None = None, same_code: bo
     if why:
         raise RegistryError(f"{model_uri} carries dlfm code that is not the installed dlfm's ({why}), so dlfm will not "
                             "promote or load it (mlflow.pyfunc would run that code); pick a version registered by this "
-                            "dlfm, or register the encoder again with it")
+                            "dlfm, or register its weights again with this dlfm's code: dlfm registry adopt VERSION")
 
 
 def _carried_code_differs(model_dir: Path) -> str | None:

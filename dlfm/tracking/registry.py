@@ -5,8 +5,8 @@ moves (mlflow issue #2169), so every promotion is also recorded as a run in the
 ``dlfm-promotions`` experiment: stage, version, previous version, time, user and reason.
 
 The one door callers use (``registry.promote``, ``registry.register_encoder_version``, …); the work lives
-by job in ``model_versions`` (names, tags, version lookups), ``registration``, ``promotion`` and
-``model_trust`` (resolving, refusing and loading versions).
+by job in ``model_versions`` (names, tags, version lookups), ``registration``, ``promotion``,
+``model_trust`` (resolving, refusing and loading versions) and ``adoption`` (an older dlfm's version, registered again).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from dlfm.tracking.promotion import (  # noqa: F401
     record_promotion,
     promotion_history,
 )
+from dlfm.tracking.adoption import ADOPTED_FROM_TAG, AdoptionOutcome, adopt  # noqa: F401
 from dlfm.tracking.model_trust import (  # noqa: F401
     resolve_encoder_uri,
     check_dlfm_made,
@@ -113,4 +114,7 @@ __all__ = [
     "load_registered_encoder",
     "load_registered_weights",
     "load_registered_reconstructor",
+    "ADOPTED_FROM_TAG",
+    "AdoptionOutcome",
+    "adopt",
 ]

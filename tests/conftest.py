@@ -128,10 +128,12 @@ def tiny_regression_dir(tmp_path_factory) -> Path:
 
 
 def run_script(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a pipeline script or CLI with the repo's Python; capture output."""
-    env = {**os.environ, **(env_extra or {})}
+    """Run a pipeline script or CLI with the repo's Python; capture output (``env_extra`` may set the MLflow run and
+    experiment variables that this process's own environment never passes on)."""
+    env = dict(os.environ)
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
+    env.update(env_extra or {})
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

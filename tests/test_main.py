@@ -18,7 +18,8 @@ TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_trai
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
 def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
-    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"]}
+    # MLFLOW_EXPERIMENT_NAME: as a shell with the .venv activated exports it (its steps once failed on it)
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"], "MLFLOW_EXPERIMENT_NAME": "deeplense-fm"}
     first = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     for entry in ("simulate", *OBJECTIVES, "evaluate"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 from dlfm.errors import DlfmError
@@ -53,8 +55,11 @@ def run_step(root: Path, entry_point: str, params: dict, experiment_name: str, v
     existing = find_finished_step(experiment_name, entry_point, params, version)
     if existing is not None:
         return existing, True
-    submitted = mlflow.projects.run(str(root), entry_point=entry_point, parameters=params, env_manager="local",
-                                    experiment_name=experiment_name, synchronous=False)
+    # MLflow launches the step as `mlflow run --run-id …` with MLFLOW_EXPERIMENT_ID set: an MLFLOW_EXPERIMENT_NAME
+    # in this environment (an activated .venv exports one) would reach that command too, which then refuses both.
+    with environment_without("MLFLOW_EXPERIMENT_NAME"):
+        submitted = mlflow.projects.run(str(root), entry_point=entry_point, parameters=params, env_manager="local",
+                                        experiment_name=experiment_name, synchronous=False)
     succeeded = submitted.wait()
     client = MlflowClient()
     run = client.get_run(submitted.run_id)
@@ -63,3 +68,14 @@ def run_step(root: Path, entry_point: str, params: dict, experiment_name: str, v
         raise DlfmError(f"step {entry_point} failed (run {submitted.run_id}): {reason}")
     client.set_tag(submitted.run_id, CODE_VERSION_TAG, version)
     return client.get_run(submitted.run_id), False
+
+
+@contextlib.contextmanager
+def environment_without(name: str):
+    """``os.environ`` without ``name`` inside the block (a child started there does not inherit it), as before after."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved

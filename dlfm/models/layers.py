@@ -46,15 +46,18 @@ class SinCosPositions(nn.Module):
 
     def forward(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
         """(1, rows*cols, dim) in ``like``'s dtype, on ``like``'s device."""
+        return self.table(rows, cols, like.device).to(like.dtype)
+
+    def table(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+        """The float32 buffer of a rows × cols grid, computed on first use."""
         name = f"grid_{rows}x{cols}"
         if name not in self._buffers:
-            self.register_buffer(name, sincos_position_embedding(self.dim, rows, cols).to(like.device), persistent=False)
-        return self._buffers[name].to(like.dtype)
+            self.register_buffer(name, sincos_position_embedding(self.dim, rows, cols).to(device), persistent=False)
+        return self._buffers[name]
 
     def prepare(self, image_size: tuple[int, int], device: torch.device) -> None:
         """Fill the table of ``image_size`` images (their whole tokens, as the patch embedding cuts them)."""
-        rows, cols = image_size[0] // self.patch_size, image_size[1] // self.patch_size
-        self(rows, cols, torch.empty(0, device=device))
+        self.table(image_size[0] // self.patch_size, image_size[1] // self.patch_size, device)
 
 
 def prepare_position_tables(model: nn.Module, image_sizes, device: torch.device) -> None:

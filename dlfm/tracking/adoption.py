@@ -18,13 +18,12 @@ Adopting the same version again with the same installed code gives the same new 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from dlfm.errors import DlfmError, RegistryError
 from dlfm.redact import redact
-from dlfm.tracking.model_trust import _carried_code_differs, _download, check_dlfm_made
+from dlfm.tracking.model_trust import carried_code_difference, downloaded_encoder
 from dlfm.tracking.model_versions import (LABEL_COUNT_TAG, LABEL_DIGEST_TAG, LABEL_SELECTION_TAG, MODEL_NAME, ONCE_TAG,
                                           PROBE_DIGEST_TAG, PROBE_METHOD_TAG, VERSION_TAG_METRICS, _client, get_version,
                                           versions_tagged)
@@ -44,7 +43,7 @@ class AdoptionOutcome:
 def adopt(version: str, reason: str = "") -> AdoptionOutcome:
     """Register version ``version``'s weights again with the installed dlfm's code (see the module docstring)."""
     from dlfm.code_trust import package_digests
-    from dlfm.models.serialization import ARCH_FILE, read_arch
+    from dlfm.models.serialization import read_arch
     from dlfm.tracking.registration import register_encoder_dir
     from dlfm.tracking.runs import stage_run
     from dlfm.tracking.store import check_store_writable
@@ -52,17 +51,11 @@ def adopt(version: str, reason: str = "") -> AdoptionOutcome:
     check_store_writable()
     old = get_version(version)
     uri = f"models:/{MODEL_NAME}/{old.version}"
-    with tempfile.TemporaryDirectory(prefix="dlfm-adopt-") as tmp:
-        local = _download(uri, Path(tmp))
-        check_dlfm_made(uri, local, same_code=False)
-        differs = _carried_code_differs(local)
+    with downloaded_encoder(uri, same_code=False) as (local, encoder_dir):
+        differs = carried_code_difference(local)
         if differs is None:
             return AdoptionOutcome(False, old.version, f"version {old.version} already carries the installed dlfm's "
                                                        "code: promote, evaluate and serve it as it is")
-        encoder_dirs = [path.parent for path in local.rglob(ARCH_FILE)]
-        if not encoder_dirs:
-            raise RegistryError(f"{uri} holds no dlfm encoder ({ARCH_FILE} missing); nothing to adopt")
-        encoder_dir = encoder_dirs[0]
         check_weights_fit(uri, encoder_dir)
         installed = Path(__file__).resolve().parents[1]
         code_digest = hashlib.sha256(repr(sorted(package_digests(installed).items())).encode()).hexdigest()
@@ -82,11 +75,11 @@ def adopt(version: str, reason: str = "") -> AdoptionOutcome:
         experiment = _experiment_of(source_run)
         with stage_run("adopt", f"adopt-v{old.version}", experiment, tags=tags, system_metrics=False,
                        description=description) as run_id:
-            labels = {name: old.tags.get(name, "") for name in PROVENANCE_TAGS}
+            # the version's tags: the old one's provenance, and where it came from (set as it is registered)
+            labels = {**{name: old.tags.get(name, "") for name in PROVENANCE_TAGS}, ADOPTED_FROM_TAG: old.version}
             new = register_encoder_dir(encoder_dir, metrics, old.tags.get("dataset_digest", ""), run_id,
                                        once_for=once_for, labels=labels)
     client = _client()
-    client.set_model_version_tag(MODEL_NAME, new, ADOPTED_FROM_TAG, old.version)
     registered = client.get_model_version(MODEL_NAME, new).description or ""
     client.update_model_version(MODEL_NAME, new, description=redact(f"{description}\n\n{registered}"))
     return AdoptionOutcome(True, new, f"registered version {new}: version {old.version}'s weights with the installed "
@@ -95,12 +88,12 @@ def adopt(version: str, reason: str = "") -> AdoptionOutcome:
 
 
 def check_weights_fit(uri: str, encoder_dir: Path) -> None:
-    """The weights (and decoder) load into the installed dlfm's architecture, weights-only; else one line."""
+    """The weights (with the decoder, when there is one) load into the installed dlfm's architecture, weights-only;
+    else one line."""
     from dlfm.models.serialization import load_encoder, load_reconstructor
 
     try:
-        load_encoder(encoder_dir)
-        load_reconstructor(encoder_dir)
+        load_reconstructor(encoder_dir) or load_encoder(encoder_dir)  # the reconstructor holds the encoder too
     except (DlfmError, RuntimeError, KeyError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RegistryError(f"{uri}'s weights do not fit the installed dlfm's architecture ({first[:300]}); "

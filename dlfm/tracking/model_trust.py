@@ -6,6 +6,7 @@ code that differs from the installed dlfm is refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from pathlib import Path
@@ -75,14 +76,14 @@ def check_dlfm_made(model_uri: str, model_dir: Path | None = None, same_code: bo
     if why:
         raise RegistryError(f"{model_uri} is not a dlfm-made encoder ({why}), so dlfm will not promote or load it; "
                             "register encoders with a dlfm training stage and pick one of those versions")
-    why = _carried_code_differs(model_dir) if same_code else None
+    why = carried_code_difference(model_dir) if same_code else None
     if why:
         raise RegistryError(f"{model_uri} carries dlfm code that is not the installed dlfm's ({why}), so dlfm will not "
                             "promote or load it (mlflow.pyfunc would run that code); pick a version registered by this "
                             "dlfm, or register its weights again with this dlfm's code: dlfm registry adopt VERSION")
 
 
-def _carried_code_differs(model_dir: Path) -> str | None:
+def carried_code_difference(model_dir: Path) -> str | None:
     """Why the code a version carries (its pyfunc ``code_paths``) is not the installed dlfm, file by file (None: it is)."""
     import yaml
 
@@ -137,6 +138,14 @@ def load_registered_weights(model_uri: str):
 def _load_registered(model_uri: str, load, same_code: bool = True):
     """``load(encoder_dir)`` on a downloaded registry version that dlfm made (weights-only, never unpickling);
     ``same_code``: and whose carried code is the installed dlfm's."""
+    with downloaded_encoder(model_uri, same_code) as (_, encoder_dir):
+        return load(encoder_dir)  # in memory: the copy can go
+
+
+@contextlib.contextmanager
+def downloaded_encoder(model_uri: str, same_code: bool = True):
+    """(the version's downloaded folder, its encoder directory) in a temporary folder, removed after the block, once
+    the version passed ``check_dlfm_made`` (``same_code``: its carried code must be the installed dlfm's too)."""
     from dlfm.models.serialization import ARCH_FILE
 
     with tempfile.TemporaryDirectory(prefix="dlfm-model-") as tmp:
@@ -146,4 +155,4 @@ def _load_registered(model_uri: str, load, same_code: bool = True):
         candidates = [p.parent for p in local.rglob(ARCH_FILE)]
         if not candidates:
             raise RegistryError(f"{model_uri} holds no dlfm encoder ({ARCH_FILE} missing); register one with a training stage")
-        return load(candidates[0])  # in memory: the copy can go
+        yield local, candidates[0]

@@ -26,7 +26,7 @@ STAGE_METRICS = ("val/probe_macro_auc", "val/macro_auc", "test/probe_macro_auc",
                  "test/recon_mse", "test/recon_mse_vs_mean_image", "test/masked_mse_vs_mean_image",
                  "test/masked_norm_mse_vs_mean_image")
 STEP_ORDER = ("simulate-model_ii", "simulate-regression", "simulate-pretrain", "autoencoder", "mae", "supervised",
-              "multitask", "tune", "simulate-held_out", "evaluate")  # the order main runs them in
+              "multitask", "tune", "simulate-held_out", "evaluate")  # the order main runs them in (then each more corpus's)
 
 HEADER = f"""\
 # Results
@@ -69,9 +69,15 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def ordered_steps(steps: dict[str, dict]) -> list[tuple[str, dict]]:
-    """The steps in the order main runs them; labels it does not know go last, by name."""
+    """The steps in the order main runs them (each more corpus's steps, ``<label>-corpus-<seed>``, after the first
+    corpus's, by seed); labels it does not know go last, by name."""
     rank = {label: i for i, label in enumerate(STEP_ORDER)}
-    return sorted(steps.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
+
+    def key(item):
+        base, _, corpus = item[0].partition("-corpus-")
+        return (int(corpus) if corpus.isdigit() else -1, rank.get(base, len(rank)), item[0])
+
+    return sorted(steps.items(), key=key)
 
 
 def param_value(params: dict, name: str) -> str:
@@ -196,6 +202,16 @@ def interval(low, high) -> str:
     return "—" if low is None or high is None or math.isnan(low) or math.isnan(high) else f"[{signed(low)}, {signed(high)}]"
 
 
+def corpora_section(pipeline: dict) -> list[str]:
+    """main's spread over pretraining corpora (its corpus_spread.json), in the words of main's report."""
+    from dlfm.evaluation.corpus_spread import markdown
+
+    if not pipeline.get("corpus_spread"):
+        return ["## Over pretraining corpora", "", "This run logged no spread over pretraining corpora (it predates "
+                "`spread_pretrain_seeds`): the verdicts above are conditional on its one corpus.", ""]
+    return markdown(pipeline["corpus_spread"])
+
+
 def datasets_section(pipeline: dict) -> list[str]:
     rows = []
     for label, record in ordered_steps(pipeline["steps"]):
@@ -255,7 +271,7 @@ SIZE=gpu BATCHES=1024 LRS="0.0 3e-4 6e-4" EVALUATE=0 bash benchmarks/vit_mae_lea
 def render_results(pipeline: dict) -> str:
     """The Markdown of the results page, from ``dlfm.tracking.results.main_pipeline()``'s records."""
     sections = [[HEADER], runs_section(pipeline), encoders_section(pipeline), promotion_section(pipeline),
-                evaluate_section(pipeline), datasets_section(pipeline), command_section(pipeline), [GPU_SECTION]]
+                evaluate_section(pipeline), corpora_section(pipeline), datasets_section(pipeline), command_section(pipeline), [GPU_SECTION]]
     return "\n".join("\n".join(s) for s in sections).rstrip("\n") + "\n"
 
 

@@ -64,6 +64,8 @@ CASES = [
     # main checks every param its steps take before it simulates anything (a simulate step would end FINISHED)
     ("main-unknown-encoder", ["pipelines/main.py", "--encoder", "vgg99"], "unknown encoder 'vgg99'", {}),
     ("main-bad-transfer-seeds", ["pipelines/main.py", "--seeds", "0,zero"], "seeds must be comma-separated integers", {}),
+    ("main-spread-seed-is-an-evaluation-seed", ["pipelines/main.py", "--spread_pretrain_seeds", "2000,1"],
+     "spread_pretrain_seeds must be distinct non-negative integers", {}),
     ("main-unknown-promote-from", ["pipelines/main.py", "--promote_from", "mae,imagenet"], "promote_from must be distinct", {}),
     # manifest.json is not in the digest: its meaning is checked against the arrays
     ("multitask-reversed-class-names", ["pipelines/multitask.py", "--dataset", "{bad}/class_names", "--encoder", "conv4"],

@@ -18,7 +18,7 @@ from conftest import REPO, run_script
 TINY = {"n_train": 12, "n_val": 6, "n_test": 6, "regression_n_train": 24, "regression_n_val": 12, "regression_n_test": 12,
         "pretrain_n_train": 12, "pretrain_n_val": 6, "pretrain_n_test": 6, "encoder": "conv4", "epochs": 1, "batch_size": 8,
         "eval_n_train": 12, "eval_n_test": 6, "eval_budgets": "2,all", "eval_epochs": 1, "eval_min_steps": 1,
-        "seeds": "0,1", "workers": 1, "experiment_name": "results-test"}
+        "seeds": "0,1", "workers": 1, "experiment_name": "results-test", "spread_pretrain_seeds": ""}
 
 
 def render(tmp_path, name: str) -> str:
@@ -90,6 +90,8 @@ def test_results_page_is_rendered_from_a_real_main_run(tracking_uri, tmp_path):
             assert [c.strip() for c in line.strip("|").split("|")][column].startswith(f"{value:.4f} ± ")
             checked += 1
     assert checked >= 8  # 2 tasks × 2 budgets × (2 arms + 1 verdict), at least
+    # main's corpus_spread.json, in the words of its report (tests/test_main.py runs a second corpus)
+    assert "One pretraining corpus (pretrain_seed 1000)" in section(first, "## Over pretraining corpora")
 
     _, problems = check_docs(first)
     assert not problems, problems  # the command at the end names main's real params

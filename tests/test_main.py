@@ -13,7 +13,9 @@ TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_trai
         "--regression_n_test", "12", "--pretrain_n_train", "12", "--pretrain_n_val", "6", "--pretrain_n_test", "6",
         "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--eval_n_train", "12",
         "--eval_n_test", "6", "--eval_budgets", "2,all", "--eval_arms", "pretrained-frozen,random-frozen,pretrained-finetune,scratch",
-        "--eval_finetune_budgets", "2", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test"]
+        "--eval_finetune_budgets", "2", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test",
+        "--spread_pretrain_seeds", "2000"]
+PROBED = [name for name, spec in OBJECTIVES.items() if spec.probed]
 
 
 @pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
@@ -34,11 +36,13 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     runs_before = client.search_runs([experiment.experiment_id], max_results=1000)
     [parent] = [r for r in runs_before if r.data.tags.get("dlfm.stage") == "main"]
     steps = [r for r in runs_before if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    # four simulations (model_ii, regression, the pretraining corpus, the held-out model_ii set), every objective, evaluate
-    assert len(steps) == 4 + len(OBJECTIVES) + 1 and all(r.info.status == "FINISHED" for r in steps)
+    # four simulations (model_ii, regression, the pretraining corpus, the held-out model_ii set), every objective,
+    # evaluate; then for the second corpus its simulation, the label-free objectives and evaluate
+    assert len(steps) == 4 + len(OBJECTIVES) + 1 + 1 + len(PROBED) + 1 and all(r.info.status == "FINISHED" for r in steps)
     promoted = parent.data.tags["dlfm.promoted_version"]
     assert str(mlflow.MlflowClient().get_model_version_by_alias("dlfm-encoder", "production").version) == promoted
-    [evaluate] = [r for r in steps if r.data.tags.get("dlfm.stage") == "evaluate"]
+    labelled_steps = {k[len("dlfm.step."):]: client.get_run(v) for k, v in parent.data.tags.items() if k.startswith("dlfm.step.")}
+    evaluate = labelled_steps["evaluate"]
     assert evaluate.data.tags["dlfm.encoder_version"] == promoted  # main evaluates the encoder it promoted
     # By default only the label-free objectives compete: the evaluated encoder saw no label, and the report says
     # which rows did.
@@ -55,13 +59,35 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     assert all(r.data.tags.get("mlflow.note.content") for r in steps)  # every step run has a description
     assert "experiment_name" not in parent.data.params  # the run's experiment is its own attribute, not a claim
 
+    # The second corpus: the promoted objective's version pretrained on it is evaluated with the same params, and the
+    # report, the parent's metrics and tags and corpus_spread.json give each number per corpus and over corpora.
+    best = parent.data.tags["dlfm.best_stage"]
+    again = labelled_steps[f"{best}-corpus-2000"]
+    assert again.data.params["pretrain_dataset"] == labelled_steps["simulate-pretrain-corpus-2000"].data.tags["dlfm.dataset_dir"]
+    assert again.data.params["pretrain_dataset"] != labelled_steps[best].data.params["pretrain_dataset"]
+    assert labelled_steps["simulate-pretrain-corpus-2000"].data.params["seed"] == "2000"
+    second_evaluate = labelled_steps["evaluate-corpus-2000"]
+    assert second_evaluate.data.tags["dlfm.encoder_version"] == again.data.tags["dlfm.registered_version"] != promoted
+    assert second_evaluate.data.params["budgets"] == evaluate.data.params["budgets"]
+    spread = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/corpus_spread.json")
+    assert [d["pretrain_seed"] for d in spread["draws"]] == [1000, 2000] and spread["objective"] == best
+    key = "classification/2/pretrained-frozen-vs-random-frozen"
+    differences = [evaluate.data.metrics[f"verdict_diff/{key}"], second_evaluate.data.metrics[f"verdict_diff/{key}"]]
+    assert [d["verdicts"][key] for d in spread["draws"]] == differences
+    mean = parent.data.metrics[f"corpora/verdict_diff_{key.replace('/', '_')}_mean"]
+    assert mean == pytest.approx(sum(differences) / 2)
+    assert parent.data.tags[f"dlfm.corpus_verdict.{key}"] in ("better", "worse", "too few corpora to tell")
+    assert "## Over pretraining corpora" in report and "| corpus 1000 | corpus 2000 |" in report
+    assert f"| {best} val/probe_macro_auc | {labelled_steps[best].data.metrics['val/probe_macro_auc']:.4f} | " \
+           f"{again.data.metrics['val/probe_macro_auc']:.4f} |" in report
+
     second = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     for entry in ("simulate", *OBJECTIVES, "evaluate"):
         assert f"[main] {entry}: reused" in second.stdout
     runs_after = client.search_runs([experiment.experiment_id], max_results=1000)
     assert len(runs_after) == len(runs_before) + 1  # only the new main parent
-    assert len(client.search_model_versions("name='dlfm-encoder'")) == len(OBJECTIVES)
+    assert len(client.search_model_versions("name='dlfm-encoder'")) == len(OBJECTIVES) + len(PROBED)
 
 
 def register(objective: str, metrics: dict[str, float]) -> str:

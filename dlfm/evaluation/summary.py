@@ -33,8 +33,8 @@ CONDITIONING = (
     f"the test-image interval ({BOOTSTRAP_RESAMPLES} paired bootstrap draws of the test split, stratified by class for "
     f"classification, percentile {CONFIDENCE:.0%}) covers which test images were drawn, and a verdict needs both to "
     f"exclude 0 (else {TOO_FEW!r} or {TOO_FEW_IMAGES!r}). Neither covers pretraining: both are conditional on this one "
-    "encoder version (one pretraining run and seed); benchmarks/pretrain_seeds.sh reruns main per corpus seed and "
-    "tabulates that spread. Budgets that draw "
+    "encoder version (one pretraining run and seed); main's spread_pretrain_seeds pretrains again on more corpora and "
+    "reports that spread. Budgets that draw "
     "the same labels get one verdict.")
 
 

@@ -1,7 +1,9 @@
-"""The main pipeline: simulate → every objective of the table → (tune) → promote → evaluate.
+"""The main pipeline: simulate → every objective of the table → (tune) → promote → evaluate → more corpora.
 
 The self-supervised objectives pretrain on the `pretrain` corpus (its own seed); the promoted encoder is
-evaluated on a held-out model_ii set (another seed) and the regression set, at demo label budgets.
+evaluated on a held-out model_ii set (another seed) and the regression set, at demo label budgets. Then the
+self-supervised objectives pretrain again on each corpus of spread_pretrain_seeds and the promoted objective's
+version of each is evaluated the same way, so the report gives each verdict's spread over corpora.
 
 Each step is a nested MLflow Project run; a step whose entry point, params and code version
 already have a FINISHED run is reused. The summary goes to the terminal, the parent run and
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from dlfm import tracking
 from dlfm.errors import ConfigError, DlfmError, RegistryError
+from dlfm.evaluation import corpus_spread
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
@@ -67,6 +70,9 @@ class MainConfig:
     pretrain_n_val: int = 300  # pretraining corpus val split (the self-supervised loss on held-out corpus images)
     pretrain_n_test: int = 300  # pretraining corpus test split (reconstruction metrics)
     pretrain_seed: int = 1000  # corpus seed: the evaluation sets use `seed`, so no image is shared
+    # More corpus seeds: the label-free objectives pretrain again on each and evaluate runs on the promoted objective's
+    # version of each, so the report gives every verdict's spread over corpora (empty: one corpus)
+    spread_pretrain_seeds: str = "2000,3000"
     encoder: str = "resnet18"  # encoder for all four objectives (fair ablation)
     epochs: int = 4  # epochs of every training stage (demo size: make demo took 12 min 51 s on an idle 2-core fp32 CPU)
     batch_size: int = 64  # images per optimiser step in every training stage
@@ -113,6 +119,7 @@ class MainConfig:
         if self.pretrain_seed == self.seed:
             raise ConfigError(f"pretrain_seed must differ from seed ({self.seed}) so that the corpus shares no image "
                               "with the evaluation sets; pass another pretrain_seed")
+        self.corpus_seeds  # noqa: B018 - parses and checks
         registry.check_stage_name(self.promote_stage)
         if self.gate not in GATES:
             raise ConfigError(f"unknown gate {self.gate!r}; choose one of {', '.join(GATES)}")
@@ -133,6 +140,22 @@ class MainConfig:
         if names == ["tune"] and not self.tune:
             raise ConfigError("promote_from=tune needs tune=true (no tune step runs otherwise)")
         return names
+
+    @property
+    def corpus_seeds(self) -> list[int]:
+        """pretrain_seed, then the parsed spread_pretrain_seeds: distinct, and none an evaluation set's seed."""
+        try:
+            spread = [int(s) for s in str(self.spread_pretrain_seeds).replace(" ", "").split(",") if s]
+        except ValueError:
+            raise ConfigError(f"spread_pretrain_seeds must be comma-separated integers (or empty), got "
+                              f"{self.spread_pretrain_seeds!r}") from None
+        seeds = [self.pretrain_seed, *spread]
+        taken = {self.seed, self.seed + 1}  # model_ii and regression, the held-out set
+        if len(set(seeds)) != len(seeds) or taken & set(spread) or any(s < 0 for s in spread):
+            raise ConfigError(f"spread_pretrain_seeds must be distinct non-negative integers, none equal to pretrain_seed "
+                              f"({self.pretrain_seed}) or an evaluation set's seed ({self.seed}, {self.seed + 1}); got "
+                              f"{self.spread_pretrain_seeds!r}")
+        return seeds
 
     def step_configs(self) -> list:
         """The configs of the steps this run will launch, built from its params (the datasets are placeholders)."""
@@ -191,22 +214,26 @@ def run_main_stage(config: MainConfig) -> dict:
         reg_run = step("simulate", {"preset": "regression", "n_train": config.regression_n_train,
                                     "n_val": config.regression_n_val, "n_test": config.regression_n_test, **common_sim},
                        "simulate-regression")
-        corpus_run = step("simulate", {"preset": "pretrain", "n_train": config.pretrain_n_train, "n_val": config.pretrain_n_val,
-                                       "n_test": config.pretrain_n_test, **common_sim, "seed": config.pretrain_seed},
-                          "simulate-pretrain")
         classification_dir, regression_dir = cls_run.data.tags["dlfm.dataset_dir"], reg_run.data.tags["dlfm.dataset_dir"]
-        corpus_dir = corpus_run.data.tags["dlfm.dataset_dir"]
         train_params = {"dataset": classification_dir, "encoder": config.encoder, "epochs": config.epochs,
                         "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "device": config.device,
                         "precision": config.precision}
-        candidates = []
-        for objective, spec in OBJECTIVES.items():
+
+        def simulate_corpus(seed: int, suffix: str = "") -> str:
+            run = step("simulate", {"preset": "pretrain", "n_train": config.pretrain_n_train, "n_val": config.pretrain_n_val,
+                                    "n_test": config.pretrain_n_test, **common_sim, "seed": seed}, f"simulate-pretrain{suffix}")
+            return run.data.tags["dlfm.dataset_dir"]
+
+        def train(objective: str, corpus_dir: str, suffix: str = ""):
+            spec = OBJECTIVES[objective]
             extra = {"recon_weight": config.recon_weight} if spec.weighted else {}
             extra.update(objective_params(objective, config.encoder))
             if spec.probed:  # self-supervised: learn from the corpus, probe on the held-out model_ii set
                 extra["pretrain_dataset"] = corpus_dir
-            run = step(objective, {**train_params, **extra})
-            candidates.append((objective, run))
+            return step(objective, {**train_params, **extra}, f"{objective}{suffix}")
+
+        corpus_dir = simulate_corpus(config.pretrain_seed)
+        candidates = [(objective, train(objective, corpus_dir)) for objective in OBJECTIVES]
         if config.tune:
             run = step("tune", {**train_params, "n_trials": config.n_trials, "study_name": f"main-{version}"})
             candidates.append(("tune", run))
@@ -231,15 +258,24 @@ def run_main_stage(config: MainConfig) -> dict:
         held_out = step("simulate", {"preset": "model_ii", "n_train": config.eval_n_train, "n_val": HELD_OUT_N_VAL,
                                      "n_test": config.eval_n_test, **common_sim, "seed": config.seed + 1},
                         "simulate-held_out")
-        # The version, not the alias: a step reused by digest must have evaluated this very encoder.
-        evaluate_run = step("evaluate", {"encoder_uri": f"models:/{registry.MODEL_NAME}/{promoted}",
-                                         "classification_dataset": held_out.data.tags["dlfm.dataset_dir"],
-                                         "regression_dataset": regression_dir, "budgets": config.eval_budgets,
-                                         "arms": config.eval_arms, "finetune_budgets": config.eval_finetune_budgets,
-                                         "seeds": config.seeds, "epochs": config.eval_epochs,
-                                         "min_steps": config.eval_min_steps, "device": config.device,
-                                         "precision": config.precision})
-        report = write_report(config, summary_rows, best, outcome, evaluate_run, evidence)
+        held_out_dir = held_out.data.tags["dlfm.dataset_dir"]
+
+        def evaluate(version: str, suffix: str = ""):
+            # The version, not the alias: a step reused by digest must have evaluated this very encoder.
+            return step("evaluate", {"encoder_uri": f"models:/{registry.MODEL_NAME}/{version}",
+                                     "classification_dataset": held_out_dir, "regression_dataset": regression_dir,
+                                     "budgets": config.eval_budgets, "arms": config.eval_arms,
+                                     "finetune_budgets": config.eval_finetune_budgets, "seeds": config.seeds,
+                                     "epochs": config.eval_epochs, "min_steps": config.eval_min_steps,
+                                     "device": config.device, "precision": config.precision}, f"evaluate{suffix}")
+
+        evaluate_run = evaluate(promoted)
+        spread = spread_over_corpora(config, best, candidates, evaluate_run, simulate_corpus, train, evaluate)
+        tracking.log_dict(spread, corpus_spread.SPREAD_ARTIFACT)
+        tracking.log_metrics(corpus_spread.metrics(spread["rows"]))
+        tracking.set_tags({f"dlfm.corpus_verdict.{row['name']}": row["word"] for row in spread["rows"]
+                           if row["kind"] == "verdict" and len(spread["draws"]) > 1})
+        report = write_report(config, summary_rows, best, outcome, evaluate_run, evidence, spread)
         print(report, flush=True)
         tracking.log_artifacts(config.report_dir, "report")
         tracking.set_tags({"dlfm.promoted_version": promoted, "dlfm.best_stage": best["stage"],
@@ -251,10 +287,38 @@ def run_main_stage(config: MainConfig) -> dict:
         tracking.describe_run(f"{description}\n\nResult: best {best['stage']} (version {best['version']}, {PROMOTION_METRIC} "
                               f"{best[PROMOTION_METRIC]:.4f}); {outcome.message}; evaluated version {promoted}. "
                               "Summary metrics: <stage>/val_probe_macro_auc, <stage>/val_macro_auc, promoted_version, "
-                              "evaluate/… (ratios).")
+                              "evaluate/… (ratios), corpora/… (mean, sd and 95 % interval over the pretraining corpora).")
         print(tracking.stage_summary("main", run_id, {k: v for k, v in parent_metrics.items() if "probe_macro_auc" in k}),
               flush=True)
         return {"run_id": run_id, "rows": summary_rows, "promoted": promoted, "evaluate_run": evaluate_run.info.run_id}
+
+
+def spread_over_corpora(config: MainConfig, best: dict, candidates: list, evaluate_run, simulate_corpus, train,
+                        evaluate) -> dict:
+    """SPREAD_ARTIFACT's content: the draw main promoted from, then one per spread_pretrain_seeds seed (the label-free
+    objectives pretrained again on that corpus, evaluate on ``best``'s objective's version of it), and their rows.
+
+    ``simulate_corpus(seed, suffix)``, ``train(objective, corpus_dir, suffix)`` and ``evaluate(version, suffix)``
+    launch main's steps. A best candidate that never read the corpus (a labelled objective, tune) gets no more draws.
+    """
+    def probes(runs) -> dict[str, float]:
+        return {objective: run.data.metrics[PROMOTION_METRIC] for objective, run in runs
+                if objective in OBJECTIVES and OBJECTIVES[objective].probed and PROMOTION_METRIC in run.data.metrics}
+
+    draws = [corpus_spread.draw(config.pretrain_seed, probes(candidates), evaluate_run.data.metrics, best["version"])]
+    note = ""
+    if len(config.corpus_seeds) > 1 and not (best["stage"] in OBJECTIVES and OBJECTIVES[best["stage"]].probed):
+        note = (f"The evaluated encoder ({best['stage']}) did not pretrain on the corpus, so spread_pretrain_seeds "
+                f"({config.spread_pretrain_seeds}) added no draws.")
+        print(f"[main] {note}", flush=True)
+    elif len(config.corpus_seeds) > 1:
+        for seed in config.corpus_seeds[1:]:
+            suffix = f"-corpus-{seed}"
+            corpus_dir = simulate_corpus(seed, suffix)
+            runs = [(objective, train(objective, corpus_dir, suffix)) for objective, spec in OBJECTIVES.items() if spec.probed]
+            version = dict(runs)[best["stage"]].data.tags["dlfm.registered_version"]
+            draws.append(corpus_spread.draw(seed, probes(runs), evaluate(version, suffix).data.metrics, version))
+    return {"objective": best["stage"], "draws": draws, "rows": corpus_spread.spread_rows(draws), "note": note}
 
 
 def default_promote_from() -> list[str]:
@@ -372,16 +436,18 @@ def format_value(value) -> str:
 
 
 def write_report(config: MainConfig, rows: list[dict], best: dict, outcome, evaluate_run,
-                 evidence: GateEvidence | None = None) -> str:
+                 evidence: GateEvidence | None = None, spread: dict | None = None) -> str:
     """Markdown summary (stages, promotion, evaluation tables and verdicts) plus figures in ``config.report_dir``.
 
     Written into a fresh directory that replaces the previous report in one rename.
     """
     return write_report_dir(config.report_dir,
-                            lambda out: _write_report_files(out, config, rows, best, outcome, evaluate_run, evidence))
+                            lambda out: _write_report_files(out, config, rows, best, outcome, evaluate_run, evidence,
+                                                               spread))
 
 
-def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, evaluate_run, evidence=None) -> str:
+def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, evaluate_run, evidence=None,
+                        spread=None) -> str:
     (out / "figures").mkdir(parents=True)
     columns = ["stage", "run", "version", *SUMMARY_METRICS]
     saw_labels = evaluate_run.data.tags.get("dlfm.encoder_saw_labels") == "true"
@@ -413,6 +479,8 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, eval
     lines += ["", "Figures: `figures/label_efficiency.png` (headline metric against labels, ±1 sd bands over seeds; "
               "under each panel the verdicts with their 95% CIs), "
               "`figures/label_efficiency_regression.png` (MAE per lens parameter).", ""]
+    if spread is not None:
+        lines += corpus_spread.markdown(spread)
     report = "\n".join(lines)
     (out / "report.md").write_text(report)
     Path(table_path).unlink(missing_ok=True)

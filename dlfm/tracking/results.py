@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from dlfm.errors import DlfmError
+from dlfm.evaluation.corpus_spread import SPREAD_ARTIFACT
 from dlfm.redact import redact_uri
 from dlfm.tracking.model_versions import get_version, label_provenance
 from dlfm.tracking.store import configure_tracking
@@ -80,18 +81,19 @@ def version_labels(version: str) -> dict:
             "objective": labels.objective}
 
 
-def evaluation_tables(run_id: str) -> dict:
-    """The evaluate run's evaluation.json (rows and verdicts), or {} when the run has none."""
+def json_artifact(run_id: str, name: str) -> dict:
+    """A run's JSON artifact ``name`` (evaluate's evaluation.json, main's corpus_spread.json), or {} when it has none."""
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            path = download_run_artifacts(run_id, EVALUATION_ARTIFACT, scratch)
+            path = download_run_artifacts(run_id, name, scratch)
         except Exception:  # noqa: BLE001 - an older or interrupted run without the artifact: the page says so
             return {}
         return json.loads(Path(path).read_text())
 
 
 def main_pipeline(experiment: str = "") -> dict:
-    """The newest finished ``main`` pipeline: its run, its steps, their versions' label provenance, evaluate's tables.
+    """The newest finished ``main`` pipeline: its run, its steps, their versions' label provenance, evaluate's tables
+    and the spread over pretraining corpora (``{}`` for a run that predates it).
 
     Raises DlfmError naming the store when it holds no finished ``main`` run.
     """
@@ -109,4 +111,5 @@ def main_pipeline(experiment: str = "") -> dict:
         record["labels"] = version_labels(record["tags"].get("dlfm.registered_version", ""))
     evaluate = next((r for label, r in steps.items() if label == "evaluate"), None)
     return {"store": uri, "main": run_record(main, names), "steps": steps,
-            "evaluation": evaluation_tables(evaluate["run_id"]) if evaluate else {}}
+            "evaluation": json_artifact(evaluate["run_id"], EVALUATION_ARTIFACT) if evaluate else {},
+            "corpus_spread": json_artifact(main.info.run_id, SPREAD_ARTIFACT)}

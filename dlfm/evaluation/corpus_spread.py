@@ -4,7 +4,8 @@ evaluate's intervals cover its seeds and the test images, both for one encoder v
 label-free objectives again on each of ``spread_pretrain_seeds`` and evaluates the promoted objective's version of
 each corpus with the same params. This module turns those draws into one table: per quantity (each objective's probe,
 each verdict difference) the value per corpus, mean ± sd, the 95 % t interval over corpora and a word. It reads
-plain numbers; main logs them (``SPREAD_ARTIFACT``) and the results page renders them with the same ``markdown``.
+plain numbers; main logs them (``dlfm.tracking.results.SPREAD_ARTIFACT``: objective, draws, rows, note) and the
+results page renders them with the same ``markdown``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import math
 from dlfm.evaluation.summary import CONFIDENCE, confidence_interval, mean_sd
 from dlfm.evaluation.tasks import TASKS
 
-SPREAD_ARTIFACT = "corpus_spread.json"  # main's parent run: {"objective", "draws", "rows"}
 VERDICT_PREFIX = "verdict_diff/"  # evaluate's metric of a verdict's difference: verdict_diff/<task>/<budget>/<arms>
 TOO_FEW_CORPORA = "too few corpora to tell"  # the interval over corpora includes 0
 ONE_CORPUS = "one corpus: no spread"

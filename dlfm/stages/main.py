@@ -21,6 +21,7 @@ from dlfm.evaluation import corpus_spread
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
+from dlfm.tracking.results import SPREAD_ARTIFACT
 from dlfm.training.config import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -271,7 +272,7 @@ def run_main_stage(config: MainConfig) -> dict:
 
         evaluate_run = evaluate(promoted)
         spread = spread_over_corpora(config, best, candidates, evaluate_run, simulate_corpus, train, evaluate)
-        tracking.log_dict(spread, corpus_spread.SPREAD_ARTIFACT)
+        tracking.log_dict(spread, SPREAD_ARTIFACT)
         tracking.log_metrics(corpus_spread.metrics(spread["rows"]))
         tracking.set_tags({f"dlfm.corpus_verdict.{row['name']}": row["word"] for row in spread["rows"]
                            if row["kind"] == "verdict" and len(spread["draws"]) > 1})
@@ -295,7 +296,7 @@ def run_main_stage(config: MainConfig) -> dict:
 
 def spread_over_corpora(config: MainConfig, best: dict, candidates: list, evaluate_run, simulate_corpus, train,
                         evaluate) -> dict:
-    """SPREAD_ARTIFACT's content: the draw main promoted from, then one per spread_pretrain_seeds seed (the label-free
+    """The content of SPREAD_ARTIFACT: the draw main promoted from, then one per spread_pretrain_seeds seed (the label-free
     objectives pretrained again on that corpus, evaluate on ``best``'s objective's version of it), and their rows.
 
     ``simulate_corpus(seed, suffix)``, ``train(objective, corpus_dir, suffix)`` and ``evaluate(version, suffix)``

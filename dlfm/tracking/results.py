@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from dlfm.errors import DlfmError
-from dlfm.evaluation.corpus_spread import SPREAD_ARTIFACT
 from dlfm.redact import redact_uri
 from dlfm.tracking.model_versions import get_version, label_provenance
 from dlfm.tracking.store import configure_tracking
@@ -19,6 +18,7 @@ from dlfm.tracking.trials import download_run_artifacts
 
 STEP_TAG_PREFIX = "dlfm.step."  # main tags each step it ran or reused: dlfm.step.<label> = run id
 EVALUATION_ARTIFACT = "evaluation.json"  # evaluate's rows (mean/sd per task, budget, arm) and verdicts
+SPREAD_ARTIFACT = "corpus_spread.json"  # main's spread over pretraining corpora (dlfm.evaluation.corpus_spread)
 
 
 def _client():

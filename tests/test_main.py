@@ -74,9 +74,14 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     key = "classification/2/pretrained-frozen-vs-random-frozen"
     differences = [evaluate.data.metrics[f"verdict_diff/{key}"], second_evaluate.data.metrics[f"verdict_diff/{key}"]]
     assert [d["verdicts"][key] for d in spread["draws"]] == differences
+    for d in spread["draws"]:  # evaluate's per-seed differences, from which the interval over seeds is drawn
+        assert sorted(d["seed_differences"][key]) == ["0", "1"]
+        assert sum(d["seed_differences"][key].values()) / 2 == pytest.approx(d["verdicts"][key])
     mean = parent.data.metrics[f"corpora/verdict_diff_{key.replace('/', '_')}_mean"]
     assert mean == pytest.approx(sum(differences) / 2)
-    assert parent.data.tags[f"dlfm.corpus_verdict.{key}"] in ("better", "worse", "too few corpora to tell")
+    assert parent.data.tags[f"dlfm.corpus_verdict.{key}"] in ("better", "worse", "too few corpora to tell",
+                                                               "too few seeds to tell")
+    assert f"corpora/verdict_diff_{key.replace('/', '_')}_seed_low" in parent.data.metrics
     assert "## Over pretraining corpora" in report and "| corpus 1000 | corpus 2000 |" in report
     assert f"| {best} val/probe_macro_auc | {labelled_steps[best].data.metrics['val/probe_macro_auc']:.4f} | " \
            f"{again.data.metrics['val/probe_macro_auc']:.4f} |" in report

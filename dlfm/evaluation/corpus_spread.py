@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import math
 
-from dlfm.evaluation.summary import CONFIDENCE, confidence_interval, mean_sd
+from dlfm.evaluation.summary import CONFIDENCE, TOO_FEW, confidence_interval, mean_sd
 from dlfm.evaluation.tasks import TASKS
 
-VERDICT_PREFIX = "verdict_diff/"  # evaluate's metric of a verdict's difference: verdict_diff/<task>/<budget>/<arms>
 TOO_FEW_CORPORA = "too few corpora to tell"  # the interval over corpora includes 0
 ONE_CORPUS = "one corpus: no spread"
 
 
-def draw(pretrain_seed: int, probes: dict[str, float], evaluate_metrics: dict[str, float], version: str) -> dict:
-    """One corpus: the objectives' probes and the verdict differences of the evaluated ``version``."""
-    verdicts = {name[len(VERDICT_PREFIX):]: value for name, value in sorted(evaluate_metrics.items())
-                if name.startswith(VERDICT_PREFIX)}
-    return {"pretrain_seed": pretrain_seed, "probes": dict(probes), "verdicts": verdicts, "version": version}
+def verdict_key(row: dict) -> str:
+    """The name evaluate gives a verdict (its metric ``verdict_diff/<key>``, its tag ``dlfm.verdict.<key>``)."""
+    return f"{row['task']}/{row['budget']}/{row['treated']}-vs-{row['control']}"
+
+
+def draw(pretrain_seed: int, probes: dict[str, float], verdict_rows: list[dict], version: str) -> dict:
+    """One corpus: the objectives' probes, and the verdicts (evaluation.json's rows) of the evaluated ``version``:
+    each difference and its per-seed differences."""
+    return {"pretrain_seed": pretrain_seed, "probes": dict(probes), "version": version,
+            "verdicts": {verdict_key(row): row["difference"] for row in verdict_rows},
+            "seed_differences": {verdict_key(row): row.get("seed_differences", {}) for row in verdict_rows}}
 
 
 def verdict_label(key: str) -> str:
@@ -33,19 +38,31 @@ def verdict_label(key: str) -> str:
     return f"{task} {budget}: {arms.replace('-vs-', ' − ')}"
 
 
-def over_corpora_word(key: str, low: float, high: float) -> str:
-    """better/worse for the treated arm when the interval over corpora excludes 0, else TOO_FEW_CORPORA."""
-    if math.isnan(low):
+def over_corpora_word(key: str, corpus_interval: tuple[float, float], seed_interval: tuple[float, float]) -> str:
+    """better/worse for the treated arm only when both intervals exclude 0 on one side (the seeds, and so the label
+    subsets and the random encoder, are the same for every corpus: the interval over corpora cannot cover them)."""
+    if math.isnan(corpus_interval[0]):
         return ONE_CORPUS
-    if low <= 0 <= high:
+    if corpus_interval[0] <= 0 <= corpus_interval[1]:
         return TOO_FEW_CORPORA
+    if math.isnan(seed_interval[0]) or seed_interval[0] <= 0 <= seed_interval[1] or \
+            (seed_interval[0] > 0) != (corpus_interval[0] > 0):
+        return TOO_FEW
     higher_is_better = TASKS[key.split("/", 1)[0]].higher_is_better
-    return "better" if (low > 0) == higher_is_better else "worse"
+    return "better" if (corpus_interval[0] > 0) == higher_is_better else "worse"
+
+
+def seed_means(draws: list[dict], key: str) -> list[float]:
+    """Per evaluate seed, the difference averaged over the corpora (seeds every corpus has)."""
+    per_draw = [d["seed_differences"].get(key, {}) for d in draws]
+    shared = set.intersection(*(set(s) for s in per_draw)) if per_draw else set()
+    return [sum(s[seed] for s in per_draw) / len(per_draw) for seed in sorted(shared, key=int)]
 
 
 def spread_rows(draws: list[dict]) -> list[dict]:
     """One row per quantity over ``draws``: kind (probe | verdict), name, label, values (one per draw, None where a
-    draw lacks it), mean, sd, low, high (the CONFIDENCE t interval over corpora) and the word."""
+    draw lacks it), mean, sd, low, high (the CONFIDENCE t interval over corpora), for verdicts seed_low and seed_high
+    (the t interval over evaluate's seeds of the difference averaged over corpora), and the word."""
     rows = []
     objectives = list(dict.fromkeys(name for d in draws for name in d["probes"]))
     for objective in objectives:
@@ -56,7 +73,8 @@ def spread_rows(draws: list[dict]) -> list[dict]:
     for key in list(dict.fromkeys(key for d in draws for key in d["verdicts"])):
         values = [d["verdicts"].get(key) for d in draws]
         row = _row("verdict", key, verdict_label(key), values, "")
-        row["word"] = over_corpora_word(key, row["low"], row["high"])
+        row["seed_low"], row["seed_high"] = confidence_interval(seed_means(draws, key))
+        row["word"] = over_corpora_word(key, (row["low"], row["high"]), (row["seed_low"], row["seed_high"]))
         rows.append(row)
     return rows
 
@@ -77,11 +95,11 @@ def metric_name(row: dict) -> str:
 
 
 def metrics(rows: list[dict]) -> dict[str, float]:
-    """mean, sd and the interval's ends of every row (NaNs left out: one corpus has no spread)."""
+    """mean, sd and the intervals' ends of every row (NaNs left out: one corpus has no spread)."""
     out = {}
     for row in rows:
-        for part in ("mean", "sd", "low", "high"):
-            if not math.isnan(row[part]):
+        for part in ("mean", "sd", "low", "high", "seed_low", "seed_high"):
+            if part in row and not math.isnan(row[part]):
                 out[f"{metric_name(row)}_{part}"] = row[part]
     return out
 
@@ -98,6 +116,10 @@ def _number(value, signed: bool) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def _interval(low, high, signed: bool) -> str:
+    return "—" if low is None or math.isnan(low) else f"[{_number(low, signed)}, {_number(high, signed)}]"
+
+
 def markdown(spread: dict) -> list[str]:
     """The lines of the report's and the results page's section (``spread``: SPREAD_ARTIFACT's content)."""
     draws, rows, objective = spread["draws"], spread["rows"], spread["objective"]
@@ -112,16 +134,20 @@ def markdown(spread: dict) -> list[str]:
     versions = ", ".join(f"{d['version']} ({d['pretrain_seed']})" for d in draws)
     lines += [f"{len(draws)} corpora (pretrain_seed {', '.join(seeds)}; the first is the one whose encoders competed for "
               f"promotion). The label-free objectives pretrained once on each, and evaluate ran with the same params on "
-              f"{objective}'s version of each: {versions}. A verdict holds over corpora only when the "
-              f"{CONFIDENCE:.0%} t interval of its difference over the corpora excludes 0; that interval is the spread "
-              f"evaluate's own intervals leave out, and with few corpora it is wide (here mean ± {_t_factor(len(draws)):.1f} "
-              f"sd/√{len(draws)}).", "",
-              "| quantity | " + " | ".join(f"corpus {s}" for s in seeds) + f" | mean ± sd | {CONFIDENCE:.0%} t interval | over corpora |",
-              "|---" * (len(seeds) + 4) + "|"]
+              f"{objective}'s version of each: {versions}. Two {CONFIDENCE:.0%} t intervals per verdict: over the corpora "
+              "(of each corpus's difference, a mean over evaluate's seeds), which covers the corpus and its pretraining "
+              "run, the spread evaluate's own intervals leave out; and over evaluate's seeds (of each seed's difference, a "
+              "mean over the corpora), which covers the label subsets, the heads and the random encoder: those are the "
+              "same for every corpus, so the first interval cannot see them. A verdict holds over corpora only when both "
+              f"exclude 0 (else {TOO_FEW_CORPORA!r} or {TOO_FEW!r}). With few corpora the first is wide (here mean ± "
+              f"{_t_factor(len(draws)):.1f} sd/√{len(draws)}).", "",
+              "| quantity | " + " | ".join(f"corpus {s}" for s in seeds)
+              + f" | mean ± sd | {CONFIDENCE:.0%} t interval (corpora) | {CONFIDENCE:.0%} t interval (seeds) | over corpora |",
+              "|---" * (len(seeds) + 5) + "|"]
     for row in rows:
         signed = row["kind"] == "verdict"
         sd = "" if math.isnan(row["sd"]) else f" ± {row['sd']:.4f}"
-        interval = "—" if math.isnan(row["low"]) else f"[{_number(row['low'], signed)}, {_number(row['high'], signed)}]"
         lines.append(f"| {row['label']} | " + " | ".join(_number(v, signed) for v in row["values"])
-                     + f" | {_number(row['mean'], signed)}{sd} | {interval} | {row['word']} |")
+                     + f" | {_number(row['mean'], signed)}{sd} | {_interval(row.get('low'), row.get('high'), signed)} | "
+                     f"{_interval(row.get('seed_low'), row.get('seed_high'), signed)} | {row['word']} |")
     return lines + [""]

@@ -156,7 +156,9 @@ def verdicts(results, tasks: dict[str, TaskData] | None = None) -> list[dict]:
                 out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": treated, "control": control,
                             "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
                             "ci_high": v.ci_high, "n_seeds": v.n_seeds, "boot_low": boot[0], "boot_high": boot[1],
-                            "verdict": word, "sentence": sentence})
+                            "verdict": word, "sentence": sentence,
+                            "seed_differences": {str(x.cell.seed): x.metrics[task.headline] - y.metrics[task.headline]
+                                                 for x, y in zip(a, b)}})
             out += baseline_verdicts(results, task_name, task, size, budget)
     return out
 
@@ -182,7 +184,8 @@ def baseline_verdicts(results, task_name: str, task, size: int, budget: str) -> 
         out.append({"task": task_name, "budget": budget, "budget_size": size, "treated": arm, "control": control,
                     "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
                     "ci_high": v.ci_high, "n_seeds": v.n_seeds, "boot_low": math.nan, "boot_high": math.nan,
-                    "verdict": v.word, "sentence": sentence})
+                    "verdict": v.word, "sentence": sentence,
+                    "seed_differences": {str(r.cell.seed): r.metrics[task.headline] - scores[control] for r in cells}})
     return out
 
 

@@ -21,7 +21,7 @@ from dlfm.evaluation import corpus_spread
 from dlfm.objectives import OBJECTIVES
 from dlfm.outputs import check_report_dir, write_report_dir
 from dlfm.tracking import registry, steps
-from dlfm.tracking.results import SPREAD_ARTIFACT
+from dlfm.tracking.results import EVALUATION_ARTIFACT, SPREAD_ARTIFACT, json_artifact
 from dlfm.training.config import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +195,9 @@ def run_main_stage(config: MainConfig) -> dict:
     summary_rows = []
     description = ("The whole pipeline: simulate, train every objective (" + ", ".join(OBJECTIVES)
                    + (", tune" if config.tune else "") + f") for {config.epochs} epochs, promote the best by {PROMOTION_METRIC} "
-                   f"to {config.promote_stage}, evaluate it against a random encoder. Children are the steps.")
+                   f"to {config.promote_stage}, evaluate it against a random encoder"
+                   + (f", then pretrain and evaluate again on corpora {config.spread_pretrain_seeds} for the spread over "
+                      "corpora" if str(config.spread_pretrain_seeds).strip() else "") + ". Children are the steps.")
     with tracking.stage_run("main", "main-demo", config.experiment_name, description=description) as run_id:
         config.validate()
         tracking.log_params(asdict(config))
@@ -306,7 +308,10 @@ def spread_over_corpora(config: MainConfig, best: dict, candidates: list, evalua
         return {objective: run.data.metrics[PROMOTION_METRIC] for objective, run in runs
                 if objective in OBJECTIVES and OBJECTIVES[objective].probed and PROMOTION_METRIC in run.data.metrics}
 
-    draws = [corpus_spread.draw(config.pretrain_seed, probes(candidates), evaluate_run.data.metrics, best["version"])]
+    def verdicts(run) -> list[dict]:
+        return json_artifact(run.info.run_id, EVALUATION_ARTIFACT).get("verdicts", [])
+
+    draws = [corpus_spread.draw(config.pretrain_seed, probes(candidates), verdicts(evaluate_run), best["version"])]
     note = ""
     if len(config.corpus_seeds) > 1 and not (best["stage"] in OBJECTIVES and OBJECTIVES[best["stage"]].probed):
         note = (f"The evaluated encoder ({best['stage']}) did not pretrain on the corpus, so spread_pretrain_seeds "
@@ -318,7 +323,7 @@ def spread_over_corpora(config: MainConfig, best: dict, candidates: list, evalua
             corpus_dir = simulate_corpus(seed, suffix)
             runs = [(objective, train(objective, corpus_dir, suffix)) for objective, spec in OBJECTIVES.items() if spec.probed]
             version = dict(runs)[best["stage"]].data.tags["dlfm.registered_version"]
-            draws.append(corpus_spread.draw(seed, probes(runs), evaluate(version, suffix).data.metrics, version))
+            draws.append(corpus_spread.draw(seed, probes(runs), verdicts(evaluate(version, suffix)), version))
     return {"objective": best["stage"], "draws": draws, "rows": corpus_spread.spread_rows(draws), "note": note}
 
 

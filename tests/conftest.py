@@ -284,7 +284,7 @@ def pytest_configure(config) -> None:
 # session fixtures, stay on one worker). The scheduler hands out modules in collection order, so the
 # longest ones (from `pytest --durations`, docs/results-log.md) go first and short ones fill the gaps;
 # a stale list only costs wall time, never a test.
-LONGEST_MODULES_FIRST = ("test_bad_inputs.py", "test_main.py", "test_server.py", "test_fault_tolerance.py",
+LONGEST_MODULES_FIRST = ("test_main.py", "test_gpu_report.py", "test_bad_inputs.py", "test_server.py", "test_fault_tolerance.py",
                          "test_tune.py", "test_stages.py", "test_evaluate.py", "test_registry.py", "test_ui.py")
 
 

@@ -1,5 +1,6 @@
-"""The results page is rendered from runs: from a tiny real `main` run's store, twice the same bytes, the runs'
-own numbers, commands the docs checker accepts, and a site that still builds strict."""
+"""The results page is rendered from runs: from a tiny real `main` run's store (tests/test_main.py's pipeline calls
+check_page_of_the_newest_main_run, so the suite runs that pipeline once), twice the same bytes, the runs' own numbers,
+commands the docs checker accepts, and a site that still builds strict."""
 
 from __future__ import annotations
 
@@ -10,15 +11,8 @@ import subprocess
 import sys
 
 import mlflow
-import pytest
 
 from conftest import REPO, run_script
-
-# conv4, 1 epoch, a dozen images per split, frozen arms, 2 seeds: the tiny `main` of tests/test_main.py, trimmed.
-TINY = {"n_train": 12, "n_val": 6, "n_test": 6, "regression_n_train": 24, "regression_n_val": 12, "regression_n_test": 12,
-        "pretrain_n_train": 12, "pretrain_n_val": 6, "pretrain_n_test": 6, "encoder": "conv4", "epochs": 1, "batch_size": 8,
-        "eval_n_train": 12, "eval_n_test": 6, "eval_budgets": "2,all", "eval_epochs": 1, "eval_min_steps": 1,
-        "seeds": "0,1", "workers": 1, "experiment_name": "results-test", "spread_pretrain_seeds": ""}
 
 
 def render(tmp_path, name: str) -> str:
@@ -36,24 +30,22 @@ def row_of(text: str, first_cell: str) -> str:
     return line
 
 
-@pytest.mark.slow  # a real main pipeline (nine step subprocesses) and two renderings: ≈ 3-5 min on 2 cores
-def test_results_page_is_rendered_from_a_real_main_run(tracking_uri, tmp_path):
+def check_page_of_the_newest_main_run(tmp_path, experiment: str) -> None:
+    """The results page rendered from a store that holds a real `main` run (tests/test_main.py's pipeline, which
+    runs a second pretraining corpus): twice the same bytes, each step's run, the runs' own numbers, a command the
+    docs checker accepts, and a site that still builds strict."""
     from test_docs import check_docs
-
-    env = {"PATH": f"{REPO / '.venv' / 'bin'}:{os.path.dirname(sys.executable)}:" + os.environ["PATH"]}
-    args = [str(REPO / "pipelines/main.py")] + [f"--{k}={v}" for k, v in TINY.items()]
-    ran = run_script(args, cwd=tmp_path, env_extra=env, timeout=1200)
-    assert ran.returncode == 0, ran.stderr[-3000:]
 
     first, second = render(tmp_path, "a.md"), render(tmp_path, "b.md")
     assert first == second, "rendering the same store twice must give the same bytes"
 
     client = mlflow.MlflowClient()
-    [main] = client.search_runs([client.get_experiment_by_name("results-test").experiment_id],
-                                "tags.`dlfm.stage` = 'main'")
+    main = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], "tags.`dlfm.stage` = 'main'",
+                              order_by=["attributes.start_time DESC"])[0]
     steps = {k[len("dlfm.step."):]: client.get_run(v) for k, v in main.data.tags.items() if k.startswith("dlfm.step.")}
     assert {"simulate-model_ii", "simulate-regression", "simulate-pretrain", "simulate-held_out", "autoencoder", "mae",
-            "supervised", "multitask", "evaluate"} == set(steps)
+            "supervised", "multitask", "evaluate", "simulate-pretrain-corpus-2000", "autoencoder-corpus-2000",
+            "mae-corpus-2000", "evaluate-corpus-2000"} == set(steps)
     runs = section(first, "## Runs")
     for run in [main, *steps.values()]:
         assert f"`{run.info.run_id}`" in runs
@@ -90,12 +82,16 @@ def test_results_page_is_rendered_from_a_real_main_run(tracking_uri, tmp_path):
             assert [c.strip() for c in line.strip("|").split("|")][column].startswith(f"{value:.4f} ± ")
             checked += 1
     assert checked >= 8  # 2 tasks × 2 budgets × (2 arms + 1 verdict), at least
-    # main's corpus_spread.json, in the words of its report (tests/test_main.py runs a second corpus)
-    assert "One pretraining corpus (pretrain_seed 1000)" in section(first, "## Over pretraining corpora")
+    # main's corpus_spread.json, in the words of its report
+    corpora = section(first, "## Over pretraining corpora")
+    assert "| quantity | corpus 1000 | corpus 2000 |" in corpora
+    for name, value in main.data.metrics.items():
+        if name.startswith("corpora/verdict_diff_") and name.endswith("_mean"):
+            assert f"| {value:+.4f} ± " in corpora
+    assert f"--experiment-name {experiment}" in section(first, "## Command")
 
     _, problems = check_docs(first)
     assert not problems, problems  # the command at the end names main's real params
-    assert f"--experiment-name results-test" in section(first, "## Command")
 
     site = tmp_path / "site-src"
     shutil.copytree(REPO / "docs", site / "docs")

@@ -7,6 +7,7 @@ import mlflow
 import pytest
 
 from conftest import REPO, run_script
+from test_docs_results import check_page_of_the_newest_main_run
 from dlfm.objectives import OBJECTIVES
 
 TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_train", "24", "--regression_n_val", "12",
@@ -18,7 +19,7 @@ TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_trai
 PROBED = [name for name, spec in OBJECTIVES.items() if spec.probed]
 
 
-@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
+@pytest.mark.slow  # two real pipelines (the second reuses every step) and the results page: ≈ 4 min on 2 cores
 def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     # MLFLOW_EXPERIMENT_NAME: as a shell with the .venv activated exports it (its steps once failed on it)
     env = {"PATH": f"{REPO / '.venv' / 'bin'}:" + __import__("os").environ["PATH"], "MLFLOW_EXPERIMENT_NAME": "deeplense-fm"}
@@ -93,6 +94,8 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     runs_after = client.search_runs([experiment.experiment_id], max_results=1000)
     assert len(runs_after) == len(runs_before) + 1  # only the new main parent
     assert len(client.search_model_versions("name='dlfm-encoder'")) == len(OBJECTIVES) + len(PROBED)
+    # The results page, rendered from this store (one pipeline for both: it is the suite's slowest fixture).
+    check_page_of_the_newest_main_run(tmp_path, "main-test")
 
 
 def register(objective: str, metrics: dict[str, float]) -> str:

@@ -75,7 +75,7 @@ class MainConfig:
     # version of each, so the report gives every verdict's spread over corpora (empty: one corpus)
     spread_pretrain_seeds: str = "2000,3000"
     encoder: str = "resnet18"  # encoder for all four objectives (fair ablation)
-    epochs: int = 4  # epochs of every training stage (demo size: make demo took 12 min 51 s on an idle 2-core fp32 CPU)
+    epochs: int = 4  # epochs of every training stage (demo size)
     batch_size: int = 64  # images per optimiser step in every training stage
     lr: float = 0.0  # base AdamW lr per 256 images of every training stage (0 = each objective's recipe)
     recon_weight: float = 1.0  # multitask loss weight (or tuned, with tune=true)

@@ -84,6 +84,8 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
                                                                "too few seeds to tell")
     assert f"corpora/verdict_diff_{key.replace('/', '_')}_seed_low" in parent.data.metrics
     assert "## Over pretraining corpora" in report and "| corpus 1000 | corpus 2000 |" in report
+    assert (tmp_path / "reports" / "latest" / "figures" / "corpus_spread.png").is_file()
+    assert "figures/corpus_spread.png" in report
     assert f"| {best} val/probe_macro_auc | {labelled_steps[best].data.metrics['val/probe_macro_auc']:.4f} | " \
            f"{again.data.metrics['val/probe_macro_auc']:.4f} |" in report
 

@@ -40,3 +40,27 @@ def test_tune_plot_labels_ticks_as_plain_numbers():
     figure.canvas.draw()
     labels = {t.get_text() for t in figure.axes[0].get_xticklabels(minor=False) + figure.axes[0].get_xticklabels(minor=True)}
     assert {"0.01", "0.1", "1", "0.2", "0.5"} <= labels
+
+
+def test_corpus_spread_figure_shows_each_corpus_both_intervals_and_the_word():
+    from dlfm.evaluation import corpus_spread
+    from dlfm.plots.evaluation import corpus_spread_figure
+
+    def row(task, budget, per_seed):
+        return {"task": task, "budget": budget, "treated": "pretrained-frozen", "control": "random-frozen",
+                "difference": sum(per_seed) / len(per_seed), "seed_differences": dict(enumerate(map(float, per_seed)))}
+
+    draws = [corpus_spread.draw(seed, {"autoencoder": 0.9}, [row("classification", "10", [0.1 + k, 0.2 + k]),
+                                                             row("regression", "all", [-0.1 - k, -0.2 - k])], str(k))
+             for k, seed in ((0.0, 1000), (0.02, 2000), (0.05, 3000))]
+    for d in draws:  # evaluation.json's keys are strings
+        d["seed_differences"] = {key: {str(s): v for s, v in values.items()} for key, values in d["seed_differences"].items()}
+    rows = corpus_spread.spread_rows(draws)
+    figure = corpus_spread_figure({"objective": "autoencoder", "draws": draws, "rows": rows})
+    classification, regression = figure.axes
+    assert classification.get_title().startswith("classification") and "lower is better" in regression.get_title()
+    [word] = [t.get_text() for t in classification.texts]
+    assert word == next(r["word"] for r in rows if r["name"].startswith("classification"))
+    assert len([line for line in classification.lines if line.get_marker() == "o"]) == 3  # one dot per corpus
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend[:3] == ["corpus 1000", "corpus 2000", "corpus 3000"] and "over evaluate's seeds" in legend[-1]

@@ -89,3 +89,45 @@ def regression_parameters_figure(rows: list[dict], readout: Readout):
     figure.supxlabel("labelled images (log)")
     figure.tight_layout()
     return figure
+
+
+def corpus_spread_figure(spread: dict):
+    """main's verdicts over pretraining corpora (``spread``: its corpus_spread.json): one panel per task, per budget
+    and arm pair each corpus's difference (dots), their mean, the 95 % interval over corpora (thick) and over
+    evaluate's seeds (thin), and the word over corpora."""
+    seeds = [d["pretrain_seed"] for d in spread["draws"]]
+    rows = [r for r in spread["rows"] if r["kind"] == "verdict" and r["name"].rsplit("-vs-", 1)[-1] in ARM_NAMES]
+    tasks = [name for name in TASKS if any(r["name"].split("/", 1)[0] == name for r in rows)]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for axis, name in zip(axes.flat, tasks):
+        task_rows = [r for r in rows if r["name"].split("/", 1)[0] == name]
+        for x, row in enumerate(task_rows):
+            for i, value in enumerate(row["values"]):
+                if value is not None:
+                    axis.plot(x - 0.05 + 0.1 * i / max(len(seeds) - 1, 1), value, "o", ms=5, color=colors(i),
+                              label=f"corpus {seeds[i]}" if x == 0 else None)
+            for offset, (low, high), width, label in ((-0.18, (row["low"], row["high"]), 3, "over corpora"),
+                                                      (0.18, (row.get("seed_low"), row.get("seed_high")), 1.2,
+                                                       "over evaluate's seeds")):
+                if low is not None and not math.isnan(low):
+                    axis.errorbar(x + offset, row["mean"], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="_",
+                                  color="k", ms=10, elinewidth=width, capsize=3,
+                                  label=f"mean, {CONFIDENCE:.0%} interval {label}" if x == 0 else None)
+            axis.annotate(row["word"], (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -10),
+                          textcoords="offset points", ha="center", va="top", fontsize=7)
+        axis.axhline(0, color="tab:red", lw=0.8, ls=":")
+        axis.set_xticks(range(len(task_rows)), [r["name"].split("/")[1] + "\n" + r["name"].split("/")[2].replace("-vs-", " −\n")
+                                                for r in task_rows], fontsize=7)
+        axis.set_xlim(-0.6, len(task_rows) - 0.4)
+        better = "higher" if TASKS[name].higher_is_better else "lower"
+        axis.set(ylabel=f"difference of {TASKS[name].headline}", xlabel=f"budget ({TASKS[name].budget_unit})",
+                 title=f"{name}: treated − control ({better} is better)")
+        axis.grid(alpha=0.3, axis="y")
+        low, high = axis.get_ylim()
+        axis.set_ylim(low, high + 0.12 * (high - low))  # room for the words
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    figure.suptitle(f"Verdicts over {len(seeds)} pretraining corpora ({spread['objective']})", fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure

@@ -487,6 +487,16 @@ def _write_report_files(out: Path, config: MainConfig, rows, best, outcome, eval
               "`figures/label_efficiency_regression.png` (MAE per lens parameter).", ""]
     if spread is not None:
         lines += corpus_spread.markdown(spread)
+        if len(spread["draws"]) > 1 and not spread.get("note"):
+            import matplotlib.pyplot as plt
+
+            from dlfm.plots.evaluation import corpus_spread_figure
+
+            figure = corpus_spread_figure(spread)
+            figure.savefig(out / "figures" / "corpus_spread.png", dpi=130)
+            plt.close(figure)
+            lines += ["Figure: `figures/corpus_spread.png` (each corpus's difference, their mean and both intervals, "
+                      "per budget; the word over corpora above each).", ""]
     report = "\n".join(lines)
     (out / "report.md").write_text(report)
     Path(table_path).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ TINY = ["--n_train", "12", "--n_val", "6", "--n_test", "6", "--regression_n_trai
         "--regression_n_test", "12", "--pretrain_n_train", "12", "--pretrain_n_val", "6", "--pretrain_n_test", "6",
         "--encoder", "conv4", "--epochs", "1", "--batch_size", "8", "--eval_n_train", "12",
         "--eval_n_test", "6", "--eval_budgets", "2,all", "--eval_arms", "pretrained-frozen,random-frozen,pretrained-finetune,scratch",
-        "--eval_finetune_budgets", "2", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test",
+        "--eval_finetune_budgets", "", "--eval_epochs", "1", "--eval_min_steps", "1", "--seeds", "0,1", "--workers", "1", "--experiment_name", "main-test",
         "--spread_pretrain_seeds", "2000"]
 PROBED = [name for name, spec in OBJECTIVES.items() if spec.probed]
 
@@ -89,6 +89,8 @@ def test_main_runs_every_step_then_reuses_them(tracking_uri, tmp_path):
     assert f"| {best} val/probe_macro_auc | {labelled_steps[best].data.metrics['val/probe_macro_auc']:.4f} | " \
            f"{again.data.metrics['val/probe_macro_auc']:.4f} |" in report
 
+    # An empty -P value (eval_finetune_budgets, the demo's) is stored as '' by `mlflow run`; evaluate was never reused.
+    assert evaluate.data.params["finetune_budgets"] == "''"
     second = run_script([str(REPO / "pipelines/main.py"), *TINY], cwd=tmp_path, env_extra=env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     for entry in ("simulate", *OBJECTIVES, "evaluate"):

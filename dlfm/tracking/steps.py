@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 from pathlib import Path
 
 from dlfm.errors import DlfmError
@@ -23,7 +24,11 @@ def code_version(root: Path) -> str:
 
 
 def find_finished_step(experiment_name: str, entry_point: str, params: dict[str, str], version: str):
-    """A FINISHED run of this entry point with the same params (compared as MLflow's strings) and code version."""
+    """A FINISHED run of this entry point with the same params (compared as MLflow's strings) and code version.
+
+    ``mlflow run`` logs each -P value shell-quoted, as it goes into the command: an empty value is stored as ``''``
+    (evaluate's default finetune_budgets), so a stored param matches the value or its quoted form.
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -38,7 +43,7 @@ def find_finished_step(experiment_name: str, entry_point: str, params: dict[str,
     )
     wanted = {k: str(v) for k, v in params.items()}
     for run in runs:
-        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+        if all(run.data.params.get(k) in (v, shlex.quote(v)) for k, v in wanted.items()):
             return run
     return None
 

@@ -306,14 +306,14 @@ def spread_over_corpora(config: MainConfig, best: dict, candidates: list, evalua
     """
     def probes(runs) -> dict[str, float]:
         return {objective: run.data.metrics[PROMOTION_METRIC] for objective, run in runs
-                if objective in OBJECTIVES and OBJECTIVES[objective].probed and PROMOTION_METRIC in run.data.metrics}
+                if not labelled(objective) and PROMOTION_METRIC in run.data.metrics}
 
     def verdicts(run) -> list[dict]:
         return json_artifact(run.info.run_id, EVALUATION_ARTIFACT).get("verdicts", [])
 
     draws = [corpus_spread.draw(config.pretrain_seed, probes(candidates), verdicts(evaluate_run), best["version"])]
     note = ""
-    if len(config.corpus_seeds) > 1 and not (best["stage"] in OBJECTIVES and OBJECTIVES[best["stage"]].probed):
+    if len(config.corpus_seeds) > 1 and labelled(best["stage"]):
         note = (f"The evaluated encoder ({best['stage']}) did not pretrain on the corpus, so spread_pretrain_seeds "
                 f"({config.spread_pretrain_seeds}) added no draws.")
         print(f"[main] {note}", flush=True)

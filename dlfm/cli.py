@@ -34,11 +34,12 @@ def registry_list(args) -> None:
             "encoder": v.tags.get("encoder", "?"), "val/probe_macro_auc": v.tags.get("val/probe_macro_auc", "")[:6],
             "val/macro_auc": v.tags.get("val/macro_auc", "")[:6], "test/macro_auc": v.tags.get("test/macro_auc", "")[:6],
             "val/accuracy": v.tags.get("val/accuracy", "")[:6], "source run": v.run_id,
-            "adopted from": v.tags.get(registry.ADOPTED_FROM_TAG, "-"),
+            # the corpus it trained on: main's spread registers one version per objective and corpus
+            "dataset": v.tags.get("dataset_digest", "?")[:12], "adopted from": v.tags.get(registry.ADOPTED_FROM_TAG, "-"),
         })
     # val/probe_macro_auc first: the one number measured alike for every objective, which main ranks and gates on
     print_table(rows, ["version", "aliases", "objective", "encoder", "val/probe_macro_auc", "val/macro_auc", "test/macro_auc",
-                       "val/accuracy", "source run", "adopted from"])
+                       "val/accuracy", "dataset", "source run", "adopted from"])
 
 
 def registry_promote(args) -> None:

@@ -205,6 +205,7 @@ def test_registry_cli_in_process(tracking_uri, capsys):
     main(["registry", "list"])
     listing = capsys.readouterr().out
     assert "candidate,staging" in listing and "val/probe_macro_auc" in listing.splitlines()[0]  # the number main ranks on
+    assert "f" * 12 in listing.splitlines()[2]  # the dataset digest tells main's spread versions apart
     with pytest.raises(SystemExit) as exit_info:
         main(["registry", "promote", "42", "--stage", "production"])
     assert exit_info.value.code == 2 and "no version '42'" in capsys.readouterr().err

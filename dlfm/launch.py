@@ -4,8 +4,9 @@
 logs the ``-P`` values, then starts the entry point. An unreachable server there means minutes
 of MLflow retries and a long traceback; a read-only SQLite store means a SQLAlchemy traceback.
 ``dlfm run ARGS`` checks both first (one ``dlfm: error:`` line, a few seconds), sets the HTTP
-defaults below where the user has not, and then becomes ``mlflow run ARGS`` (``exec``), so
-signals, output and exit codes are exactly those of ``mlflow run``.
+defaults below where the user has not, puts its own Python first on PATH for a local environment,
+and then becomes ``mlflow run ARGS`` (``exec``), so signals, output and exit codes are exactly
+those of ``mlflow run``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,27 @@ def mlflow_run_argv(args: list[str]) -> list[str]:
     if any(a == "--env-manager" or a.startswith("--env-manager=") for a in args):
         return [sys.executable, "-m", "mlflow", "run", *args]
     return [sys.executable, "-m", "mlflow", "run", *args, "--env-manager", "local"]
+
+
+def runs_in_this_environment(argv: list[str]) -> bool:
+    """Whether ``mlflow run`` argv runs the entry point with ``--env-manager local`` (as given or as dlfm adds it)."""
+    for index, arg in enumerate(argv):
+        if arg.startswith("--env-manager="):
+            return arg.split("=", 1)[1] == "local"
+        if arg == "--env-manager":
+            return argv[index + 1:index + 2] == ["local"]
+    return False
+
+
+def path_with_this_python_first(path: str) -> str:
+    """PATH with this interpreter's folder first, so that the entry point's ``python`` is the one that runs dlfm.
+
+    ``--env-manager local`` runs the MLproject command (``python pipelines/<entry>.py``) with whatever ``python``
+    PATH finds: `.venv/bin/dlfm run ...` from a shell without the venv activated would start the system Python,
+    which has no dlfm, and the run would end FAILED on an ImportError.
+    """
+    folder = os.path.dirname(os.path.abspath(sys.executable))
+    return os.pathsep.join([folder, *(p for p in path.split(os.pathsep) if p and p != folder)])
 
 
 def param_texts(args: list[str]) -> list[str]:
@@ -100,4 +122,6 @@ def launch(args: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     argv = mlflow_run_argv(args)
+    if runs_in_this_environment(argv):
+        os.environ["PATH"] = path_with_this_python_first(os.environ.get("PATH", ""))
     os.execv(argv[0], argv)

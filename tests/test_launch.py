@@ -6,11 +6,13 @@ The one-line refusals through `dlfm run` (unreachable server, read-only store) a
 
 from __future__ import annotations
 
+import os
 import sys
 
+import pytest
 from conftest import REPO, run_script
 
-from dlfm.launch import mlflow_run_argv
+from dlfm.launch import mlflow_run_argv, path_with_this_python_first, runs_in_this_environment
 from dlfm.tracking.store import HTTP_DEFAULTS
 
 
@@ -18,6 +20,35 @@ def test_env_manager_local_is_added_unless_given():
     assert mlflow_run_argv([".", "-e", "tune"]) == [sys.executable, "-m", "mlflow", "run", ".", "-e", "tune",
                                                     "--env-manager", "local"]
     assert mlflow_run_argv([".", "--env-manager", "conda"])[-2:] == ["--env-manager", "conda"]
+
+
+def test_only_a_local_environment_gets_this_python_first_on_path():
+    assert runs_in_this_environment(mlflow_run_argv([".", "-e", "tune"]))
+    assert runs_in_this_environment(mlflow_run_argv([".", "--env-manager=local"]))
+    assert not runs_in_this_environment(mlflow_run_argv([".", "--env-manager", "conda"]))
+    assert not runs_in_this_environment(mlflow_run_argv([".", "--env-manager=virtualenv"]))
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    path = path_with_this_python_first(os.pathsep.join(["/usr/bin", here, "/bin"]))
+    assert path.split(os.pathsep) == [here, "/usr/bin", "/bin"]
+
+
+@pytest.mark.slow  # a real subprocess, server or signal: run by make test, not make test-fast
+def test_dlfm_run_from_a_shell_without_the_venv_runs_the_entry_point_with_dlfms_python(tracking_uri, tmp_path):
+    """`.venv/bin/dlfm run` without `source .venv/bin/activate`: the MLproject's `python` is still the venv's.
+
+    Before, `mlflow run --env-manager local` started the PATH's python (here the system one, or none at all), and the
+    run ended FAILED on `No module named 'dlfm'` (or torch).
+    """
+    import mlflow
+
+    bare_path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                if p != os.path.dirname(os.path.abspath(sys.executable)) and ".venv" not in p)
+    result = run_script(["-m", "dlfm.cli", "run", str(REPO), "-e", "simulate", "--experiment-name", "no-venv",
+                         "-P", "n_train=6", "-P", "n_val=3", "-P", "n_test=3", "-P", f"out_dir={tmp_path / 'data'}",
+                         "-P", "workers=1"], cwd=tmp_path, env_extra={"PATH": bare_path})
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = mlflow.search_runs(experiment_names=["no-venv"], output_format="list")
+    assert [run.info.status for run in runs] == ["FINISHED"]
 
 
 def test_http_defaults_are_the_same_in_makefile_and_docs():

@@ -152,3 +152,20 @@ def test_model_page_shows_production_alias(page, ui_url, pipeline_store, tmp_pat
     version = pipeline_store["summaries"]["supervised"]["version"]
     page.get_by_text(f"Version {version}").first.wait_for()
     screenshot(page, tmp_path, "model_page")
+
+
+def test_the_link_a_stage_prints_opens_its_run_in_the_model_training_view(page, ui_url, pipeline_store, tmp_path):
+    """MLflow 3's UI starts in its GenAI view: an experiment opens on traces, and the sidebar has no Runs or Models.
+    The link in a stage's closing lines (`view: mlflow ui …, then open …`) opens the run in the model-training view."""
+    from dlfm.tracking.runs import UI_LOCAL_ADDRESS, run_location
+
+    run_id = pipeline_store["summaries"]["multitask"]["run_id"]
+    link = run_location(run_id)["view"].split(", then open ")[1]
+    assert link.startswith(f"{UI_LOCAL_ADDRESS}/#/experiments/{pipeline_store['experiment_id']}/runs/{run_id}")
+    page.goto(ui_url + link[len(UI_LOCAL_ADDRESS):])
+    page.get_by_text("multitask-conv4").first.wait_for()
+    page.get_by_role("link", name="Models", exact=True).first.wait_for()
+    screenshot(page, tmp_path, "printed_link")
+    page.goto(f"{ui_url}/#/experiments/{pipeline_store['experiment_id']}")  # the plain address, for contrast
+    page.wait_for_url("**workflowType=genai**")
+    assert page.get_by_role("link", name="Models", exact=True).count() == 0

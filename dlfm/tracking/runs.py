@@ -243,17 +243,24 @@ def describe_run(text: str) -> None:
     _mlflow().set_tag("mlflow.note.content", redact(text))
 
 
+# MLflow 3's UI opens in its GenAI view (traces and evaluations: no runs table, no Models link) unless the browser
+# has chosen "Model training"; a link carrying this query opens the run in the model-training view.
+UI_MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+UI_LOCAL_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
 def run_location(run_id: str) -> dict[str, str]:
-    """Where a run is: its experiment's name and id, and a URL (tracking server) or the ``mlflow ui`` command."""
+    """Where a run is: its experiment's name and id, and its UI link (with the ``mlflow ui`` command for a local store)."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     experiment = client.get_experiment(run.info.experiment_id)
     uri = mlflow.get_tracking_uri()
+    page = f"/#/experiments/{experiment.experiment_id}/runs/{run_id}{UI_MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
-        where = f"{redact_uri(uri).rstrip('/')}/#/experiments/{experiment.experiment_id}/runs/{run_id}"
+        where = f"{redact_uri(uri).rstrip('/')}{page}"
     else:
-        where = f"mlflow ui --backend-store-uri {redact_uri(uri)}  (then open experiment {experiment.name!r})"
+        where = f"mlflow ui --backend-store-uri {redact_uri(uri)}, then open {UI_LOCAL_ADDRESS}{page}"
     return {"experiment": experiment.name, "experiment_id": experiment.experiment_id, "view": where}
 
 

@@ -17,6 +17,7 @@ import math
 import time
 from pathlib import Path
 
+from dlfm.params import param_as_given
 from dlfm.project_spec import ENTRY_POINTS, UNDECLARED, format_default, param_fields
 
 PAGE = "docs/results.md"
@@ -81,9 +82,8 @@ def ordered_steps(steps: dict[str, dict]) -> list[tuple[str, dict]]:
 
 
 def param_value(params: dict, name: str) -> str:
-    """A logged param as the script read it: MLproject's empty default ``''`` reaches the store as those two quotes."""
-    value = params[name]
-    return "" if value in ("''", '""') else value
+    """A logged param as the script read it (`mlflow run` stores it shell-quoted: MLproject's empty default as ``''``)."""
+    return param_as_given(params[name])
 
 
 def demo_size(main: dict) -> str:

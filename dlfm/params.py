@@ -16,10 +16,23 @@ def parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def param_as_given(stored: str) -> str:
+    """A param as the entry point received it. `mlflow run` logs each -P value as it enters the shell command,
+    ``shlex.quote``-d: an empty value is stored as ``''``, a path with a space as ``'/data/my lenses'``."""
+    import shlex
+
+    if stored == '""':
+        return ""
+    try:
+        words = shlex.split(stored)
+    except ValueError:  # an unbalanced quote: no quoting of mlflow's
+        return stored
+    return words[0] if len(words) == 1 and shlex.quote(words[0]) == stored else stored
+
+
 def param_from_string(default, text: str):
     """A param string (as MLflow returns it) back in the type of its field's default; ValueError if it is not."""
+    text = param_as_given(text)
     if isinstance(default, bool):
         return parse_bool(text)
-    if isinstance(default, str) and text in ("''", '""'):
-        return ""  # `mlflow run` stores an empty -P value as the shell's quoted empty string
     return type(default)(text)

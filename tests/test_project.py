@@ -250,3 +250,14 @@ def test_readmes_own_pytorch_snippet_embeds_with_the_registered_encoder(tracking
     scope: dict = {}
     exec(compile(snippet, "docs/registry.md", "exec"), scope)  # noqa: S102 - our own docs, run in tmp_path
     assert scope["embeddings"].shape == (3, 128) and torch.isfinite(scope["embeddings"]).all()
+
+
+@pytest.mark.parametrize("value", ["", "0,1,2", "/data/my lenses", "it's", "models:/dlfm-encoder@production", "a*b"])
+def test_a_param_is_read_back_as_the_entry_point_received_it(value):
+    """`mlflow run` stores each -P value as it quotes it for the shell; step reuse, resume and the results page undo it."""
+    from mlflow.utils.string_utils import quote
+
+    from dlfm.params import param_as_given, param_from_string
+
+    assert param_as_given(quote(value)) == value
+    assert param_from_string("", quote(value)) == value

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shlex
 from pathlib import Path
 
 from dlfm.errors import DlfmError
+from dlfm.params import param_as_given
 
 CODE_VERSION_TAG = "dlfm.code_version"
 
@@ -26,8 +26,8 @@ def code_version(root: Path) -> str:
 def find_finished_step(experiment_name: str, entry_point: str, params: dict[str, str], version: str):
     """A FINISHED run of this entry point with the same params (compared as MLflow's strings) and code version.
 
-    ``mlflow run`` logs each -P value shell-quoted, as it goes into the command: an empty value is stored as ``''``
-    (evaluate's default finetune_budgets), so a stored param matches the value or its quoted form.
+    ``mlflow run`` logs each -P value shell-quoted (evaluate's empty default finetune_budgets as ``''``): stored params
+    are compared as the entry point received them.
     """
     from mlflow import MlflowClient
 
@@ -43,7 +43,7 @@ def find_finished_step(experiment_name: str, entry_point: str, params: dict[str,
     )
     wanted = {k: str(v) for k, v in params.items()}
     for run in runs:
-        if all(run.data.params.get(k) in (v, shlex.quote(v)) for k, v in wanted.items()):
+        if all(k in run.data.params and param_as_given(run.data.params[k]) == v for k, v in wanted.items()):
             return run
     return None
 

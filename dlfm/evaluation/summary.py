@@ -46,6 +46,7 @@ class Verdict:
     ci_low: float  # CONFIDENCE interval of the mean difference: mean ± t(n−1) · sd/√n (nan with one seed)
     ci_high: float
     word: str  # "better" | "worse" for the treated arm, or TOO_FEW
+    differences: tuple[float, ...] = ()  # treated − control per seed, in the callers' seed order
 
     @property
     def reason(self) -> str:
@@ -74,10 +75,11 @@ def verdict(treated: list[float], control: list[float], higher_is_better: bool) 
     diffs = np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
     difference, sd = mean_sd(diffs)
     low, high = confidence_interval(diffs)
+    per_seed = tuple(float(d) for d in diffs)
     if len(diffs) < 2 or low <= 0 <= high:
-        return Verdict(difference, sd, len(diffs), low, high, TOO_FEW)
+        return Verdict(difference, sd, len(diffs), low, high, TOO_FEW, per_seed)
     improved = (difference > 0) == higher_is_better
-    return Verdict(difference, sd, len(diffs), low, high, "better" if improved else "worse")
+    return Verdict(difference, sd, len(diffs), low, high, "better" if improved else "worse", per_seed)
 
 
 def verdict_sentence(v: Verdict, metric: str) -> str:
@@ -157,8 +159,7 @@ def verdicts(results, tasks: dict[str, TaskData] | None = None) -> list[dict]:
                             "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
                             "ci_high": v.ci_high, "n_seeds": v.n_seeds, "boot_low": boot[0], "boot_high": boot[1],
                             "verdict": word, "sentence": sentence,
-                            "seed_differences": {str(x.cell.seed): x.metrics[task.headline] - y.metrics[task.headline]
-                                                 for x, y in zip(a, b)}})
+                            "seed_differences": dict(zip((str(r.cell.seed) for r in a), v.differences))})
             out += baseline_verdicts(results, task_name, task, size, budget)
     return out
 
@@ -185,7 +186,7 @@ def baseline_verdicts(results, task_name: str, task, size: int, budget: str) -> 
                     "metric": task.headline, "difference": v.difference, "sd": v.sd, "ci_low": v.ci_low,
                     "ci_high": v.ci_high, "n_seeds": v.n_seeds, "boot_low": math.nan, "boot_high": math.nan,
                     "verdict": v.word, "sentence": sentence,
-                    "seed_differences": {str(r.cell.seed): r.metrics[task.headline] - scores[control] for r in cells}})
+                    "seed_differences": dict(zip((str(r.cell.seed) for r in cells), v.differences))})
     return out
 
 

@@ -32,10 +32,17 @@ def draw(pretrain_seed: int, probes: dict[str, float], verdict_rows: list[dict],
             "seed_differences": {verdict_key(row): row.get("seed_differences", {}) for row in verdict_rows}}
 
 
+def verdict_parts(key: str) -> tuple[str, str, str, str]:
+    """A verdict_key back into task, budget, treated and control."""
+    task, budget, arms = key.split("/", 2)
+    treated, control = arms.rsplit("-vs-", 1)
+    return task, budget, treated, control
+
+
 def verdict_label(key: str) -> str:
     """``classification/10/pretrained-frozen-vs-random-frozen`` → ``classification 10: pretrained-frozen − random-frozen``."""
-    task, budget, arms = key.split("/", 2)
-    return f"{task} {budget}: {arms.replace('-vs-', ' − ')}"
+    task, budget, treated, control = verdict_parts(key)
+    return f"{task} {budget}: {treated} − {control}"
 
 
 def over_corpora_word(key: str, corpus_interval: tuple[float, float], seed_interval: tuple[float, float]) -> str:
@@ -48,7 +55,7 @@ def over_corpora_word(key: str, corpus_interval: tuple[float, float], seed_inter
     if math.isnan(seed_interval[0]) or seed_interval[0] <= 0 <= seed_interval[1] or \
             (seed_interval[0] > 0) != (corpus_interval[0] > 0):
         return TOO_FEW
-    higher_is_better = TASKS[key.split("/", 1)[0]].higher_is_better
+    higher_is_better = TASKS[verdict_parts(key)[0]].higher_is_better
     return "better" if (corpus_interval[0] > 0) == higher_is_better else "worse"
 
 

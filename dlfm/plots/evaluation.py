@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dlfm.evaluation.config import ARM_NAMES  # noqa: E402
+from dlfm.evaluation.corpus_spread import verdict_parts  # noqa: E402
 from dlfm.evaluation.summary import CONFIDENCE  # noqa: E402
 from dlfm.evaluation.tasks import TASKS  # noqa: E402
 from dlfm.evaluation.regression import Readout  # noqa: E402
@@ -96,12 +97,12 @@ def corpus_spread_figure(spread: dict):
     and arm pair each corpus's difference (dots), their mean, the 95 % interval over corpora (thick) and over
     evaluate's seeds (thin), and the word over corpora."""
     seeds = [d["pretrain_seed"] for d in spread["draws"]]
-    rows = [r for r in spread["rows"] if r["kind"] == "verdict" and r["name"].rsplit("-vs-", 1)[-1] in ARM_NAMES]
-    tasks = [name for name in TASKS if any(r["name"].split("/", 1)[0] == name for r in rows)]
+    rows = [r for r in spread["rows"] if r["kind"] == "verdict" and verdict_parts(r["name"])[3] in ARM_NAMES]
+    tasks = [name for name in TASKS if any(verdict_parts(r["name"])[0] == name for r in rows)]
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
     colors = plt.get_cmap("tab10")
     for axis, name in zip(axes.flat, tasks):
-        task_rows = [r for r in rows if r["name"].split("/", 1)[0] == name]
+        task_rows = [r for r in rows if verdict_parts(r["name"])[0] == name]
         for x, row in enumerate(task_rows):
             for i, value in enumerate(row["values"]):
                 if value is not None:
@@ -117,8 +118,8 @@ def corpus_spread_figure(spread: dict):
             axis.annotate(row["word"], (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -10),
                           textcoords="offset points", ha="center", va="top", fontsize=7)
         axis.axhline(0, color="tab:red", lw=0.8, ls=":")
-        axis.set_xticks(range(len(task_rows)), [r["name"].split("/")[1] + "\n" + r["name"].split("/")[2].replace("-vs-", " −\n")
-                                                for r in task_rows], fontsize=7)
+        axis.set_xticks(range(len(task_rows)), ["{1}\n{2} −\n{3}".format(*verdict_parts(r["name"])) for r in task_rows],
+                        fontsize=7)
         axis.set_xlim(-0.6, len(task_rows) - 0.4)
         better = "higher" if TASKS[name].higher_is_better else "lower"
         axis.set(ylabel=f"difference of {TASKS[name].headline}", xlabel=f"budget ({TASKS[name].budget_unit})",
